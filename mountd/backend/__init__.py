@@ -1,0 +1,79 @@
+"""The object-store boundary: what every remote must offer, in plain dataclasses.
+
+All methods are synchronous and may block on the network: callers run them in worker threads
+(`trio.to_thread.run_sync`), never on the trio thread. Keys are relative to the remote's root
+(the bucket and prefix of its URL), use '/' separators, and never start with '/'. A directory
+marker is the zero-byte object whose key ends in '/'. Implementations raise only the
+`mountd.errors.RemoteError` family; SDK exceptions never escape this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    version: str  # normalized ETag / generation / file fingerprint; "" when the store has none
+    mtime_ns: int  # the store's last-modified time
+    metadata: Mapping[str, str] | None = None  # user metadata; None when this call did not return it
+
+
+@dataclass(frozen=True, slots=True)
+class DirListing:
+    """One level below a prefix, all pages gathered."""
+
+    objects: tuple[ObjectInfo, ...]  # direct children that are objects (markers of the prefix itself excluded)
+    prefixes: tuple[str, ...]  # names (no '/') of direct children that are directories or markers
+    marker_exists: bool = False  # the prefix itself has a marker object
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class ObjectStore(Protocol):
+    name: str  # the configured remote name, used in every error message
+    display_url: str  # the URL with any secret removed
+
+    def list_dir(self, prefix: str) -> DirListing:
+        """Children of `prefix` ("" for the root, else ending in '/'). A missing prefix lists empty."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size, version and user metadata of one object; raises ObjectNotFound."""
+        ...
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (shorter at its end); raises ObjectNotFound."""
+        ...
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        """The whole object into `dest` (created or truncated); returns what was fetched."""
+        ...
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        """The local file `src` to `key` with user metadata, multipart when large."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        """A small object (directory marker, symlink) in one request."""
+        ...
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """Server-side copy; with `metadata` the copy gets exactly that metadata."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove one object (or marker); a missing object is not an error."""
+        ...
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        """Replace the user metadata of an existing object without sending its bytes again."""
+        ...
+
+    def probe(self) -> None:
+        """Cheap reachability and permission check (a list of the root); raises RemoteError."""
+        ...

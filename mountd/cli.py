@@ -1,0 +1,219 @@
+"""The `mountd` command line. Every failure is one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any, NoReturn
+
+import click
+
+from mountd import __version__
+from mountd.config import load_config
+from mountd.control import ControlClientError, request
+from mountd.errors import MountdError
+
+READY_FD_ENV = "MOUNTD_READY_FD"
+log = logging.getLogger("mountd")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"mountd: error: {message}", err=True)
+    sys.exit(code)
+
+
+def setup_logging(level: str) -> None:
+    from mountd.logs import configure
+
+    configure(level)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mountd")
+def main() -> None:
+    """Mount an artifact repository (local tier + object-store remotes) as one directory."""
+
+
+@main.command()
+@click.argument("source")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (logs to stderr).")
+@click.option("--require-remotes", is_flag=True, help="Fail instead of mounting when a remote is unreachable.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Where a background daemon logs.")
+@click.option("-o", "options", multiple=True, help="Extra FUSE mount options (allow_other, ro, ...).")
+def mount(source: str, mountpoint: str, foreground: bool, require_remotes: bool, log_level: str,
+          log_file: str | None, options: tuple[str, ...]) -> None:
+    """Mount SOURCE (a TOML config file or a remote URL) at MOUNTPOINT."""
+    from mountd import daemon
+
+    try:
+        config = load_config(source)
+        daemon.check_mountpoint(mountpoint)
+    except MountdError as e:
+        fail(str(e))
+    if not foreground:
+        _spawn_background(source, mountpoint, config.local_path, require_remotes, log_level, log_file, options)
+        return
+    setup_logging(log_level)
+    _run_foreground(config, mountpoint, require_remotes, options)
+
+
+def _run_foreground(config: Any, mountpoint: str, require_remotes: bool, options: tuple[str, ...]) -> None:
+    import trio
+
+    from mountd import daemon
+
+    ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
+
+    def tell(msg: str) -> None:
+        nonlocal ready_fd
+        if ready_fd >= 0:
+            try:
+                os.write(ready_fd, msg.encode() + b"\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+            ready_fd = -1
+
+    extra = {o for opt in options for o in opt.split(",") if o}
+    try:
+        left = trio.run(lambda: daemon.run(config, mountpoint, require_remotes=require_remotes,
+                                           on_ready=lambda m: tell("READY"), extra_options=extra))
+    except MountdError as e:
+        tell(f"ERROR {e}")
+        fail(str(e))
+    except KeyboardInterrupt:
+        left = 0
+    if left:
+        click.echo(f"mountd: {left} write-back entries left pending; they resume at the next mount", err=True)
+
+
+def _spawn_background(source: str, mountpoint: str, local_path: Any, require_remotes: bool, log_level: str,
+                      log_file: str | None, options: tuple[str, ...]) -> None:
+    """Start the daemon detached and return once the mount answers (or print why it did not)."""
+    read_fd, write_fd = os.pipe()
+    log_path = log_file or os.path.join(str(local_path), "mountd.log")
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    args = [sys.executable, "-m", "mountd", "mount", source, mountpoint, "--foreground", "--log-level", log_level]
+    if require_remotes:
+        args.append("--require-remotes")
+    for o in options:
+        args += ["-o", o]
+    with open(log_path, "ab") as logf:
+        subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+                         pass_fds=(write_fd,), env={**os.environ, READY_FD_ENV: str(write_fd)}, close_fds=True)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as r:
+        line = r.readline().decode(errors="replace").strip()
+    if line == "READY":
+        return
+    if line.startswith("ERROR "):
+        fail(line[6:])
+    fail(f"the daemon exited before the mount was ready; see {log_path}")
+
+
+def _control(mountpoint: str, op: str, **args: Any) -> Any:
+    try:
+        result = None
+        for msg in request(mountpoint, op, timeout=None, **args):
+            if "result" in msg:
+                result = msg["result"]
+        return result
+    except ControlClientError as e:
+        fail(str(e))
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for pending uploads (default: config).")
+def umount(mountpoint: str, timeout: float | None) -> None:
+    """Drain pending uploads (bounded) and unmount MOUNTPOINT."""
+    from mountd.daemon import mounted_at
+
+    left = None
+    try:
+        shown = False
+        for msg in request(mountpoint, "umount", timeout=None, **({"timeout": timeout} if timeout else {})):
+            if "progress" in msg:
+                click.echo(f"\rdraining: {msg['progress']['pending']} pending", nl=False, err=True)
+                shown = True
+            else:
+                left = (msg["result"] or {}).get("left", 0)
+        if shown:
+            click.echo("", err=True)
+    except ControlClientError as e:
+        if mounted_at(mountpoint) is None:
+            fail(f"{mountpoint} is not mounted")
+        click.echo(f"mountd: {e}; unmounting with fusermount3 -u", err=True)
+        r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+        if r.returncode:
+            fail(r.stderr.strip() or "fusermount3 -u failed")
+        return
+    deadline = time.monotonic() + 30
+    while mounted_at(mountpoint) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        click.echo(f"mountd: {left} write-back entries left pending; they resume at the next mount", err=True)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(mountpoint: str, as_json: bool) -> None:
+    """Remotes, pending uploads and errors of a mount."""
+    st = _control(mountpoint, "status")
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"repository {st['name']} at {st['mountpoint']} (pid {st['pid']}, local tier {st['local_path']})")
+    click.echo("remotes:")
+    for r in st["remotes"]:
+        state = "ok" if r["reachable"] else f"UNREACHABLE: {r['error']}"
+        ro = " read-only" if r["read_only"] else ""
+        click.echo(f"  {r['name']:<12} {r['at']:<16} {r['url']}{ro}  [{state}]")
+    click.echo(f"pending uploads: {st['pending_uploads']}  (in flight: {len(st['in_flight'])})")
+    for p in st["pending"][:20]:
+        err = f"  error: {p['error']}" if p["error"] else ""
+        click.echo(f"  {p['remote']}:{p['key']}  attempts={p['attempts']}{err}")
+    if st["last_errors"]:
+        click.echo("last errors:")
+        for e in st["last_errors"][-5:]:
+            click.echo(f"  {e['remote']}:{e['key']}: {e['error']}")
+
+
+def _mount_of(path: str) -> tuple[str, str]:
+    """The mountd mountpoint containing `path`, and `path` relative to it."""
+    from mountd.control import socket_path
+
+    real = os.path.realpath(path)
+    cur = real
+    while True:
+        if socket_path(cur).exists():
+            return cur, "/" + os.path.relpath(real, cur) if real != cur else "/"
+        if cur == "/":
+            fail(f"{path} is not inside a mountd mount")
+        cur = os.path.dirname(cur)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--wait", is_flag=True, help="Return only when everything under PATH is in its remote.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+def sync(path: str, wait: bool, timeout: float) -> None:
+    """Upload pending changes under PATH now."""
+    mp, rel = _mount_of(path)
+    res = _control(mp, "sync", path=rel.replace("/./", "/"), wait=wait, timeout=timeout)
+    if wait and res["left"]:
+        for e in res.get("errors", [])[:20]:
+            click.echo(f"  {e['remote']}:{e['key']}: {e['error']}", err=True)
+        fail(f"{res['left']} entries under {path} are not uploaded yet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The composition root: builds every component of one mount and runs them in one nursery.
+
+Order of start: state directory lock → metadata db (with crash recovery) → remote stores →
+read path → journal and uploader → vfs → FUSE mount → control socket → ready. Order of stop:
+unmount (no new writes) → drain the journal for at most `writeback.drain_timeout` → report
+what is left (it resumes at the next mount) → close the db. Nothing here blocks the trio
+thread on the network: remote probes run in worker threads with a timeout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mountd.backend import ObjectStore
+from mountd.backend.fsspec_store import open_store
+from mountd.cache import DirectReader
+from mountd.config import RepoConfig
+from mountd.control import ControlServer, socket_path
+from mountd.errors import MountdError, RemoteError
+from mountd.fuse import ops as fuse_ops
+from mountd.local import LocalTier
+from mountd.meta import MetaStore
+from mountd.vfs.filesystem import Filesystem
+from mountd.vfs.reconcile import Reconciler
+from mountd.writeback import Journal, Uploader
+
+log = logging.getLogger(__name__)
+PROBE_TIMEOUT = 10.0
+
+
+class StartupError(MountdError):
+    """The mount cannot start; the message is one line for the user."""
+
+
+def mounted_at(mountpoint: str) -> str | None:
+    """The `major:minor` of what is mounted exactly at `mountpoint`, from /proc/self/mountinfo."""
+    real = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == real:
+                    return fields[2]
+    except OSError:
+        return None
+    return None
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    if not os.path.exists(mountpoint):
+        raise StartupError(f"mountpoint {mountpoint} does not exist (create it with: mkdir -p {mountpoint})")
+    if not os.path.isdir(mountpoint):
+        raise StartupError(f"mountpoint {mountpoint} is not a directory")
+    if mounted_at(mountpoint) is not None:
+        raise StartupError(f"{mountpoint} is already mounted (unmount it first: mountd umount {mountpoint})")
+    if os.listdir(mountpoint):
+        raise StartupError(f"mountpoint {mountpoint} is not empty (choose an empty directory)")
+    if not os.path.exists("/dev/fuse"):
+        raise StartupError("/dev/fuse does not exist: load the fuse module (modprobe fuse) or, in a container, "
+                           "pass --device /dev/fuse")
+    if os.geteuid() == 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise StartupError("no permission to open /dev/fuse")
+    if os.geteuid() != 0 and not any(os.access(os.path.join(p, "fusermount3"), os.X_OK)
+                                     for p in os.environ.get("PATH", "/usr/bin:/bin").split(":")):
+        raise StartupError("fusermount3 not found: install the fuse3 package (apt-get install fuse3)")
+
+
+@dataclass
+class Mount:
+    """Every component of one running mount."""
+
+    config: RepoConfig
+    mountpoint: str
+    meta: MetaStore
+    local: LocalTier
+    stores: dict[str, ObjectStore]
+    fs: Filesystem
+    journal: Journal
+    uploader: Uploader
+    reconciler: Reconciler
+    reader: DirectReader
+    lock_fd: int
+    ops: Any = None
+    unreachable: dict[str, str] = field(default_factory=dict)
+    shutdown: trio.Event = field(default_factory=trio.Event)
+    unmounted: bool = False
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "vfs": self.fs.statistics(),
+            "uploader": self.uploader.statistics(),
+            "reconciler": dict(self.reconciler.stats),
+            "reader": self.reader.statistics(),
+            "meta": self.meta.statistics(),
+            "local": self.local.statistics(),
+            "fuse": self.ops.statistics() if self.ops else {},
+        }
+
+
+def _lock_state_dir(path: Path) -> int:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create the local tier {path}: {e.strerror}") from None
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise StartupError(f"the local tier {path} is in use by another mountd (pid {other or '?'})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def build(config: RepoConfig, mountpoint: str) -> Mount:
+    """Open everything local (no network): db, local tier, stores, vfs."""
+    lock_fd = _lock_state_dir(config.local_path)
+    try:
+        meta = MetaStore(config.local_path / "meta.db")
+        local = LocalTier(config.local_path)
+        stores: dict[str, ObjectStore] = {}
+        for remote in config.remote:
+            stores[remote.name] = open_store(remote, timeout=config.mount.read_timeout)
+        reader = DirectReader(stores, block_size=config.cache.chunk_size, timeout=config.mount.read_timeout)
+        journal = Journal(meta, delay=config.writeback.delay)
+        fs = Filesystem(config, meta, local, reader, stores, journal)
+        fs.bootstrap()
+        reconciler = Reconciler(fs, dedup=config.writeback.dedup)
+        uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
+                            retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return Mount(config=config, mountpoint=os.path.realpath(mountpoint), meta=meta, local=local, stores=stores,
+                 fs=fs, journal=journal, uploader=uploader, reconciler=reconciler, reader=reader, lock_fd=lock_fd)
+
+
+async def probe_remotes(m: Mount) -> dict[str, str]:
+    """Reach every remote in parallel; returns name -> reason for those that failed."""
+    failures: dict[str, str] = {}
+
+    async def one(name: str, store: ObjectStore) -> None:
+        with trio.move_on_after(PROBE_TIMEOUT) as scope:
+            try:
+                await trio.to_thread.run_sync(store.probe, abandon_on_cancel=True)
+            except RemoteError as e:
+                failures[name] = str(e)
+        if scope.cancelled_caught:
+            failures[name] = f"remote {name!r} ({store.display_url}): no answer within {PROBE_TIMEOUT:g}s"
+
+    async with trio.open_nursery() as n:
+        for name, store in m.stores.items():
+            n.start_soon(one, name, store)
+    return failures
+
+
+def _set_read_ahead(mountpoint: str, kb: int) -> None:
+    dev = mounted_at(mountpoint)
+    if dev is None or kb <= 0:
+        return
+    try:
+        Path(f"/sys/class/bdi/{dev}/read_ahead_kb").write_text(str(kb))
+    except OSError as e:
+        log.debug("cannot set read_ahead_kb for %s: %s", dev, e)
+
+
+async def run(config: RepoConfig, mountpoint: str, *, require_remotes: bool = False,
+              on_ready: Callable[[Mount], None] = lambda m: None, extra_options: set[str] | None = None) -> int:
+    """Mount and serve until unmounted or signalled; returns the number of entries left pending."""
+    check_mountpoint(mountpoint)
+    m = build(config, mountpoint)
+    try:
+        return await _serve(m, require_remotes=require_remotes, on_ready=on_ready, extra_options=extra_options or set())
+    finally:
+        m.meta.close()
+        os.close(m.lock_fd)
+
+
+async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount], None],
+                 extra_options: set[str]) -> int:
+    m.unreachable = await probe_remotes(m)
+    for reason in m.unreachable.values():
+        if require_remotes:
+            raise StartupError(reason)
+        log.warning("%s; mounting anyway: cached and local data are served, writes are queued", reason)
+    m.ops = fuse_ops.MountdOperations(m.fs)
+    opts = fuse_ops.mount_options(fsname=f"mountd:{m.config.name}", allow_other=m.config.mount.allow_other,
+                                  default_permissions=m.config.mount.default_permissions) | extra_options
+    try:
+        fuse_ops.init(m.ops, m.mountpoint, opts)
+    except RuntimeError as e:
+        raise StartupError(f"cannot mount {m.mountpoint}: {e}") from None
+    left = 0
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve_fuse, m)
+            await nursery.start(m.uploader.run)
+            control = ControlServer(socket_path(m.mountpoint), lambda req: _control(m, req))
+            await nursery.start(control.run)
+            nursery.start_soon(_signals, m)
+            await trio.to_thread.run_sync(_set_read_ahead, m.mountpoint, m.config.mount.read_ahead_kb)
+            await trio.to_thread.run_sync(os.stat, m.mountpoint)  # answers: the mount is ready
+            log.info("mounted %s at %s (%s)", m.config.name, m.mountpoint,
+                     ", ".join(f"{r.name}={r.display_url} at {r.at}" for r in m.config.remote))
+            on_ready(m)
+            await m.shutdown.wait()
+            left = await _drain(m, m.config.writeback.drain_timeout, report=None)
+            nursery.cancel_scope.cancel()
+    finally:
+        if not m.unmounted:
+            m.unmounted = True
+            fuse_ops.close(unmount=True)
+    return left
+
+
+async def _serve_fuse(m: Mount) -> None:
+    await fuse_ops.serve()
+    # the kernel side went away (fusermount -u, umount): stop serving and drain
+    log.info("%s was unmounted", m.mountpoint)
+    if not m.unmounted:
+        m.unmounted = True
+        fuse_ops.close(unmount=False)
+    m.shutdown.set()
+
+
+def _unmount(m: Mount) -> None:
+    if not m.unmounted:
+        fuse_ops.terminate()
+
+
+async def _drain(m: Mount, timeout: float, report: Callable[[int], None] | None) -> int:
+    pending = m.uploader.pending()
+    if pending:
+        log.info("draining %d pending write-back entries (at most %gs)", pending, timeout)
+    left = await m.uploader.wait_drained(timeout)
+    if left:
+        log.warning("%d write-back entries left pending; they resume at the next mount", left)
+    return left
+
+
+async def _signals(m: Mount) -> None:
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            log.info("signal received: unmounting")
+            _unmount(m)
+            m.shutdown.set()
+
+
+def status(m: Mount) -> dict[str, Any]:
+    journal = m.meta.journal_all(200)
+    return {
+        "name": m.config.name,
+        "mountpoint": m.mountpoint,
+        "pid": os.getpid(),
+        "local_path": str(m.config.local_path),
+        "remotes": [
+            {"name": r.name, "url": r.display_url, "at": r.at, "read_only": r.read_only,
+             "reachable": r.name not in m.unreachable, "error": m.unreachable.get(r.name)}
+            for r in m.config.remote
+        ],
+        "pending_uploads": m.meta.journal_count(),
+        "in_flight": [f"{r}:{k}" for r, k in m.uploader.in_flight],
+        "pending": [{"remote": e.remote, "key": e.key, "attempts": e.attempts, "error": e.last_error} for e in journal],
+        "last_errors": [{"remote": r, "key": k, "error": e} for r, k, e in m.uploader.last_errors],
+        "statistics": m.statistics(),
+    }
+
+
+async def _control(m: Mount, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    op = req.get("op")
+    if op == "status":
+        yield {"ok": True, "result": status(m)}
+    elif op == "umount":
+        _unmount(m)
+        timeout = float(req.get("timeout") or m.config.writeback.drain_timeout)
+        with trio.move_on_after(timeout + 5):
+            while m.uploader.pending():
+                yield {"progress": {"pending": m.uploader.pending()}}
+                with trio.move_on_after(0.5):
+                    await m.uploader.wait_drained(0.5)
+        left = m.uploader.pending()
+        m.shutdown.set()
+        yield {"ok": True, "result": {"left": left}}
+    elif op == "sync":
+        prefix = str(req.get("path") or "")
+        select = _path_filter(m, prefix)
+        timeout = float(req.get("timeout") or 3600)
+        if not req.get("wait"):
+            m.meta.journal_make_due(m.journal.clock())
+            m.journal.notify()
+            yield {"ok": True, "result": {"left": m.uploader.pending(select)}}
+            return
+        left = await m.uploader.wait_drained(timeout, select)
+        errors = [{"remote": e.remote, "key": e.key, "error": e.last_error} for e in m.meta.journal_all(100000)
+                  if select(e.remote, e.key) and e.last_error]
+        yield {"ok": True, "result": {"left": left, "errors": errors}}
+    elif op == "log_level":
+        level = str(req.get("level", "INFO")).upper()
+        logging.getLogger().setLevel(level)
+        yield {"ok": True, "result": {"level": level}}
+    else:
+        yield {"ok": False, "error": f"unknown control operation {op!r}"}
+
+
+def _path_filter(m: Mount, path: str) -> Callable[[str, str], bool]:
+    """Journal entries whose mount path lies under `path` (a path inside the mount)."""
+    rel = "/" + path.strip("/") if path.strip("/") else "/"
+
+    def select(remote: str, key: str) -> bool:
+        at = next(r.at for r in m.config.remote if r.name == remote)
+        full = (at.rstrip("/") + "/" + key).rstrip("/")
+        return rel == "/" or full == rel or full.startswith(rel + "/")
+
+    return select

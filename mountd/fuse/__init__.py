@@ -1,0 +1,1 @@
+"""The FUSE adapter: the only package that imports pyfuse3."""

@@ -1,0 +1,283 @@
+"""`MountdOperations`: pyfuse3's Operations as a thin shim over `mountd.vfs.Filesystem`.
+
+Arguments are converted to vfs types, results to pyfuse3 types, and every error is mapped to
+an errno here and nowhere else: a `MountdError` carries its errno, an `OSError` from local
+disk I/O (ENOSPC, EIO) keeps its own, anything else is logged with its traceback and becomes
+EIO. Per-operation counts and errors are kept for status and metrics.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from mountd.errors import MountdError
+from mountd.vfs.filesystem import Filesystem
+from mountd.vfs.types import Attr, Ctx, SetAttr
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
+    return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
+
+
+def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Map every exception of a handler to a FUSEError, counting calls and errors per operation."""
+    name = fn.__name__
+
+    @wraps(fn)
+    async def wrapper(self: MountdOperations, *args: Any) -> T:
+        self.calls[name] += 1
+        start = time.perf_counter()
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            self.errors[name] += 1
+            raise
+        except MountdError as e:
+            self.errors[name] += 1
+            if e.errno == errno.EIO:
+                log.warning("%s: %s", name, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            self.errors[name] += 1
+            code = e.errno or errno.EIO
+            if code not in (errno.ENOSPC, errno.EDQUOT):
+                log.warning("%s: local I/O error: %s", name, e)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            self.errors[name] += 1
+            log.exception("%s failed unexpectedly", name)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    return wrapper
+
+
+class MountdOperations(pyfuse3.Operations):
+    enable_writeback_cache = True
+    supports_dot_lookup = True
+
+    def __init__(self, fs: Filesystem) -> None:
+        super().__init__()
+        self.fs = fs
+        self.calls: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self.attr_timeout = fs.config.mount.attr_timeout
+        fs.invalidate_cb = self._invalidate
+
+    @staticmethod
+    def _invalidate(ino: int) -> None:
+        # pyfuse3 says invalidate_inode may block under the writeback cache: call it from a thread
+        trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, _invalidate_quietly, ino)
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = 0
+        e.entry_timeout = self.attr_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = 1 << 20
+        e.st_blocks = a.blocks
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    @_mapped
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.lookup(parent_inode, name))
+
+    @_mapped
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.getattr(inode))
+
+    @_mapped
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        now = time.time_ns()
+        changes = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else now,
+        )
+        return self._entry(await self.fs.setattr(inode, changes, fh, _ctx(ctx)))
+
+    @_mapped
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.readlink(inode)
+
+    @_mapped
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
+
+    @_mapped
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
+
+    @_mapped
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.unlink(parent_inode, name)
+
+    @_mapped
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rmdir(parent_inode, name)
+
+    @_mapped
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.symlink(parent_inode, name, target, _ctx(ctx)))
+
+    @_mapped
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, _ctx(ctx))
+
+    @_mapped
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.link(inode, new_parent_inode, new_name, _ctx(ctx)))
+
+    @_mapped
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        opened = await self.fs.open(inode, flags, _ctx(ctx))
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+
+    @_mapped
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        opened, attr = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache), self._entry(attr)
+
+    @_mapped
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @_mapped
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @_mapped
+    async def flush(self, fh: int) -> None:
+        await self.fs.flush(fh)
+
+    @_mapped
+    async def release(self, fh: int) -> None:
+        await self.fs.release(fh)
+
+    @_mapped
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.fs.fsync(fh, datasync)
+
+    @_mapped
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return await self.fs.opendir(inode)
+
+    @_mapped
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for offset, name, attr in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self._entry(attr), offset):
+                break
+
+    @_mapped
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_mapped
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_mapped
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = self.fs.statfs()
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = s.block_size
+        st.f_frsize = s.block_size
+        st.f_blocks = s.blocks
+        st.f_bfree = s.blocks_free
+        st.f_bavail = s.blocks_avail
+        st.f_files = s.files
+        st.f_ffree = s.files_free
+        st.f_favail = s.files_free
+        st.f_namemax = s.name_max
+        return st
+
+    @_mapped
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.getxattr(inode, os.fsdecode(name))
+
+    @_mapped
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [n.encode() for n in self.fs.listxattr(inode)]
+
+    @_mapped
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.setxattr(inode, os.fsdecode(name))
+
+    @_mapped
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.setxattr(inode, os.fsdecode(name))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        return None
+
+    def statistics(self) -> dict[str, dict[str, float]]:
+        return {"calls": dict(self.calls), "errors": dict(self.errors), "seconds": dict(self.seconds)}
+
+
+def _invalidate_quietly(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=False)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def mount_options(*, fsname: str, allow_other: bool, default_permissions: bool, read_only: bool = False) -> set[str]:
+    opts = {f"fsname={fsname}", "subtype=mountd", "max_read=1048576"}
+    if allow_other:
+        opts.add("allow_other")
+    if default_permissions:
+        opts.add("default_permissions")
+    if read_only:
+        opts.add("ro")
+    return opts
+
+
+def init(ops: MountdOperations, mountpoint: str, options: set[str]) -> None:
+    pyfuse3.init(ops, mountpoint, options)
+
+
+async def serve() -> None:
+    await pyfuse3.main(min_tasks=4, max_tasks=64)
+
+
+def terminate() -> None:
+    pyfuse3.terminate()
+
+
+def close(unmount: bool = True) -> None:
+    pyfuse3.close(unmount=unmount)

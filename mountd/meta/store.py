@@ -1,0 +1,363 @@
+"""`MetaStore`: the one owner of the mount's SQLite database.
+
+It holds the merged namespace (inodes and directory entries, for local-only paths and for what
+listings of remotes showed), the write-back journal and the content-hash index. Every call is
+synchronous and quick (indexed lookups), so callers make them on the trio thread; nothing here
+touches the network. WAL mode with synchronous=NORMAL: a commit survives a crash of the daemon
+(kill -9) because the WAL is in the kernel's page cache before `commit` returns; each public
+mutating method is one transaction, committed before it returns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ROOT_INODE = 1
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inodes (
+    ino INTEGER PRIMARY KEY AUTOINCREMENT,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    nlink INTEGER NOT NULL DEFAULT 1,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    target BLOB,
+    remote TEXT,
+    has_local INTEGER NOT NULL DEFAULT 0,
+    content_gen INTEGER NOT NULL DEFAULT 0,
+    synced_gen INTEGER NOT NULL DEFAULT 0,
+    attr_gen INTEGER NOT NULL DEFAULT 0,
+    synced_attr_gen INTEGER NOT NULL DEFAULT 0,
+    remote_key TEXT,
+    remote_version TEXT,
+    sha256 TEXT,
+    meta_loaded INTEGER NOT NULL DEFAULT 1,
+    listed_at REAL,
+    marker INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS inodes_remote_key ON inodes(remote, remote_key);
+CREATE TABLE IF NOT EXISTS dentries (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    UNIQUE (parent, name)
+);
+CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
+CREATE TABLE IF NOT EXISTS journal (
+    remote TEXT NOT NULL,
+    key TEXT NOT NULL,
+    due REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (remote, key)
+);
+CREATE INDEX IF NOT EXISTS journal_due ON journal(due);
+CREATE TABLE IF NOT EXISTS hashes (
+    remote TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (remote, sha256, key)
+);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass(slots=True)
+class Inode:
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    rdev: int
+    target: bytes | None
+    remote: str | None  # remote name whose subtree holds this inode; None for local-only paths
+    has_local: int  # content lives on the local tier
+    content_gen: int  # bumped on every content change
+    synced_gen: int  # content_gen that is stored at remote_key
+    attr_gen: int  # bumped on every attribute change that the remote stores
+    synced_attr_gen: int
+    remote_key: str | None  # key whose object holds this inode's bytes now
+    remote_version: str | None
+    sha256: str | None
+    meta_loaded: int  # 0: attributes are defaults from a listing; a HEAD will fill them
+    listed_at: float | None  # directories: when the remote listing was last merged
+    marker: int  # directories: a marker object is wanted for it
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def content_dirty(self) -> bool:
+        return self.content_gen != self.synced_gen
+
+    @property
+    def attrs_dirty(self) -> bool:
+        return self.attr_gen != self.synced_attr_gen
+
+
+_INODE_COLUMNS = tuple(f.name for f in fields(Inode))
+_INODE_SELECT = "SELECT " + ", ".join(_INODE_COLUMNS) + " FROM inodes"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    remote: str
+    key: str
+    due: float
+    seq: int
+    attempts: int
+    last_error: str | None
+
+
+class MetaStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._db.execute("PRAGMA cache_size=-65536")
+        self._db.executescript(_SCHEMA)
+        self._depth = 0
+        self.statements = 0
+        self._seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM journal") or 0)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Nestable; the outermost one commits (or rolls back on an exception)."""
+        if self._depth == 0:
+            self._db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._db.execute("COMMIT")
+
+    def _exec(self, sql: str, args: Iterable[object] = ()) -> sqlite3.Cursor:
+        self.statements += 1
+        return self._db.execute(sql, tuple(args))
+
+    def _scalar(self, sql: str, args: Iterable[object] = ()) -> object:
+        row = self._exec(sql, args).fetchone()
+        return row[0] if row else None
+
+    # --- settings -----------------------------------------------------------------------------
+    def get_setting(self, name: str) -> str | None:
+        v = self._scalar("SELECT value FROM settings WHERE name=?", (name,))
+        return str(v) if v is not None else None
+
+    def set_setting(self, name: str, value: str) -> None:
+        self._exec("INSERT OR REPLACE INTO settings(name, value) VALUES (?, ?)", (name, value))
+
+    # --- inodes -------------------------------------------------------------------------------
+    def get(self, ino: int) -> Inode | None:
+        row = self._exec(_INODE_SELECT + " WHERE ino=?", (ino,)).fetchone()
+        return Inode(*row) if row else None
+
+    def create_inode(self, *, mode: int, uid: int, gid: int, remote: str | None, ino: int | None = None,
+                     size: int = 0, mtime_ns: int | None = None, nlink: int = 1, rdev: int = 0,
+                     target: bytes | None = None, has_local: int = 0, remote_key: str | None = None,
+                     remote_version: str | None = None, sha256: str | None = None, meta_loaded: int = 1,
+                     content_gen: int = 0, synced_gen: int = 0, attr_gen: int = 0, synced_attr_gen: int = 0,
+                     marker: int = 0, listed_at: float | None = None) -> Inode:
+        now = time.time_ns()
+        mtime_ns = now if mtime_ns is None else mtime_ns
+        cur = self._exec(
+            "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target,"
+            " remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key, remote_version,"
+            " sha256, meta_loaded, listed_at, marker) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ino, mode, uid, gid, size, mtime_ns, mtime_ns, mtime_ns if ino != ROOT_INODE else now, nlink, rdev,
+             target, remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key,
+             remote_version, sha256, meta_loaded, listed_at, marker),
+        )
+        got = self.get(int(cur.lastrowid or ino or 0))
+        assert got is not None
+        return got
+
+    def update(self, ino: int, **values: object) -> None:
+        if not values:
+            return
+        cols = ", ".join(f"{k}=?" for k in values)
+        self._exec(f"UPDATE inodes SET {cols} WHERE ino=?", (*values.values(), ino))
+
+    def bump(self, ino: int, column: str, by: int = 1) -> None:
+        """Atomically add to a counter column (content_gen, attr_gen, nlink)."""
+        assert column in ("content_gen", "attr_gen", "nlink")
+        self._exec(f"UPDATE inodes SET {column}={column}+? WHERE ino=?", (by, ino))
+
+    def delete_inode(self, ino: int) -> None:
+        self._exec("DELETE FROM inodes WHERE ino=?", (ino,))
+
+    def orphans(self) -> list[int]:
+        """Inodes no directory entry refers to (unlinked while open when the daemon stopped)."""
+        rows = self._exec(
+            "SELECT ino FROM inodes WHERE ino != ? AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.ino = inodes.ino)",
+            (ROOT_INODE,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def dirty_without_journal(self) -> list[Inode]:
+        """Inodes with unsynced local content; the caller re-journals them after a crash."""
+        rows = self._exec(_INODE_SELECT + " WHERE remote IS NOT NULL AND has_local=1 AND content_gen != synced_gen").fetchall()
+        return [Inode(*r) for r in rows]
+
+    def inodes_with_remote_key(self, remote: str, key: str) -> list[Inode]:
+        rows = self._exec(_INODE_SELECT + " WHERE remote=? AND remote_key=?", (remote, key)).fetchall()
+        return [Inode(*r) for r in rows]
+
+    # --- directory entries --------------------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        v = self._scalar("SELECT ino FROM dentries WHERE parent=? AND name=?", (parent, name))
+        return int(v) if v is not None else None  # type: ignore[arg-type]
+
+    def add_entry(self, parent: int, name: bytes, ino: int) -> None:
+        self._exec("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
+
+    def remove_entry(self, parent: int, name: bytes) -> None:
+        self._exec("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+
+    def move_entry(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
+        self._exec("UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?", (new_parent, new_name, parent, name))
+
+    def set_entry_ino(self, parent: int, name: bytes, ino: int) -> None:
+        self._exec("UPDATE dentries SET ino=? WHERE parent=? AND name=?", (ino, parent, name))
+
+    def entries_after(self, parent: int, after_id: int, limit: int) -> list[tuple[int, bytes, int]]:
+        """(entry id, name, ino) in stable id order, for readdir offsets that survive changes."""
+        return self._exec(
+            "SELECT id, name, ino FROM dentries WHERE parent=? AND id > ? ORDER BY id LIMIT ?", (parent, after_id, limit)
+        ).fetchall()
+
+    def entries_with_inodes_after(self, parent: int, after_id: int, limit: int) -> list[tuple[int, bytes, Inode]]:
+        """Like `entries_after` with each entry's inode, in one query (readdirplus of large directories)."""
+        cols = ", ".join(f"i.{c}" for c in _INODE_COLUMNS)
+        rows = self._exec(
+            f"SELECT d.id, d.name, {cols} FROM dentries d JOIN inodes i ON i.ino = d.ino"
+            " WHERE d.parent=? AND d.id > ? ORDER BY d.id LIMIT ?", (parent, after_id, limit)).fetchall()
+        return [(r[0], r[1], Inode(*r[2:])) for r in rows]
+
+    def children(self, parent: int) -> list[tuple[bytes, int]]:
+        return self._exec("SELECT name, ino FROM dentries WHERE parent=?", (parent,)).fetchall()
+
+    def has_children(self, parent: int) -> bool:
+        return self._scalar("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)) is not None
+
+    def link_count(self, ino: int) -> int:
+        return int(self._scalar("SELECT COUNT(*) FROM dentries WHERE ino=?", (ino,)) or 0)  # type: ignore[arg-type]
+
+    def parent_of(self, ino: int) -> tuple[int, bytes] | None:
+        """One (parent, name) of an inode: for directories the only one."""
+        row = self._exec("SELECT parent, name FROM dentries WHERE ino=? LIMIT 1", (ino,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    # --- journal ------------------------------------------------------------------------------
+    def journal_put(self, remote: str, key: str, due: float) -> None:
+        """Ask for `key` to be reconciled at `due`; a later call moves the due time (resets the delay)."""
+        self._seq += 1
+        self._exec(
+            "INSERT INTO journal (remote, key, due, seq) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(remote, key) DO UPDATE SET due=excluded.due, seq=excluded.seq",
+            (remote, key, due, self._seq),
+        )
+
+    def journal_get(self, remote: str, key: str) -> JournalEntry | None:
+        row = self._exec("SELECT remote, key, due, seq, attempts, last_error FROM journal WHERE remote=? AND key=?",
+                         (remote, key)).fetchone()
+        return JournalEntry(*row) if row else None
+
+    def journal_due(self, now: float, limit: int) -> list[JournalEntry]:
+        rows = self._exec(
+            "SELECT remote, key, due, seq, attempts, last_error FROM journal WHERE due <= ? ORDER BY due, seq LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [JournalEntry(*r) for r in rows]
+
+    def journal_next_due(self) -> float | None:
+        v = self._scalar("SELECT MIN(due) FROM journal")
+        return float(v) if v is not None else None  # type: ignore[arg-type]
+
+    def journal_done(self, remote: str, key: str, seq: int) -> bool:
+        """Drop the entry if nobody re-queued it meanwhile (same seq); True when dropped."""
+        cur = self._exec("DELETE FROM journal WHERE remote=? AND key=? AND seq=?", (remote, key, seq))
+        return cur.rowcount > 0
+
+    def journal_failed(self, remote: str, key: str, seq: int, error: str, retry_at: float) -> None:
+        self._exec("UPDATE journal SET attempts=attempts+1, last_error=?, due=? WHERE remote=? AND key=? AND seq=?",
+                   (error, retry_at, remote, key, seq))
+
+    def journal_all(self, limit: int = 1000) -> list[JournalEntry]:
+        rows = self._exec("SELECT remote, key, due, seq, attempts, last_error FROM journal ORDER BY due, seq LIMIT ?",
+                          (limit,)).fetchall()
+        return [JournalEntry(*r) for r in rows]
+
+    def journal_count(self) -> int:
+        return int(self._scalar("SELECT COUNT(*) FROM journal") or 0)  # type: ignore[arg-type]
+
+    def journal_has(self, remote: str, key: str) -> bool:
+        return self._scalar("SELECT 1 FROM journal WHERE remote=? AND key=?", (remote, key)) is not None
+
+    def journal_keys_under(self, remote: str, prefix: str) -> set[str]:
+        rows = self._exec("SELECT key FROM journal WHERE remote=? AND substr(key, 1, ?) = ?",
+                          (remote, len(prefix), prefix)).fetchall()
+        return {r[0] for r in rows}
+
+    def journal_make_due(self, now: float) -> None:
+        self._exec("UPDATE journal SET due=? WHERE due > ?", (now, now))
+
+    # --- hash index ---------------------------------------------------------------------------
+    def hash_put(self, remote: str, sha256: str, key: str, version: str) -> None:
+        self._exec("INSERT OR REPLACE INTO hashes (remote, sha256, key, version) VALUES (?, ?, ?, ?)",
+                   (remote, sha256, key, version))
+
+    def hash_lookup(self, remote: str, sha256: str) -> list[tuple[str, str]]:
+        return self._exec("SELECT key, version FROM hashes WHERE remote=? AND sha256=?", (remote, sha256)).fetchall()
+
+    def hash_forget(self, remote: str, key: str) -> None:
+        self._exec("DELETE FROM hashes WHERE remote=? AND key=?", (remote, key))
+
+    # --- statistics ---------------------------------------------------------------------------
+    def statistics(self) -> dict[str, int]:
+        return {
+            "inodes": int(self._scalar("SELECT COUNT(*) FROM inodes") or 0),  # type: ignore[arg-type]
+            "journal_entries": self.journal_count(),
+            "statements": self.statements,
+        }

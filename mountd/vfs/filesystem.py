@@ -1,0 +1,1067 @@
+"""`Filesystem`: POSIX semantics of the merged namespace, with no pyfuse3 in it.
+
+It owns the in-memory state of open files (handles, local file descriptors, sizes being
+written) and turns every POSIX call into quick SQLite changes (`MetaStore`), local file I/O
+(`LocalTier`) and journal entries; it waits on the network only through worker threads
+(listings, HEADs, downloads) or through the `RemoteReader`. Every mutating call commits its
+metadata and journal entries in one transaction before returning.
+
+Concurrency invariant: code between two awaits is atomic (one trio thread). A coroutine that
+awaits (listing, materializing) re-reads what it needs from the MetaStore after the await.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from mountd.backend import DirListing, ObjectInfo, ObjectStore
+from mountd.cache import ObjectRef, RemoteReader
+from mountd.config import RepoConfig
+from mountd.errors import MountdError, ObjectNotFound, PosixError, RemoteError
+from mountd.local import LocalTier
+from mountd.meta import Inode, MetaStore
+from mountd.meta.store import ROOT_INODE
+from mountd.vfs.namespace import (
+    META_SHA256,
+    NAME_MAX,
+    Attachment,
+    attachments_for,
+    attrs_from_metadata,
+    invalid_name_reason,
+    key_for,
+)
+from mountd.vfs.types import Attr, Ctx, FsStats, Opened, SetAttr
+from mountd.writeback import Journal
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_PREFIX = "user.mountd."
+READDIR_PAGE = 1000
+LISTING_RETRY = 5.0
+
+
+def _err(code: int, message: str = "") -> PosixError:
+    return PosixError(code, message)
+
+
+@dataclass(slots=True)
+class OpenInode:
+    """State shared by all open handles of one inode."""
+
+    ino: int
+    handles: int = 0
+    writers: int = 0
+    fd: int | None = None  # local data file, opened on first local I/O
+    size: int | None = None  # size while being written (authoritative over the db)
+    mtime_ns: int | None = None
+    modified: bool = False  # content changed since it was last journaled
+
+
+@dataclass(slots=True)
+class Handle:
+    ino: int
+    writable: bool
+    uid: int
+
+
+@dataclass(slots=True)
+class _Stats:
+    listings: int = 0
+    listing_errors: int = 0
+    heads: int = 0
+    materialized: int = 0
+    skipped_keys: int = 0
+    open_handles: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Filesystem:
+    def __init__(self, config: RepoConfig, meta: MetaStore, local: LocalTier, reader: RemoteReader,
+                 stores: Mapping[str, ObjectStore], journal: Journal) -> None:
+        self.config = config
+        self.meta = meta
+        self.local = local
+        self.reader = reader
+        self.stores = stores
+        self.journal = journal
+        self.attachments = attachments_for(config.remote)
+        self._remote_cfg = {r.name: r for r in config.remote}
+        self._attach_ino: dict[str, int] = {}
+        self._open: dict[int, OpenInode] = {}
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._listing_inflight: dict[int, trio.Event] = {}
+        self._listing_failed_at: dict[int, float] = {}
+        self._checked_at: dict[int, float] = {}  # inode -> when its remote version was last confirmed
+        self._page_cache_version: dict[int, str] = {}
+        self._warned_keys: set[tuple[str, str]] = set()
+        self._stats = _Stats()
+        self.owner_uid = config.mount.uid if config.mount.uid is not None else os.getuid()
+        self.owner_gid = config.mount.gid if config.mount.gid is not None else os.getgid()
+        self.invalidate_cb = lambda ino: None  # set by the FUSE layer: drop the kernel page cache
+
+    # ------------------------------------------------------------------------------------------
+    # start-up
+    # ------------------------------------------------------------------------------------------
+    def bootstrap(self) -> None:
+        """Root, attach points, and crash recovery of the db; quick, no network."""
+        m = self.meta
+        with m.transaction():
+            root_remote = next((a.name for a in self.attachments if not a.parts), None)
+            if m.get(ROOT_INODE) is None:
+                m.create_inode(ino=ROOT_INODE, mode=stat.S_IFDIR | 0o755, uid=self.owner_uid, gid=self.owner_gid,
+                               remote=root_remote, nlink=2, remote_key="" if root_remote else None)
+            for att in sorted(self.attachments, key=lambda a: len(a.parts)):
+                self._attach_ino[att.name] = self._ensure_attach_point(att)
+            for ino in m.orphans():
+                log.info("removing orphan inode %d left by an earlier run", ino)
+                m.delete_inode(ino)
+                self.local.remove(ino)
+            for inode in m.dirty_without_journal():
+                if inode.has_local and self.local.exists(inode.ino):
+                    m.update(inode.ino, size=self.local.size_of(inode.ino))
+                key = self.key_of(inode.ino)
+                if key is not None and not m.journal_has(inode.remote or "", key[1]):
+                    log.info("re-queueing %s:%s written before a crash", key[0], key[1])
+                    m.journal_put(key[0], key[1], self.journal.clock())
+
+    def _ensure_attach_point(self, att: Attachment) -> int:
+        ino = ROOT_INODE
+        for depth, part in enumerate(att.parts):
+            name = part.encode()
+            child = self.meta.lookup(ino, name)
+            last = depth == len(att.parts) - 1
+            if child is None:
+                parent = self.meta.get(ino)
+                assert parent is not None
+                node = self.meta.create_inode(mode=stat.S_IFDIR | 0o755, uid=self.owner_uid, gid=self.owner_gid,
+                                              remote=att.name if last else None, nlink=2,
+                                              remote_key="" if last else None)
+                self.meta.add_entry(ino, name, node.ino)
+                self.meta.bump(ino, "nlink")
+                child = node.ino
+            elif last:
+                self.meta.update(child, remote=att.name, remote_key="")
+            ino = child
+        if not att.parts:
+            self.meta.update(ROOT_INODE, remote=att.name, remote_key="")
+        return ino
+
+    # ------------------------------------------------------------------------------------------
+    # paths and keys
+    # ------------------------------------------------------------------------------------------
+    def path_parts(self, ino: int) -> tuple[str, ...] | None:
+        parts: list[str] = []
+        while ino != ROOT_INODE:
+            up = self.meta.parent_of(ino)
+            if up is None:
+                return None
+            parts.append(up[1].decode("utf-8", "surrogateescape"))
+            ino = up[0]
+        return tuple(reversed(parts))
+
+    def path_of(self, ino: int) -> str | None:
+        parts = self.path_parts(ino)
+        return None if parts is None else "/" + "/".join(parts)
+
+    def attachment(self, remote: str) -> Attachment:
+        return next(a for a in self.attachments if a.name == remote)
+
+    def key_of(self, ino: int, inode: Inode | None = None) -> tuple[str, str] | None:
+        """(remote, object key) of an inode's current path; directories get their marker key."""
+        inode = inode or self.meta.get(ino)
+        if inode is None or inode.remote is None:
+            return None
+        parts = self.path_parts(ino)
+        if parts is None:
+            return None
+        att = self.attachment(inode.remote)
+        below = parts[len(att.parts):]
+        return inode.remote, key_for(below, directory=inode.is_dir)
+
+    def resolve_key(self, remote: str, key: str) -> Inode | None:
+        """The inode whose path maps to `key` now (no listing is fetched)."""
+        ino = self._attach_ino.get(remote)
+        if ino is None:
+            return None
+        for part in [p for p in key.split("/") if p]:
+            nxt = self.meta.lookup(ino, part.encode("utf-8", "surrogateescape"))
+            if nxt is None:
+                return None
+            ino = nxt
+        node = self.meta.get(ino)
+        if node is None or node.remote != remote:
+            return None
+        return node
+
+    def _is_attach_point(self, ino: int) -> bool:
+        return ino in self._attach_ino.values()
+
+    def _inode(self, ino: int) -> Inode:
+        node = self.meta.get(ino)
+        if node is None:
+            raise _err(errno.ENOENT)
+        return node
+
+    def _writable_area(self, inode: Inode) -> None:
+        if inode.remote is not None and self._remote_cfg[inode.remote].read_only:
+            raise _err(errno.EROFS, f"remote {inode.remote!r} is read-only")
+
+    def _store(self, remote: str) -> ObjectStore:
+        return self.stores[remote]
+
+    # ------------------------------------------------------------------------------------------
+    # attributes
+    # ------------------------------------------------------------------------------------------
+    def _attr(self, inode: Inode) -> Attr:
+        size, mtime = inode.size, inode.mtime_ns
+        op = self._open.get(inode.ino)
+        if op is not None:
+            size = op.size if op.size is not None else size
+            mtime = op.mtime_ns if op.mtime_ns is not None else mtime
+        return Attr(ino=inode.ino, mode=inode.mode, nlink=inode.nlink, uid=inode.uid, gid=inode.gid, size=size,
+                    atime_ns=inode.atime_ns, mtime_ns=mtime, ctime_ns=inode.ctime_ns, rdev=inode.rdev)
+
+    async def getattr(self, ino: int) -> Attr:
+        inode = self._inode(ino)
+        if not inode.meta_loaded:
+            inode = await self._load_metadata(inode)
+        return self._attr(inode)
+
+    async def _load_metadata(self, inode: Inode) -> Inode:
+        """HEAD an object seen only in a listing, for its POSIX attributes and sha256."""
+        if inode.remote is None or inode.remote_key is None:
+            return inode
+        store = self._store(inode.remote)
+        try:
+            info = await self._in_thread(store.head, inode.remote_key)
+        except ObjectNotFound:
+            return inode
+        except RemoteError as e:
+            log.debug("HEAD %s failed: %s", inode.remote_key, e)
+            return inode
+        self._stats.heads += 1
+        fresh = self.meta.get(inode.ino)
+        if fresh is None or fresh.meta_loaded or fresh.remote_key != inode.remote_key:
+            return fresh or inode
+        self._apply_object_info(fresh, info)
+        return self._inode(inode.ino)
+
+    def _apply_object_info(self, inode: Inode, info: ObjectInfo) -> None:
+        kind = stat.S_IFMT(inode.mode)
+        attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self.owner_uid,
+                                    gid=self.owner_gid, mtime_ns=info.mtime_ns, kind=kind)
+        values: dict[str, object] = {"remote_version": info.version}
+        if not inode.has_local:
+            values["size"] = info.size
+        if info.metadata is not None:
+            values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns, meta_loaded=1,
+                          sha256=info.metadata.get(META_SHA256) or None)
+            if info.metadata.get(META_SHA256):
+                self.meta.hash_put(inode.remote or "", info.metadata[META_SHA256], info.key, info.version)
+        with self.meta.transaction():
+            self.meta.update(inode.ino, **values)
+        self._checked_at[inode.ino] = time.monotonic()
+
+    async def setattr(self, ino: int, changes: SetAttr, fh: int | None, ctx: Ctx) -> Attr:
+        inode = self._inode(ino)
+        now = time.time_ns()
+        values: dict[str, object] = {}
+        if changes.size is not None:
+            if inode.is_dir:
+                raise _err(errno.EISDIR)
+            if not inode.is_reg:
+                raise _err(errno.EINVAL)
+            self._writable_area(inode)
+            await self._truncate(inode, changes.size)
+            inode = self._inode(ino)
+            values.update(mtime_ns=now)
+        if changes.mode is not None:
+            self._writable_area(inode)
+            values["mode"] = stat.S_IFMT(inode.mode) | stat.S_IMODE(changes.mode)
+        if changes.uid is not None or changes.gid is not None:
+            self._writable_area(inode)
+            if changes.uid is not None:
+                values["uid"] = changes.uid
+            if changes.gid is not None:
+                values["gid"] = changes.gid
+            mode = int(values.get("mode", inode.mode))  # type: ignore[call-overload]
+            if not stat.S_ISDIR(mode) and mode & (stat.S_ISUID | stat.S_ISGID) and changes.mode is None:
+                values["mode"] = mode & ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
+        if changes.atime_ns is not None:
+            values["atime_ns"] = changes.atime_ns
+        if changes.mtime_ns is not None:
+            self._writable_area(inode)
+            values["mtime_ns"] = changes.mtime_ns
+        op = self._open.get(ino)
+        if op is not None and "mtime_ns" in values:
+            op.mtime_ns = int(values["mtime_ns"])  # type: ignore[call-overload]
+        values["ctime_ns"] = changes.ctime_ns if changes.ctime_ns is not None else now
+        remote_visible = any(k in values for k in ("mode", "uid", "gid", "mtime_ns"))
+        with self.meta.transaction():
+            self.meta.update(ino, **values)
+            if remote_visible or changes.size is not None:
+                self.meta.bump(ino, "attr_gen")
+                self._queue(ino)
+        return self._attr(self._inode(ino))
+
+    async def _truncate(self, inode: Inode, size: int) -> None:
+        if not inode.has_local:
+            if size == 0:
+                with self.meta.transaction():
+                    self.local.create_empty(inode.ino)
+                    self.meta.update(inode.ino, has_local=1, size=0)
+            else:
+                await self._materialize(inode)
+        self.local.truncate(inode.ino, size)
+        op = self._open.get(inode.ino)
+        if op is not None:
+            op.size = size
+            op.modified = True
+        with self.meta.transaction():
+            self.meta.update(inode.ino, size=size)
+            self.meta.bump(inode.ino, "content_gen")
+
+    # ------------------------------------------------------------------------------------------
+    # listings
+    # ------------------------------------------------------------------------------------------
+    async def _ensure_listed(self, d: Inode, *, force: bool = False) -> None:
+        """Merge the remote listing of a directory when it is older than listing_ttl."""
+        if d.remote is None or not d.is_dir:
+            return
+        now = time.time()
+        if not force and d.listed_at is not None and now - d.listed_at < self.config.mount.listing_ttl:
+            return
+        failed = self._listing_failed_at.get(d.ino)
+        if not force and failed is not None and time.monotonic() - failed < LISTING_RETRY and d.listed_at is not None:
+            return
+        event = self._listing_inflight.get(d.ino)
+        if event is not None:
+            await event.wait()
+            return
+        event = self._listing_inflight[d.ino] = trio.Event()
+        try:
+            key = self.key_of(d.ino, d)
+            if key is None:
+                return
+            remote, prefix = key
+            try:
+                listing = await self._in_thread(self._store(remote).list_dir, prefix)
+            except RemoteError as e:
+                self._stats.listing_errors += 1
+                self._listing_failed_at[d.ino] = time.monotonic()
+                log.warning("listing %s of remote %r failed, serving what is known: %s", prefix or "/", remote, e)
+                return
+            self._listing_failed_at.pop(d.ino, None)
+            self._stats.listings += 1
+            fresh = self.meta.get(d.ino)
+            if fresh is not None and fresh.is_dir:
+                self._merge_listing(fresh, remote, prefix, listing)
+        finally:
+            del self._listing_inflight[d.ino]
+            event.set()
+
+    def _skip_key(self, remote: str, key: str, reason: str) -> None:
+        if (remote, key) not in self._warned_keys:
+            self._warned_keys.add((remote, key))
+            self._stats.skipped_keys += 1
+            log.warning("remote %r: skipping key %r: %s", remote, key, reason)
+
+    def _merge_listing(self, d: Inode, remote: str, prefix: str, listing: DirListing) -> None:
+        m = self.meta
+        pending = m.journal_keys_under(remote, prefix)
+        existing = {name: ino for name, ino in m.children(d.ino)}
+        seen: set[bytes] = set()
+        now = time.monotonic()
+        dir_names = set()
+        with m.transaction():
+            for name in listing.prefixes:
+                reason = invalid_name_reason(name)
+                if reason:
+                    self._skip_key(remote, prefix + name + "/", reason)
+                    continue
+                dir_names.add(name)
+                bname = name.encode()
+                seen.add(bname)
+                child_key = prefix + name + "/"
+                if bname in existing or child_key in pending:
+                    continue
+                node = m.create_inode(mode=stat.S_IFDIR | self.config.mount.dir_mode, uid=self.owner_uid,
+                                      gid=self.owner_gid, remote=remote, nlink=2, remote_key=child_key)
+                m.add_entry(d.ino, bname, node.ino)
+                m.bump(d.ino, "nlink")
+            for info in listing.objects:
+                name = info.key[len(prefix):]
+                reason = invalid_name_reason(name)
+                if reason is None and name in dir_names:
+                    reason = "a directory of the same name exists"
+                if reason:
+                    self._skip_key(remote, info.key, reason)
+                    continue
+                bname = name.encode()
+                seen.add(bname)
+                if info.key in pending:
+                    continue
+                ino = existing.get(bname)
+                if ino is None:
+                    self._create_from_listing(d.ino, bname, remote, info)
+                    continue
+                node = m.get(ino)
+                if node is None or node.remote != remote or not (node.is_reg or node.is_symlink):
+                    continue
+                self._checked_at[ino] = now
+                if node.remote_key == info.key and node.remote_version != info.version and not node.has_local:
+                    self._refresh_from_listing(node, info)
+            for bname, ino in existing.items():
+                if bname in seen:
+                    continue
+                node = m.get(ino)
+                if node is None or self._keeps_local_state(node, remote, prefix + bname.decode("utf-8", "surrogateescape")):
+                    continue
+                m.remove_entry(d.ino, bname)
+                if node.is_dir:
+                    m.bump(d.ino, "nlink", -1)
+                if ino not in self._open:
+                    m.delete_inode(ino)
+            m.update(d.ino, listed_at=time.time())
+
+    def _keeps_local_state(self, node: Inode, remote: str, key: str) -> bool:
+        """An entry missing from a listing stays when it has anything not yet in the remote."""
+        if node.remote != remote or self._is_attach_point(node.ino):
+            return True
+        if node.has_local or node.content_dirty or node.attrs_dirty or node.ino in self._open:
+            return True
+        if node.is_dir:
+            return self.meta.has_children(node.ino) or self.meta.journal_has(remote, key + "/")
+        return self.meta.journal_has(remote, key)
+
+    def _create_from_listing(self, parent: int, bname: bytes, remote: str, info: ObjectInfo) -> None:
+        attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self.owner_uid,
+                                    gid=self.owner_gid, mtime_ns=info.mtime_ns, kind=stat.S_IFREG)
+        sha = (info.metadata or {}).get(META_SHA256) or None
+        node = self.meta.create_inode(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, remote=remote, size=info.size,
+                                      mtime_ns=attrs.mtime_ns, remote_key=info.key, remote_version=info.version,
+                                      sha256=sha, meta_loaded=int(info.metadata is not None))
+        self.meta.add_entry(parent, bname, node.ino)
+        if sha:
+            self.meta.hash_put(remote, sha, info.key, info.version)
+        self._checked_at[node.ino] = time.monotonic()
+
+    def _refresh_from_listing(self, node: Inode, info: ObjectInfo) -> None:
+        """The object changed in the remote: take its new size/version; its cached pages go."""
+        values: dict[str, object] = {"size": info.size, "remote_version": info.version, "mtime_ns": info.mtime_ns}
+        if info.metadata is not None:
+            attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self.owner_uid,
+                                        gid=self.owner_gid, mtime_ns=info.mtime_ns, kind=stat.S_IFMT(node.mode))
+            values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
+                          sha256=info.metadata.get(META_SHA256) or None, meta_loaded=1)
+        else:
+            values.update(meta_loaded=0, sha256=None)
+        self.meta.update(node.ino, **values)
+
+    async def _ensure_subtree_listed(self, ino: int) -> None:
+        """Every directory below `ino` listed (before a directory rename in a remote)."""
+        stack = [ino]
+        while stack:
+            d = self.meta.get(stack.pop())
+            if d is None or not d.is_dir:
+                continue
+            await self._ensure_listed(d)
+            for _, child in self.meta.children(d.ino):
+                c = self.meta.get(child)
+                if c is not None and c.is_dir:
+                    stack.append(child)
+
+    # ------------------------------------------------------------------------------------------
+    # lookup and directories
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        if name in (b"", b".", b"..") or b"/" in name:
+            raise _err(errno.EINVAL)
+
+    async def _dir(self, ino: int) -> Inode:
+        d = self._inode(ino)
+        if not d.is_dir:
+            raise _err(errno.ENOTDIR)
+        await self._ensure_listed(d)
+        return self._inode(ino)
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        if len(name) > NAME_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        if name == b".":
+            return await self.getattr(parent)
+        if name == b"..":
+            up = self.meta.parent_of(parent)
+            return await self.getattr(up[0] if up else ROOT_INODE)
+        await self._dir(parent)
+        ino = self.meta.lookup(parent, name)
+        if ino is None:
+            raise _err(errno.ENOENT)
+        return await self.getattr(ino)
+
+    async def opendir(self, ino: int) -> int:
+        await self._dir(ino)
+        return ino
+
+    def readdir(self, ino: int, after_id: int) -> Iterator[tuple[int, bytes, Attr]]:
+        """(offset, name, attr) from `after_id` on, in stable entry-id order, in pages."""
+        while True:
+            page = self.meta.entries_with_inodes_after(ino, after_id, READDIR_PAGE)
+            for entry_id, name, inode in page:
+                yield entry_id, name, self._attr(inode)
+                after_id = entry_id
+            if len(page) < READDIR_PAGE:
+                return
+
+    def _new_child_owner(self, parent: Inode, ctx: Ctx, mode: int) -> tuple[int, int, int]:
+        """uid, gid, mode of a new entry: BSD group semantics under a setgid directory."""
+        gid = ctx.gid
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return ctx.uid, gid, mode
+
+    async def _prepare_new_entry(self, parent: int, name: bytes) -> Inode:
+        self._check_name(name)
+        d = await self._dir(parent)
+        self._writable_area(d)
+        if self.meta.lookup(parent, name) is not None:
+            raise _err(errno.EEXIST)
+        return d
+
+    def _touch_dir(self, ino: int, now: int) -> None:
+        self.meta.update(ino, mtime_ns=now, ctime_ns=now)
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Attr:
+        d = await self._prepare_new_entry(parent, name)
+        uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFDIR | stat.S_IMODE(mode))
+        now = time.time_ns()
+        with self.meta.transaction():
+            node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, nlink=2, marker=1,
+                                          attr_gen=1, listed_at=time.time() if d.remote else None, mtime_ns=now)
+            self.meta.add_entry(parent, name, node.ino)
+            self.meta.bump(parent, "nlink")
+            self._touch_dir(parent, now)
+            self._queue(node.ino)
+        return self._attr(self._inode(node.ino))
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        d = await self._dir(parent)
+        ino = self.meta.lookup(parent, name)
+        if ino is None:
+            raise _err(errno.ENOENT)
+        node = self._inode(ino)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        if self._is_attach_point(ino):
+            raise _err(errno.EBUSY, "a remote is attached here")
+        self._writable_area(d)
+        await self._ensure_listed(node)
+        if self.meta.has_children(ino):
+            raise _err(errno.ENOTEMPTY)
+        self._check_immutable(node, deleting=True)
+        key = self.key_of(ino, node)
+        now = time.time_ns()
+        with self.meta.transaction():
+            self.meta.remove_entry(parent, name)
+            self.meta.bump(parent, "nlink", -1)
+            self._touch_dir(parent, now)
+            self.meta.delete_inode(ino)
+            if key is not None:
+                self.journal.put(*key)
+
+    # ------------------------------------------------------------------------------------------
+    # files
+    # ------------------------------------------------------------------------------------------
+    async def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[Opened, Attr]:
+        d = await self._prepare_new_entry(parent, name)
+        uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFREG | stat.S_IMODE(mode))
+        now = time.time_ns()
+        with self.meta.transaction():
+            node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, has_local=1,
+                                          content_gen=1, attr_gen=1, mtime_ns=now)
+            self.local.create_empty(node.ino)
+            self.meta.add_entry(parent, name, node.ino)
+            self._touch_dir(parent, now)
+        opened = self._new_handle(node.ino, writable=True, uid=ctx.uid, keep_cache=True)
+        self._open[node.ino].modified = True
+        return opened, self._attr(self._inode(node.ino))
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Attr:
+        if stat.S_ISREG(mode):
+            opened, attr = await self.create(parent, name, mode, os.O_WRONLY, ctx)
+            await self.release(opened.fh)
+            return attr
+        d = await self._prepare_new_entry(parent, name)
+        if d.remote is not None:
+            raise _err(errno.EPERM, "special files exist only in local-only paths")
+        uid, gid, mode = self._new_child_owner(d, ctx, mode)
+        now = time.time_ns()
+        with self.meta.transaction():
+            node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=None, rdev=rdev, mtime_ns=now)
+            self.meta.add_entry(parent, name, node.ino)
+            self._touch_dir(parent, now)
+        return self._attr(self._inode(node.ino))
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Attr:
+        d = await self._prepare_new_entry(parent, name)
+        if len(target) > 4095:
+            raise _err(errno.ENAMETOOLONG)
+        uid, gid, _ = self._new_child_owner(d, ctx, stat.S_IFLNK)
+        now = time.time_ns()
+        with self.meta.transaction():
+            node = self.meta.create_inode(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, remote=d.remote, target=target,
+                                          size=len(target), attr_gen=1, mtime_ns=now)
+            self.meta.add_entry(parent, name, node.ino)
+            self._touch_dir(parent, now)
+            self._queue(node.ino)
+        return self._attr(self._inode(node.ino))
+
+    async def readlink(self, ino: int) -> bytes:
+        node = self._inode(ino)
+        if not node.is_symlink:
+            raise _err(errno.EINVAL)
+        if node.target is not None:
+            return node.target
+        assert node.remote is not None and node.remote_key is not None
+        data = await self._in_thread(self._store(node.remote).read_range, node.remote_key, 0, max(node.size, 4096))
+        with self.meta.transaction():
+            self.meta.update(ino, target=data, size=len(data))
+        return data
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes, ctx: Ctx) -> Attr:
+        node = self._inode(ino)
+        if node.is_dir:
+            raise _err(errno.EPERM)
+        d = await self._prepare_new_entry(new_parent, new_name)
+        if node.remote is not None or d.remote is not None:
+            raise _err(errno.EPERM, "hard links exist only in local-only paths")
+        now = time.time_ns()
+        with self.meta.transaction():
+            self.meta.add_entry(new_parent, new_name, ino)
+            self.meta.bump(ino, "nlink")
+            self.meta.update(ino, ctime_ns=now)
+            self._touch_dir(new_parent, now)
+        return self._attr(self._inode(ino))
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        d = await self._dir(parent)
+        ino = self.meta.lookup(parent, name)
+        if ino is None:
+            raise _err(errno.ENOENT)
+        node = self._inode(ino)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        self._writable_area(d)
+        self._check_immutable(node, deleting=True)
+        key = self.key_of(ino, node)
+        now = time.time_ns()
+        with self.meta.transaction():
+            self.meta.remove_entry(parent, name)
+            self._touch_dir(parent, now)
+            self._drop_link(node, now)
+            if key is not None:
+                self.journal.put(*key)
+
+    def _drop_link(self, node: Inode, now: int) -> None:
+        """One directory entry of `node` is gone; free it when it was the last and is not open."""
+        self.meta.update(node.ino, nlink=node.nlink - 1, ctime_ns=now)
+        if node.nlink - 1 <= 0 and node.ino not in self._open:
+            self._free_inode(node)
+
+    def _free_inode(self, node: Inode) -> None:
+        self.meta.delete_inode(node.ino)
+        self.local.remove(node.ino)
+        self._checked_at.pop(node.ino, None)
+        self._page_cache_version.pop(node.ino, None)
+
+    def _check_immutable(self, node: Inode, *, deleting: bool = False) -> None:
+        if node.remote is None or not self._remote_cfg[node.remote].immutable:
+            return
+        if node.is_dir and not deleting:
+            return
+        if node.remote_key is not None and node.synced_gen > 0 or (node.remote_version and not node.has_local):
+            raise _err(errno.EPERM, f"remote {node.remote!r} is immutable")
+
+    async def open(self, ino: int, flags: int, ctx: Ctx) -> Opened:
+        node = self._inode(ino)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        accmode = flags & os.O_ACCMODE
+        writable = accmode in (os.O_WRONLY, os.O_RDWR)
+        if writable:
+            self._writable_area(node)
+            self._check_immutable(node)
+            if flags & os.O_TRUNC:
+                await self._truncate(node, 0)
+            elif not node.has_local and node.remote is not None:
+                await self._materialize(node)
+            node = self._inode(ino)
+        elif not node.has_local and node.remote is not None:
+            node = await self._revalidate(node)
+        version = "local" if node.has_local else (node.remote_version or "")
+        keep = self._page_cache_version.get(ino) == version
+        self._page_cache_version[ino] = version
+        opened = self._new_handle(ino, writable=writable, uid=ctx.uid, keep_cache=keep)
+        if writable and flags & os.O_TRUNC:
+            self._open[ino].modified = True
+        return opened
+
+    async def _revalidate(self, node: Inode) -> Inode:
+        """Check the object's version when what we know of it is older than listing_ttl."""
+        checked = self._checked_at.get(node.ino)
+        if checked is not None and time.monotonic() - checked < self.config.mount.listing_ttl:
+            return node
+        assert node.remote is not None and node.remote_key is not None
+        try:
+            info = await self._in_thread(self._store(node.remote).head, node.remote_key)
+        except ObjectNotFound:
+            raise _err(errno.ENOENT, "the object is gone from the remote") from None
+        except RemoteError as e:
+            log.info("cannot revalidate %s (%s); serving the known version", node.remote_key, e)
+            return node
+        fresh = self._inode(node.ino)
+        if fresh.has_local:
+            return fresh
+        if info.version != fresh.remote_version:
+            self.reader.forget(self._object_ref(fresh))
+        self._apply_object_info(fresh, info)
+        return self._inode(node.ino)
+
+    def _new_handle(self, ino: int, *, writable: bool, uid: int, keep_cache: bool) -> Opened:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(ino=ino, writable=writable, uid=uid)
+        op = self._open.get(ino)
+        if op is None:
+            op = self._open[ino] = OpenInode(ino)
+        op.handles += 1
+        if writable:
+            op.writers += 1
+        return Opened(fh=fh, keep_cache=keep_cache)
+
+    async def _materialize(self, node: Inode) -> None:
+        """Fetch a remote file whole onto the local tier before it is changed in place."""
+        assert node.remote is not None and node.remote_key is not None
+        store, key = self._store(node.remote), node.remote_key
+
+        def fetch() -> ObjectInfo:
+            box: list[ObjectInfo] = []
+            self.local.materialize_from(node.ino, lambda tmp: box.append(store.download(key, tmp)))
+            return box[0]
+
+        info = await self._in_thread(fetch)
+        self._stats.materialized += 1
+        with self.meta.transaction():
+            self.meta.update(node.ino, has_local=1, size=self.local.size_of(node.ino), remote_version=info.version)
+
+    def _local_fd(self, op: OpenInode) -> int:
+        if op.fd is None:
+            op.fd = self.local.open_fd(op.ino)
+        return op.fd
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise _err(errno.EBADF) from None
+
+    def _object_ref(self, node: Inode) -> ObjectRef:
+        assert node.remote is not None and node.remote_key is not None
+        return ObjectRef(remote=node.remote, key=node.remote_key, version=node.remote_version or "",
+                         size=node.size, sha256=node.sha256)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self._handle(fh)
+        op = self._open[h.ino]
+        if op.fd is not None:
+            return os.pread(op.fd, size, offset)
+        node = self._inode(h.ino)
+        if node.has_local:
+            return os.pread(self._local_fd(op), size, offset)
+        if node.remote is None or node.remote_key is None:
+            return b""
+        return await self.reader.read(self._object_ref(node), offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        h = self._handle(fh)
+        if not h.writable:
+            raise _err(errno.EBADF)
+        op = self._open[h.ino]
+        fd = self._local_fd(op)
+        written = os.pwrite(fd, data, offset)
+        if op.size is None:
+            node = self._inode(h.ino)
+            op.size = node.size
+        op.size = max(op.size, offset + written)
+        op.mtime_ns = time.time_ns()
+        if not op.modified:
+            op.modified = True
+            node = self._inode(h.ino)
+            values: dict[str, object] = {}
+            if node.mode & (stat.S_ISUID | stat.S_ISGID) and h.uid != 0:
+                values["mode"] = node.mode & ~(stat.S_ISUID | stat.S_ISGID)
+            with self.meta.transaction():
+                self.meta.bump(h.ino, "content_gen")
+                self.meta.update(h.ino, ctime_ns=op.mtime_ns, **values)
+        return written
+
+    def _persist_open(self, op: OpenInode) -> None:
+        """Write the in-memory size/mtime of an open file to the db and journal it if changed."""
+        if not op.modified:
+            return
+        values: dict[str, object] = {}
+        if op.size is not None:
+            values["size"] = op.size
+        if op.mtime_ns is not None:
+            values["mtime_ns"] = op.mtime_ns
+            values["ctime_ns"] = op.mtime_ns
+        with self.meta.transaction():
+            self.meta.update(op.ino, **values)
+            self._queue(op.ino)
+        op.modified = False
+
+    async def flush(self, fh: int) -> None:
+        """close(2) waits for this: data that was written is journaled before close returns."""
+        h = self._handle(fh)
+        if h.writable:
+            self._persist_open(self._open[h.ino])
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handle(fh)
+        op = self._open[h.ino]
+        if op.fd is not None:
+            await trio.to_thread.run_sync(self.local.fsync, op.fd, datasync)
+        if h.writable:
+            self._persist_open(op)
+
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        op = self._open[h.ino]
+        op.handles -= 1
+        if h.writable:
+            op.writers -= 1
+            self._persist_open(op)
+        if op.handles > 0:
+            return
+        del self._open[h.ino]
+        if op.fd is not None:
+            os.close(op.fd)
+        node = self.meta.get(h.ino)
+        if node is not None and node.nlink <= 0:
+            with self.meta.transaction():
+                self._free_inode(node)
+
+    def is_open_for_write(self, ino: int) -> bool:
+        op = self._open.get(ino)
+        return op is not None and op.writers > 0
+
+    def _queue(self, ino: int) -> None:
+        """Journal the inode's key (caller holds a transaction)."""
+        key = self.key_of(ino)
+        if key is not None:
+            self.journal.put(*key)
+
+    # ------------------------------------------------------------------------------------------
+    # rename
+    # ------------------------------------------------------------------------------------------
+    def _subtree_keys(self, ino: int) -> list[tuple[str, str]]:
+        """Keys of an inode and, for a directory, of everything below it."""
+        out = []
+        stack = [ino]
+        while stack:
+            cur = stack.pop()
+            key = self.key_of(cur)
+            if key is not None:
+                out.append(key)
+            for _, child in self.meta.children(cur):
+                stack.append(child)
+        return out
+
+    def _mark_subtree_moved(self, ino: int) -> None:
+        """After a directory moved, its marker and every descendant must be re-put at new keys."""
+        stack = [ino]
+        while stack:
+            cur = stack.pop()
+            node = self.meta.get(cur)
+            if node is None:
+                continue
+            if node.is_dir:
+                self.meta.update(cur, marker=1)
+                self.meta.bump(cur, "attr_gen")
+                stack.extend(child for _, child in self.meta.children(cur))
+
+    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, flags: int,
+                     ctx: Ctx) -> None:
+        self._check_name(name_new)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise _err(errno.EINVAL)
+        d_old = await self._dir(parent_old)
+        d_new = await self._dir(parent_new)
+        ino = self.meta.lookup(parent_old, name_old)
+        if ino is None:
+            raise _err(errno.ENOENT)
+        node = self._inode(ino)
+        target_ino = self.meta.lookup(parent_new, name_new)
+        if target_ino == ino:
+            return
+        if (d_old.remote or None) != (d_new.remote or None):
+            raise _err(errno.EXDEV, "rename across remotes or between a remote and a local-only path")
+        self._writable_area(d_old)
+        if self._is_attach_point(ino) or (target_ino is not None and self._is_attach_point(target_ino)):
+            raise _err(errno.EBUSY)
+        self._check_immutable(node, deleting=True)
+        target = self.meta.get(target_ino) if target_ino is not None else None
+        if flags & RENAME_NOREPLACE and target is not None:
+            raise _err(errno.EEXIST)
+        if flags & RENAME_EXCHANGE and target is None:
+            raise _err(errno.ENOENT)
+        if target is not None and not flags & RENAME_EXCHANGE:
+            if node.is_dir and not target.is_dir:
+                raise _err(errno.ENOTDIR)
+            if not node.is_dir and target.is_dir:
+                raise _err(errno.EISDIR)
+            if target.is_dir:
+                await self._ensure_listed(target)
+                if self.meta.has_children(target.ino):
+                    raise _err(errno.ENOTEMPTY)
+            self._check_immutable(target, deleting=True)
+        if d_old.remote is not None:
+            if node.is_dir:
+                await self._ensure_subtree_listed(ino)
+            if target is not None and target.is_dir and flags & RENAME_EXCHANGE:
+                await self._ensure_subtree_listed(target.ino)
+        # re-read everything after the awaits above
+        if self.meta.lookup(parent_old, name_old) != ino or self.meta.lookup(parent_new, name_new) != target_ino:
+            raise _err(errno.EAGAIN, "the directory changed during the rename; try again")
+        node = self._inode(ino)
+        target = self.meta.get(target_ino) if target_ino is not None else None
+        now = time.time_ns()
+        with self.meta.transaction():
+            old_keys = self._subtree_keys(ino)
+            if target is not None:
+                old_keys += self._subtree_keys(target.ino)
+            if flags & RENAME_EXCHANGE and target is not None:
+                self.meta.set_entry_ino(parent_old, name_old, target.ino)
+                self.meta.set_entry_ino(parent_new, name_new, ino)
+                if node.is_dir != target.is_dir and parent_old != parent_new:
+                    delta = 1 if node.is_dir else -1
+                    self.meta.bump(parent_new, "nlink", delta)
+                    self.meta.bump(parent_old, "nlink", -delta)
+                self.meta.update(target.ino, ctime_ns=now)
+                self._mark_subtree_moved(target.ino)
+            else:
+                if target is not None:
+                    self.meta.remove_entry(parent_new, name_new)
+                    if target.is_dir:
+                        self.meta.bump(parent_new, "nlink", -1)
+                        self.meta.delete_inode(target.ino)
+                    else:
+                        self._drop_link(target, now)
+                self.meta.move_entry(parent_old, name_old, parent_new, name_new)
+                if node.is_dir and parent_old != parent_new:
+                    self.meta.bump(parent_old, "nlink", -1)
+                    self.meta.bump(parent_new, "nlink", 1)
+            self.meta.update(ino, ctime_ns=now)
+            self._mark_subtree_moved(ino)
+            self._touch_dir(parent_old, now)
+            if parent_new != parent_old:
+                self._touch_dir(parent_new, now)
+            new_keys = self._subtree_keys(ino)
+            if flags & RENAME_EXCHANGE and target is not None:
+                new_keys += self._subtree_keys(target.ino)
+            for key in dict.fromkeys(old_keys + new_keys):
+                self.journal.put(*key)
+
+    # ------------------------------------------------------------------------------------------
+    # misc
+    # ------------------------------------------------------------------------------------------
+    def statfs(self) -> FsStats:
+        st = os.statvfs(self.local.root)
+        return FsStats(block_size=st.f_frsize, blocks=st.f_blocks, blocks_free=st.f_bfree, blocks_avail=st.f_bavail,
+                       files=max(st.f_files, 1 << 20), files_free=max(st.f_ffree, 1 << 19), name_max=NAME_MAX)
+
+    def file_state(self, node: Inode, uploading: bool = False) -> str:
+        if node.remote is None:
+            return "local"
+        key = self.key_of(node.ino, node)
+        entry = self.meta.journal_get(*key) if key is not None else None
+        if entry is not None and entry.last_error:
+            return "error"
+        if uploading:
+            return "uploading"
+        if node.content_dirty or node.attrs_dirty or entry is not None:
+            return "dirty"
+        return "clean"
+
+    def xattrs(self, ino: int) -> dict[str, bytes]:
+        node = self._inode(ino)
+        out = {
+            "state": self.file_state(node).encode(),
+            "size": str(self._attr(node).size).encode(),
+        }
+        if node.remote is not None:
+            cfg = self._remote_cfg[node.remote]
+            key = self.key_of(ino, node)
+            out["remote"] = cfg.name.encode()
+            if key is not None:
+                out["remote_url"] = (cfg.display_url.rstrip("/") + "/" + key[1]).encode()
+                entry = self.meta.journal_get(*key)
+                if entry is not None and entry.last_error:
+                    out["error"] = entry.last_error.encode()
+            if node.remote_version:
+                out["version"] = node.remote_version.encode()
+        if node.sha256:
+            out["sha256"] = node.sha256.encode()
+        out["local"] = b"1" if node.has_local else b"0"
+        return {XATTR_PREFIX + k: v for k, v in out.items()}
+
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        attrs = self.xattrs(ino)
+        if name not in attrs:
+            raise _err(errno.ENODATA)
+        return attrs[name]
+
+    def listxattr(self, ino: int) -> list[str]:
+        return list(self.xattrs(ino))
+
+    def setxattr(self, ino: int, name: str) -> None:
+        self._inode(ino)
+        if name.startswith(XATTR_PREFIX):
+            raise _err(errno.EPERM, "user.mountd.* attributes are read-only")
+        raise _err(errno.ENOTSUP)
+
+    async def _in_thread(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run a blocking remote call in a worker thread, bounded by the read timeout."""
+        timeout = self.config.mount.read_timeout
+        with trio.move_on_after(timeout) as scope:
+            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            raise _err(errno.EIO, f"remote call timed out after {timeout:g}s")
+        raise AssertionError("unreachable")
+
+    def statistics(self) -> dict[str, int]:
+        s = self._stats
+        return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
+                "materialized": s.materialized, "skipped_keys": s.skipped_keys, "open_handles": len(self._handles),
+                "open_inodes": len(self._open)}
+
+
+__all__ = ["Filesystem", "MountdError"]

@@ -1,0 +1,184 @@
+"""`Reconciler`: makes one object key of a remote match the local view.
+
+A journal entry says only "key K of remote R may differ from what the mount shows". This
+module looks at what the namespace holds at K now and does the one remote operation needed:
+upload the local file (or, when the content hash is already known in the remote, skip it or
+copy server-side), copy an object that was renamed, re-put a marker, symlink or metadata,
+or delete an object nothing maps to any more. Network work and hashing run in worker threads;
+results are written back only if the inode did not change meanwhile (else it runs again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import stat
+from pathlib import Path
+
+import trio
+
+from mountd.backend import ObjectInfo, ObjectStore
+from mountd.errors import ObjectNotFound
+from mountd.meta import Inode, JournalEntry
+from mountd.vfs.filesystem import Filesystem
+from mountd.vfs.namespace import metadata_for
+from mountd.writeback.uploader import Retry
+
+log = logging.getLogger(__name__)
+HASH_BLOCK = 8 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Reconciler:
+    def __init__(self, fs: Filesystem, *, dedup: bool) -> None:
+        self.fs = fs
+        self.meta = fs.meta
+        self.dedup = dedup
+        self.stats = {"uploads": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
+                      "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0}
+
+    async def apply(self, entry: JournalEntry) -> None:
+        store = self.fs.stores[entry.remote]
+        node = self.fs.resolve_key(entry.remote, entry.key)
+        want_dir = entry.key.endswith("/")
+        if node is None or node.is_dir != want_dir or entry.key == "":
+            await self._delete(store, entry)
+            return
+        if node.is_dir:
+            await self._put_marker(store, node, entry.key)
+        elif node.is_symlink:
+            await self._put_symlink(store, node, entry.key)
+        elif node.is_reg:
+            await self._sync_file(store, node, entry.key)
+
+    def _meta_of(self, node: Inode, sha256: str | None) -> dict[str, str]:
+        return metadata_for(node.mode, node.uid, node.gid, node.mtime_ns, sha256)
+
+    async def _delete(self, store: ObjectStore, entry: JournalEntry) -> None:
+        if entry.key == "":
+            return
+        for other in self.meta.inodes_with_remote_key(entry.remote, entry.key):
+            now = self.fs.key_of(other.ino, other)
+            if now is not None and now[1] != entry.key and not (other.has_local and other.content_dirty):
+                raise Retry(f"waiting for {entry.key!r} to be copied to {now[1]!r}")
+        await trio.to_thread.run_sync(store.delete, entry.key)
+        with self.meta.transaction():
+            self.meta.hash_forget(entry.remote, entry.key)
+        self.stats["deletes"] += 1
+
+    async def _put_marker(self, store: ObjectStore, node: Inode, key: str) -> None:
+        if not node.marker or not node.attrs_dirty:
+            return
+        gen = node.attr_gen
+        meta = self._meta_of(node, None)
+        info = await trio.to_thread.run_sync(store.put_bytes, key, b"", meta)
+        self.stats["markers"] += 1
+        self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
+
+    async def _put_symlink(self, store: ObjectStore, node: Inode, key: str) -> None:
+        if node.remote_key == key and not node.attrs_dirty:
+            return
+        gen = node.attr_gen
+        target = node.target or b""
+        info = await trio.to_thread.run_sync(store.put_bytes, key, target, self._meta_of(node, None))
+        self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
+
+    async def _sync_file(self, store: ObjectStore, node: Inode, key: str) -> None:
+        if self.fs.is_open_for_write(node.ino):
+            raise Retry("the file is open for writing; it uploads after the last close")
+        content_gen, attr_gen = node.content_gen, node.attr_gen
+        if node.has_local and node.content_dirty:
+            await self._upload(store, node, key, content_gen, attr_gen)
+        elif node.remote_key != key:
+            if node.remote_key is None:
+                return
+            meta = self._meta_of(node, node.sha256)
+            try:
+                info = await trio.to_thread.run_sync(store.copy, node.remote_key, key, meta)
+            except ObjectNotFound:
+                if node.has_local:
+                    await self._upload(store, node, key, content_gen, attr_gen)
+                    return
+                raise
+            self.stats["copies"] += 1
+            self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
+        elif node.attrs_dirty:
+            info = await trio.to_thread.run_sync(store.set_metadata, key, self._meta_of(node, node.sha256))
+            self.stats["metadata_updates"] += 1
+            self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
+
+    async def _upload(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int) -> None:
+        path = self.fs.local.path_for(node.ino)
+        remote = node.remote or ""
+        sha = await trio.to_thread.run_sync(sha256_file, path)
+        meta = self._meta_of(node, sha)
+        size = path.stat().st_size
+        info: ObjectInfo | None = None
+        if self.dedup:
+            info = await self._dedup(store, remote, key, sha, meta, size)
+        if info is None:
+            info = await trio.to_thread.run_sync(store.upload, path, key, meta)
+            if info.size != size:
+                raise Retry(f"uploaded size {info.size} differs from local size {size}; uploading again")
+            self.stats["uploads"] += 1
+            self.stats["bytes_uploaded"] += size
+        else:
+            self.stats["bytes_deduplicated"] += size
+        with self.meta.transaction():
+            self.meta.hash_put(remote, sha, key, info.version)
+        self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=sha)
+
+    async def _dedup(self, store: ObjectStore, remote: str, key: str, sha: str, meta: dict[str, str],
+                     size: int) -> ObjectInfo | None:
+        """An ObjectInfo when the content is already in the remote (skipped or copied), else None."""
+        for src_key, version in self.meta.hash_lookup(remote, sha):
+            try:
+                head = await trio.to_thread.run_sync(store.head, src_key)
+            except ObjectNotFound:
+                with self.meta.transaction():
+                    self.meta.hash_forget(remote, src_key)
+                continue
+            if head.version != version or head.size != size or (head.metadata or {}).get("sha256", sha) != sha:
+                continue
+            if src_key == key:
+                if head.metadata is not None and dict(head.metadata) != meta:
+                    head = await trio.to_thread.run_sync(store.set_metadata, key, meta)
+                self.stats["dedup_skipped"] += 1
+                return head
+            info = await trio.to_thread.run_sync(store.copy, src_key, key, meta)
+            self.stats["dedup_copied"] += 1
+            return info
+        return None
+
+    def _done(self, ino: int, *, content_gen: int | None, attr_gen: int, key: str, info: ObjectInfo,
+              sha256: str | None) -> None:
+        """Record what the remote now holds, unless the inode changed while we worked."""
+        node = self.meta.get(ino)
+        if node is None:
+            return
+        current = self.fs.key_of(ino, node)
+        values: dict[str, object] = {}
+        if current is not None and current[1] == key:
+            if content_gen is not None and node.content_gen == content_gen:
+                values.update(synced_gen=content_gen, remote_key=key if not node.is_dir else node.remote_key,
+                              remote_version=info.version)
+                if sha256:
+                    values["sha256"] = sha256
+            elif node.is_symlink:
+                values.update(remote_key=key, remote_version=info.version)
+            if node.attr_gen == attr_gen:
+                values["synced_attr_gen"] = attr_gen
+        if values:
+            with self.meta.transaction():
+                self.meta.update(ino, **values)
+        if content_gen is not None and node.content_gen != content_gen:
+            raise Retry("the file changed while it was uploading; uploading again")
+        if node.attr_gen != attr_gen and stat.S_IFMT(node.mode):
+            raise Retry("attributes changed while uploading")

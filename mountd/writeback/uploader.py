@@ -1,0 +1,119 @@
+"""`Uploader`: applies due journal entries with capped concurrency and endless retries.
+
+It knows nothing of paths or inodes: it takes due entries from the journal and hands each to
+the `apply` callable it was given (the vfs reconciler). One key is in flight at most once; an
+entry re-queued while in flight (a rewrite, a rename) stays in the journal and runs again.
+Failures are retried with exponential backoff and jitter, forever, without holding up other
+keys. `wait_drained` is what unmount and `mountd sync --wait` wait on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from mountd.errors import MountdError
+from mountd.meta import JournalEntry, MetaStore
+from mountd.writeback.journal import Journal
+
+log = logging.getLogger(__name__)
+
+ApplyFn = Callable[[JournalEntry], Awaitable[None]]
+
+
+class Retry(MountdError):
+    """Raised by `apply` when an entry must wait for another (a copy before a delete)."""
+
+
+class Uploader:
+    def __init__(self, meta: MetaStore, journal: Journal, apply: ApplyFn, *, concurrency: int,
+                 retry_initial: float, retry_max: float) -> None:
+        self._meta = meta
+        self._journal = journal
+        self._apply = apply
+        self._limit = trio.CapacityLimiter(concurrency)
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self.in_flight: dict[tuple[str, str], JournalEntry] = {}
+        self._progress = trio.Event()
+        self._stats = {"applied": 0, "failed": 0, "retried": 0}
+        self.last_errors: list[tuple[str, str, str]] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                now = self._journal.clock()
+                for entry in self._meta.journal_due(now, 1000):
+                    ident = (entry.remote, entry.key)
+                    if ident in self.in_flight:
+                        continue
+                    if self._limit.available_tokens == 0:
+                        break
+                    await self._limit.acquire_on_behalf_of(ident)
+                    self.in_flight[ident] = entry
+                    nursery.start_soon(self._run_one, entry)
+                next_due = self._meta.journal_next_due()
+                wait = 3600.0 if next_due is None else max(0.0, next_due - self._journal.clock())
+                if wait == 0.0 and (self._limit.available_tokens == 0 or self._all_due_in_flight()):
+                    wait = 3600.0
+                with trio.move_on_after(min(wait, 3600.0)):
+                    await self._journal.wait_changed()
+
+    def _all_due_in_flight(self) -> bool:
+        due = self._meta.journal_due(self._journal.clock(), 1000)
+        return all((e.remote, e.key) in self.in_flight for e in due)
+
+    async def _run_one(self, entry: JournalEntry) -> None:
+        ident = (entry.remote, entry.key)
+        try:
+            try:
+                await self._apply(entry)
+            except Retry as e:
+                self._meta.journal_failed(entry.remote, entry.key, entry.seq, str(e), self._journal.clock() + 0.2)
+            except MountdError as e:
+                self._fail(entry, str(e))
+            except Exception as e:  # a bug must not lose the entry nor stop the other uploads
+                log.exception("write-back of %s:%s failed unexpectedly", entry.remote, entry.key)
+                self._fail(entry, f"{type(e).__name__}: {e}")
+            else:
+                if self._meta.journal_done(entry.remote, entry.key, entry.seq):
+                    self._stats["applied"] += 1
+        finally:
+            del self.in_flight[ident]
+            self._limit.release_on_behalf_of(ident)
+            self._journal.notify()
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def _fail(self, entry: JournalEntry, message: str) -> None:
+        self._stats["failed"] += 1
+        delay = min(self._retry_max, self._retry_initial * (2 ** min(entry.attempts, 30)))
+        delay *= random.uniform(0.5, 1.5)
+        log.warning("write-back of %s:%s failed (attempt %d, retry in %.1fs): %s", entry.remote, entry.key,
+                    entry.attempts + 1, delay, message)
+        self._meta.journal_failed(entry.remote, entry.key, entry.seq, message, self._journal.clock() + delay)
+        self.last_errors = (self.last_errors + [(entry.remote, entry.key, message)])[-20:]
+
+    def pending(self, prefix_filter: Callable[[str, str], bool] | None = None) -> int:
+        entries = self._meta.journal_all(1_000_000)
+        if prefix_filter is None:
+            return len(entries)
+        return sum(1 for e in entries if prefix_filter(e.remote, e.key))
+
+    async def wait_drained(self, timeout: float, select: Callable[[str, str], bool] | None = None) -> int:
+        """Make matching entries due now and wait until none is left or `timeout` passes; returns what is left."""
+        self._meta.journal_make_due(self._journal.clock())
+        self._journal.notify()
+        with trio.move_on_after(timeout):
+            while self.pending(select):
+                progress = self._progress
+                with trio.move_on_after(1.0):
+                    await progress.wait()
+        return self.pending(select)
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self._stats, pending=self._meta.journal_count(), in_flight=len(self.in_flight))

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# install.sh [--test] - set up everything mountd needs on a Debian/Ubuntu machine (run as root).
+#   system : fuse3 libfuse3-dev pkg-config gcc python3-venv (only what is missing)
+#   python : a virtual environment at $MOUNTD_VENV (default: .venv in the checkout) with mountd
+#   --test : also the test tools (pytest, hypothesis, ruff) and the programs the tests drive
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${MOUNTD_VENV:-$PWD/.venv}"
+PYTHON="${PYTHON:-python3}"
+WITH_TEST=0; [ "${1:-}" = "--test" ] && WITH_TEST=1
+log() { printf 'install.sh: %s\n' "$*" >&2; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+pkgs="fuse3 libfuse3-dev pkg-config gcc"
+[ "$WITH_TEST" = 1 ] && pkgs="$pkgs rsync sqlite3 attr git zip tar"
+command -v "$PYTHON" >/dev/null 2>&1 || pkgs="$pkgs python3 python3-dev"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv python3-dev"
+missing=""
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  log "apt-get install$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+extra=""; [ "$WITH_TEST" = 1 ] && extra="[test]"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e ".$extra"
+log "ready: $VENV/bin/mountd"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# test.sh [PYTEST ARGS] - install mountd with its test tools, lint, and run the whole test suite.
+#   quick set while working: bash scripts/test.sh -m "not slow"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh --test
+.venv/bin/ruff check mountd tests bench
+exec .venv/bin/python -m pytest -ra "$@"
