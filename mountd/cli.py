@@ -21,6 +21,25 @@ READY_FD_ENV = "MOUNTD_READY_FD"
 log = logging.getLogger("mountd")
 
 
+class DurationType(click.ParamType):
+    """Seconds or a duration such as "90s", "10m", "1h30m"."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        from mountd.units import parse_duration
+
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+DURATION = DurationType()
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"mountd: error: {message}", err=True)
     sys.exit(code)
@@ -121,7 +140,7 @@ def _spawn_background(source: str, mountpoint: str, local_path: Any, require_rem
 def _control(mountpoint: str, op: str, **args: Any) -> Any:
     try:
         result = None
-        for msg in request(mountpoint, op, timeout=None, **args):
+        for msg in request(mountpoint, op, args, socket_timeout=None):
             if "result" in msg:
                 result = msg["result"]
         return result
@@ -131,7 +150,8 @@ def _control(mountpoint: str, op: str, **args: Any) -> Any:
 
 @main.command()
 @click.argument("mountpoint", type=click.Path())
-@click.option("--timeout", type=float, default=None, help="Seconds to wait for pending uploads (default: config).")
+@click.option("--timeout", type=DURATION, default=None,
+              help="How long to wait for pending uploads, e.g. 30s or 5m (default: writeback.drain_timeout).")
 def umount(mountpoint: str, timeout: float | None) -> None:
     """Drain pending uploads (bounded) and unmount MOUNTPOINT."""
     from mountd.daemon import mounted_at
@@ -139,7 +159,7 @@ def umount(mountpoint: str, timeout: float | None) -> None:
     left = None
     try:
         shown = False
-        for msg in request(mountpoint, "umount", timeout=None, **({"timeout": timeout} if timeout else {})):
+        for msg in request(mountpoint, "umount", {"timeout": timeout} if timeout else {}, socket_timeout=None):
             if "progress" in msg:
                 click.echo(f"\rdraining: {msg['progress']['pending']} pending", nl=False, err=True)
                 shown = True
@@ -204,7 +224,8 @@ def _mount_of(path: str) -> tuple[str, str]:
 @main.command()
 @click.argument("path", type=click.Path())
 @click.option("--wait", is_flag=True, help="Return only when everything under PATH is in its remote.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--timeout", type=DURATION, default="1h", show_default=True,
+              help="How long to wait with --wait, e.g. 90s or 10m.")
 def sync(path: str, wait: bool, timeout: float) -> None:
     """Upload pending changes under PATH now."""
     mp, rel = _mount_of(path)

@@ -97,19 +97,20 @@ class ControlClientError(Exception):
     pass
 
 
-def request(mountpoint: str, op: str, *, timeout: float | None = 30.0, **args: Any) -> Iterator[dict[str, Any]]:
+def request(mountpoint: str, op: str, args: dict[str, Any] | None = None, *,
+            socket_timeout: float | None = 30.0) -> Iterator[dict[str, Any]]:
     """Send one request; yields progress dicts, and finally the result dict (key "result")."""
     path = socket_path(mountpoint)
     if not path.exists():
         raise ControlClientError(f"{mountpoint} is not mounted by mountd (no control socket {path})")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    s.settimeout(socket_timeout)
     try:
         s.connect(str(path))
     except (ConnectionRefusedError, FileNotFoundError):
         raise ControlClientError(f"no mountd daemon answers for {mountpoint} (stale socket {path})") from None
     with s:
-        s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        s.sendall(json.dumps({"op": op, **(args or {})}).encode() + b"\n")
         f = s.makefile("rb")
         for line in f:
             msg = json.loads(line)

@@ -88,10 +88,12 @@ class Mount:
     reconciler: Reconciler
     reader: DirectReader
     lock_fd: int
+    control_path: Path
     ops: Any = None
     unreachable: dict[str, str] = field(default_factory=dict)
     shutdown: trio.Event = field(default_factory=trio.Event)
     unmounted: bool = False
+    terminating: bool = False
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -142,7 +144,9 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
         os.close(lock_fd)
         raise
     return Mount(config=config, mountpoint=os.path.realpath(mountpoint), meta=meta, local=local, stores=stores,
-                 fs=fs, journal=journal, uploader=uploader, reconciler=reconciler, reader=reader, lock_fd=lock_fd)
+                 fs=fs, journal=journal, uploader=uploader, reconciler=reconciler, reader=reader, lock_fd=lock_fd,
+                 # resolved now: once mounted, a realpath() from this thread would wait on ourselves
+                 control_path=socket_path(mountpoint))
 
 
 async def probe_remotes(m: Mount) -> dict[str, str]:
@@ -205,7 +209,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_serve_fuse, m)
             await nursery.start(m.uploader.run)
-            control = ControlServer(socket_path(m.mountpoint), lambda req: _control(m, req))
+            control = ControlServer(m.control_path, lambda req: _control(m, req))
             await nursery.start(control.run)
             nursery.start_soon(_signals, m)
             await trio.to_thread.run_sync(_set_read_ahead, m.mountpoint, m.config.mount.read_ahead_kb)
@@ -225,16 +229,18 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
 
 async def _serve_fuse(m: Mount) -> None:
     await fuse_ops.serve()
-    # the kernel side went away (fusermount -u, umount): stop serving and drain
+    # either we asked to stop (umount command, signal) and must unmount ourselves now, so no
+    # program waits on a mount nobody serves, or the kernel side went away (fusermount -u)
     log.info("%s was unmounted", m.mountpoint)
     if not m.unmounted:
         m.unmounted = True
-        fuse_ops.close(unmount=False)
+        fuse_ops.close(unmount=m.terminating)
     m.shutdown.set()
 
 
 def _unmount(m: Mount) -> None:
-    if not m.unmounted:
+    if not m.unmounted and not m.terminating:
+        m.terminating = True
         fuse_ops.terminate()
 
 

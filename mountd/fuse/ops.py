@@ -257,7 +257,9 @@ def _invalidate_quietly(ino: int) -> None:
 
 
 def mount_options(*, fsname: str, allow_other: bool, default_permissions: bool, read_only: bool = False) -> set[str]:
-    opts = {f"fsname={fsname}", "subtype=mountd", "max_read=1048576"}
+    # read size comes from max_pages (libfuse negotiates 256 pages = 1 MiB) and bdi read_ahead_kb;
+    # max_read here would conflict with libfuse's own init (it aborts the session)
+    opts = {f"fsname={fsname}", "subtype=mountd"}
     if allow_other:
         opts.add("allow_other")
     if default_permissions:

@@ -1,0 +1,170 @@
+"""End-to-end: a real FUSE mount driven with syscalls, remote and local-only paths."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import subprocess
+
+import pytest
+
+from tests.conftest import is_mounted, mountd_cmd
+
+
+def remote_files(root) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = open(p, "rb").read()
+    return out
+
+
+def test_write_read_and_upload(repo):
+    p = repo.data / "hello.txt"
+    p.write_bytes(b"hello world\n")
+    assert p.read_bytes() == b"hello world\n"
+    (repo.mp / "scratch").mkdir()
+    (repo.mp / "scratch" / "notes.txt").write_text("local only")
+    repo.sync()
+    assert (repo.remote_dir / "hello.txt").read_bytes() == b"hello world\n"
+    assert remote_files(repo.remote_dir) == {"hello.txt": b"hello world\n"}
+    assert os.getxattr(p, "user.mountd.state") == b"clean"
+    assert os.getxattr(repo.mp / "scratch" / "notes.txt", "user.mountd.state") == b"local"
+    assert os.getxattr(p, "user.mountd.remote_url").decode().endswith("/remote/hello.txt")
+    assert os.getxattr(p, "user.mountd.size") == b"12"
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, "user.mountd.state", b"dirty")
+    assert e.value.errno == errno.EPERM
+
+
+def test_remote_objects_appear_and_read_by_range(repo):
+    blob = os.urandom(3 * 1024 * 1024 + 17)
+    (repo.remote_dir / "sub").mkdir()
+    (repo.remote_dir / "sub" / "blob.bin").write_bytes(blob)
+    p = repo.data / "sub" / "blob.bin"
+    assert p.stat().st_size == len(blob)
+    with open(p, "rb") as f:
+        f.seek(2 * 1024 * 1024 + 5)
+        assert f.read(1000) == blob[2 * 1024 * 1024 + 5 : 2 * 1024 * 1024 + 1005]
+        f.seek(0)
+        assert hashlib.sha256(f.read()).digest() == hashlib.sha256(blob).digest()
+    st = repo.status()
+    assert st["statistics"]["vfs"]["materialized"] == 0  # served by ranged reads, not a whole download
+    assert st["statistics"]["reader"]["gets"] >= 1
+
+
+def test_rewrite_without_trunc_materializes(repo):
+    (repo.remote_dir / "f.bin").write_bytes(b"A" * 10000)
+    with open(repo.data / "f.bin", "r+b") as f:
+        f.seek(5000)
+        f.write(b"BBBB")
+    repo.sync()
+    assert (repo.remote_dir / "f.bin").read_bytes() == b"A" * 5000 + b"BBBB" + b"A" * 4996
+
+
+def test_large_remote_directory_pages(repo):
+    d = repo.remote_dir / "many"
+    d.mkdir()
+    names = {f"file-{i:05d}.txt" for i in range(3000)}
+    for n in names:
+        (d / n).write_bytes(b"x")
+    assert set(os.listdir(repo.data / "many")) == names
+
+
+def test_invalid_keys_are_skipped_with_a_warning(repo):
+    bad = os.fsencode(repo.remote_dir) + b"/bad-\xff-name"
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    (repo.remote_dir / "good").write_bytes(b"ok")
+    os.symlink("/etc/passwd", repo.remote_dir / "escape")
+    assert sorted(os.listdir(repo.data)) == ["good"]
+    assert (repo.data / "good").read_bytes() == b"ok"
+    assert "skipping key" in repo.log()
+
+
+def test_directories_and_markers(repo):
+    (repo.data / "a" / "b").mkdir(parents=True)
+    repo.sync()
+    assert (repo.remote_dir / "a" / "b").is_dir()
+    (repo.data / "a" / "b").rmdir()
+    repo.sync()
+    assert not (repo.remote_dir / "a" / "b").exists()
+    (repo.data / "a" / "f").write_text("x")
+    with pytest.raises(OSError) as e:
+        (repo.data / "a").rmdir()
+    assert e.value.errno == errno.ENOTEMPTY
+
+
+def test_rename_file_and_directory_in_remote(repo):
+    (repo.data / "d1").mkdir()
+    (repo.data / "d1" / "x").write_bytes(b"x-content")
+    (repo.data / "d1" / "y").write_bytes(b"y-content")
+    repo.sync()
+    os.rename(repo.data / "d1", repo.data / "d2")
+    os.rename(repo.data / "d2" / "x", repo.data / "d2" / "z")
+    assert sorted(os.listdir(repo.data / "d2")) == ["y", "z"]
+    repo.sync()
+    assert remote_files(repo.remote_dir) == {"d2/y": b"y-content", "d2/z": b"x-content"}
+    assert not (repo.remote_dir / "d1").exists()
+
+
+def test_rename_across_remote_and_local_is_exdev(repo):
+    (repo.mp / "local.txt").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.rename(repo.mp / "local.txt", repo.data / "local.txt")
+    assert e.value.errno == errno.EXDEV
+    subprocess.run(["mv", str(repo.mp / "local.txt"), str(repo.data / "moved.txt")], check=True)
+    assert (repo.data / "moved.txt").read_text() == "x"
+
+
+def test_attributes_survive_remount_from_object_metadata(make_repo):
+    repo = make_repo()
+    repo.start()
+    p = repo.data / "attrs.bin"
+    p.write_bytes(b"abc")
+    os.chmod(p, 0o640)
+    os.chown(p, 1234, 5678)
+    os.utime(p, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    repo.stop()
+    # a fresh machine: no local state at all, only what the remote holds
+    subprocess.run(["rm", "-rf", str(repo.local), str(repo.cache)], check=True)
+    repo.start()
+    st = os.stat(repo.data / "attrs.bin")
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert st.st_mtime_ns // 1000 == 1_600_000_000_123_456_789 // 1000
+    assert (repo.data / "attrs.bin").read_bytes() == b"abc"
+
+
+def test_crash_before_upload_loses_nothing(make_repo):
+    repo = make_repo(delay="1h")
+    repo.start()
+    payloads = {f"f{i}.bin": os.urandom(1000 + i * 5000) for i in range(20)}
+    for name, data in payloads.items():
+        (repo.data / name).write_bytes(data)
+    assert remote_files(repo.remote_dir) == {}
+    repo.kill9()
+    assert not is_mounted(repo.mp)
+    repo.start()
+    repo.sync()
+    assert remote_files(repo.remote_dir) == payloads
+
+
+def test_unmount_drains_pending_uploads(make_repo):
+    repo = make_repo(delay="1h")
+    repo.start()
+    (repo.data / "late.txt").write_text("drained at unmount")
+    assert repo.status()["pending_uploads"] == 1
+    repo.stop()
+    assert (repo.remote_dir / "late.txt").read_text() == "drained at unmount"
+
+
+def test_status_lists_remotes_and_pending(make_repo):
+    repo = make_repo(delay="1h")
+    repo.start()
+    (repo.data / "p.txt").write_text("x")
+    out = mountd_cmd("status", str(repo.mp)).stdout
+    assert "main" in out and "/data" in out and "pending uploads: 1" in out and "p.txt" in out
