@@ -14,6 +14,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs="fuse3 libfuse3-dev pkg-config gcc"
 [ "$WITH_TEST" = 1 ] && pkgs="$pkgs rsync sqlite3 attr git zip tar"
+[ "$WITH_TEST" = 1 ] && { command -v npm >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"; }
 command -v "$PYTHON" >/dev/null 2>&1 || pkgs="$pkgs python3 python3-dev"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv python3-dev"
 missing=""
@@ -32,4 +33,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 extra=""; [ "$WITH_TEST" = 1 ] && extra="[test]"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e ".$extra"
+# test servers: Azurite (Azure Blob emulator) from npm into .npm/ of the checkout (git-ignored)
+if [ "$WITH_TEST" = 1 ]; then bash scripts/servers/install.sh; fi
 log "ready: $VENV/bin/mountd"

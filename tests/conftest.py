@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import azurite_server, counting_proxy, gcs_server, s3_persistent_server, s3_server  # noqa: F401
+
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 
