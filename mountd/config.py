@@ -168,6 +168,28 @@ class MountOptions(_Model):
     gid: int | None = None
 
 
+class MetricsConfig(_Model):
+    """The opt-in Prometheus endpoint: `listen = "127.0.0.1:9464"` (or just a port) turns it on."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        host, _, port = v.rpartition(":")
+        if not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"listen must be HOST:PORT or PORT, such as '127.0.0.1:9464' (got {v!r})")
+        return f"{host.strip('[]') or '127.0.0.1'}:{int(port)}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.listen is not None
+        host, _, port = self.listen.rpartition(":")
+        return host, int(port)
+
+
 class RepoConfig(_Model):
     name: str = "default"
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -175,6 +197,7 @@ class RepoConfig(_Model):
     remote: tuple[RemoteConfig, ...]
     writeback: WritebackConfig = Field(default_factory=WritebackConfig)
     mount: MountOptions = Field(default_factory=MountOptions)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("remote")
     @classmethod

@@ -28,6 +28,7 @@ from mountd.errors import MountdError, RemoteError
 from mountd.fuse import ops as fuse_ops
 from mountd.local import LocalTier
 from mountd.meta import MetaStore
+from mountd.sdnotify import SystemdNotifier
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.reconcile import Reconciler
 from mountd.writeback import Journal, Uploader
@@ -41,17 +42,24 @@ class StartupError(MountdError):
 
 
 def mounted_at(mountpoint: str) -> str | None:
-    """The `major:minor` of what is mounted exactly at `mountpoint`, from /proc/self/mountinfo."""
+    """The `major:minor` of what is mounted exactly at `mountpoint` (the topmost mount), from mountinfo."""
+    found = _mounts_at(mountpoint)
+    return found[-1][0] if found else None
+
+
+def _mounts_at(mountpoint: str) -> list[tuple[str, str]]:
+    """(major:minor, fstype) of every mount stacked at `mountpoint`, lowest first."""
     real = os.path.realpath(mountpoint)
+    found = []
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
-                if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == real:
-                    return fields[2]
+                if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == real and " - " in line:
+                    found.append((fields[2], line.split(" - ", 1)[1].split()[0]))
     except OSError:
-        return None
-    return None
+        return []
+    return found
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -59,9 +67,12 @@ def check_mountpoint(mountpoint: str) -> None:
         raise StartupError(f"mountpoint {mountpoint} does not exist (create it with: mkdir -p {mountpoint})")
     if not os.path.isdir(mountpoint):
         raise StartupError(f"mountpoint {mountpoint} is not a directory")
-    if mounted_at(mountpoint) is not None:
+    # a systemd .automount (autofs) waiting at the mountpoint is what we mount over; listing it
+    # would wait for the very mount we are making
+    awaited = [t for _, t in _mounts_at(mountpoint)] == ["autofs"]
+    if mounted_at(mountpoint) is not None and not awaited:
         raise StartupError(f"{mountpoint} is already mounted (unmount it first: mountd umount {mountpoint})")
-    if os.listdir(mountpoint):
+    if not awaited and os.listdir(mountpoint):
         raise StartupError(f"mountpoint {mountpoint} is not empty (choose an empty directory)")
     if not os.path.exists("/dev/fuse"):
         raise StartupError("/dev/fuse does not exist: load the fuse module (modprobe fuse) or, in a container, "
@@ -94,6 +105,7 @@ class Mount:
     shutdown: trio.Event = field(default_factory=trio.Event)
     unmounted: bool = False
     terminating: bool = False
+    metrics_url: str | None = None
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -211,14 +223,23 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
             await nursery.start(m.uploader.run)
             control = ControlServer(m.control_path, lambda req: _control(m, req))
             await nursery.start(control.run)
+            if m.config.metrics.listen:
+                from mountd import metrics
+
+                m.metrics_url = await nursery.start(metrics.serve, m.config.name, m.config.metrics.address,
+                                                    lambda: metrics_snapshot(m)) or None
             nursery.start_soon(_signals, m)
             await trio.to_thread.run_sync(_set_read_ahead, m.mountpoint, m.config.mount.read_ahead_kb)
             await trio.to_thread.run_sync(os.stat, m.mountpoint)  # answers: the mount is ready
             log.info("mounted %s at %s (%s)", m.config.name, m.mountpoint,
                      ", ".join(f"{r.name}={r.display_url} at {r.at}" for r in m.config.remote))
             on_ready(m)
+            notifier = SystemdNotifier()
+            if notifier.enabled:
+                nursery.start_soon(notifier.run, lambda: systemd_status(m), m.shutdown)
             await m.shutdown.wait()
             left = await _drain(m, m.config.writeback.drain_timeout, report=None)
+            notifier.send(f"STATUS=stopped; {left} uploads left pending (they resume at the next mount)")
             nursery.cancel_scope.cancel()
     finally:
         if not m.unmounted:
@@ -264,6 +285,21 @@ async def _signals(m: Mount) -> None:
             m.shutdown.set()
 
 
+def systemd_status(m: Mount) -> str:
+    """The one-line STATUS= systemd shows in `systemctl status`."""
+    pending = m.meta.journal_count()
+    if m.shutdown.is_set():
+        return f"stopping: draining {pending} pending uploads"
+    down = f", {len(m.unreachable)} unreachable" if m.unreachable else ""
+    return (f"serving {m.mountpoint}: {pending} pending uploads ({len(m.uploader.in_flight)} in flight); "
+            f"{len(m.stores)} remotes{down}")
+
+
+def metrics_snapshot(m: Mount) -> dict[str, Any]:
+    """What one metrics scrape reads (on the trio thread)."""
+    return {"statistics": m.statistics(), "remotes": {name: name in m.unreachable for name in m.stores}}
+
+
 def status(m: Mount) -> dict[str, Any]:
     journal = m.meta.journal_all(200)
     return {
@@ -281,6 +317,7 @@ def status(m: Mount) -> dict[str, Any]:
         "pending": [{"remote": e.remote, "key": e.key, "attempts": e.attempts, "error": e.last_error} for e in journal],
         "last_errors": [{"remote": r, "key": k, "error": e} for r, k, e in m.uploader.last_errors],
         "statistics": m.statistics(),
+        "metrics": m.metrics_url,
     }
 
 

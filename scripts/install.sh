@@ -13,7 +13,7 @@ log() { printf 'install.sh: %s\n' "$*" >&2; }
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs="fuse3 libfuse3-dev pkg-config gcc"
-[ "$WITH_TEST" = 1 ] && pkgs="$pkgs rsync sqlite3 attr git zip tar"
+[ "$WITH_TEST" = 1 ] && pkgs="$pkgs rsync sqlite3 attr git zip tar systemd mount"
 [ "$WITH_TEST" = 1 ] && { command -v npm >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"; }
 command -v "$PYTHON" >/dev/null 2>&1 || pkgs="$pkgs python3 python3-dev"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv python3-dev"

@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ import pyfuse3
 import trio
 
 from mountd.errors import MountdError
+from mountd.latency import LatencyHistogram
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.types import Attr, Ctx, SetAttr
 
@@ -61,7 +62,9 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             log.exception("%s failed unexpectedly", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds[name] += elapsed
+            self.latency[name].observe(elapsed)
 
     return wrapper
 
@@ -76,6 +79,7 @@ class MountdOperations(pyfuse3.Operations):
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
+        self.latency: defaultdict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
         self.attr_timeout = fs.config.mount.attr_timeout
         fs.invalidate_cb = self._invalidate
 
@@ -245,8 +249,9 @@ class MountdOperations(pyfuse3.Operations):
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         return None
 
-    def statistics(self) -> dict[str, dict[str, float]]:
-        return {"calls": dict(self.calls), "errors": dict(self.errors), "seconds": dict(self.seconds)}
+    def statistics(self) -> dict[str, dict[str, Any]]:
+        return {"calls": dict(self.calls), "errors": dict(self.errors), "seconds": dict(self.seconds),
+                "latency": {op: h.snapshot() for op, h in self.latency.items()}}
 
 
 def _invalidate_quietly(ino: int) -> None:
