@@ -55,6 +55,9 @@ class LocalConfig(_Model):
 
     path: Path | None = None
     max_dirty: Size = parse_size("50G")
+    # writes get ENOSPC while less than this is free, so the metadata db can always commit
+    # (an unlink that frees space must never fail for want of space)
+    reserve: Size = parse_size("64M")
 
 
 class TierConfig(_Model):

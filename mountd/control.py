@@ -86,7 +86,7 @@ class ControlServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             except Exception as e:  # a bad request must not stop the server
-                log.debug("control request failed", exc_info=True)
+                log.warning("control request failed: %s: %s", type(e).__name__, e)
                 try:
                     await stream.send_all(json.dumps({"ok": False, "error": str(e)}).encode() + b"\n")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -105,6 +105,8 @@ class Mount:
     shutdown: trio.Event = field(default_factory=trio.Event)
     unmounted: bool = False
     terminating: bool = False
+    umount_replies: int = 0  # umount requests still owed their final answer
+    replied: trio.Event = field(default_factory=trio.Event)
     metrics_url: str | None = None
 
     def statistics(self) -> dict[str, Any]:
@@ -115,6 +117,7 @@ class Mount:
             "reader": self.reader.statistics(),
             "meta": self.meta.statistics(),
             "local": self.local.statistics(),
+            "dirty": self.fs.dirty.statistics(),
             "fuse": self.ops.statistics() if self.ops else {},
         }
 
@@ -152,6 +155,7 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
         reconciler = Reconciler(fs, dedup=config.writeback.dedup)
         uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
                             retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max)
+        fs.is_uploading = lambda remote, key: (remote, key) in uploader.in_flight
     except BaseException:
         os.close(lock_fd)
         raise
@@ -240,6 +244,9 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
             await m.shutdown.wait()
             left = await _drain(m, m.config.writeback.drain_timeout, report=None)
             notifier.send(f"STATUS=stopped; {left} uploads left pending (they resume at the next mount)")
+            with trio.move_on_after(5):
+                while m.umount_replies:  # let `mountd umount` hear how it ended
+                    await m.replied.wait()
             nursery.cancel_scope.cancel()
     finally:
         if not m.unmounted:
@@ -326,16 +333,22 @@ async def _control(m: Mount, req: dict[str, Any]) -> AsyncIterator[dict[str, Any
     if op == "status":
         yield {"ok": True, "result": status(m)}
     elif op == "umount":
-        _unmount(m)
-        timeout = float(req.get("timeout") or m.config.writeback.drain_timeout)
-        with trio.move_on_after(timeout + 5):
-            while m.uploader.pending():
-                yield {"progress": {"pending": m.uploader.pending()}}
-                with trio.move_on_after(0.5):
-                    await m.uploader.wait_drained(0.5)
-        left = m.uploader.pending()
-        m.shutdown.set()
-        yield {"ok": True, "result": {"left": left}}
+        m.umount_replies += 1
+        try:
+            _unmount(m)
+            timeout = float(req.get("timeout") or m.config.writeback.drain_timeout)
+            with trio.move_on_after(timeout + 5):
+                while m.uploader.pending():
+                    yield {"progress": {"pending": m.uploader.pending()}}
+                    with trio.move_on_after(0.5):
+                        await m.uploader.wait_drained(0.5)
+            left = m.uploader.pending()
+            m.shutdown.set()
+            yield {"ok": True, "result": {"left": left}}
+        finally:
+            m.umount_replies -= 1
+            m.replied.set()
+            m.replied = trio.Event()
     elif op == "sync":
         prefix = str(req.get("path") or "")
         select = _path_filter(m, prefix)

@@ -39,11 +39,12 @@ def mountd_cmd(*args: str, check: bool = True, timeout: float = 120, **kw) -> su
 
 class MountedRepo:
     def __init__(self, root: Path, *, remote_url: str | None = None, extra_toml: str = "", delay: str = "0s",
-                 remote_toml: str | None = None) -> None:
+                 remote_toml: str | None = None, writeback_toml: str = "", local_toml: str = "",
+                 local_path: Path | None = None) -> None:
         self.root = root
         self.mp = root / "mnt"
         self.remote_dir = root / "remote"
-        self.local = root / "local"
+        self.local = local_path or root / "local"
         self.cache = root / "cache"
         self.log_path = root / "daemon.log"
         for p in (self.mp, self.remote_dir):
@@ -60,6 +61,7 @@ class MountedRepo:
             name = "test"
             [local]
             path = "{self.local}"
+            {local_toml}
             [cache]
             path = "{self.cache}"
             [writeback]
@@ -67,6 +69,7 @@ class MountedRepo:
             retry_initial = "0.2s"
             retry_max = "2s"
             drain_timeout = "60s"
+            {writeback_toml}
             [mount]
             listing_ttl = "1h"
             """) + textwrap.dedent(extra_toml) + remotes)

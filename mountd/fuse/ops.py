@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,15 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             if code not in (errno.ENOSPC, errno.EDQUOT):
                 log.warning("%s: local I/O error: %s", name, e)
             raise pyfuse3.FUSEError(code) from None
+        except sqlite3.OperationalError as e:
+            # the metadata db shares the local tier's disk: when it is full the transaction
+            # rolled back, nothing committed is damaged, and the caller sees ENOSPC like a disk
+            self.errors[name] += 1
+            if "full" in str(e):
+                log.warning("%s: the local tier is full: %s", name, e)
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
+            log.error("%s: metadata db error: %s", name, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             self.errors[name] += 1
             log.exception("%s failed unexpectedly", name)
@@ -93,7 +103,8 @@ class MountdOperations(pyfuse3.Operations):
         e.st_ino = a.ino
         e.generation = 0
         e.entry_timeout = self.attr_timeout
-        e.attr_timeout = self.attr_timeout
+        # attributes still defaulted (from a listing, before a HEAD) must not be cached by the kernel
+        e.attr_timeout = self.attr_timeout if a.exact else 0
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid

@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -40,6 +40,8 @@ from mountd.vfs.namespace import (
 )
 from mountd.vfs.types import Attr, Ctx, FsStats, Opened, SetAttr
 from mountd.writeback import Journal
+from mountd.writeback.backpressure import DirtyBytes
+from mountd.writeback.ignore import IGNORE_FILE, IgnoreRules
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ RENAME_EXCHANGE = 2
 XATTR_PREFIX = "user.mountd."
 READDIR_PAGE = 1000
 LISTING_RETRY = 5.0
+FREE_SPACE_CHECK_EVERY = 1 << 20
 
 
 def _err(code: int, message: str = "") -> PosixError:
@@ -109,6 +112,11 @@ class Filesystem:
         self.owner_uid = config.mount.uid if config.mount.uid is not None else os.getuid()
         self.owner_gid = config.mount.gid if config.mount.gid is not None else os.getgid()
         self.invalidate_cb = lambda ino: None  # set by the FUSE layer: drop the kernel page cache
+        self.dirty = DirtyBytes(config.local.max_dirty)
+        self._unchecked_bytes = FREE_SPACE_CHECK_EVERY  # bytes written since free space was last checked
+        self.ignore = IgnoreRules(config.writeback.ignore)
+        # set by the daemon: whether the uploader is working on (remote, key) right now
+        self.is_uploading: Callable[[str, str], bool] = lambda remote, key: False
 
     # ------------------------------------------------------------------------------------------
     # start-up
@@ -130,6 +138,8 @@ class Filesystem:
             for inode in m.dirty_without_journal():
                 if inode.has_local and self.local.exists(inode.ino):
                     m.update(inode.ino, size=self.local.size_of(inode.ino))
+                    if inode.remote is not None and inode.is_reg:
+                        self.dirty.set(inode.ino, self.local.size_of(inode.ino))
                 key = self.key_of(inode.ino)
                 if key is not None and not m.journal_has(inode.remote or "", key[1]):
                     log.info("re-queueing %s:%s written before a crash", key[0], key[1])
@@ -230,7 +240,8 @@ class Filesystem:
             size = op.size if op.size is not None else size
             mtime = op.mtime_ns if op.mtime_ns is not None else mtime
         return Attr(ino=inode.ino, mode=inode.mode, nlink=inode.nlink, uid=inode.uid, gid=inode.gid, size=size,
-                    atime_ns=inode.atime_ns, mtime_ns=mtime, ctime_ns=inode.ctime_ns, rdev=inode.rdev)
+                    atime_ns=inode.atime_ns, mtime_ns=mtime, ctime_ns=inode.ctime_ns, rdev=inode.rdev,
+                    exact=bool(inode.meta_loaded))
 
     async def getattr(self, ino: int) -> Attr:
         inode = self._inode(ino)
@@ -246,7 +257,12 @@ class Filesystem:
         try:
             info = await self._in_thread(store.head, inode.remote_key)
         except ObjectNotFound:
-            return inode
+            # no marker (a bare prefix) or the object is gone: keep the defaults, stop asking
+            fresh = self.meta.get(inode.ino)
+            if fresh is not None and fresh.remote_key == inode.remote_key and not fresh.meta_loaded:
+                with self.meta.transaction():
+                    self.meta.update(inode.ino, meta_loaded=1)
+            return fresh or inode
         except RemoteError as e:
             log.debug("HEAD %s failed: %s", inode.remote_key, e)
             return inode
@@ -259,11 +275,14 @@ class Filesystem:
 
     def _apply_object_info(self, inode: Inode, info: ObjectInfo) -> None:
         kind = stat.S_IFMT(inode.mode)
-        attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self.owner_uid,
+        default_mode = self.config.mount.dir_mode if inode.is_dir else self.config.mount.file_mode
+        attrs = attrs_from_metadata(info.metadata, default_mode=default_mode, uid=self.owner_uid,
                                     gid=self.owner_gid, mtime_ns=info.mtime_ns, kind=kind)
-        values: dict[str, object] = {"remote_version": info.version}
-        if not inode.has_local:
-            values["size"] = info.size
+        values: dict[str, object] = {}
+        if not inode.is_dir:  # a directory takes only the attributes of its marker
+            values["remote_version"] = info.version
+            if not inode.has_local:
+                values["size"] = info.size
         if info.metadata is not None:
             values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns, meta_loaded=1,
                           sha256=info.metadata.get(META_SHA256) or None)
@@ -283,6 +302,7 @@ class Filesystem:
             if not inode.is_reg:
                 raise _err(errno.EINVAL)
             self._writable_area(inode)
+            self._check_immutable(inode)
             await self._truncate(inode, changes.size)
             inode = self._inode(ino)
             values.update(mtime_ns=now)
@@ -308,6 +328,8 @@ class Filesystem:
             op.mtime_ns = int(values["mtime_ns"])  # type: ignore[call-overload]
         values["ctime_ns"] = changes.ctime_ns if changes.ctime_ns is not None else now
         remote_visible = any(k in values for k in ("mode", "uid", "gid", "mtime_ns"))
+        if remote_visible and not inode.is_dir:
+            self._check_immutable(inode)  # its attributes live in the object's metadata
         with self.meta.transaction():
             self.meta.update(ino, **values)
             if remote_visible or changes.size is not None:
@@ -396,8 +418,10 @@ class Filesystem:
                 child_key = prefix + name + "/"
                 if bname in existing or child_key in pending:
                     continue
+                # meta_loaded=0: the first getattr HEADs the marker for the directory's own attributes
                 node = m.create_inode(mode=stat.S_IFDIR | self.config.mount.dir_mode, uid=self.owner_uid,
-                                      gid=self.owner_gid, remote=remote, nlink=2, remote_key=child_key)
+                                      gid=self.owner_gid, remote=remote, nlink=2, remote_key=child_key,
+                                      meta_loaded=0)
                 m.add_entry(d.ino, bname, node.ino)
                 m.bump(d.ino, "nlink")
             for info in listing.objects:
@@ -687,6 +711,7 @@ class Filesystem:
     def _free_inode(self, node: Inode) -> None:
         self.meta.delete_inode(node.ino)
         self.local.remove(node.ino)
+        self.dirty.clear(node.ino)
         self._checked_at.pop(node.ino, None)
         self._page_cache_version.pop(node.ino, None)
 
@@ -802,8 +827,11 @@ class Filesystem:
         h = self._handle(fh)
         if not h.writable:
             raise _err(errno.EBADF)
+        if self.dirty.over_limit(h.ino):
+            await self.dirty.wait_for_room(h.ino)
         op = self._open[h.ino]
         fd = self._local_fd(op)
+        self._check_free_space(len(data))
         written = os.pwrite(fd, data, offset)
         if op.size is None:
             node = self._inode(h.ino)
@@ -821,6 +849,17 @@ class Filesystem:
                 self.meta.update(h.ino, ctime_ns=op.mtime_ns, **values)
         return written
 
+    def _check_free_space(self, incoming: int) -> None:
+        """ENOSPC while the local tier's free space is under `local.reserve` (statvfs per MiB written)."""
+        self._unchecked_bytes += incoming
+        if self._unchecked_bytes < FREE_SPACE_CHECK_EVERY:
+            return
+        self._unchecked_bytes = 0
+        st = os.statvfs(self.local.root)
+        if st.f_bavail * st.f_frsize < self.config.local.reserve + incoming:
+            self._unchecked_bytes = FREE_SPACE_CHECK_EVERY  # check again on the next write
+            raise _err(errno.ENOSPC, "the local tier is full")
+
     def _persist_open(self, op: OpenInode) -> None:
         """Write the in-memory size/mtime of an open file to the db and journal it if changed."""
         if not op.modified:
@@ -835,6 +874,9 @@ class Filesystem:
             self.meta.update(op.ino, **values)
             self._queue(op.ino)
         op.modified = False
+        node = self.meta.get(op.ino)
+        if node is not None and node.remote is not None and node.content_dirty and not self.is_ignored(node):
+            self.dirty.set(op.ino, node.size)
 
     async def flush(self, fh: int) -> None:
         """close(2) waits for this: data that was written is journaled before close returns."""
@@ -993,19 +1035,72 @@ class Filesystem:
     # ------------------------------------------------------------------------------------------
     # misc
     # ------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------
+    # ignore rules: paths under a remote that stay local-only
+    # ------------------------------------------------------------------------------------------
+    def _ignore_files(self, remote: str, parts: list[str]) -> list[tuple[int, Inode]]:
+        """(depth below the attach point, inode) of each `.mountdignore` in the path's directories."""
+        found: list[tuple[int, Inode]] = []
+        dir_ino: int | None = self._attach_ino.get(remote)
+        name = IGNORE_FILE.encode()
+        for depth in range(len(parts)):
+            if dir_ino is None:
+                break
+            f = self.meta.lookup(dir_ino, name)
+            node = self.meta.get(f) if f is not None else None
+            if node is not None and node.is_reg:
+                found.append((depth, node))
+            dir_ino = self.meta.lookup(dir_ino, parts[depth].encode("utf-8", "surrogateescape"))
+        return found
+
+    @staticmethod
+    def _ignore_stamp(f: Inode) -> tuple[int, str | None, int]:
+        return (f.content_gen, f.remote_version, f.size)
+
+    def is_ignored(self, node: Inode) -> bool:
+        """Whether `node` is kept local-only by `writeback.ignore` or a `.mountdignore` (no network).
+
+        A `.mountdignore` that exists only in the remote counts once `load_ignore_files` read it."""
+        key = self.key_of(node.ino, node)
+        if key is None:
+            return False
+        parts = [p for p in key[1].split("/") if p]
+        specs = []
+        for depth, f in self._ignore_files(key[0], parts):
+            spec = self.ignore.cached_spec(f.ino, self._ignore_stamp(f))
+            if spec is None and f.has_local and self.local.exists(f.ino):
+                with open(self.local.path_for(f.ino), "rb") as fp:
+                    spec = self.ignore.spec_for(f.ino, self._ignore_stamp(f), fp.read(1 << 20))
+            if spec is not None:
+                specs.append((depth, spec))
+        return self.ignore.matches(parts, node.is_dir, specs)
+
+    async def load_ignore_files(self, remote: str, key: str) -> None:
+        """Read the remote-only `.mountdignore` files that govern `key` (raises RemoteError)."""
+        parts = [p for p in key.split("/") if p]
+        for _, f in self._ignore_files(remote, parts):
+            stamp = self._ignore_stamp(f)
+            if f.has_local or f.remote_key is None or self.ignore.cached_spec(f.ino, stamp) is not None:
+                continue
+            text = await self.reader.read(self._object_ref(f), 0, min(f.size, 1 << 20))
+            self.ignore.spec_for(f.ino, stamp, text)
+
     def statfs(self) -> FsStats:
         st = os.statvfs(self.local.root)
         return FsStats(block_size=st.f_frsize, blocks=st.f_blocks, blocks_free=st.f_bfree, blocks_avail=st.f_bavail,
                        files=max(st.f_files, 1 << 20), files_free=max(st.f_ffree, 1 << 19), name_max=NAME_MAX)
 
-    def file_state(self, node: Inode, uploading: bool = False) -> str:
+    def file_state(self, node: Inode) -> str:
+        """local, dirty, uploading, clean or error: what `user.mountd.state` shows."""
         if node.remote is None:
             return "local"
         key = self.key_of(node.ino, node)
-        entry = self.meta.journal_get(*key) if key is not None else None
+        if key is None or self.is_ignored(node):
+            return "local"
+        entry = self.meta.journal_get(*key)
         if entry is not None and entry.last_error:
             return "error"
-        if uploading:
+        if self.is_uploading(*key):
             return "uploading"
         if node.content_dirty or node.attrs_dirty or entry is not None:
             return "dirty"

@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from mountd.backend import ObjectInfo, ObjectStore
-from mountd.errors import ObjectNotFound
+from mountd.errors import ObjectNotFound, PosixError, RemoteError
 from mountd.meta import Inode, JournalEntry
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.namespace import metadata_for
@@ -42,7 +42,8 @@ class Reconciler:
         self.meta = fs.meta
         self.dedup = dedup
         self.stats = {"uploads": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
-                      "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0}
+                      "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0,
+                      "ignored": 0, "verify_failures": 0}
 
     async def apply(self, entry: JournalEntry) -> None:
         store = self.fs.stores[entry.remote]
@@ -50,6 +51,18 @@ class Reconciler:
         want_dir = entry.key.endswith("/")
         if node is None or node.is_dir != want_dir or entry.key == "":
             await self._delete(store, entry)
+            return
+        try:
+            await self.fs.load_ignore_files(entry.remote, entry.key)
+        except (RemoteError, PosixError) as e:
+            raise Retry(f"cannot read the .mountdignore files above {entry.key!r}: {e}") from None
+        node = self.fs.resolve_key(entry.remote, entry.key)
+        if node is None:
+            raise Retry("the path changed while reading ignore rules")
+        if self.fs.is_ignored(node):
+            # local-only by the ignore rules: nothing goes to the remote, and nothing waits on it
+            self.fs.dirty.clear(node.ino)
+            self.stats["ignored"] += 1
             return
         if node.is_dir:
             await self._put_marker(store, node, entry.key)
@@ -117,23 +130,37 @@ class Reconciler:
     async def _upload(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int) -> None:
         path = self.fs.local.path_for(node.ino)
         remote = node.remote or ""
-        sha = await trio.to_thread.run_sync(sha256_file, path)
+        try:
+            sha = await trio.to_thread.run_sync(sha256_file, path)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            # unlinked or replaced (rename over it) while we hashed: look at the key again
+            raise Retry("the local file went away during the upload") from None
         meta = self._meta_of(node, sha)
-        size = path.stat().st_size
         info: ObjectInfo | None = None
         if self.dedup:
             info = await self._dedup(store, remote, key, sha, meta, size)
         if info is None:
             info = await trio.to_thread.run_sync(store.upload, path, key, meta)
-            if info.size != size:
-                raise Retry(f"uploaded size {info.size} differs from local size {size}; uploading again")
             self.stats["uploads"] += 1
             self.stats["bytes_uploaded"] += size
+            self._verify(key, info, size, sha)
         else:
             self.stats["bytes_deduplicated"] += size
-        with self.meta.transaction():
-            self.meta.hash_put(remote, sha, key, info.version)
+        fresh = self.meta.get(node.ino)
+        if fresh is not None and fresh.content_gen == content_gen:
+            # only content that did not change during the upload may feed the dedup index
+            with self.meta.transaction():
+                self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=sha)
+
+    def _verify(self, key: str, info: ObjectInfo, size: int, sha: str) -> None:
+        """The object as the remote reports it after the upload must be what we sent."""
+        stored_sha = (info.metadata or {}).get("sha256")
+        if info.size != size or (stored_sha is not None and stored_sha != sha):
+            self.stats["verify_failures"] += 1
+            raise Retry(f"verification of {key!r} failed (remote size {info.size}, local {size}"
+                        f"{', sha256 differs' if stored_sha not in (None, sha) else ''}); uploading again")
 
     async def _dedup(self, store: ObjectStore, remote: str, key: str, sha: str, meta: dict[str, str],
                      size: int) -> ObjectInfo | None:
@@ -169,6 +196,7 @@ class Reconciler:
             if content_gen is not None and node.content_gen == content_gen:
                 values.update(synced_gen=content_gen, remote_key=key if not node.is_dir else node.remote_key,
                               remote_version=info.version)
+                self.fs.dirty.clear(ino)
                 if sha256:
                     values["sha256"] = sha256
             elif node.is_symlink:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -76,12 +77,17 @@ class Uploader:
                 self._meta.journal_failed(entry.remote, entry.key, entry.seq, str(e), self._journal.clock() + 0.2)
             except MountdError as e:
                 self._fail(entry, str(e))
+            except sqlite3.OperationalError as e:  # e.g. the local disk is full: the entry stays queued
+                self._fail(entry, f"metadata db: {e}")
             except Exception as e:  # a bug must not lose the entry nor stop the other uploads
                 log.exception("write-back of %s:%s failed unexpectedly", entry.remote, entry.key)
                 self._fail(entry, f"{type(e).__name__}: {e}")
             else:
                 if self._meta.journal_done(entry.remote, entry.key, entry.seq):
                     self._stats["applied"] += 1
+        except sqlite3.OperationalError as e:
+            # the journal could not record the outcome; the entry is still there and runs again
+            log.warning("write-back of %s:%s: cannot update the journal: %s", entry.remote, entry.key, e)
         finally:
             del self.in_flight[ident]
             self._limit.release_on_behalf_of(ident)

@@ -1,0 +1,232 @@
+"""Write-back on a real mount with a file:// remote: ignore rules, dedup, immutability,
+per-file state, backpressure on dirty bytes, a full local disk, and crash recovery."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import mountd_cmd
+
+
+def remote_files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            if f.startswith(".mountd-tmp-"):  # an upload cut by kill -9: invisible, like an open multipart upload
+                continue
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = open(p, "rb").read()
+    return out
+
+
+def state(path: Path) -> str:
+    return os.getxattr(path, "user.mountd.state").decode()
+
+
+def reconciler_stats(repo) -> dict:
+    return repo.status()["statistics"]["reconciler"]
+
+
+def test_ignore_globs_and_mountdignore_keep_paths_local(make_repo):
+    repo = make_repo(writeback_toml='ignore = ["*.tmp", "__pycache__/"]')
+    repo.start()
+    d = repo.data
+    (d / "keep.txt").write_text("keep")
+    (d / "partial.tmp").write_text("scratch")
+    (d / "pkg" / "__pycache__").mkdir(parents=True)
+    (d / "pkg" / "__pycache__" / "m.pyc").write_bytes(b"\x00pyc")
+    (d / "pkg" / "m.py").write_text("x = 1\n")
+    (d / "runs").mkdir()
+    (d / "runs" / ".mountdignore").write_text("*.log\nscratch/\n")
+    (d / "runs" / "train.log").write_text("step 1\n")
+    (d / "runs" / "scratch").mkdir()
+    (d / "runs" / "scratch" / "x.bin").write_bytes(b"x")
+    (d / "runs" / "metrics.json").write_text("{}")
+    repo.sync()
+    assert remote_files(repo.remote_dir) == {
+        "keep.txt": b"keep", "pkg/m.py": b"x = 1\n", "runs/.mountdignore": b"*.log\nscratch/\n",
+        "runs/metrics.json": b"{}",
+    }
+    assert state(d / "partial.tmp") == "local"
+    assert state(d / "runs" / "train.log") == "local"
+    assert state(d / "keep.txt") == "clean"
+    # the usual "write a temporary, rename into place" pattern uploads the final name only
+    os.rename(d / "partial.tmp", d / "final.bin")
+    repo.sync()
+    assert (repo.remote_dir / "final.bin").read_bytes() == b"scratch"
+    assert not (repo.remote_dir / "partial.tmp").exists()
+    # ignored files survive a remount on the local tier
+    repo.stop()
+    repo.start()
+    assert (d / "runs" / "train.log").read_text() == "step 1\n"
+    assert reconciler_stats(repo)["uploads"] == 0
+
+
+def test_identical_content_uploads_once(make_repo):
+    repo = make_repo()
+    repo.start()
+    payload = os.urandom(3 << 20)
+    (repo.data / "a").mkdir()
+    for i in range(6):
+        (repo.data / "a" / f"copy{i}.bin").write_bytes(payload)
+        repo.sync()  # each one closed and settled before the next: the index knows the first
+    stats = reconciler_stats(repo)
+    assert stats["uploads"] == 1
+    assert stats["dedup_copied"] == 5
+    assert stats["bytes_uploaded"] == len(payload)
+    files = remote_files(repo.remote_dir)
+    assert len(files) == 6 and all(v == payload for v in files.values())
+    sha = hashlib.sha256(payload).hexdigest()
+    assert os.getxattr(repo.data / "a" / "copy3.bin", "user.mountd.sha256").decode() == sha
+    # rewriting a file with the content it already has sends nothing
+    (repo.data / "a" / "copy0.bin").write_bytes(payload)
+    repo.sync()
+    stats = reconciler_stats(repo)
+    assert stats["uploads"] == 1 and stats["dedup_skipped"] == 1
+
+
+def test_immutable_remote_refuses_changes_after_upload(make_repo):
+    repo = make_repo(remote_toml="""
+        [[remote]]
+        name = "main"
+        url = "file://PLACEHOLDER"
+        at = "/data"
+        immutable = true
+        """)
+    repo.config.write_text(repo.config.read_text().replace("PLACEHOLDER", str(repo.remote_dir)))
+    repo.start()
+    p = repo.data / "model.pt"
+    p.write_bytes(b"weights v1")
+    repo.sync()
+    assert (repo.remote_dir / "model.pt").read_bytes() == b"weights v1"
+    for action in (lambda: p.write_bytes(b"v2"), lambda: open(p, "ab"), p.unlink,
+                   lambda: os.rename(p, repo.data / "other.pt"), lambda: os.truncate(p, 0),
+                   lambda: os.chmod(p, 0o600)):
+        with pytest.raises(OSError) as e:
+            action()
+        assert e.value.errno == errno.EPERM
+    assert p.read_bytes() == b"weights v1"
+    (repo.data / "new.pt").write_bytes(b"new files are fine")
+    repo.sync()
+    assert (repo.remote_dir / "new.pt").read_bytes() == b"new files are fine"
+
+
+def test_failing_upload_is_visible_and_retried(make_repo):
+    repo = make_repo()
+    repo.expected_log_errors.append("write-back of")
+    repo.start()
+    subprocess.run(["chattr", "+i", str(repo.remote_dir)], check=True)
+    try:
+        (repo.data / "stuck.bin").write_bytes(b"waiting for the remote")
+        r = mountd_cmd("sync", str(repo.data), "--wait", "--timeout", "3s", check=False)
+        assert r.returncode != 0
+        assert "stuck.bin" in r.stderr and "1 entries" in r.stderr
+        assert state(repo.data / "stuck.bin") == "error"
+        assert "denied" in os.getxattr(repo.data / "stuck.bin", "user.mountd.error").decode()
+        status = mountd_cmd("status", str(repo.mp)).stdout
+        assert "stuck.bin" in status and "attempts=" in status
+    finally:
+        subprocess.run(["chattr", "-i", str(repo.remote_dir)], check=True)
+    repo.sync()
+    assert (repo.remote_dir / "stuck.bin").read_bytes() == b"waiting for the remote"
+    assert state(repo.data / "stuck.bin") == "clean"
+
+
+def test_writers_wait_for_uploads_when_dirty_limit_is_reached(make_repo):
+    repo = make_repo(delay="1h", local_toml='max_dirty = "1M"')
+    repo.start()
+    for i in range(2):
+        (repo.data / f"early{i}.bin").write_bytes(os.urandom(600 << 10))
+    assert repo.status()["statistics"]["dirty"]["dirty_bytes"] == 2 * (600 << 10)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            (repo.data / "late.bin").write_bytes(b"L" * (256 << 10))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    # the writer is held (not failed) while 1.2M of closed files wait for the 1h delay
+    assert not done.wait(2.0)
+    assert repo.status()["statistics"]["dirty"]["writer_waits"] >= 1
+    mountd_cmd("sync", str(repo.data))  # uploads start now; the writer goes on
+    assert done.wait(60)
+    t.join()
+    assert not errors
+    repo.sync()
+    assert (repo.remote_dir / "late.bin").stat().st_size == 256 << 10
+    assert repo.status()["statistics"]["dirty"]["dirty_bytes"] == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mp = tmp_path / "small"
+    mp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mp)], check=True)
+    yield mp
+    subprocess.run(["umount", "-l", str(mp)], check=False)
+
+
+def test_full_local_disk_gives_enospc_and_keeps_what_was_written(make_repo, small_disk):
+    repo = make_repo(delay="1h", local_path=small_disk / "local", local_toml='reserve = "1M"')
+    repo.start()
+    earlier = {f"ok{i}.bin": os.urandom(400 << 10) for i in range(5)}
+    for name, data in earlier.items():
+        (repo.data / name).write_bytes(data)
+    with pytest.raises(OSError) as e:
+        with open(repo.data / "huge.bin", "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(256 << 10))
+                f.flush()
+    assert e.value.errno == errno.ENOSPC
+    os.unlink(repo.data / "huge.bin")  # frees the space again
+    assert repo.status()["pending_uploads"] >= len(earlier)
+    repo.sync()
+    files = remote_files(repo.remote_dir)
+    assert {k: v for k, v in files.items() if k in earlier} == earlier
+    assert "huge.bin" not in files
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.02) -> None:
+    """Poll a condition that no event announces (files appearing in the remote directory)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(interval)
+
+
+@pytest.mark.slow
+def test_kill9_during_uploads_then_remount_uploads_everything(make_repo):
+    repo = make_repo(delay="1h", writeback_toml="concurrency = 1")
+    repo.start()
+    payloads = {f"d{i % 4}/f{i}.bin": os.urandom((i % 7) * 300_000 + 10) for i in range(150)}
+    for name, data in payloads.items():
+        p = repo.data / name
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(data)
+    mountd_cmd("sync", str(repo.data))  # everything due now, uploading one at a time
+
+    def some_uploaded() -> bool:
+        return sum(len(files) for _, _, files in os.walk(repo.remote_dir)) >= 1
+
+    wait_until(some_uploaded, interval=0.001)
+    repo.kill9()
+    uploaded_before = len(remote_files(repo.remote_dir))
+    assert uploaded_before < len(payloads)
+    repo.start()
+    repo.sync()
+    assert remote_files(repo.remote_dir) == payloads
+    repo.stop()
