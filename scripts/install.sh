@@ -35,4 +35,6 @@ extra=""; [ "$WITH_TEST" = 1 ] && extra="[test]"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e ".$extra"
 # test servers: Azurite (Azure Blob emulator) from npm into .npm/ of the checkout (git-ignored)
 if [ "$WITH_TEST" = 1 ]; then bash scripts/servers/install.sh; fi
+# benchmark harness (its quick mode is part of the tests): s3fs-fuse, fio, matplotlib
+if [ "$WITH_TEST" = 1 ]; then bash bench/install.sh; fi
 log "ready: $VENV/bin/mountd"

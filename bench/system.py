@@ -1,0 +1,151 @@
+"""Machine-level helpers for the benchmark: page-cache drops, mount checks, RSS sampling, machine facts.
+
+Owns nothing persistent. It must never touch a mount it did not make: `fusermount_lazy` is only
+called by the targets on their own mountpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def drop_caches() -> None:
+    """Flush dirty pages, then drop the page cache, dentries and inodes (root only)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def is_mounted(path: Path) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> float:
+    """Poll `predicate` until it is true; returns the seconds waited, raises TimeoutError after `timeout`."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f}s")
+        time.sleep(interval)
+    return time.monotonic() - t0
+
+
+def fusermount_lazy(path: Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` seconds in a thread; `peak_mib` is the highest seen.
+
+    VmHWM (the kernel's own high-water mark) is read at stop too, but it counts since the process
+    started, so the sampled peak is the figure for one phase."""
+
+    def __init__(self, pid: int | None, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = 0
+        self.hwm_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        if self.pid:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pid:
+            self._stop.set()
+            self._thread.join()
+            self.hwm_kib = _status_kib(self.pid, "VmHWM")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, _status_kib(self.pid, "VmRSS"))
+            self._stop.wait(self.interval)
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_kib / 1024
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.splitlines()[0] if out else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _disk_of(path: Path) -> str:
+    """'/dev/vda ext4 (virtio, non-rotational), 252 GiB' for the filesystem holding `path`."""
+    src = _first_line(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "--target", str(path)]) or "?"
+    dev = src.split()[0]
+    disk = _first_line(["lsblk", "-no", "PKNAME", dev]) or Path(dev).name
+    facts = []
+    rot = Path(f"/sys/block/{disk}/queue/rotational")
+    if rot.exists():
+        facts.append("rotational" if rot.read_text().strip() == "1" else "non-rotational")
+    if disk.startswith("vd"):
+        facts.insert(0, "virtio")
+    return f"{src} ({', '.join(facts) or 'unknown device'}), {shutil.disk_usage(path).total / 2**30:.0f} GiB"
+
+
+def machine_info(workdir: Path, tools: dict[str, str]) -> dict[str, str]:
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = _status_like("/proc/meminfo", "MemTotal")
+    commit = _first_line(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", "HEAD"])
+    dirty = _first_line(["git", "-C", str(Path(__file__).resolve().parent.parent), "status", "--porcelain",
+                         "--", "mountd"])
+    return {
+        "cpu": f"{cpu or platform.processor()} ({os.cpu_count()} cores)",
+        "memory": f"{mem_kib / 2**20:.0f} GiB",
+        "kernel": platform.release(),
+        "disk": _disk_of(workdir),
+        "python": sys.version.split()[0],
+        "mountd": f"commit {commit}" + (" + uncommitted changes" if dirty else ""),
+        **tools,
+    }
+
+
+def _status_like(path: str, field: str) -> int:
+    with open(path) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def tool_versions(rclone: str) -> dict[str, str]:
+    return {
+        "rclone": _first_line([rclone, "version"]),
+        "s3fs-fuse": _first_line(["s3fs", "--version"]).replace("Amazon Simple Storage Service File System ", ""),
+        "fio": _first_line(["fio", "--version"]),
+        "libfuse": _first_line(["fusermount3", "-V"]),
+    }

@@ -1,0 +1,52 @@
+"""The benchmark harness keeps working: its quick mode runs once against all four targets.
+
+Real everything: `rclone serve s3` on 127.0.0.1, mountd, `rclone mount`, s3fs-fuse and a local
+directory, driven by `python -m bench --quick` in a subprocess (as `bash bench/run.sh --quick` does
+after installing). The figures are not judged here, only that every scenario produced one.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.metrics import METRICS, TARGET_ORDER, Results, expected_metrics
+from bench.report import write_docs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_mode_measures_every_scenario_on_every_target(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--work", str(tmp_path / "work"), "--out", str(out),
+                        "--no-docs"], cwd=REPO, capture_output=True, text=True, timeout=220)
+    assert out.exists(), f"no results file; bench said:\n{r.stderr[-4000:]}"
+    res = Results.load(out)
+    assert res.errors == {}, f"targets failed: {res.errors}\n{r.stderr[-4000:]}"
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert res.targets == list(TARGET_ORDER)
+    for target in TARGET_ORDER:
+        for key in expected_metrics(target):
+            values = res.values(key, target)
+            assert len(values) == res.sizes["reps"] == 1, (target, key, values)
+            assert all(math.isfinite(v) and v > 0 for v in values), (target, key, values)
+    # the counting proxy saw every byte of the peers' copies (neither deduplicates)
+    content_mib = res.sizes["dedup_copies"] * res.sizes["dedup"] / 2**20
+    for peer in ("rclone", "s3fs"):
+        assert res.values("dedup_mib", peer)[0] >= content_mib, (peer, res.values("dedup_mib", peer))
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text(), "a mount was left behind"
+
+    md, png = tmp_path / "benchmarks.md", tmp_path / "benchmarks.png"
+    md.write_text("# Benchmarks\n\nhand-written intro stays\n")
+    write_docs(res, md, png)
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written intro stays\n")
+    assert all(f"| {t} " in text or f" {t} |" in text for t in TARGET_ORDER)
+    assert text.count("\n| ") >= len(METRICS) * 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
