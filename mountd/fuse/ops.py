@@ -14,9 +14,9 @@ import os
 import sqlite3
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -28,22 +28,25 @@ from mountd.vfs.types import Attr, Ctx, SetAttr
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
     return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
 
 
-def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _mapped(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Map every exception of a handler to a FUSEError, counting calls and errors per operation."""
     name = fn.__name__
 
     @wraps(fn)
-    async def wrapper(self: MountdOperations, *args: Any) -> T:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        self = args[0]
+        assert isinstance(self, MountdOperations)
         self.calls[name] += 1
         start = time.perf_counter()
         try:
-            return await fn(self, *args)
+            return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             self.errors[name] += 1
             raise
@@ -88,7 +91,7 @@ class MountdOperations(pyfuse3.Operations):
         self.fs = fs
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         self.latency: defaultdict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
         self.attr_timeout = fs.config.mount.attr_timeout
         fs.invalidate_cb = self._invalidate
@@ -257,7 +260,7 @@ class MountdOperations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.fs.setxattr(inode, os.fsdecode(name))
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         return None
 
     def statistics(self) -> dict[str, dict[str, Any]]:

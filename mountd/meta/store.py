@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 ROOT_INODE = 1
 SCHEMA_VERSION = 1
@@ -149,7 +150,7 @@ class MetaStore:
         self._db.executescript(_SCHEMA)
         self._depth = 0
         self.statements = 0
-        self._seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM journal") or 0)  # type: ignore[arg-type]
+        self._seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM journal") or 0)
 
     def close(self) -> None:
         self._db.close()
@@ -176,7 +177,7 @@ class MetaStore:
         self.statements += 1
         return self._db.execute(sql, tuple(args))
 
-    def _scalar(self, sql: str, args: Iterable[object] = ()) -> object:
+    def _scalar(self, sql: str, args: Iterable[object] = ()) -> Any:
         row = self._exec(sql, args).fetchone()
         return row[0] if row else None
 
@@ -282,7 +283,7 @@ class MetaStore:
         return self._scalar("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)) is not None
 
     def link_count(self, ino: int) -> int:
-        return int(self._scalar("SELECT COUNT(*) FROM dentries WHERE ino=?", (ino,)) or 0)  # type: ignore[arg-type]
+        return int(self._scalar("SELECT COUNT(*) FROM dentries WHERE ino=?", (ino,)) or 0)
 
     def parent_of(self, ino: int) -> tuple[int, bytes] | None:
         """One (parent, name) of an inode: for directories the only one."""
@@ -330,7 +331,7 @@ class MetaStore:
         return [JournalEntry(*r) for r in rows]
 
     def journal_count(self) -> int:
-        return int(self._scalar("SELECT COUNT(*) FROM journal") or 0)  # type: ignore[arg-type]
+        return int(self._scalar("SELECT COUNT(*) FROM journal") or 0)
 
     def journal_has(self, remote: str, key: str) -> bool:
         return self._scalar("SELECT 1 FROM journal WHERE remote=? AND key=?", (remote, key)) is not None
@@ -357,7 +358,7 @@ class MetaStore:
     # --- statistics ---------------------------------------------------------------------------
     def statistics(self) -> dict[str, int]:
         return {
-            "inodes": int(self._scalar("SELECT COUNT(*) FROM inodes") or 0),  # type: ignore[arg-type]
+            "inodes": int(self._scalar("SELECT COUNT(*) FROM inodes") or 0),
             "journal_entries": self.journal_count(),
             "statements": self.statements,
         }

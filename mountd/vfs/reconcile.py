@@ -41,6 +41,7 @@ class Reconciler:
         self.fs = fs
         self.meta = fs.meta
         self.dedup = dedup
+        self._uploading: dict[tuple[str, str], trio.Event] = {}  # (remote, sha256) being uploaded now
         self.stats = {"uploads": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
                       "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0,
                       "ignored": 0, "verify_failures": 0}
@@ -139,12 +140,20 @@ class Reconciler:
         meta = self._meta_of(node, sha)
         info: ObjectInfo | None = None
         if self.dedup:
+            # identical content already on its way up: wait for it, then copy instead of sending it twice
+            while (busy := self._uploading.get((remote, sha))) is not None:
+                await busy.wait()
             info = await self._dedup(store, remote, key, sha, meta, size)
         if info is None:
-            info = await trio.to_thread.run_sync(store.upload, path, key, meta)
-            self.stats["uploads"] += 1
-            self.stats["bytes_uploaded"] += size
-            self._verify(key, info, size, sha)
+            done = self._uploading[(remote, sha)] = trio.Event()
+            try:
+                info = await trio.to_thread.run_sync(store.upload, path, key, meta)
+                self.stats["uploads"] += 1
+                self.stats["bytes_uploaded"] += size
+                self._verify(key, info, size, sha)
+            finally:  # waiters run after our next checkpoint, so they see the index update below
+                del self._uploading[(remote, sha)]
+                done.set()
         else:
             self.stats["bytes_deduplicated"] += size
         fresh = self.meta.get(node.ino)
