@@ -16,6 +16,7 @@ from mountd import __version__
 from mountd.config import load_config
 from mountd.control import ControlClientError, request
 from mountd.errors import MountdError
+from mountd.mount_helper import apply_mount_options, fuse_options
 
 READY_FD_ENV = "MOUNTD_READY_FD"
 log = logging.getLogger("mountd")
@@ -65,14 +66,15 @@ def main() -> None:
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Where a background daemon logs.")
-@click.option("-o", "options", multiple=True, help="Extra FUSE mount options (allow_other, ro, ...).")
+@click.option("-o", "options", multiple=True,
+              help="Mount options as in fstab: ro, allow_other, uid=, gid=, nosuid, ... (see docs/operations.md).")
 def mount(source: str, mountpoint: str, foreground: bool, require_remotes: bool, log_level: str,
           log_file: str | None, options: tuple[str, ...]) -> None:
     """Mount SOURCE (a TOML config file or a remote URL) at MOUNTPOINT."""
     from mountd import daemon
 
     try:
-        config = load_config(source)
+        config = apply_mount_options(load_config(source), options)
         daemon.check_mountpoint(mountpoint)
     except MountdError as e:
         fail(str(e))
@@ -100,7 +102,7 @@ def _run_foreground(config: Any, mountpoint: str, require_remotes: bool, options
                 pass
             ready_fd = -1
 
-    extra = {o for opt in options for o in opt.split(",") if o}
+    extra = fuse_options(options)
     try:
         left = trio.run(lambda: daemon.run(config, mountpoint, require_remotes=require_remotes,
                                            on_ready=lambda m: tell("READY"), extra_options=extra))
@@ -185,8 +187,14 @@ def umount(mountpoint: str, timeout: float | None) -> None:
 @main.command()
 @click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(mountpoint: str, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Redraw live, with upload progress, until Ctrl-C or unmount.")
+@click.option("--interval", type=DURATION, default="1s", show_default=True, help="Refresh period of --watch.")
+def status(mountpoint: str, as_json: bool, watch: bool, interval: float) -> None:
     """Remotes, pending uploads and errors of a mount."""
+    if watch:
+        from mountd.status_view import watch as watch_status
+
+        sys.exit(watch_status(mountpoint, interval))
     st = _control(mountpoint, "status")
     if as_json:
         click.echo(json.dumps(st, indent=2))
@@ -234,6 +242,38 @@ def sync(path: str, wait: bool, timeout: float) -> None:
         for e in res.get("errors", [])[:20]:
             click.echo(f"  {e['remote']}:{e['key']}: {e['error']}", err=True)
         fail(f"{res['left']} entries under {path} are not uploaded yet")
+
+
+@main.command("log-level")
+@click.argument("mountpoint", type=click.Path())
+@click.argument("level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def log_level(mountpoint: str, level: str) -> None:
+    """Change the log level of a running mount (until it stops)."""
+    res = _control(mountpoint, "log_level", level=level.upper())
+    click.echo(f"{mountpoint}: log level {res['level']}")
+
+
+@main.command("docker-plugin")
+@click.option("--socket", "socket_path", default="/run/docker/plugins/mountd.sock", show_default=True,
+              type=click.Path(dir_okay=False), help="Where dockerd looks for the plugin.")
+@click.option("--config-dir", default="/etc/mountd", show_default=True, type=click.Path(file_okay=False),
+              help="Repository configs: a volume's -o repo=NAME is NAME.toml here.")
+@click.option("--state-dir", default="/var/lib/mountd/docker-plugin", show_default=True,
+              type=click.Path(file_okay=False), help="Known volumes and the repositories' mountpoints.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def docker_plugin(socket_path: str, config_dir: str, state_dir: str, log_level: str) -> None:
+    """Serve Docker's volume plugin protocol: docker volume create -d mountd -o repo=NAME [-o path=DIR]."""
+    from pathlib import Path
+
+    from mountd.docker_plugin import serve
+
+    setup_logging(log_level)
+    try:
+        serve(Path(socket_path), Path(config_dir), Path(state_dir),
+              ready_fd=int(os.environ.pop(READY_FD_ENV, "-1")))
+    except OSError as e:
+        fail(f"docker plugin: {socket_path}: {e.strerror or e}")
 
 
 if __name__ == "__main__":
