@@ -153,3 +153,16 @@ def test_service_unit_is_notify_with_watchdog_and_drain_budget():
     assert "--foreground" in svc["ExecStart"] and "/etc/mountd/%i.toml" in svc["ExecStart"]
     # the drain (writeback.drain_timeout, 60s by default) must fit in the stop budget
     assert int(svc["TimeoutStopSec"].rstrip("s")) > 60
+
+
+def test_install_system_links_entry_points_and_units(tmp_path):
+    root = tmp_path / "root"
+    r = subprocess.run(["bash", str(REPO / "scripts/install-system.sh")], env={**os.environ, "ROOT": str(root)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    venv_bin = Path(os.environ.get("MOUNTD_VENV", REPO / ".venv")) / "bin"
+    assert os.readlink(root / "usr/local/bin/mountd") == str(venv_bin / "mountd")
+    assert os.readlink(root / "sbin/mount.mountd") == str(venv_bin / "mount.mountd")
+    for unit in ("mountd@.service", "mountd-docker-plugin.service"):
+        assert (root / "etc/systemd/system" / unit).read_text() == (UNITS / unit).read_text()
+    assert (root / "etc/mountd").stat().st_mode & 0o777 == 0o700
