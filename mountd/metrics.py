@@ -71,21 +71,26 @@ class MountCollector(Collector):
 
     def _cache(self, st: dict[str, Any]) -> Iterator[Metric]:
         labels = ["repository", "tier"]
-        hits = CounterMetricFamily("mountd_cache_hits", "Reads served from a cache tier", labels=labels)
-        misses = CounterMetricFamily("mountd_cache_misses", "Reads a cache tier could not serve", labels=labels)
-        evictions = CounterMetricFamily("mountd_cache_evictions", "Entries evicted from a cache tier", labels=labels)
+        hits = CounterMetricFamily("mountd_cache_hits", "Chunk reads served by a cache tier", labels=labels)
+        misses = CounterMetricFamily("mountd_cache_misses", "Chunk reads a cache tier could not serve", labels=labels)
+        evictions = CounterMetricFamily("mountd_cache_evictions", "Entries evicted from a cache tier to stay "
+                                        "under its cap", labels=labels)
+        expirations = CounterMetricFamily("mountd_cache_expirations", "Entries dropped from a cache tier "
+                                          "because they expired", labels=labels)
         size = GaugeMetricFamily("mountd_cache_size_bytes", "Bytes held by a cache tier", labels=labels)
-        # the in-memory block buffer of the read path is the first tier a read meets
+        cap = GaugeMetricFamily("mountd_cache_capacity_bytes", "Size cap of a cache tier", labels=labels)
+        # the read path's in-memory buffer of recent chunks is the first place a read looks
         reader = st.get("reader") or {}
-        hits.add_metric([self.name, "memory"], _num(reader, "block_hits"))
-        misses.add_metric([self.name, "memory"], _num(reader, "gets"))
+        hits.add_metric([self.name, "memory"], _num(reader, "memory_hits") or _num(reader, "block_hits"))
         tiers = (st.get("cache") or {}).get("tiers") or {}
         for tier, t in sorted(tiers.items()):
             hits.add_metric([self.name, tier], _num(t, "hits"))
             misses.add_metric([self.name, tier], _num(t, "misses"))
             evictions.add_metric([self.name, tier], _num(t, "evictions"))
-            size.add_metric([self.name, tier], _num(t, "size_bytes") or _num(t, "bytes"))
-        yield from (hits, misses, evictions, size)
+            expirations.add_metric([self.name, tier], _num(t, "expirations"))
+            size.add_metric([self.name, tier], _num(t, "bytes"))
+            cap.add_metric([self.name, tier], _num(t, "cap"))
+        yield from (hits, misses, evictions, expirations, size, cap)
 
     def _one(self, family: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, doc: str,
              value: float) -> Metric:
@@ -96,6 +101,8 @@ class MountCollector(Collector):
     def _transfer(self, st: dict[str, Any]) -> Iterator[Metric]:
         yield self._one(CounterMetricFamily, "mountd_remote_download_bytes", "Bytes read from remotes",
                         _num(st, "reader", "bytes_fetched"))
+        yield self._one(CounterMetricFamily, "mountd_remote_reads", "Ranged GETs sent to remotes",
+                        _num(st, "reader", "gets"))
         yield self._one(CounterMetricFamily, "mountd_remote_upload_bytes", "Bytes sent to remotes",
                         _num(st, "reconciler", "bytes_uploaded"))
         yield self._one(CounterMetricFamily, "mountd_dedup_saved_bytes",

@@ -74,7 +74,20 @@ def test_counters_move_during_a_workload(make_repo):
         assert count >= 1, op
         assert value(after, "mountd_fuse_request_duration_seconds_bucket", op=op, le="+Inf") == count
         assert value(after, "mountd_fuse_requests_total", op=op) == count
-    assert value(after, "mountd_cache_misses_total", tier="memory") >= 1
+    assert value(after, "mountd_remote_reads_total") >= 1
+    tiers = {dict(labels)["tier"] for (name, labels) in after if name == "mountd_cache_misses_total"}
+    assert tiers == {"previews", "storage"}, tiers
+    assert sum(value(after, "mountd_cache_misses_total", tier=t) for t in tiers) >= 1
+    assert sum(value(after, "mountd_cache_size_bytes", tier=t) for t in tiers) >= 50_000
+
+    # the same bytes again, past the kernel's page cache: a cache tier (or the memory buffer) answers
+    hits = sum(value(after, "mountd_cache_hits_total", tier=t) for t in (*tiers, "memory"))
+    with open(repo.data / "remote-only.bin", "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert len(f.read()) == 50_000
+    again = scrape(url)
+    assert sum(value(again, "mountd_cache_hits_total", tier=t) for t in (*tiers, "memory")) > hits
+    assert value(again, "mountd_remote_reads_total") == value(after, "mountd_remote_reads_total")
 
 
 def test_metrics_listen_is_validated_and_off_by_default(tmp_path):
