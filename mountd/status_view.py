@@ -88,10 +88,17 @@ def render(st: dict[str, Any], done: int, sent: int, rate: float) -> Group:
     parts: list[Any] = [head, remotes, uploads]
     if st["pending"]:
         parts.append(queue)
+    tiers = (stats.get("cache") or {}).get("tiers") or {}
+    if tiers:
+        cache = Table("cache tier", "used", "cap", "hits", "misses", "evictions", box=None, header_style="bold")
+        for name, t in tiers.items():
+            cache.add_row(name, _size(t.get("bytes", 0)), _size(t.get("cap", 0)), str(t.get("hits", 0)),
+                          str(t.get("misses", 0)), str(t.get("evictions", 0)))
+        parts.append(cache)
     reader = stats.get("reader") or {}
     fuse = stats.get("fuse") or {}
     calls = sorted((fuse.get("calls") or {}).items(), key=lambda kv: -kv[1])[:6]
-    parts.append(Text(f"reads: {reader.get('block_hits', 0)} hits, {reader.get('gets', 0)} remote reads "
+    parts.append(Text(f"reads: {reader.get('memory_hits', 0)} from memory, {reader.get('gets', 0)} remote GETs "
                       f"({_size(reader.get('bytes_fetched', 0))});  requests: "
                       + ", ".join(f"{op} {n}" for op, n in calls), "dim"))
     for e in st["last_errors"][-3:]:

@@ -62,6 +62,7 @@ def test_status_watch_shows_upload_progress_live(make_repo):
     try:
         term.expect(r"0 done, 3 pending")
         term.expect(r"main:f0\.bin")  # the queue lists the pending entries
+        term.expect(r"previews\s+0 B\s+1\.0 GiB")  # the cache tiers, with their caps
         repo.sync()
         term.expect(r"3 done, 0 pending, 0 in flight, 293\.0 KiB sent")
         repo.stop()
