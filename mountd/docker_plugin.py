@@ -29,7 +29,7 @@ from typing import Any
 
 from mountd.config import load_config
 from mountd.errors import MountdError
-from mountd.sdnotify import SystemdNotifier
+from mountd.sdnotify import SystemdNotifier, child_environ
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class Mounter:
 
     def _run(self, *args: str) -> None:
         cmd = [sys.executable, "-m", "mountd", *args]
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        # the repository daemons are not this service's main process: they must not talk to systemd
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_environ())
         if r.returncode:
             lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
             raise VolumeError((lines[-1] if lines else f"mountd {args[0]} failed").removeprefix("mountd: error: "))

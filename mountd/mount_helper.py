@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from mountd.config import RepoConfig
 from mountd.errors import ConfigError
+from mountd.sdnotify import NOTIFY_ENV
 
 # mount(8) exit codes: 1 incorrect invocation, 32 mount failure
 EXIT_USAGE = 1
@@ -167,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.fake:
         return
     # the daemon is nobody's main process: systemd readiness belongs to whoever ran mount(8)
-    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+    for var in NOTIFY_ENV:
         os.environ.pop(var, None)
     try:
         cli._spawn_background(source, os.path.abspath(args.mountpoint), config.local_path,

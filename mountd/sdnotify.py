@@ -19,6 +19,12 @@ import trio
 
 log = logging.getLogger(__name__)
 STATUS_INTERVAL = 1.0
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def child_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment for a daemon we start that is not the service's main process: no sd_notify."""
+    return {k: v for k, v in environ.items() if k not in NOTIFY_ENV}
 
 
 class SystemdNotifier:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PYTHON, REPO, is_mounted
+from tests.test_systemd import NotifyListener
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -50,14 +51,14 @@ class Plugin:
             f'[writeback]\ndelay = "0s"\n[[remote]]\nname = "main"\nurl = "file://{remote}"\n')
         return remote
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         read_fd, write_fd = os.pipe()
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "mountd", "docker-plugin", "--socket", str(self.socket), "--config-dir",
                  str(self.config_dir), "--state-dir", str(self.state_dir), "--log-level", "DEBUG"],
                 stdout=logf, stderr=logf, pass_fds=(write_fd,), cwd=REPO,
-                env={**os.environ, "MOUNTD_READY_FD": str(write_fd)})
+                env={**os.environ, **(env or {}), "MOUNTD_READY_FD": str(write_fd)})
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as r:
             assert r.readline() == b"READY\n", self.log_path.read_text()
@@ -133,7 +134,10 @@ def test_volume_lifecycle_two_containers(plugin):
     remote = plugin.add_repo("art")
     (remote / "models").mkdir()
     (remote / "models" / "bert.bin").write_bytes(b"bert" * 1000)
-    plugin.start()
+    # as under mountd-docker-plugin.service (Type=notify)
+    notify = NotifyListener(plugin.root / "notify.sock")
+    plugin.start(env={"NOTIFY_SOCKET": str(notify.path)})
+    notify.wait_for(lambda f: "READY=1" in f, timeout=5)
 
     assert plugin.ok("Plugin.Activate") == {"Implements": ["VolumeDriver"]}
     assert plugin.ok("VolumeDriver.Capabilities") == {"Capabilities": {"Scope": "local"}}
@@ -162,6 +166,10 @@ def test_volume_lifecycle_two_containers(plugin):
     plugin.ok("VolumeDriver.Unmount", {"Name": "whole", "ID": "c3"})
     assert is_mounted(Path(repo_mp)), "c2 still uses it"
     assert Path(second, "out.txt").read_text() == "from container c1\n"
+    notify.wait_for(lambda f: f == ["STATUS=2 volumes, 1 repositories mounted"])
+    # the repository daemon the plugin started must not have spoken to the plugin's systemd socket
+    assert notify.senders == {plugin.proc.pid}, notify.senders
+    notify.close()
 
     # the plugin restarts (an upgrade) while c2 runs: it remembers volumes and references
     plugin.stop()

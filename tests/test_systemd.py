@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -26,17 +27,22 @@ class NotifyListener:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # as systemd does: who sent it
         self.sock.bind(str(path))
         self.messages: list[list[str]] = []
+        self.senders: set[int] = set()
 
     def wait_for(self, predicate, timeout: float = 30) -> list[str]:
         """Receive until a message satisfies `predicate`; every message is kept in order."""
         self.sock.settimeout(timeout)
         while True:
             try:
-                data = self.sock.recv(4096)
+                data, ancdata, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
             except TimeoutError:
                 raise AssertionError(f"no matching sd_notify message; got {self.messages}") from None
+            for level, kind, cred in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    self.senders.add(struct.unpack("3i", cred[:12])[0])
             fields = data.decode().split("\n")
             self.messages.append(fields)
             if predicate(fields):
@@ -80,6 +86,7 @@ def test_notify_ready_status_watchdog_stopping_and_drain_on_sigterm(make_repo, t
     last = listener.messages[-1]
     assert last == ["STATUS=stopped; 0 uploads left pending (they resume at the next mount)"], last
     assert not any("WATCHDOG=1" in m for m in listener.messages[: order[0]])
+    assert listener.senders == {repo.proc.pid}, "NotifyAccess=main: only the main process may speak"
     for i in range(3):
         assert (repo.remote_dir / f"f{i}.bin").stat().st_size == 1000 * (i + 1)
     assert not is_mounted(repo.mp)
