@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from mountd.backend import ObjectStore
-from mountd.backend.fsspec_store import open_store
+from mountd.backend.fsspec_store import open_store, store_tuning
 from mountd.cache import DirectReader
 from mountd.config import RepoConfig
 from mountd.control import ControlServer, socket_path
@@ -147,7 +147,7 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
         local = LocalTier(config.local_path)
         stores: dict[str, ObjectStore] = {}
         for remote in config.remote:
-            stores[remote.name] = open_store(remote, timeout=config.mount.read_timeout)
+            stores[remote.name] = open_store(remote, tuning=store_tuning(config))
         reader = DirectReader(stores, block_size=config.cache.chunk_size, timeout=config.mount.read_timeout)
         journal = Journal(meta, delay=config.writeback.delay)
         fs = Filesystem(config, meta, local, reader, stores, journal)

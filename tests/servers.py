@@ -25,6 +25,7 @@ Run `python -m tests.servers start s3|s3-rclone|azurite|gcs DIR [PORT]` to start
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import http.server
 import itertools
@@ -82,35 +83,31 @@ def _port_answers(port: int) -> bool:
 
 def _die_with_parent() -> None:
     """preexec: the server gets SIGTERM when the test process dies, so no server outlives pytest."""
-    with _suppress():
+    with contextlib.suppress(OSError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
+def toml_value(v: Any) -> str:
+    """A plain TOML value: string, bool, number, or a list of those."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
 
 
 def toml_inline(d: dict[str, Any]) -> str:
-    """A TOML inline table of plain values (strings, bools, numbers)."""
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return str(v)
-        return json.dumps(str(v))
-    return "{ " + ", ".join(f"{k} = {val(v)}" for k, v in d.items()) + " }"
+    return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in d.items()) + " }"
 
 
 def remote_block(name: str, url: str, at: str, options: dict[str, Any] | None = None, **extra: Any) -> str:
     """One `[[remote]]` table for a mountd config."""
     lines = ["", "[[remote]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}", f"at = {json.dumps(at)}"]
     for k, v in extra.items():
-        lines.append(f"{k} = {toml_inline({'x': v})[6:-2]}")
+        lines.append(f"{k} = {toml_value(v)}")
     if options:
         lines.append(f"options = {toml_inline(options)}")
     return "\n".join(lines) + "\n"
@@ -462,7 +459,7 @@ class CountingProxy:
         with self._lock:
             socks, self._socks = list(self._socks), set()
         for s in socks:
-            with _suppress():
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
@@ -500,7 +497,7 @@ class CountingProxy:
         except OSError:
             pass
         finally:
-            with _suppress():
+            with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
 
 

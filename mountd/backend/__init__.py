@@ -16,6 +16,16 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class StoreTuning:
+    """How a store talks to its server: timeouts and when uploads go multipart."""
+
+    timeout: float = 30.0  # seconds a request may take (connect, and each read of the answer)
+    multipart_threshold: int = 64 << 20  # files this large or larger upload in parts
+    multipart_chunk: int = 16 << 20  # size of one part
+    concurrency: int = 4  # parts in flight at once for one upload
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
     size: int
@@ -76,4 +86,8 @@ class ObjectStore(Protocol):
 
     def probe(self) -> None:
         """Cheap reachability and permission check (a list of the root); raises RemoteError."""
+        ...
+
+    def statistics(self) -> dict[str, int]:
+        """Counters: requests, errors, bytes_uploaded, bytes_downloaded, multipart_uploads, copies."""
         ...

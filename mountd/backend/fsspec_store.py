@@ -1,30 +1,42 @@
-"""`FsspecStore`: the one module that imports fsspec and the cloud SDKs.
+"""`FsspecStore` and its per-scheme subclasses: the one module that imports fsspec and the cloud SDKs.
 
-It adapts an fsspec filesystem (file, memory, s3fs, gcsfs, adlfs) to the `ObjectStore`
-protocol: keys relative to the remote's root, user metadata as a str->str mapping, versions
-normalized, and every SDK exception translated to the `RemoteError` family in one place
-(`_translate`). Filesystems are built explicitly per remote (never fsspec's shared instance
-cache). It must never log or raise a message that contains option values (keys, SAS tokens,
-connection strings): messages name the remote and its redacted URL only.
+It adapts fsspec filesystems (file, memory, s3fs, gcsfs, adlfs) to the `ObjectStore` protocol:
+keys relative to the remote's root (bucket + prefix of its URL), user metadata as a str->str
+mapping, versions normalized (ETag without quotes or weak prefix; GCS generation), and every
+SDK exception translated to the `RemoteError` family in one place (`_Translate`). The cloud
+stores call the SDK clients the fsspec filesystems hold (s3fs `call_s3`, gcsfs `call`, adlfs's
+async `service_client`), so listings, metadata, copies and multipart uploads behave the same on
+every cloud. Filesystems are built explicitly per remote (never fsspec's shared instance cache).
+
+It must never log or raise a message that contains option values (keys, SAS tokens, connection
+strings): messages name the remote, its redacted URL and endpoint only; the SDKs' own loggers
+(which print request headers at DEBUG) are held at WARNING, and a logging filter masks the
+secret option values of every remote opened here.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo
-from mountd.config import RemoteConfig, redact_url
+from mountd.backend import DirListing, ObjectInfo, StoreTuning
+from mountd.config import RemoteConfig, RepoConfig, redact_url
 from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable
 
 log = logging.getLogger(__name__)
@@ -32,10 +44,86 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".mountd-tmp-"
 XATTR_META = "user.mountd.meta"
 COPY_BLOCK = 8 << 20
+S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
+GCS_CHUNK_ALIGN = 256 << 10  # resumable-upload chunks must be multiples of 256 KiB
+
+# Loggers of the SDKs: at DEBUG they print request headers and URLs (signatures, SAS tokens,
+# bearer tokens). They stay at WARNING whatever level the daemon runs at.
+SDK_LOGGERS = ("botocore", "boto3", "aiobotocore", "s3fs", "gcsfs", "google", "google.auth", "adlfs", "azure",
+               "urllib3", "aiohttp", "fsspec", "requests_oauthlib", "oauthlib", "msal")
+# option names whose values are secrets (matched case-insensitively, also inside nested tables)
+SECRET_OPTION = re.compile(r"secret|key|token|password|sas|credential|connection_string|signature", re.I)
 
 
-def _normalize_version(value: object) -> str:
-    return str(value or "").strip().strip('"').strip()
+# --- secrets ----------------------------------------------------------------------------------------
+
+
+class SecretFilter(logging.Filter):
+    """Masks registered secret values in every record that passes a handler it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__("mountd-secrets")
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        msg = record.getMessage()
+        masked = msg
+        for s in self.secrets:
+            masked = masked.replace(s, "***")
+        if masked != msg or record.exc_info:
+            record.msg, record.args = masked, None
+            if record.exc_info:  # a traceback could quote a secret: keep only its last line
+                record.msg += f" [{record.exc_info[0].__name__ if record.exc_info[0] else 'error'}]"
+                record.exc_info = None
+                record.exc_text = None
+        return True
+
+
+SECRETS = SecretFilter()
+
+
+def _secret_values(options: Mapping[str, Any], under_secret: bool = False) -> Iterator[str]:
+    for k, v in options.items():
+        secret = under_secret or bool(SECRET_OPTION.search(str(k)))
+        if isinstance(v, Mapping):
+            yield from _secret_values(v, secret)
+        elif secret and isinstance(v, str) and len(v) >= 4:
+            yield v
+            # parts of a connection string are secrets on their own too
+            for part in v.split(";"):
+                name, _, value = part.partition("=")
+                if value and SECRET_OPTION.search(name) and len(value) >= 4:
+                    yield value
+
+
+def guard_secrets(options: Mapping[str, Any]) -> None:
+    """Register the secret values of one remote's options and quiet the SDK loggers."""
+    SECRETS.secrets.update(_secret_values(options))
+    for name in SDK_LOGGERS:
+        lg = logging.getLogger(name)
+        if lg.getEffectiveLevel() < logging.WARNING:
+            lg.setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if SECRETS not in handler.filters:
+            handler.addFilter(SECRETS)
+
+
+# --- small conversions ------------------------------------------------------------------------------
+
+
+def normalize_version(value: object) -> str:
+    """ETag/generation as an opaque version: no quotes, no weak prefix, lower case.
+
+    A multipart ETag keeps its `-N` suffix (it is part of the identity; it is not an MD5)."""
+    v = str(value or "").strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    return v.strip('"').strip().lower()
+
+
+_normalize_version = normalize_version
 
 
 def _mtime_ns(value: object) -> int:
@@ -47,76 +135,159 @@ def _mtime_ns(value: object) -> int:
     if ts is not None:
         return int(ts() * 1e9)
     try:
-        from datetime import datetime
-
         return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1e9)
     except ValueError:
         return 0
 
 
-class _Translate:
-    """Turns any exception of a backend call into the RemoteError family, naming the remote only."""
+def _lower_keys(meta: Mapping[str, Any] | None) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (meta or {}).items() if v is not None}
 
-    def __init__(self, name: str, display_url: str) -> None:
+
+# --- errors -----------------------------------------------------------------------------------------
+
+_MISSING_BUCKET_CODES = ("nosuchbucket", "containernotfound", "bucket does not exist", "nosuchcontainer",
+                         "the specified bucket does not exist", "no such container", "bucketnotfound")
+_DENIED_CODES = ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "authenticationfailed",
+                 "authorizationfailure", "authorizationpermissionmismatch", "invalidauthenticationinfo",
+                 "forbidden", "unauthorized", "invalid credentials", "permission", "noauthenticationinformation",
+                 "expiredtoken", "invalidtoken", "accountisdisabled")
+_TIMEOUT_WORDS = ("timeout", "timed out", "readtimeout", "connecttimeout")
+_UNREACHABLE_WORDS = ("could not connect", "connection refused", "cannot connect", "connectionerror",
+                      "connection reset", "name or service not known", "temporary failure in name resolution",
+                      "endpointconnectionerror", "serverdisconnected", "connection aborted", "remotedisconnected",
+                      "clientconnectorerror", "nodename nor servname")
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status of an SDK error anywhere in the exception chain (botocore, gcsfs, azure, aiohttp)."""
+    for x in _chain(e):
+        resp = getattr(x, "response", None)
+        if isinstance(resp, dict):
+            code = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code:
+                return int(code)
+        for attr in ("status_code", "status", "code"):
+            v = getattr(x, attr, None)
+            if isinstance(v, int) and 100 <= v < 600:
+                return v
+    return None
+
+
+def _error_code(e: BaseException) -> str:
+    for x in _chain(e):
+        resp = getattr(x, "response", None)
+        if isinstance(resp, dict) and resp.get("Error", {}).get("Code"):
+            return str(resp["Error"]["Code"])
+        code = getattr(x, "error_code", None)
+        if code:
+            return str(getattr(code, "value", code))
+    return ""
+
+
+def _short(e: BaseException) -> str:
+    """The first line of an error, or only its type when it could hold a credential."""
+    text = str(e).splitlines()[0].strip() if str(e).strip() else type(e).__name__
+    for marker in ("accountkey=", "sharedaccesssignature=", "sig=", "signature=", "x-amz-credential", "token",
+                   "authorization", "secret", "password"):
+        if marker in text.lower():
+            return type(e).__name__
+    for s in SECRETS.secrets:
+        text = text.replace(s, "***")
+    return text[:160]
+
+
+class _Translate:
+    """Turns any exception of a backend call into the RemoteError family, naming the remote."""
+
+    def __init__(self, name: str, display_url: str, bucket: str = "", endpoint: str = "", timeout: float = 0) -> None:
         self.name = name
         self.display_url = display_url
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.errors = 0
 
     @contextlib.contextmanager
     def __call__(self, what: str, key: str = "") -> Iterator[None]:
         try:
             yield
         except RemoteError:
+            self.errors += 1
             raise
-        except FileNotFoundError:
-            raise ObjectNotFound(self.name, f"{what}: {key!r} not found in {self.display_url}") from None
-        except PermissionError as e:
-            raise RemoteDenied(self.name, f"{what} {key!r}: permission denied ({self._short(e)})") from None
-        except (TimeoutError, ConnectionError) as e:
-            raise RemoteUnavailable(self.name, f"{what} {key!r}: {self.display_url} unreachable ({self._short(e)})") from None
-        except OSError as e:
-            if e.errno in (errno.ENOENT,):
-                raise ObjectNotFound(self.name, f"{what}: {key!r} not found") from None
-            if e.errno in (errno.EACCES, errno.EPERM):
-                raise RemoteDenied(self.name, f"{what} {key!r}: permission denied") from None
-            raise RemoteUnavailable(self.name, f"{what} {key!r}: {self._short(e)}") from None
         except Exception as e:
-            raise self._classify(what, key, e) from None
+            self.errors += 1
+            raise self.classify(what, key, e) from None
 
-    def _classify(self, what: str, key: str, e: Exception) -> RemoteError:
-        text = self._short(e)
-        name = type(e).__name__
-        low = (name + " " + text).lower()
-        if any(s in low for s in ("nosuchkey", "not found", "404", "blobnotfound", "resourcenotfound")):
-            return ObjectNotFound(self.name, f"{what}: {key!r} not found")
-        if "nosuchbucket" in low or "containernotfound" in low or "bucket does not exist" in low:
-            return ObjectNotFound(self.name, f"{what}: the bucket/container of {self.display_url} does not exist")
-        if any(s in low for s in ("accessdenied", "forbidden", "403", "invalidaccesskeyid", "signaturedoesnotmatch",
-                                  "authorization", "credential", "401")):
-            return RemoteDenied(self.name, f"{what} {key!r}: access denied by {self.display_url} ({name})")
-        if any(s in low for s in ("timeout", "timed out", "connect", "endpoint", "unreachable", "500", "502", "503",
-                                  "504", "internalerror", "serviceunavailable", "slowdown", "throttl")):
-            return RemoteUnavailable(self.name, f"{what} {key!r}: {self.display_url} unavailable ({name})")
-        return RemoteError(self.name, f"{what} {key!r}: {name}: {text}")
+    def _where(self) -> str:
+        return f"{self.display_url} (endpoint {self.endpoint})" if self.endpoint else self.display_url
 
-    @staticmethod
-    def _short(e: BaseException) -> str:
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        # never echo anything that looks like a credential back to the user
-        for marker in ("AccountKey=", "SharedAccessSignature=", "sig=", "Signature=", "X-Amz-Credential"):
-            if marker.lower() in text.lower():
-                return type(e).__name__
-        return text[:200]
+    def classify(self, what: str, key: str, e: BaseException) -> RemoteError:
+        status = _http_status(e)
+        code = _error_code(e)
+        texts = " ".join(f"{type(x).__name__} {x}" for x in _chain(e)).lower() + " " + code.lower()
+        detail = f"HTTP {status} {code}".strip() if status else (code or type(e).__name__)
+        subject = f"{what} {key!r}" if key else what
+        if any(s in texts for s in _MISSING_BUCKET_CODES):
+            return RemoteError(self.name, f"{subject}: the bucket/container {self.bucket!r} of {self.display_url} "
+                                          "does not exist (create it, or fix `url`)")
+        if status == 404 or isinstance(e, FileNotFoundError) or code in ("NoSuchKey", "BlobNotFound", "404"):
+            return ObjectNotFound(self.name, f"{subject}: not found in {self.display_url}")
+        if status in (401, 403) or isinstance(e, PermissionError) or any(s in texts for s in _DENIED_CODES):
+            return RemoteDenied(self.name, f"{subject}: access denied by {self._where()} ({detail}); check the "
+                                           "credentials in `options` or the SDK's environment")
+        if status is not None and (status >= 500 or status == 429):
+            return RemoteUnavailable(self.name, f"{subject}: server error from {self._where()} ({detail})")
+        if any(s in texts for s in _TIMEOUT_WORDS) or isinstance(e, TimeoutError):
+            limit = f" within {self.timeout:g}s" if self.timeout else ""
+            return RemoteUnavailable(self.name, f"{subject}: no answer from {self._where()}{limit} (timed out)")
+        if any(s in texts for s in _UNREACHABLE_WORDS) or isinstance(e, ConnectionError):
+            return RemoteUnavailable(self.name, f"{subject}: {self._where()} unreachable ({_short(e)})")
+        if isinstance(e, OSError) and e.errno in (errno.ENOENT,):
+            return ObjectNotFound(self.name, f"{subject}: not found in {self.display_url}")
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+            return RemoteDenied(self.name, f"{subject}: permission denied ({_short(e)})")
+        if isinstance(e, OSError):
+            return RemoteUnavailable(self.name, f"{subject}: {_short(e)}")
+        return RemoteError(self.name, f"{subject}: {type(e).__name__}: {_short(e)}")
+
+
+# --- the generic store ------------------------------------------------------------------------------
 
 
 class FsspecStore:
-    """ObjectStore over an fsspec filesystem; scheme differences live in the small hooks below."""
+    """ObjectStore over an fsspec filesystem; subclasses replace what their SDK does better."""
 
-    def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
+    def __init__(self, name: str, url: str, fs: Any, root: str, tuning: StoreTuning | None = None,
+                 bucket: str = "", endpoint: str = "") -> None:
         self.name = name
         self.display_url = redact_url(url)
         self.fs = fs
         self.root = root.rstrip("/")
-        self._translate = _Translate(name, self.display_url)
+        self.tuning = tuning or StoreTuning()
+        self._translate = _Translate(name, self.display_url, bucket, endpoint, self.tuning.timeout)
+        self._stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+
+    def _count(self, **kw: int) -> None:
+        with self._stats_lock:
+            self._stats.update(kw)
+
+    def statistics(self) -> dict[str, int]:
+        with self._stats_lock:
+            out = {"requests": 0, "bytes_uploaded": 0, "bytes_downloaded": 0, "multipart_uploads": 0, "copies": 0,
+                   **self._stats}
+        out["errors"] = self._translate.errors
+        return out
 
     # --- paths ----------------------------------------------------------------------------------
     def _path(self, key: str) -> str:
@@ -223,6 +394,7 @@ class FsspecStore:
             self.fs.ls(self.root, detail=False, refresh=True)
 
 
+
 class FileStore(FsspecStore):
     """file://: objects are files under a root directory; directories are the markers.
 
@@ -263,7 +435,8 @@ class FileStore(FsspecStore):
                         self.name, self.display_url)
 
     def _object(self, key: str, st: os.stat_result, metadata: Mapping[str, str] | None) -> ObjectInfo:
-        return ObjectInfo(key=key, size=st.st_size, version=f"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}",
+        size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size  # a directory is a zero-byte marker
+        return ObjectInfo(key=key, size=size, version=f"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}",
                           mtime_ns=st.st_mtime_ns, metadata=metadata)
 
     def list_dir(self, prefix: str) -> DirListing:
@@ -399,87 +572,674 @@ class FileStore(FsspecStore):
             os.listdir(self.root)
 
 
+@dataclass
+class _MemObject:
+    data: bytes
+    metadata: dict[str, str]
+    version: int
+    mtime_ns: int
+
+
 class MemoryStore(FsspecStore):
-    """memory://: fsspec's MemoryFileSystem has no user metadata, so it is kept beside it."""
+    """memory://: an in-process bucket with S3 semantics (markers, a file and a prefix of one name).
+
+    fsspec's MemoryFileSystem is a filesystem (no user metadata, no `a` beside `a/`), so objects
+    live in a dict shared by every store of the same URL in this process, as fsspec's memory
+    store is."""
+
+    _buckets: dict[str, dict[str, _MemObject]] = {}
+    _lock = threading.Lock()
+    _counter = 0
 
     def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
         super().__init__(name, url, fs, root)
-        self._meta: dict[str, dict[str, str]] = {}
-        self._versions: dict[str, int] = {}
-        self._counter = 0
-        self._lock = threading.Lock()
-
-    def _bump(self, key: str) -> None:
         with self._lock:
-            self._counter += 1
-            self._versions[key] = self._counter
+            self._objects = self._buckets.setdefault(self.root, {})
 
-    def _info_to_object(self, key: str, info: Mapping[str, Any], metadata: Mapping[str, str] | None) -> ObjectInfo:
-        return ObjectInfo(key=key, size=int(info.get("size") or 0), version=str(self._versions.get(key, 0)),
-                          mtime_ns=_mtime_ns(info.get("created")), metadata=dict(self._meta.get(key, {})))
+    def _new(self, data: bytes, metadata: Mapping[str, str]) -> _MemObject:
+        with self._lock:
+            MemoryStore._counter += 1
+            return _MemObject(bytes(data), _lower_keys(metadata), MemoryStore._counter, time.time_ns())
 
-    def _read_metadata(self, key: str) -> dict[str, str]:
-        return dict(self._meta.get(key, {}))
+    def _get(self, key: str) -> _MemObject:
+        obj = self._objects.get(key)
+        if obj is None:
+            raise ObjectNotFound(self.name, f"{key!r} not found in {self.display_url}")
+        return obj
 
-    def _put_kwargs(self, metadata: Mapping[str, str]) -> dict[str, Any]:
-        return {}
+    def _info(self, key: str, obj: _MemObject, with_meta: bool = True) -> ObjectInfo:
+        return ObjectInfo(key=key, size=len(obj.data), version=str(obj.version), mtime_ns=obj.mtime_ns,
+                          metadata=dict(obj.metadata) if with_meta else None)
+
+    def list_dir(self, prefix: str) -> DirListing:
+        self._count(requests=1)
+        objects, prefixes, marker = [], [], False
+        with self._lock:
+            items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
+        for key, obj in items:
+            rest = key[len(prefix):]
+            if rest == "":
+                marker = True
+            elif "/" in rest:
+                prefixes.append(rest.split("/", 1)[0])
+            else:
+                objects.append(self._info(key, obj))
+        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)), marker_exists=marker)
+
+    def head(self, key: str) -> ObjectInfo:
+        self._count(requests=1)
+        return self._info(key, self._get(key))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        self._count(requests=1)
+        return self._get(key).data[start:max(start, end)]
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        obj = self._get(key)
+        dest.write_bytes(obj.data)
+        return self._info(key, obj)
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        self._meta[key] = dict(metadata)
-        self._bump(key)
-        return super().upload(src, key, metadata)
+        return self.put_bytes(key, src.read_bytes(), metadata)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
-        self._meta[key] = dict(metadata)
-        self._bump(key)
-        return super().put_bytes(key, data, metadata)
+        obj = self._new(data, metadata)
+        self._objects[key] = obj
+        self._count(requests=1, bytes_uploaded=len(data))
+        return self._info(key, obj)
 
     def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        with self._translate("copy", src_key):
-            self.fs.copy(self._path(src_key), self._path(dst_key))
-        self._meta[dst_key] = dict(metadata if metadata is not None else self._meta.get(src_key, {}))
-        self._bump(dst_key)
-        return self.head(dst_key)
+        src = self._get(src_key)
+        obj = self._new(src.data, src.metadata if metadata is None else metadata)
+        self._objects[dst_key] = obj
+        self._count(requests=1, copies=1)
+        return self._info(dst_key, obj)
 
     def delete(self, key: str) -> None:
-        super().delete(key)
-        self._meta.pop(key, None)
+        self._count(requests=1)
+        self._objects.pop(key, None)
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        self.head(key)
-        self._meta[key] = dict(metadata)
-        return self.head(key)
+        src = self._get(key)
+        obj = self._new(src.data, metadata)
+        obj.mtime_ns = src.mtime_ns
+        self._objects[key] = obj
+        return self._info(key, obj)
 
-
-class S3Store(FsspecStore):
-    """s3://: user metadata rides in x-amz-meta-*; listings do not return it (HEAD does)."""
-
-    def _listed_metadata(self, info: Mapping[str, Any]) -> Mapping[str, str] | None:
+    def probe(self) -> None:
         return None
 
-    def _put_kwargs(self, metadata: Mapping[str, str]) -> dict[str, Any]:
-        return {"Metadata": dict(metadata)}
+
+
+# --- S3 ---------------------------------------------------------------------------------------------
+
+
+class _BucketStore(FsspecStore):
+    """A store whose root is `bucket/prefix`; `_full(key)` is the key inside the bucket."""
+
+    def __init__(self, name: str, url: str, fs: Any, root: str, tuning: StoreTuning | None = None,
+                 endpoint: str = "") -> None:
+        bucket, _, prefix = root.strip("/").partition("/")
+        super().__init__(name, url, fs, root, tuning, bucket=bucket, endpoint=endpoint)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    def _listing(self, prefix: str, entries: Iterator[tuple[str, ObjectInfo | None]]) -> DirListing:
+        """Builds a DirListing from (full key or common prefix, info) pairs of one delimited listing."""
+        full = self._full(prefix)
+        objects, prefixes, marker = [], [], False
+        for name, info in entries:
+            rel = name[len(full):]
+            if info is None:
+                prefixes.append(rel[:-1] if rel.endswith("/") else rel)
+            elif rel == "":
+                marker = True
+            else:
+                objects.append(info)
+        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)), marker_exists=marker)
+
+    def _upload_parts(self, src: Path) -> bool:
+        return src.stat().st_size >= self.tuning.multipart_threshold
+
+    def _probe(self) -> None:
+        raise NotImplementedError
+
+    def probe(self) -> None:
+        """List one key of the root: reachability, credentials, and that the bucket exists."""
+        try:
+            self._probe()
+        except ObjectNotFound:
+            raise RemoteError(self.name, f"the bucket/container {self.bucket!r} of {self.display_url} does not "
+                                         "exist (create it, or fix `url`)") from None
+
+
+class S3Store(_BucketStore):
+    """s3:// (AWS and S3-compatible): the botocore client of s3fs, called through `call_s3`.
+
+    User metadata rides in x-amz-meta-*; listings do not return it (HEAD does). Ranged GETs are
+    made with response checksum validation "when_required", so a whole-object checksum header
+    that a server returns on a range never fails the read."""
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        self._count(requests=1)
+        return self.fs.call_s3(method, **kwargs)
+
+    def _info(self, key: str, o: Mapping[str, Any], metadata: Mapping[str, str] | None) -> ObjectInfo:
+        return ObjectInfo(key=key, size=int(o.get("Size", o.get("ContentLength", 0)) or 0),
+                          version=normalize_version(o.get("ETag")), mtime_ns=_mtime_ns(o.get("LastModified")),
+                          metadata=metadata)
+
+    def list_dir(self, prefix: str) -> DirListing:
+        full = self._full(prefix)
+
+        def entries() -> Iterator[tuple[str, ObjectInfo | None]]:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/"}
+            while True:
+                resp = self._call("list_objects_v2", **kwargs)
+                for o in resp.get("Contents", ()):
+                    yield o["Key"], self._info(o["Key"][len(self.prefix):], o, None)
+                for p in resp.get("CommonPrefixes", ()):
+                    yield p["Prefix"], None
+                if not resp.get("IsTruncated") or not resp.get("NextContinuationToken"):
+                    return
+                kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+        with self._translate("list", prefix):
+            return self._listing(prefix, entries())
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._translate("head", key):
+            r = self._call("head_object", Bucket=self.bucket, Key=self._full(key))
+            return self._info(key, r, _lower_keys(r.get("Metadata")))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        with self._translate("read", key):
+            try:
+                self._count(requests=1)
+                data = bytes(self.fs.cat_file(f"{self.bucket}/{self._full(key)}", start=start, end=end))
+            except OSError as e:
+                if "InvalidRange" in str(e) or _http_status(e) == 416:
+                    return b""
+                raise
+            self._count(bytes_downloaded=len(data))
+            return data
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        with self._translate("download", key):
+            info = self.head(key)
+            self._count(requests=1, bytes_downloaded=info.size)
+            self.fs.get_file(f"{self.bucket}/{self._full(key)}", str(dest))
+            return info
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        size = src.stat().st_size
+        with self._translate("upload", key):
+            if self._upload_parts(src):
+                # s3fs goes multipart when size >= 2 * chunksize; parts of at least 5 MiB
+                chunk = max(S3_MIN_PART, min(self.tuning.multipart_chunk, size // 2))
+                self._count(multipart_uploads=1, requests=2 + -(-size // chunk))
+            else:
+                chunk = max(size, S3_MIN_PART) + 1  # one PUT
+                self._count(requests=1)
+            self.fs.put_file(str(src), f"{self.bucket}/{self._full(key)}", chunksize=chunk,
+                             max_concurrency=self.tuning.concurrency, Metadata=dict(metadata),
+                             ContentType="application/octet-stream")
+            self._count(bytes_uploaded=size)
+            return self.head(key)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("put", key):
+            r = self._call("put_object", Bucket=self.bucket, Key=self._full(key), Body=data, Metadata=dict(metadata))
+            self._count(bytes_uploaded=len(data))
+            return self.head(key) if not r.get("ETag") else ObjectInfo(
+                key=key, size=len(data), version=normalize_version(r["ETag"]),
+                mtime_ns=self.head(key).mtime_ns, metadata=dict(metadata))
 
     def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         with self._translate("copy", src_key):
             kwargs: dict[str, Any] = {}
             if metadata is not None:
                 kwargs = {"Metadata": dict(metadata), "MetadataDirective": "REPLACE"}
-            self.fs.copy(self._path(src_key), self._path(dst_key), **kwargs)
+            self._count(requests=1, copies=1)
+            # s3fs copies objects over 5 GiB part by part (UploadPartCopy), still on the server
+            self.fs.copy(f"{self.bucket}/{self._full(src_key)}", f"{self.bucket}/{self._full(dst_key)}", **kwargs)
             return self.head(dst_key)
+
+    def delete(self, key: str) -> None:
+        with self._translate("delete", key):
+            self._call("delete_object", Bucket=self.bucket, Key=self._full(key))
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         return self.copy(key, key, metadata)
+
+    def _probe(self) -> None:
+        with self._translate("list", "/"):
+            self._call("list_objects_v2", Bucket=self.bucket, Prefix=self.prefix, Delimiter="/", MaxKeys=1)
+
+
+# --- GCS --------------------------------------------------------------------------------------------
+
+
+class GcsStore(_BucketStore):
+    """gs:// / gcs://: the JSON API through gcsfs's authenticated session (`call`).
+
+    The version is the object generation. Custom metadata is returned by listings too. Uploads
+    of 5 MiB and more are resumable uploads in `multipart_chunk` pieces (gcsfs's threshold)."""
+
+    def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        self._count(requests=1)
+        return self.fs.call(method, path, *args, json_out=True, **kwargs)
+
+    def _info(self, key: str, o: Mapping[str, Any]) -> ObjectInfo:
+        return ObjectInfo(key=key, size=int(o.get("size") or 0), version=str(o.get("generation") or ""),
+                          mtime_ns=_mtime_ns(o.get("updated")), metadata=_lower_keys(o.get("metadata")))
+
+    def list_dir(self, prefix: str) -> DirListing:
+        full = self._full(prefix)
+
+        def entries() -> Iterator[tuple[str, ObjectInfo | None]]:
+            token = None
+            while True:
+                resp = self._call("GET", "b/{}/o", self.bucket, prefix=full or None, delimiter="/",
+                                  pageToken=token, maxResults=1000)
+                for o in resp.get("items", ()):
+                    yield o["name"], self._info(o["name"][len(self.prefix):], o)
+                for p in resp.get("prefixes", ()):
+                    yield p, None
+                token = resp.get("nextPageToken")
+                if not token:
+                    return
+
+        with self._translate("list", prefix):
+            return self._listing(prefix, entries())
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._translate("head", key):
+            return self._info(key, self._call("GET", "b/{}/o/{}", self.bucket, self._full(key)))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        with self._translate("read", key):
+            self._count(requests=1)
+            try:
+                data = bytes(self.fs.cat_file(f"{self.bucket}/{self._full(key)}", start=start, end=end))
+            except Exception as e:
+                if _http_status(e) == 416:
+                    return b""
+                raise
+            self._count(bytes_downloaded=len(data))
+            return data
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        with self._translate("download", key):
+            info = self.head(key)
+            self._count(requests=1, bytes_downloaded=info.size)
+            self.fs.get_file(f"{self.bucket}/{self._full(key)}", str(dest))
+            return info
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        size = src.stat().st_size
+        chunk = max(GCS_CHUNK_ALIGN, self.tuning.multipart_chunk // GCS_CHUNK_ALIGN * GCS_CHUNK_ALIGN)
+        with self._translate("upload", key):
+            if size >= 5 << 20:
+                self._count(multipart_uploads=1, requests=1 + -(-size // chunk))
+            else:
+                self._count(requests=1)
+            self.fs.put_file(str(src), f"{self.bucket}/{self._full(key)}", metadata=dict(metadata), chunksize=chunk,
+                             content_type="application/octet-stream")
+            self._count(bytes_uploaded=size)
+            return self.head(key)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("put", key):
+            self._count(requests=1, bytes_uploaded=len(data))
+            self.fs.pipe_file(f"{self.bucket}/{self._full(key)}", data, metadata=dict(metadata),
+                              content_type="application/octet-stream")
+            return self.head(key)
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with self._translate("copy", src_key):
+            body: dict[str, Any] | None = None
+            if metadata is not None:
+                body = {"metadata": dict(metadata)}
+            token = None
+            self._count(copies=1)
+            while True:  # a rewrite of a large object may take several calls
+                resp = self._call("POST", "b/{}/o/{}/rewriteTo/b/{}/o/{}", self.bucket, self._full(src_key),
+                                  self.bucket, self._full(dst_key), rewriteToken=token, json=body)
+                if resp.get("done", True):
+                    break
+                token = resp["rewriteToken"]
+            info = self.head(dst_key)
+            if metadata is not None and dict(info.metadata or {}) != dict(metadata):
+                return self.set_metadata(dst_key, metadata)  # a server that ignored the metadata of the rewrite
+            return info
+
+    def delete(self, key: str) -> None:
+        with self._translate("delete", key):
+            try:
+                self._count(requests=1)
+                self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self._full(key))
+            except FileNotFoundError:
+                pass
+            except Exception as e:
+                if _http_status(e) != 404:
+                    raise
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("set metadata", key):
+            old = self.head(key).metadata or {}
+            patch: dict[str, Any] = {k: None for k in old if k not in metadata}  # null removes a key
+            patch.update(metadata)
+            return self._info(key, self._call("PATCH", "b/{}/o/{}", self.bucket, self._full(key),
+                                              json={"metadata": patch}))
+
+    def _probe(self) -> None:
+        with self._translate("list", "/"):
+            self._call("GET", "b/{}/o", self.bucket, prefix=self.prefix or None, delimiter="/", maxResults=1)
+
+
+def _gcs_filesystem_class(retries: int) -> Any:
+    """gcsfs's GCSFileSystem (not the gRPC-probing ExtendedGcsFileSystem) with `retries` attempts.
+
+    gcsfs retries every request 6 times with up to 32 s pauses and logs a traceback when it
+    gives up; a mount wants a bounded wait instead (the uploader retries on its own)."""
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    from gcsfs.core import GCSFileSystem
+    from gcsfs.retry import retry_request
+
+    class BoundedGCSFileSystem(GCSFileSystem):
+        _request = retry_request(retries=retries)(GCSFileSystem._request.__wrapped__)
+
+    return BoundedGCSFileSystem
+
+
+# --- Azure ------------------------------------------------------------------------------------------
+
+
+class AzureStore(_BucketStore):
+    """az:// / abfs[s]://: Azure Blob (and ADLS Gen2 accounts through their blob endpoint).
+
+    Uses the async BlobServiceClient that adlfs holds, run on adlfs's event loop. Blobs whose
+    metadata says `hdi_isfolder` (ADLS Gen2 directories) or adlfs's `is_directory` count as
+    directory markers. Large uploads stage blocks in parallel and commit them with the metadata."""
+
+    FOLDER_FLAGS = ("hdi_isfolder", "is_directory")
+
+    def _run(self, coro_fn: Any, *args: Any) -> Any:
+        """Run one SDK coroutine on adlfs's loop; a network failure or 5xx is retried once.
+
+        The SDK's own retry policy waits 15 s and more between attempts, so it is switched off
+        per request (`_opts`) and this one quick retry takes its place."""
+        from fsspec.asyn import sync
+
+        for attempt in (1, 2):
+            self._count(requests=1)
+            try:
+                return sync(self.fs.loop, coro_fn, *args)
+            except Exception as e:
+                err = self._translate.classify("", "", e)
+                if attempt == 2 or not isinstance(err, RemoteUnavailable):
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def _opts(self) -> dict[str, Any]:
+        t = int(max(1, self.tuning.timeout))
+        return {"connection_timeout": t, "read_timeout": t, "retry_total": 0}
+
+    def _container(self) -> Any:
+        return self.fs.service_client.get_container_client(self.bucket)
+
+    def _blob(self, key: str) -> Any:
+        return self.fs.service_client.get_blob_client(self.bucket, self._full(key))
+
+    def _info(self, key: str, p: Any) -> ObjectInfo:
+        meta = {k: v for k, v in _lower_keys(p.metadata).items() if k not in self.FOLDER_FLAGS}
+        return ObjectInfo(key=key, size=int(p.size or 0), version=normalize_version(p.etag),
+                          mtime_ns=_mtime_ns(p.last_modified), metadata=meta)
+
+    def _is_folder_blob(self, p: Any) -> bool:
+        meta = _lower_keys(getattr(p, "metadata", None))
+        return any(meta.get(f) == "true" for f in self.FOLDER_FLAGS)
+
+    def list_dir(self, prefix: str) -> DirListing:
+        full = self._full(prefix)
+
+        async def collect() -> list[tuple[str, ObjectInfo | None]]:
+            out: list[tuple[str, ObjectInfo | None]] = []
+            async for item in self._container().walk_blobs(name_starts_with=full or None, delimiter="/",
+                                                           include=["metadata"], **self._opts()):
+                if not hasattr(item, "size"):  # a BlobPrefix
+                    out.append((item.name, None))
+                elif self._is_folder_blob(item) and item.name != full.rstrip("/"):
+                    out.append((item.name + "/", None))
+                elif self._is_folder_blob(item):
+                    out.append((full, self._info(prefix, item)))
+                else:
+                    out.append((item.name, self._info(item.name[len(self.prefix):], item)))
+            return out
+
+        with self._translate("list", prefix):
+            return self._listing(prefix, iter(self._run(collect)))
+
+    def head(self, key: str) -> ObjectInfo:
+        async def props() -> Any:
+            return await self._blob(key).get_blob_properties(**self._opts())
+
+        with self._translate("head", key):
+            return self._info(key, self._run(props))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+
+        async def get() -> bytes:
+            stream = await self._blob(key).download_blob(offset=start, length=end - start, **self._opts())
+            return await stream.readall()
+
+        with self._translate("read", key):
+            try:
+                data = bytes(self._run(get))
+            except Exception as e:
+                if _http_status(e) == 416:
+                    return b""
+                raise
+            self._count(bytes_downloaded=len(data))
+            return data
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        async def get() -> Any:
+            stream = await self._blob(key).download_blob(max_concurrency=self.tuning.concurrency, **self._opts())
+            with open(dest, "wb") as f:
+                await stream.readinto(f)
+            return stream.properties
+
+        with self._translate("download", key):
+            info = self._info(key, self._run(get))
+            self._count(bytes_downloaded=info.size)
+            return info
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        size = src.stat().st_size
+        chunk = self.tuning.multipart_chunk
+        parts = self._upload_parts(src)
+
+        async def single() -> None:
+            with open(src, "rb") as f:
+                await self._blob(key).upload_blob(f, overwrite=True, metadata=dict(metadata), length=size,
+                                                  **self._opts())
+
+        async def blocks() -> None:
+            import asyncio
+
+            blob = self._blob(key)
+            ids = [base64.b64encode(f"{i:08d}-{uuid.uuid4().hex[:8]}".encode()).decode()
+                   for i in range(-(-size // chunk))]
+            gate = asyncio.Semaphore(self.tuning.concurrency)
+
+            async def stage(i: int) -> None:
+                async with gate:
+                    with open(src, "rb") as f:
+                        f.seek(i * chunk)
+                        data = f.read(chunk)
+                    await blob.stage_block(ids[i], data, length=len(data), **self._opts())
+
+            await asyncio.gather(*(stage(i) for i in range(len(ids))))
+            await blob.commit_block_list(ids, metadata=dict(metadata), **self._opts())
+
+        with self._translate("upload", key):
+            if parts:
+                self._count(multipart_uploads=1, requests=len(range(0, size, chunk)))
+            self._run(blocks if parts else single)
+            self._count(bytes_uploaded=size)
+            return self.head(key)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        async def put() -> None:
+            await self._blob(key).upload_blob(data, overwrite=True, metadata=dict(metadata), **self._opts())
+
+        with self._translate("put", key):
+            self._run(put)
+            self._count(bytes_uploaded=len(data))
+            return self.head(key)
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        async def copy() -> None:
+            import asyncio
+
+            src = self._blob(src_key)
+            await src.get_blob_properties(**self._opts())  # a missing source: BlobNotFound, not a copy error
+            dst = self._blob(dst_key)
+            kw: dict[str, Any] = {"metadata": dict(metadata)} if metadata is not None else {}
+            result = await dst.start_copy_from_url(src.url, **kw, **self._opts())
+            status = result.get("copy_status")
+            while status == "pending":  # copies within one account usually finish at once
+                await asyncio.sleep(0.2)
+                status = (await dst.get_blob_properties(**self._opts())).copy.status
+            if status != "success":
+                raise OSError(errno.EIO, f"server-side copy ended as {status}")
+
+        with self._translate("copy", src_key):
+            self._count(copies=1)
+            self._run(copy)
+            return self.head(dst_key)
+
+    def delete(self, key: str) -> None:
+        async def delete() -> None:
+            from azure.core.exceptions import ResourceNotFoundError
+
+            with contextlib.suppress(ResourceNotFoundError):
+                await self._blob(key).delete_blob(**self._opts())
+
+        with self._translate("delete", key):
+            self._run(delete)
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        async def put() -> None:
+            await self._blob(key).set_blob_metadata(dict(metadata), **self._opts())
+
+        with self._translate("set metadata", key):
+            self._run(put)
+            return self.head(key)
+
+    def _probe(self) -> None:
+        async def one() -> None:
+            async for _ in self._container().walk_blobs(name_starts_with=self.prefix or None, delimiter="/",
+                                                        results_per_page=1, **self._opts()):
+                break
+
+        with self._translate("list", "/"):
+            self._run(one)
+
+
+# --- building a store -------------------------------------------------------------------------------
 
 
 def _split_root(url: str) -> str:
     return url.split("://", 1)[1]
 
 
-def open_store(remote: RemoteConfig, *, timeout: float = 30.0) -> FsspecStore:
-    """Build the filesystem of one remote explicitly (no fsspec instance cache)."""
+def _s3_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str]:
+    import s3fs
+
+    client_kwargs = dict(opts.pop("client_kwargs", {}))
+    for k in ("endpoint_url", "region_name"):
+        if k in opts:
+            client_kwargs[k] = opts.pop(k)
+    if "region" in opts:
+        client_kwargs["region_name"] = opts.pop("region")
+    t = tuning.timeout
+    config_kwargs = {"connect_timeout": min(t, 10), "read_timeout": t,
+                     "retries": {"max_attempts": 2, "mode": "standard"},
+                     # a ranged GET may carry the whole object's checksum (rclone serve s3, MinIO):
+                     # validating it would fail every range read
+                     "request_checksum_calculation": "when_required",
+                     "response_checksum_validation": "when_required", **opts.pop("config_kwargs", {})}
+    if opts.pop("path_style", False) or opts.pop("addressing_style", "") == "path":
+        config_kwargs["s3"] = {"addressing_style": "path"}
+    retries = int(opts.pop("retries", 1))
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client_kwargs, config_kwargs=config_kwargs,
+                           use_listings_cache=False, **opts)
+    fs.retries = retries  # botocore already retries once; s3fs would add 5 rounds with pauses
+    return fs, str(client_kwargs.get("endpoint_url") or "")
+
+
+def _gcs_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str]:
+    if "service_account_file" in opts:  # a path to a service-account JSON key
+        opts["token"] = opts.pop("service_account_file")
+    cls = _gcs_filesystem_class(int(opts.pop("retries", 2)))
+    fs = cls(skip_instance_cache=True, requests_timeout=tuning.timeout, use_listings_cache=False, **opts)
+    return fs, str(opts.get("endpoint_url") or "")
+
+
+def _azure_filesystem(url: str, opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str, str]:
+    """The adlfs filesystem and the root `container/prefix`; abfs[s]://container@account.host/path works too."""
+    import adlfs
+
+    root = _split_root(url)
+    netloc, _, path = root.partition("/")
+    if "@" in netloc:
+        container, _, host = netloc.partition("@")
+        opts.setdefault("account_name", host.split(".", 1)[0])
+        if "." in host and not host.endswith(".dfs.core.windows.net"):
+            opts.setdefault("account_host", host)
+        root = f"{container}/{path}"
+    endpoint = ""
+    cs = str(opts.get("connection_string") or "")
+    m = re.search(r"BlobEndpoint=([^;]+)", cs)
+    if m:
+        endpoint = m.group(1)
+    elif opts.get("account_host"):
+        endpoint = f"https://{opts['account_host']}"
+    t = int(max(1, tuning.timeout))
+    fs = adlfs.AzureBlobFileSystem(skip_instance_cache=True, use_listings_cache=False, connection_timeout=t,
+                                   read_timeout=t, **opts)
+    return fs, root, endpoint
+
+
+def store_tuning(config: RepoConfig) -> StoreTuning:
+    """The request timeout and multipart sizes of a repository's config."""
+    wb = config.writeback
+    return StoreTuning(timeout=config.mount.read_timeout, multipart_threshold=wb.multipart_threshold,
+                       multipart_chunk=wb.multipart_chunk, concurrency=min(8, max(2, wb.concurrency)))
+
+
+def open_store(remote: RemoteConfig, *, timeout: float | None = None, tuning: StoreTuning | None = None) -> FsspecStore:
+    """Build the filesystem of one remote explicitly (no fsspec instance cache); no network yet."""
+    tuning = tuning or StoreTuning()
+    if timeout is not None:
+        tuning = StoreTuning(timeout=timeout, multipart_threshold=tuning.multipart_threshold,
+                             multipart_chunk=tuning.multipart_chunk, concurrency=tuning.concurrency)
     scheme = remote.scheme
     opts = dict(remote.options)
+    guard_secrets(opts)
     with _Translate(remote.name, remote.display_url)("connect"):
         if scheme == "file":
             from fsspec.implementations.local import LocalFileSystem
@@ -492,32 +1252,12 @@ def open_store(remote: RemoteConfig, *, timeout: float = 30.0) -> FsspecStore:
             return MemoryStore(remote.name, remote.url, MemoryFileSystem(skip_instance_cache=True),
                                "/" + _split_root(remote.url).strip("/"))
         if scheme == "s3":
-            import s3fs
-
-            client_kwargs = dict(opts.pop("client_kwargs", {}))
-            for k in ("endpoint_url", "region_name"):
-                if k in opts:
-                    client_kwargs[k] = opts.pop(k)
-            if "region" in opts:
-                client_kwargs["region_name"] = opts.pop("region")
-            config_kwargs = {"connect_timeout": min(timeout, 10), "read_timeout": timeout,
-                             "retries": {"max_attempts": 2, "mode": "standard"},
-                             "request_checksum_calculation": "when_required",
-                             "response_checksum_validation": "when_required", **opts.pop("config_kwargs", {})}
-            if opts.pop("path_style", False):
-                config_kwargs["s3"] = {"addressing_style": "path"}
-            fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client_kwargs, config_kwargs=config_kwargs,
-                                   use_listings_cache=False, **opts)
-            return S3Store(remote.name, remote.url, fs, _split_root(remote.url).strip("/"))
+            fs, endpoint = _s3_filesystem(opts, tuning)
+            return S3Store(remote.name, remote.url, fs, _split_root(remote.url), tuning, endpoint)
         if scheme in ("gs", "gcs"):
-            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-            from gcsfs.core import GCSFileSystem
-
-            fs = GCSFileSystem(skip_instance_cache=True, requests_timeout=timeout, **opts)
-            return FsspecStore(remote.name, remote.url, fs, _split_root(remote.url).strip("/"))
+            fs, endpoint = _gcs_filesystem(opts, tuning)
+            return GcsStore(remote.name, remote.url, fs, _split_root(remote.url), tuning, endpoint)
         if scheme in ("az", "abfs", "abfss"):
-            import adlfs
-
-            fs = adlfs.AzureBlobFileSystem(skip_instance_cache=True, **opts)
-            return FsspecStore(remote.name, remote.url, fs, _split_root(remote.url).strip("/"))
+            fs, root, endpoint = _azure_filesystem(remote.url, opts, tuning)
+            return AzureStore(remote.name, remote.url, fs, root, tuning, endpoint)
     raise RemoteError(remote.name, f"unsupported URL scheme {scheme}://")

@@ -1,0 +1,346 @@
+"""One conformance suite for every ObjectStore: file, memory, S3 (moto), Azure (Azurite), GCS (emulator).
+
+Every test builds a store exactly as the daemon does (`open_store` of a `RemoteConfig`) on a
+fresh bucket of a real server started by the test suite on 127.0.0.1, under a key prefix so
+that prefix handling is exercised too, and checks what the store answers through its own API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mountd.backend import ObjectStore
+from mountd.backend.fsspec_store import StoreTuning, open_store
+from mountd.config import RemoteConfig
+from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable
+from tests.servers import CountingProxy, ErrorServer, Server, free_port
+
+KINDS = ["file", "memory", "s3", "azure", "gcs"]
+CLOUDS = ["s3", "azure", "gcs"]
+SERVER_FIXTURE = {"s3": "s3_server", "azure": "azurite_server", "gcs": "gcs_server"}
+MiB = 1 << 20
+META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1600000000.123456789",
+        "sha256": hashlib.sha256(b"payload").hexdigest()}
+TUNING = StoreTuning(timeout=10, multipart_threshold=10 * MiB, multipart_chunk=5 * MiB, concurrency=4)
+
+
+def server_for(request: pytest.FixtureRequest, kind: str) -> Server:
+    return request.getfixturevalue(SERVER_FIXTURE[kind])
+
+
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, kind: str, *, bucket: str | None = None,
+               endpoint_url: str | None = None, options: dict | None = None, prefix: str = "root/sub",
+               tuning: StoreTuning = TUNING) -> ObjectStore:
+    if kind == "file":
+        url = f"file://{tmp_path}/bucket/{prefix}"
+        opts: dict = {}
+    elif kind == "memory":
+        url = f"memory://{tmp_path.name}/{prefix}"
+        opts = {}
+    else:
+        server = server_for(request, kind)
+        bucket = bucket or server.new_bucket()
+        url = server.url(bucket, prefix)
+        opts = server.options()
+        if endpoint_url:
+            opts = server.with_endpoint(opts, endpoint_url)
+    if options is not None:
+        opts = {**opts, **options}
+    return open_store(RemoteConfig(name="conf", url=url, options=opts), tuning=tuning)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> ObjectStore:
+    return make_store(request, tmp_path, kind)
+
+
+def names(listing) -> tuple[list[str], list[str]]:
+    return sorted(o.key for o in listing.objects), sorted(listing.prefixes)
+
+
+# --- put, head, list, read --------------------------------------------------------------------------
+
+
+def test_put_head_and_list(store: ObjectStore):
+    info = store.put_bytes("a.txt", b"payload", META)
+    assert info.key == "a.txt" and info.size == 7
+    assert info.version and '"' not in info.version
+    store.put_bytes("d/b.txt", b"bb", {})
+    store.put_bytes("d/e/c.txt", b"c", {})
+    head = store.head("a.txt")
+    assert (head.size, head.version) == (7, info.version)
+    assert head.mtime_ns > 1_500_000_000 * 10**9
+    top = store.list_dir("")
+    assert names(top) == (["a.txt"], ["d"])
+    listed = top.objects[0]
+    assert listed.size == 7 and listed.version == head.version
+    assert names(store.list_dir("d/")) == (["d/b.txt"], ["e"])
+    assert names(store.list_dir("d/e/")) == (["d/e/c.txt"], [])
+    assert names(store.list_dir("missing/")) == ([], [])
+
+
+@pytest.mark.parametrize("kind", CLOUDS)
+def test_prefix_of_the_url_is_the_root(request, tmp_path, kind):
+    server = server_for(request, kind)
+    bucket = server.new_bucket()
+    inner = make_store(request, tmp_path, kind, bucket=bucket, prefix="root/sub")
+    outer = make_store(request, tmp_path, kind, bucket=bucket, prefix="")
+    inner.put_bytes("x/y.bin", b"y", {})
+    assert names(outer.list_dir("")) == ([], ["root"])
+    assert names(outer.list_dir("root/sub/x/")) == (["root/sub/x/y.bin"], [])
+    assert outer.read_range("root/sub/x/y.bin", 0, 10) == b"y"
+
+
+def test_ranged_reads(store: ObjectStore):
+    blob = os.urandom(300_000)
+    store.put_bytes("r.bin", blob, {})
+    assert store.read_range("r.bin", 0, 10) == blob[:10]
+    assert store.read_range("r.bin", 123_456, 200_000) == blob[123_456:200_000]
+    assert store.read_range("r.bin", 299_990, 400_000) == blob[299_990:]
+    assert store.read_range("r.bin", 5, 5) == b""
+
+
+@pytest.mark.parametrize("kind", ["s3"])
+def test_ranged_read_ignores_whole_object_checksums(request, tmp_path, kind):
+    """An object uploaded with a whole-object CRC32 (as aws-cli >= 2.23 does) still reads by range."""
+    server = server_for(request, kind)
+    bucket = server.new_bucket()
+    blob = os.urandom(200_000)
+    server.client().put_object(Bucket=bucket, Key="root/sub/c.bin", Body=blob, ChecksumAlgorithm="CRC32")
+    store = make_store(request, tmp_path, kind, bucket=bucket)
+    assert store.read_range("c.bin", 1000, 3000) == blob[1000:3000]
+
+
+def test_download_and_upload(store: ObjectStore, tmp_path: Path):
+    src = tmp_path / "src.bin"
+    blob = os.urandom(2 * MiB + 3)
+    src.write_bytes(blob)
+    info = store.upload(src, "up/file.bin", META)
+    assert info.size == len(blob)
+    dest = tmp_path / "dest.bin"
+    got = store.download("up/file.bin", dest)
+    assert dest.read_bytes() == blob
+    assert got.version == info.version
+
+
+def test_multipart_upload(store: ObjectStore, tmp_path: Path, kind: str):
+    src = tmp_path / "big.bin"
+    blob = os.urandom(TUNING.multipart_threshold + 3 * MiB + 7)
+    src.write_bytes(blob)
+    info = store.upload(src, "big.bin", META)
+    assert info.size == len(blob)
+    head = store.head("big.bin")
+    assert head.version == info.version and '"' not in head.version
+    assert dict(head.metadata or {}) == META
+    assert store.read_range("big.bin", len(blob) - 100, len(blob)) == blob[-100:]
+    assert store.read_range("big.bin", 5 * MiB - 10, 5 * MiB + 10) == blob[5 * MiB - 10 : 5 * MiB + 10]
+    listed = {o.key: o for o in store.list_dir("").objects}["big.bin"]
+    assert listed.version == head.version
+    stats = store.statistics()
+    if kind in CLOUDS:
+        assert stats["multipart_uploads"] == 1
+
+
+def test_overwrite_changes_version(store: ObjectStore):
+    v1 = store.put_bytes("v.txt", b"one", {}).version
+    v2 = store.put_bytes("v.txt", b"two!", {}).version
+    assert v1 != v2
+    assert store.head("v.txt").size == 4
+
+
+# --- metadata ----------------------------------------------------------------------------------------
+
+
+def test_metadata_round_trip(store: ObjectStore, tmp_path: Path):
+    store.put_bytes("m.txt", b"payload", META)
+    assert dict(store.head("m.txt").metadata or {}) == META
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    store.upload(src, "u.txt", {"mode": "33261", "sha256": "ab" * 32})
+    assert dict(store.head("u.txt").metadata or {}) == {"mode": "33261", "sha256": "ab" * 32}
+
+
+def test_set_metadata_keeps_bytes(store: ObjectStore):
+    store.put_bytes("m.txt", b"payload", META)
+    new = {"mode": "33152", "uid": "7", "gid": "8", "mtime": "1.5", "sha256": META["sha256"]}
+    info = store.set_metadata("m.txt", new)
+    assert dict(info.metadata or {}) == new
+    assert dict(store.head("m.txt").metadata or {}) == new
+    assert store.read_range("m.txt", 0, 100) == b"payload"
+
+
+# --- copy, delete, markers ---------------------------------------------------------------------------
+
+
+def test_server_side_copy(store: ObjectStore, kind: str):
+    store.put_bytes("src.bin", b"copy me", META)
+    before = store.statistics().get("bytes_uploaded", 0)
+    info = store.copy("src.bin", "dir/dst.bin")
+    assert info.size == 7
+    assert store.read_range("dir/dst.bin", 0, 100) == b"copy me"
+    assert dict(store.head("dir/dst.bin").metadata or {}) == META
+    replaced = store.copy("src.bin", "dst2.bin", {"mode": "33188", "sha256": "cd" * 32})
+    assert dict(replaced.metadata or {}) == {"mode": "33188", "sha256": "cd" * 32}
+    assert dict(store.head("src.bin").metadata or {}) == META
+    if kind in CLOUDS:
+        assert store.statistics().get("bytes_uploaded", 0) == before  # nothing went through the client
+
+
+def test_delete(store: ObjectStore):
+    store.put_bytes("gone.txt", b"x", {})
+    store.delete("gone.txt")
+    with pytest.raises(ObjectNotFound):
+        store.head("gone.txt")
+    store.delete("gone.txt")  # missing: not an error
+    store.delete("never/was/here")
+
+
+def test_directory_markers(store: ObjectStore):
+    store.put_bytes("empty/", b"", {"mode": "16877"})
+    store.put_bytes("full/", b"", {})
+    store.put_bytes("full/f.txt", b"f", {})
+    top = store.list_dir("")
+    assert names(top) == ([], ["empty", "full"])
+    empty = store.list_dir("empty/")
+    assert names(empty) == ([], []) and empty.marker_exists
+    full = store.list_dir("full/")
+    assert names(full) == (["full/f.txt"], []) and full.marker_exists
+    assert store.head("empty/").size == 0
+    store.delete("empty/")
+    assert names(store.list_dir("")) == ([], ["full"])
+    store.delete("full/")
+    assert names(store.list_dir("")) == ([], ["full"])  # the object below keeps the prefix
+    assert names(store.list_dir("full/")) == (["full/f.txt"], [])
+
+
+@pytest.mark.parametrize("kind", ["memory", *CLOUDS])  # a directory cannot hold both
+def test_file_and_directory_of_the_same_name(store: ObjectStore, kind: str):
+    store.put_bytes("a", b"file", {})
+    store.put_bytes("a/b", b"below", {})
+    listing = store.list_dir("")
+    assert [o.key for o in listing.objects] == ["a"] and list(listing.prefixes) == ["a"]
+    assert names(store.list_dir("a/")) == (["a/b"], [])
+
+
+# --- pagination --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_listing_pages_beyond_1000_keys(store: ObjectStore, kind: str):
+    keys = [f"many/k{i:05d}" for i in range(1_050)]
+    keys.append("many/zz/")  # a prefix on the last page
+
+    def put(k: str) -> None:
+        store.put_bytes(k, b"" if k.endswith("/") else b"x", {})
+
+    with ThreadPoolExecutor(1 if kind == "gcs" else 16) as pool:
+        list(pool.map(put, keys))
+    listing = store.list_dir("many/")
+    assert len(listing.objects) == 1_050 and list(listing.prefixes) == ["zz"]
+    assert sorted(o.key for o in listing.objects) == keys[:-1]
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+def test_missing_objects(store: ObjectStore):
+    with pytest.raises(ObjectNotFound) as e:
+        store.head("nope.bin")
+    assert "'conf'" in str(e.value)
+    with pytest.raises(ObjectNotFound):
+        store.read_range("nope.bin", 0, 10)
+    with pytest.raises(ObjectNotFound):
+        store.copy("nope.bin", "other.bin")
+    store.probe()
+
+
+@pytest.mark.parametrize("kind", CLOUDS)
+def test_missing_bucket_is_named(request, tmp_path, kind):
+    store = make_store(request, tmp_path, kind, bucket="no-such-bucket-here")
+    with pytest.raises(RemoteError) as e:
+        store.probe()
+    assert "'conf'" in str(e.value) and "no-such-bucket-here" in str(e.value)
+    assert "does not exist" in str(e.value)
+
+
+@pytest.mark.parametrize("kind", CLOUDS)
+def test_unreachable_endpoint(request, tmp_path, kind):
+    server = server_for(request, kind)
+    bucket = server.new_bucket()
+    store = make_store(request, tmp_path, kind, bucket=bucket, endpoint_url=f"http://127.0.0.1:{free_port()}",
+                       tuning=StoreTuning(timeout=3))
+    t0 = time.monotonic()
+    with pytest.raises(RemoteUnavailable) as e:
+        store.probe()
+    assert time.monotonic() - t0 < 30
+    assert "'conf'" in str(e.value) and "unreachable" in str(e.value)
+
+
+@pytest.mark.parametrize("kind", CLOUDS)
+def test_server_errors_500(request, tmp_path, kind):
+    server = server_for(request, kind)
+    bucket = server.new_bucket()
+    errors = ErrorServer(500)
+    try:
+        store = make_store(request, tmp_path, kind, bucket=bucket, endpoint_url=errors.endpoint_url,
+                           tuning=StoreTuning(timeout=3))
+        t0 = time.monotonic()
+        with pytest.raises(RemoteUnavailable) as e:
+            store.probe()
+        assert time.monotonic() - t0 < 30
+        assert "'conf'" in str(e.value) and "500" in str(e.value)
+    finally:
+        errors.close()
+
+
+@pytest.mark.parametrize("kind", CLOUDS)
+def test_stalled_server_times_out(request, tmp_path, kind):
+    server = server_for(request, kind)
+    bucket = server.new_bucket()
+    proxy = CountingProxy(server.port)
+    try:
+        store = make_store(request, tmp_path, kind, bucket=bucket, endpoint_url=proxy.endpoint_url,
+                           tuning=StoreTuning(timeout=1))
+        store.put_bytes("s.bin", b"stall", {})
+        proxy.stall()
+        t0 = time.monotonic()
+        with pytest.raises(RemoteUnavailable) as e:
+            store.read_range("s.bin", 0, 5)
+        assert time.monotonic() - t0 < 20
+        assert "'conf'" in str(e.value)
+        proxy.resume()
+        assert store.read_range("s.bin", 0, 5) == b"stall"
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["s3", "azure"])  # the GCS emulator checks no credentials
+def test_wrong_credentials_are_denied(request, tmp_path, kind):
+    if kind == "s3":
+        server = request.getfixturevalue("s3_persistent_server")  # moto accepts any key; rclone checks
+        bucket = server.new_bucket()
+        store = open_store(RemoteConfig(name="conf", url=server.url(bucket), options={
+            **server.options(), "secret": "not-the-secret"}), tuning=StoreTuning(timeout=3))
+    else:
+        server = server_for(request, kind)
+        bucket = server.new_bucket()
+        bad_key = "A" * 86 + "=="
+        store = make_store(request, tmp_path, kind, bucket=bucket, options={
+            "connection_string": server.connection_string.replace(server.connection_string.split("AccountKey=")[1]
+                                                                  .split(";")[0], bad_key)},
+            tuning=StoreTuning(timeout=3))
+    with pytest.raises(RemoteDenied) as e:
+        store.probe()
+    assert "'conf'" in str(e.value)
+    assert "not-the-secret" not in str(e.value) and "AAAAAAAA" not in str(e.value)
