@@ -219,6 +219,11 @@ def _mount_of(path: str) -> tuple[str, str]:
     """The mountd mountpoint containing `path`, and `path` relative to it."""
     from mountd.control import socket_path
 
+    cache = (st.get("statistics") or {}).get("cache")
+    if cache:
+        click.echo("cache:")
+        for line in _cache_lines(cache):
+            click.echo(line)
     real = os.path.realpath(path)
     cur = real
     while True:
@@ -278,3 +283,87 @@ def docker_plugin(socket_path: str, config_dir: str, state_dir: str, log_level: 
 
 if __name__ == "__main__":
     main()
+def _cache_lines(cache: dict[str, Any]) -> list[str]:
+    from mountd.units import format_size
+
+    lines = []
+    for name, t in [*cache["tiers"].items(), ("pinned", cache["pinned"])]:
+        cap = f" of {format_size(t['cap'])}" if t["cap"] is not None else ""
+        lines.append(f"  {name:<12} {t['entries']:>7} chunks {format_size(t['on_disk']):>8}{cap:<10} "
+                     f"hits {t['hits']}  misses {t['misses']}  evictions {t['evictions']}  "
+                     f"expirations {t['expirations']}")
+    for p in cache["pins"]:
+        lines.append(f"  pinned path  {p['path']}  ({p['objects']} objects)")
+    return lines
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+def pin(path: str) -> None:
+    """Keep PATH (a file or a whole tree) on the local tier: fetched now, never evicted."""
+    mp, rel = _mount_of(path)
+    result: dict[str, Any] = {}
+    try:
+        for msg in request(mp, "pin", {"path": rel}, socket_timeout=None):
+            if "progress" in msg:
+                p = msg["progress"]
+                click.echo(f"\rpinning {rel}: {p['files']}/{p['of']} files, {p['bytes']}/{p['total']} bytes",
+                           nl=False, err=True)
+            else:
+                result = msg["result"] or {}
+    except ControlClientError as e:
+        fail(str(e))
+    click.echo("", err=True)
+    if result.get("failed"):
+        fail(f"{len(result['failed'])} files under {path} could not be fetched (first: {result['failed'][0]}); "
+             f"the pin stays, run mountd pin again when the remote answers")
+    click.echo(f"pinned {path}: {result.get('files', 0)} files, {result.get('bytes', 0)} bytes")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+def unpin(path: str) -> None:
+    """Stop keeping PATH on the local tier (its pinned chunks are dropped)."""
+    mp, rel = _mount_of(path)
+    res = _control(mp, "unpin", path=rel)
+    click.echo(f"unpinned {path} ({res['dropped_chunks']} chunks dropped)")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and manage the cache tiers of a mount."""
+
+
+@cache.command("stats")
+@click.argument("mountpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cache_stats(mountpoint: str, as_json: bool) -> None:
+    """Per tier: entries, bytes, cap, hits, misses, evictions, expirations."""
+    st = _control(mountpoint, "cache_stats")
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    for line in _cache_lines(st):
+        click.echo(line.strip())
+    r = st["reads"]
+    click.echo(f"reads: {r['hits']} from disk, {r['memory_hits']} from memory, {r['gets']} GETs "
+               f"({r['bytes_fetched']} bytes), {r['prefetched']} prefetched, {r['errors']} errors")
+
+
+@cache.command("prune")
+@click.argument("mountpoint", type=click.Path())
+def cache_prune(mountpoint: str) -> None:
+    """Remove expired entries now."""
+    res = _control(mountpoint, "cache_prune")
+    click.echo("expired: " + ", ".join(f"{t} {n}" for t, n in res["expired"].items()))
+
+
+@cache.command("clear")
+@click.argument("mountpoint", type=click.Path())
+@click.option("--tier", default=None, help="Clear only this tier (default: every tier; pins are kept).")
+def cache_clear(mountpoint: str, tier: str | None) -> None:
+    """Empty the cache tiers (pinned data stays)."""
+    res = _control(mountpoint, "cache_clear", tier=tier)
+    click.echo("removed: " + ", ".join(f"{t} {n}" for t, n in res["removed"].items()))
+
+

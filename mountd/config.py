@@ -79,6 +79,8 @@ class CacheConfig(_Model):
     path: Path | None = None
     chunk_size: Size = parse_size("8M")
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
+    prefetch: Size = parse_size("64M")  # largest window fetched ahead of a sequential reader
+    fetch_concurrency: int = Field(default=8, ge=1, le=256)  # parallel ranged GETs (read_whole, prefetch)
 
     @field_validator("chunk_size")
     @classmethod
@@ -96,6 +98,14 @@ class CacheConfig(_Model):
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"tier name {name!r} may only hold letters, digits, '_' and '-'")
         return v
+
+    @model_validator(mode="after")
+    def _tiers_hold_a_chunk(self) -> CacheConfig:
+        for name, tier in self.tiers.items():
+            if tier.max_size < self.chunk_size:
+                raise ValueError(f"tiers.{name}.max_size ({tier.max_size} bytes) is smaller than chunk_size "
+                                 f"({self.chunk_size} bytes); raise max_size or lower chunk_size")
+        return self
 
 
 class RemoteConfig(_Model):

@@ -9,6 +9,7 @@ thread on the network: remote probes run in worker threads with a timeout.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -21,7 +22,7 @@ import trio
 
 from mountd.backend import ObjectStore
 from mountd.backend.fsspec_store import open_store, store_tuning
-from mountd.cache import DirectReader
+from mountd.cache import ChunkCache
 from mountd.config import RepoConfig
 from mountd.control import ControlServer, socket_path
 from mountd.errors import MountdError, RemoteError
@@ -97,7 +98,7 @@ class Mount:
     journal: Journal
     uploader: Uploader
     reconciler: Reconciler
-    reader: DirectReader
+    reader: ChunkCache
     lock_fd: int
     control_path: Path
     ops: Any = None
@@ -115,6 +116,7 @@ class Mount:
             "uploader": self.uploader.statistics(),
             "reconciler": dict(self.reconciler.stats),
             "reader": self.reader.statistics(),
+            "cache": self.reader.cache_statistics(),
             "meta": self.meta.statistics(),
             "local": self.local.statistics(),
             "dirty": self.fs.dirty.statistics(),
@@ -148,7 +150,7 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
         stores: dict[str, ObjectStore] = {}
         for remote in config.remote:
             stores[remote.name] = open_store(remote, tuning=store_tuning(config))
-        reader = DirectReader(stores, block_size=config.cache.chunk_size, timeout=config.mount.read_timeout)
+        reader = ChunkCache(config, stores)
         journal = Journal(meta, delay=config.writeback.delay)
         fs = Filesystem(config, meta, local, reader, stores, journal)
         fs.bootstrap()
@@ -202,6 +204,7 @@ async def run(config: RepoConfig, mountpoint: str, *, require_remotes: bool = Fa
     try:
         return await _serve(m, require_remotes=require_remotes, on_ready=on_ready, extra_options=extra_options or set())
     finally:
+        m.reader.close()
         m.meta.close()
         os.close(m.lock_fd)
 
@@ -223,6 +226,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
     left = 0
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(m.reader.run)
             nursery.start_soon(_serve_fuse, m)
             await nursery.start(m.uploader.run)
             control = ControlServer(m.control_path, lambda req: _control(m, req))
@@ -362,12 +366,48 @@ async def _control(m: Mount, req: dict[str, Any]) -> AsyncIterator[dict[str, Any
         errors = [{"remote": e.remote, "key": e.key, "error": e.last_error} for e in m.meta.journal_all(100000)
                   if select(e.remote, e.key) and e.last_error]
         yield {"ok": True, "result": {"left": left, "errors": errors}}
+    elif op in CACHE_OPS:
+        async for reply in _cache_control(m, op, req):
+            yield reply
     elif op == "log_level":
         level = str(req.get("level", "INFO")).upper()
         logging.getLogger().setLevel(level)
         yield {"ok": True, "result": {"level": level}}
     else:
         yield {"ok": False, "error": f"unknown control operation {op!r}"}
+
+
+CACHE_OPS = ("pin", "unpin", "cache_stats", "cache_prune", "cache_clear")
+
+
+async def _cache_control(m: Mount, op: str, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """pin/unpin a path inside the mount; stats, prune and clear of the cache tiers."""
+    path = "/" + str(req.get("path") or "").strip("/")
+    try:
+        if op == "pin":
+            targets = m.fs.remote_scope(path)
+            if not targets:
+                yield {"ok": False, "error": f"{path} is not under a remote: local-only paths are always local"}
+                return
+            objects = await m.fs.remote_files_under(path)
+            async for step in m.reader.pin(path, targets, objects):
+                yield {"progress": step} if "of" in step else {"ok": True, "result": step}
+        elif op == "unpin":
+            result = await m.reader.unpin(path)
+            if not result["pinned"]:
+                yield {"ok": False, "error": f"{path} is not pinned (pinned: "
+                       f"{', '.join(p['path'] for p in m.reader.pins.describe()) or 'nothing'})"}
+                return
+            yield {"ok": True, "result": result}
+        elif op == "cache_stats":
+            yield {"ok": True, "result": {**m.reader.cache_statistics(), "reads": m.reader.statistics()}}
+        elif op == "cache_prune":
+            yield {"ok": True, "result": {"expired": await m.reader.prune()}}
+        elif op == "cache_clear":
+            yield {"ok": True, "result": {"removed": await m.reader.clear(req.get("tier") or None)}}
+    except MountdError as e:
+        reason = os.strerror(e.errno) if str(e) == errno.errorcode.get(e.errno) else str(e)
+        yield {"ok": False, "error": f"{op} {path}: {reason}"}
 
 
 def _path_filter(m: Mount, path: str) -> Callable[[str, str], bool]:

@@ -1,10 +1,11 @@
 """The read path for remote data that is not on the local tier.
 
-`RemoteReader` is the interface the vfs reads through; `DirectReader` serves reads with ranged
-GETs and a small per-object read-ahead block (no disk cache). The tiered chunk cache implements
-the same interface and replaces it without the vfs noticing.
+`RemoteReader` is the interface the vfs reads through; `ChunkCache` implements it with named
+disk tiers (diskcache stores with hard size caps and expiry), a pinned store on the local tier,
+single-flight ranged GETs, sequential prefetch and whole-object fetches. See docs/cache.md.
 """
 
-from mountd.cache.reader import DirectReader, ObjectRef, RemoteReader
+from mountd.cache.chunks import CacheInUse, ChunkCache
+from mountd.cache.reader import ObjectRef, RemoteReader
 
-__all__ = ["DirectReader", "ObjectRef", "RemoteReader"]
+__all__ = ["CacheInUse", "ChunkCache", "ObjectRef", "RemoteReader"]

@@ -483,6 +483,9 @@ class Filesystem:
 
     def _refresh_from_listing(self, node: Inode, info: ObjectInfo) -> None:
         """The object changed in the remote: take its new size/version; its cached pages go."""
+        if node.remote_key is not None:
+            self.reader.forget(self._object_ref(node))
+        self.invalidate_cb(node.ino)
         values: dict[str, object] = {"size": info.size, "remote_version": info.version, "mtime_ns": info.mtime_ns}
         if info.metadata is not None:
             attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self.owner_uid,
@@ -739,6 +742,8 @@ class Filesystem:
             node = self._inode(ino)
         elif not node.has_local and node.remote is not None:
             node = await self._revalidate(node)
+            if not node.has_local and node.remote_key is not None:
+                self.reader.opened(self._object_ref(node))  # read_whole objects start downloading
         version = "local" if node.has_local else (node.remote_version or "")
         keep = self._page_cache_version.get(ino) == version
         self._page_cache_version[ino] = version
@@ -765,6 +770,7 @@ class Filesystem:
             return fresh
         if info.version != fresh.remote_version:
             self.reader.forget(self._object_ref(fresh))
+            self.invalidate_cb(fresh.ino)
         self._apply_object_info(fresh, info)
         return self._inode(node.ino)
 
@@ -1126,7 +1132,41 @@ class Filesystem:
         if node.sha256:
             out["sha256"] = node.sha256.encode()
         out["local"] = b"1" if node.has_local else b"0"
+        if node.is_reg:
+            tier, cached = "local", self._attr(node).size
+            if not node.has_local and node.remote_key is not None:
+                tier, cached = self.reader.describe(self._object_ref(node))
+            out["tier"], out["cached_bytes"] = tier.encode(), str(cached).encode()
         return {XATTR_PREFIX + k: v for k, v in out.items()}
+
+    def remote_scope(self, path: str) -> list[tuple[str, str]]:
+        """(remote, key) pairs a mount path covers: its key below the attach point that holds it
+        ("" for a whole remote; a key also covers the keys below it), and every remote attached
+        at or below the path. Empty for a local-only path."""
+        parts = tuple(p for p in path.split("/") if p)
+        out = [(a.name, "") for a in self.attachments if a.parts[: len(parts)] == parts]
+        holder = next((a for a in self.attachments if len(parts) > len(a.parts) and parts[: len(a.parts)] == a.parts),
+                      None)
+        if holder is not None:
+            out.append((holder.name, "/".join(parts[len(holder.parts):])))
+        return out
+
+    async def remote_files_under(self, path: str) -> list[ObjectRef]:
+        """Every remote file at or below a mount path whose bytes are not on the local tier."""
+        ino = ROOT_INODE
+        for part in (p for p in path.split("/") if p):
+            ino = (await self.lookup(ino, part.encode("utf-8", "surrogateescape"))).ino
+        out, stack = [], [ino]
+        while stack:
+            node = self._inode(stack.pop())
+            if node.is_dir:
+                await self._ensure_listed(node)
+                stack.extend(child for _, child in self.meta.children(node.ino))
+            elif node.is_reg and not node.has_local and node.remote is not None and node.remote_key is not None:
+                if not node.meta_loaded:
+                    node = await self._load_metadata(node)
+                out.append(self._object_ref(node))
+        return out
 
     async def getxattr(self, ino: int, name: str) -> bytes:
         attrs = self.xattrs(ino)

@@ -1,0 +1,632 @@
+"""`ChunkCache`: the read path for remote data that is not on the local tier.
+
+It owns the named disk tiers and the pinned store (`TierStore`s), the pin records (`PinSet`),
+the fetches in flight, a small memory of chunks not (yet) on disk, and the read-ahead state of
+each object. It serves `read(obj, offset, size)` in chunks of `chunk_size`:
+
+1. a chunk fetched moments ago and still being written, or one no tier can hold, is served from
+   memory;
+2. else every store is searched (pinned first, then the tiers in configuration order): data found
+   in another tier than the routing rules name is served from there;
+3. else one ranged GET fetches it, however many readers wait (single flight); the chunk is then
+   admitted, in the background, to the pinned store when a pin covers the object, else to the
+   tier its rules choose.
+
+Sequential readers grow a prefetch window (`ReadAhead`); opening an object that matches its
+remote's `read_whole` globs fetches all its chunks with parallel ranged GETs. Hits are served
+with `os.pread` on the trio thread; GETs, checksums and chunk writes run in worker threads.
+It never imports the vfs: pinning receives the objects to pin from the caller.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mountd.backend import ObjectStore
+from mountd.cache.pins import PinSet
+from mountd.cache.prefetch import ReadAhead
+from mountd.cache.reader import ObjectRef
+from mountd.cache.routing import (
+    base_of,
+    chunk_count,
+    chunk_key,
+    chunk_length,
+    matches_any,
+    object_base,
+    route,
+    rules_from_config,
+)
+from mountd.cache.store import FileSource, TierStore
+from mountd.config import RepoConfig
+from mountd.errors import MountdError, RemoteError, RemoteUnavailable
+
+log = logging.getLogger(__name__)
+
+PINNED = "pinned"
+MAX_IDENTS = 4096
+MAX_SWEEP_INTERVAL = 60.0
+
+
+class CacheInUse(MountdError):
+    """Another daemon uses the same cache directory (its caps could not be kept)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Ident:
+    """What the cache derived from one ObjectRef."""
+
+    obj: ObjectRef
+    base: str
+    chunks: int
+    tier: TierStore | None  # where its new chunks go (None: not cached on disk)
+    pinned: bool
+    read_ahead: ReadAhead | None = None
+    whole: bool = False  # a read_whole fetch was started
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: MountdError | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    data: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(slots=True)
+class _Stats:
+    gets: int = 0
+    bytes_fetched: int = 0
+    errors: int = 0
+    hits: int = 0
+    memory_hits: int = 0
+    misses: int = 0
+    prefetched: int = 0
+    prefetch_errors: int = 0
+    read_whole: int = 0
+
+
+class ChunkCache:
+    def __init__(self, config: RepoConfig, stores: Mapping[str, ObjectStore], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        cfg = config.cache
+        self.chunk_size = cfg.chunk_size
+        self._stores = stores
+        self._timeout = config.mount.read_timeout
+        self._clock = clock
+        self._rules = rules_from_config(cfg.tiers)
+        self._read_whole = {r.name: r.read_whole for r in config.remote if r.read_whole}
+        self._max_ahead = max(1, cfg.prefetch // cfg.chunk_size)
+        self._get_limiter = trio.CapacityLimiter(max(cfg.fetch_concurrency, 2))
+        self._parallel = cfg.fetch_concurrency
+        self._lock_fd = self._lock(config.cache_path)
+        try:
+            self.tiers = {name: TierStore(name, config.cache_path / "tiers" / name, max_size=t.max_size,
+                                          expires=t.expires, clock=clock) for name, t in cfg.tiers.items()}
+            pin_dir = config.local_path / "pinned"
+            self.pinned = TierStore(PINNED, pin_dir / "chunks", max_size=None, expires=None, clock=clock)
+            self.pins = PinSet(pin_dir / "rules")
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._search = [self.pinned, *self.tiers.values()]
+        expiries = [t.expires for t in cfg.tiers.values() if t.expires]
+        self._sweep_interval = max(1.0, min([MAX_SWEEP_INTERVAL, *(e / 4 for e in expiries)]))
+        self._idents: OrderedDict[ObjectRef, _Ident] = OrderedDict()
+        self._inflight: dict[str, _Flight] = {}
+        self._writes: dict[str, _Write] = {}  # fetched, being admitted
+        self._write_bytes = 0
+        self._max_write_bytes = 8 * cfg.chunk_size
+        self._recent: OrderedDict[str, bytes] = OrderedDict()  # chunks no store took
+        self._recent_bytes = 0
+        self._max_recent_bytes = 4 * cfg.chunk_size
+        self._nursery: trio.Nursery | None = None
+        self._busy = 0  # background tasks spawned and not finished
+        self._idle = trio.Event()
+        self._ready = trio.Event()
+        self._stats = _Stats()
+
+    @staticmethod
+    def _lock(path: Path) -> int:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CacheInUse(f"the cache directory {path} is in use by another mountd; give each repository "
+                             f"its own [cache] path") from None
+        return fd
+
+    # ------------------------------------------------------------------------------------------
+    # life cycle
+    # ------------------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the indexes (reads wait for that, the mount does not), then sweep expired entries."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await self._load()
+                while True:
+                    await trio.sleep(self._sweep_interval)
+                    await self.prune()
+                    for store in self._search:
+                        await store.flush_access_times()
+            finally:
+                self._nursery = None
+                with trio.CancelScope(shield=True):
+                    for store in self._search:
+                        await store.flush_access_times()
+
+    async def _load(self) -> None:
+        start = time.monotonic()
+
+        async def one(store: TierStore) -> None:
+            store.apply_loaded(await trio.to_thread.run_sync(store.load_rows))
+
+        async with trio.open_nursery() as n:
+            for store in self._search:
+                n.start_soon(one, store)
+        self._ready.set()
+        log.info("cache loaded: %s in %.3fs", ", ".join(f"{s.name} {len(s.entries)} chunks" for s in self._search),
+                 time.monotonic() - start)
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def _spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        assert self._nursery is not None
+        self._busy += 1
+        self._nursery.start_soon(self._tracked, fn, args)
+
+    async def _tracked(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
+                self._idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Until no fetch, prefetch or chunk write is under way."""
+        while self._busy or self._inflight:
+            if self._busy:
+                await self._idle.wait()
+            else:
+                await next(iter(self._inflight.values())).done.wait()
+
+    def close(self) -> None:
+        for store in self._search:
+            store.close()
+        self.pins.close()
+        os.close(self._lock_fd)
+
+    # ------------------------------------------------------------------------------------------
+    # identities
+    # ------------------------------------------------------------------------------------------
+    def _ident(self, obj: ObjectRef) -> _Ident:
+        ident = self._idents.get(obj)
+        if ident is not None:
+            self._idents.move_to_end(obj)
+            return ident
+        tier_name = route(self._rules, obj.key, obj.size)
+        ident = _Ident(obj=obj, base=object_base(obj, self.chunk_size), chunks=chunk_count(obj.size, self.chunk_size),
+                       tier=self.tiers[tier_name] if tier_name else None, pinned=self.pins.covers(obj.remote, obj.key))
+        self._idents[obj] = ident
+        if len(self._idents) > MAX_IDENTS:
+            self._idents.popitem(last=False)
+        return ident
+
+    def _target(self, ident: _Ident) -> TierStore | None:
+        return self.pinned if ident.pinned else ident.tier
+
+    # ------------------------------------------------------------------------------------------
+    # reads
+    # ------------------------------------------------------------------------------------------
+    async def read(self, obj: ObjectRef, offset: int, size: int) -> bytes:
+        end = min(offset + size, obj.size)
+        if offset >= end:
+            return b""
+        if not self._ready.is_set():
+            await self._ready.wait()
+        ident = self._ident(obj)
+        cs = self.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        self._read_ahead(ident, offset, end)
+        if first == last:
+            return await self._read_chunk(ident, first, offset - first * cs, end - offset)
+        for index in range(first + 1, last + 1):  # fetch the later chunks of this request in parallel
+            self._spawn_prefetch(ident, index, count=False)
+        out = []
+        for index in range(first, last + 1):
+            start, stop = max(offset, index * cs), min(end, (index + 1) * cs)
+            piece = await self._read_chunk(ident, index, start - index * cs, stop - start)
+            out.append(piece)
+            if len(piece) < stop - start:
+                break  # the object is shorter than its listed size
+        return b"".join(out)
+
+    def _find(self, key: str, *, pinned: bool = True) -> tuple[TierStore, Any] | None:
+        now = self._clock()
+        for store in self._search if pinned else self._search[1:]:
+            e = store.get(key, now)
+            if e is not None:
+                return store, e
+        return None
+
+    def _in_memory(self, key: str) -> bytes | None:
+        w = self._writes.get(key)
+        if w is not None:
+            return w.data
+        data = self._recent.get(key)
+        if data is not None:
+            self._recent.move_to_end(key)
+        return data
+
+    async def _read_chunk(self, ident: _Ident, index: int, offset: int, size: int) -> bytes:
+        key = chunk_key(ident.base, index)
+        for _ in range(4):
+            data = self._in_memory(key)
+            if data is not None:
+                self._stats.memory_hits += 1
+                return data[offset:offset + size]
+            found = self._find(key)
+            if found is None:
+                break
+            store, e = found
+            piece = store.pread(e, size, offset)
+            if piece is not None:
+                store.touch(e, self._clock())
+                store.stats.hits += 1
+                self._stats.hits += 1
+                return piece
+            await store.ensure_open(e)  # verify; a corrupt entry is discarded and we look again
+        data = await self._fetch(ident, index)
+        return data[offset:offset + size]
+
+    async def _fetch(self, ident: _Ident, index: int) -> bytes:
+        """One GET per missing chunk however many callers want it; the chunk is then admitted."""
+        key = chunk_key(ident.base, index)
+        while (flight := self._inflight.get(key)) is not None:
+            await flight.done.wait()
+            if flight.data is not None:
+                return flight.data
+            if flight.error is not None:
+                raise flight.error
+        flight = self._inflight[key] = _Flight()
+        try:
+            data = await self._get(ident, index)
+            flight.data = data
+        except MountdError as e:
+            flight.error = e
+            raise
+        finally:
+            del self._inflight[key]
+            flight.done.set()
+        await self._admit_fetched(ident, index, key, data)
+        return data
+
+    async def _get(self, ident: _Ident, index: int) -> bytes:
+        obj = ident.obj
+        start = index * self.chunk_size
+        stop = min(start + self.chunk_size, obj.size)
+        store = self._stores[obj.remote]
+        target = self._target(ident)
+        if target is not None:
+            target.stats.misses += 1
+        self._stats.misses += 1
+        try:
+            with trio.move_on_after(self._timeout) as scope:
+                data = await trio.to_thread.run_sync(store.read_range, obj.key, start, stop, abandon_on_cancel=True,
+                                                     limiter=self._get_limiter)
+        except RemoteError:
+            self._stats.errors += 1
+            raise
+        if scope.cancelled_caught:
+            self._stats.errors += 1
+            raise RemoteUnavailable(obj.remote, f"read of {obj.key!r} timed out after {self._timeout:g}s")
+        self._stats.gets += 1
+        self._stats.bytes_fetched += len(data)
+        return data
+
+    async def _admit_fetched(self, ident: _Ident, index: int, key: str, data: bytes) -> None:
+        target = self._target(ident)
+        if target is None or len(data) != chunk_length(ident.obj.size, self.chunk_size, index) \
+                or not target.fits(len(data)):
+            self._remember(key, data)  # no tier takes it, or the object is not what its listing said
+            return
+        if key in self._writes:
+            return
+        write = self._writes[key] = _Write(data)
+        self._write_bytes += len(data)
+        if self._nursery is not None and self._write_bytes <= self._max_write_bytes:
+            self._spawn(self._write_chunk, target, ident, key, write)
+        else:  # writes lag behind fetches: this reader waits for its own write
+            await self._write_chunk(target, ident, key, write)
+
+    async def _write_chunk(self, target: TierStore, ident: _Ident, key: str, write: _Write) -> None:
+        try:
+            if await target.admit(key, write.data, len(write.data)):
+                if target is self.pinned:
+                    self._note_pinned(ident.obj, ident.base)
+            else:
+                self._remember(key, write.data)
+        finally:
+            del self._writes[key]
+            self._write_bytes -= len(write.data)
+            write.done.set()
+
+    def _remember(self, key: str, data: bytes) -> None:
+        if key in self._recent:
+            return
+        self._recent[key] = data
+        self._recent_bytes += len(data)
+        while self._recent_bytes > self._max_recent_bytes and len(self._recent) > 1:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old)
+
+    # ------------------------------------------------------------------------------------------
+    # prefetch and whole-object fetches
+    # ------------------------------------------------------------------------------------------
+    def _read_ahead(self, ident: _Ident, offset: int, end: int) -> None:
+        if ident.chunks <= 1:
+            return
+        if ident.read_ahead is None:
+            ident.read_ahead = ReadAhead(self.chunk_size, ident.chunks, self._max_ahead)
+        for index in ident.read_ahead.on_read(offset, end):
+            self._spawn_prefetch(ident, index)
+
+    def _cached(self, key: str) -> bool:
+        return key in self._inflight or self._in_memory(key) is not None or self._find(key) is not None
+
+    def _spawn_prefetch(self, ident: _Ident, index: int, *, count: bool = True) -> None:
+        if self._nursery is None or self._cached(chunk_key(ident.base, index)):
+            return
+        self._spawn(self._prefetch_one, ident, index, count)
+
+    async def _prefetch_one(self, ident: _Ident, index: int, count: bool) -> None:
+        if self._cached(chunk_key(ident.base, index)):
+            return
+        try:
+            await self._fetch(ident, index)
+        except RemoteError as e:
+            # the reader that needs this chunk gets the error itself when it reads it
+            self._stats.prefetch_errors += 1
+            log.info("prefetch of %s:%s chunk %d failed: %s", ident.obj.remote, ident.obj.key, index, e)
+            return
+        if count:
+            self._stats.prefetched += 1
+
+    def opened(self, obj: ObjectRef) -> None:
+        """Start fetching a `read_whole` object in full (parallel ranged GETs) when it is opened."""
+        globs = self._read_whole.get(obj.remote)
+        if not globs or obj.size == 0 or self._nursery is None or not matches_any(obj.key, globs):
+            return
+        ident = self._ident(obj)
+        target = self._target(ident)
+        if ident.whole or target is None:
+            return
+        if target.max_size is not None and obj.size > target.max_size // 2:
+            log.info("not fetching %s:%s whole: it is larger than half of cache tier %r", obj.remote, obj.key,
+                     target.name)
+            return
+        ident.whole = True
+        self._stats.read_whole += 1
+        self._spawn(self._fetch_all, ident)
+
+    async def _fetch_all(self, ident: _Ident, limit: int | None = None) -> None:
+        limiter = trio.CapacityLimiter(limit or self._parallel)
+
+        async def one(index: int) -> None:
+            async with limiter:
+                await self._prefetch_one(ident, index, False)
+
+        async with trio.open_nursery() as n:
+            for index in range(ident.chunks):
+                if not self._cached(chunk_key(ident.base, index)):
+                    n.start_soon(one, index)
+
+    # ------------------------------------------------------------------------------------------
+    # what the vfs asks besides reads
+    # ------------------------------------------------------------------------------------------
+    def forget(self, obj: ObjectRef) -> None:
+        """An object's version changed: drop the chunks cached for the old version."""
+        self._idents.pop(obj, None)
+        base = object_base(obj, self.chunk_size)
+        if not base.startswith("o:"):
+            return  # chunks keyed by content stay valid for any key that holds that content
+        keys = [chunk_key(base, i) for i in range(chunk_count(obj.size, self.chunk_size))]
+        for key in keys:
+            if key in self._recent:
+                self._recent_bytes -= len(self._recent.pop(key))
+        stores = self._search if base not in self.pins.needed_bases() else self._search[1:]
+        for store in stores:
+            if self._nursery is not None and any(k in store.entries for k in keys):
+                self._spawn(store.remove, keys)
+
+    def describe(self, obj: ObjectRef) -> tuple[str, int]:
+        """(tier that holds or would take the object, bytes of it cached now)."""
+        ident = self._ident(obj)
+        target = self._target(ident)
+        cached = 0
+        for index in range(ident.chunks):
+            found = self._find(chunk_key(ident.base, index))
+            if found is not None:
+                cached += found[1].length
+        return (target.name if target else "none"), cached
+
+    async def adopt_file(self, obj: ObjectRef, path: Path) -> int:
+        """Take a local file holding exactly the bytes of `obj` (e.g. just uploaded) into the cache.
+
+        The file is consumed: renamed into the tier when the object is a single chunk (and the
+        tier is on the same filesystem), else copied chunk by chunk and removed. Chunks go where
+        a read would put them (the pinned store when a pin covers the object); caps hold, so a
+        chunk that cannot fit is skipped. Returns the bytes now cached."""
+        await self._ready.wait()
+        ident = self._ident(obj)
+        target = self._target(ident)
+        adopted = 0
+        try:
+            if target is None or obj.size == 0:
+                return 0
+            if ident.chunks == 1:
+                if await target.admit(chunk_key(ident.base, 0), FileSource(path), obj.size):
+                    adopted = obj.size
+            else:
+                for index in range(ident.chunks):
+                    start = index * self.chunk_size
+                    length = chunk_length(obj.size, self.chunk_size, index)
+                    data = await trio.to_thread.run_sync(_pread_file, path, start, length)
+                    if len(data) == length and await target.admit(chunk_key(ident.base, index), data, length):
+                        adopted += length
+            if adopted and target is self.pinned:
+                self._note_pinned(obj, ident.base)
+            return adopted
+        finally:
+            await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
+    # ------------------------------------------------------------------------------------------
+    # pins
+    # ------------------------------------------------------------------------------------------
+    def _note_pinned(self, obj: ObjectRef, base: str) -> None:
+        old = self.pins.note_object(obj.remote, obj.key, base)
+        if old is not None and old not in self.pins.needed_bases():
+            self._drop_pinned_bases({old})
+
+    def _drop_pinned_bases(self, bases: set[str]) -> None:
+        keys = [k for k in self.pinned.entries if base_of(k) in bases]
+        if keys and self._nursery is not None:
+            self._spawn(self.pinned.remove, keys)
+
+    async def pin(self, path: str, targets: list[tuple[str, str]],
+                  objects: list[ObjectRef]) -> AsyncIterator[dict[str, Any]]:
+        """Pin a mount path: record it, then bring every object under it into the pinned store
+        (moved from a tier when cached, else fetched). Yields progress; the last item is the result."""
+        await self._ready.wait()
+        self.pins.add(path, targets)
+        self._idents.clear()
+        total = sum(o.size for o in objects)
+        done_bytes, failed, last_report = 0, [], 0.0
+        for number, obj in enumerate(objects, 1):
+            ident = self._ident(obj)
+            ok = await self._pin_object(ident)
+            if ok:
+                self._note_pinned(obj, ident.base)
+                done_bytes += obj.size
+            else:
+                failed.append(obj.key)
+            now = time.monotonic()
+            if now - last_report > 0.2 or number == len(objects):
+                last_report = now
+                yield {"files": number, "of": len(objects), "bytes": done_bytes, "total": total}
+        yield {"path": path, "files": len(objects) - len(failed), "bytes": done_bytes, "failed": failed[:20]}
+
+    async def _pin_object(self, ident: _Ident) -> bool:
+        results: list[bool] = []
+        limiter = trio.CapacityLimiter(self._parallel)
+
+        async def one(index: int) -> None:
+            async with limiter:
+                results.append(await self._pin_chunk(ident, index))
+
+        async with trio.open_nursery() as n:
+            for index in range(ident.chunks):
+                n.start_soon(one, index)
+        return all(results)
+
+    async def _pin_chunk(self, ident: _Ident, index: int) -> bool:
+        key = chunk_key(ident.base, index)
+        length = chunk_length(ident.obj.size, self.chunk_size, index)
+        for _ in range(4):
+            if key in self.pinned.entries:
+                return True
+            write = self._writes.get(key)
+            if write is not None:
+                await write.done.wait()
+                continue
+            found = self._find(key, pinned=False)
+            data = self._in_memory(key)
+            if found is not None:  # move it from its tier
+                store, e = found
+                data = await store.read_whole(e)
+                if data is None:
+                    continue
+                if await self.pinned.admit(key, data, length):
+                    await store.remove([key])
+                continue
+            if data is not None:
+                await self.pinned.admit(key, data, length)
+                continue
+            try:
+                await self._fetch(ident, index)
+            except RemoteError as e:
+                log.warning("pin: cannot fetch %s:%s: %s", ident.obj.remote, ident.obj.key, e)
+                return False
+        return key in self.pinned.entries
+
+    async def unpin(self, path: str) -> dict[str, Any]:
+        await self._ready.wait()
+        if not self.pins.remove(path):
+            return {"path": path, "pinned": False, "dropped_chunks": 0}
+        self._idents.clear()
+        needed = self.pins.needed_bases()
+        keys = [k for k in self.pinned.entries if base_of(k) not in needed]
+        await self.pinned.remove(keys)
+        return {"path": path, "pinned": True, "dropped_chunks": len(keys)}
+
+    # ------------------------------------------------------------------------------------------
+    # operations
+    # ------------------------------------------------------------------------------------------
+    async def prune(self) -> dict[str, int]:
+        """Remove expired entries from every tier now."""
+        out = {}
+        for name, store in self.tiers.items():
+            out[name] = await store.expire()
+        return out
+
+    async def clear(self, tier: str | None = None) -> dict[str, int]:
+        if tier is not None and tier not in self.tiers:
+            raise MountdError(f"no cache tier named {tier!r} (tiers: {', '.join(self.tiers)})")
+        out = {}
+        for name, store in self.tiers.items():
+            if tier is None or name == tier:
+                out[name] = await store.clear()
+        self._recent.clear()
+        self._recent_bytes = 0
+        return out
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters of the read path (GETs, hits, prefetches)."""
+        s = self._stats
+        return {"gets": s.gets, "bytes_fetched": s.bytes_fetched, "errors": s.errors, "hits": s.hits,
+                "memory_hits": s.memory_hits, "misses": s.misses, "prefetched": s.prefetched,
+                "prefetch_errors": s.prefetch_errors, "read_whole": s.read_whole, "inflight": len(self._inflight),
+                "writing": len(self._writes), "ready": self._ready.is_set()}
+
+    def cache_statistics(self) -> dict[str, Any]:
+        """Per tier: entries, bytes, cap, hits, misses, evictions, expirations; the pinned store; pins."""
+        return {"chunk_size": self.chunk_size,
+                "tiers": {name: store.statistics() for name, store in self.tiers.items()},
+                "pinned": self.pinned.statistics(), "pins": self.pins.describe()}
+
+
+def _pread_file(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)

@@ -1,0 +1,560 @@
+"""`TierStore`: one cache tier, a diskcache directory of chunk files under a hard size cap.
+
+It owns the tier's directory and an in-memory index of its entries (LRU order, admission order,
+lengths, checksums, expiry, open file descriptors), loaded from the diskcache database at start.
+The index and the byte accounting change only on the trio thread; SQLite and file work runs in
+worker threads that get what they need as arguments and never touch the index.
+
+The cap: ``committed + pending + overhead <= max_size`` at every moment, where `committed` is the
+block-rounded size of the indexed chunk files, `pending` the reservations of chunk files being
+written plus the files of entries being removed (counted until they are really gone), and
+`overhead` the measured size of the SQLite files and of the directory itself (the WAL counted
+at no less than the size it reaches before a checkpoint). Admission makes
+room first (expired entries, then the least recently used) and writes only after the victims'
+files are deleted; when in-flight writes and removals hold the room it waits for them. diskcache
+never culls on its own here (eviction_policy "none"); the only slack is the growth of the
+SQLite files between two measurements, far less than one chunk.
+
+Integrity: each entry carries its length and CRC32 (in the diskcache tag). A chunk file is
+checked whole the first time the daemon opens it and again whenever its size or mtime changes;
+a file that does not match is discarded and reported as a miss, never returned.
+
+Expiry: an entry expires `expires` seconds after it was admitted (the clock is injectable);
+an expired entry is never served, is the first to go when room is needed, and is swept by
+`expire`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import secrets
+import shutil
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import trio
+from diskcache.core import MODE_BINARY, UNKNOWN
+
+log = logging.getLogger(__name__)
+
+NEVER = math.inf
+DB_FILES = ("cache.db", "cache.db-shm")
+WAL_FILE = "cache.db-wal"
+TMP_SUFFIX = ".tmp"
+WAL_PAGES = 64
+# the WAL grows to about WAL_PAGES pages before a checkpoint lets it be reused; that growth is
+# counted in advance, so it never pushes the tier over its cap between two measurements
+WAL_RESERVE = (WAL_PAGES + 32) * 4096
+MAX_OPEN_FDS = 256
+# eviction is ours; every value is a file; the WAL is checkpointed often and truncated after,
+# so the SQLite files stay small next to a cap
+DISKCACHE_SETTINGS: dict[str, Any] = {
+    "eviction_policy": "none",
+    "cull_limit": 0,
+    "size_limit": 2**62,
+    "disk_min_file_size": 0,
+    "statistics": 0,
+    "tag_index": 0,
+    "sqlite_wal_autocheckpoint": WAL_PAGES,
+    "sqlite_journal_size_limit": WAL_PAGES * 4096,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """A local file to be moved into a tier (renamed when on the same filesystem, else copied)."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Payload:
+    """What a worker thread hands to `ChunkDisk.store`: a written file and the name to give it."""
+
+    name: str
+    source: Path
+
+
+class ChunkDisk(diskcache.Disk):  # type: ignore[misc]
+    """Chunk files lie flat in the tier directory (diskcache's two levels of subdirectories would
+    cost blocks that count against a small cap); a value is a file written beforehand, moved in
+    under the name the caller chose, so the index knows the file without asking SQLite again."""
+
+    def filename(self, key: Any = UNKNOWN, value: Any = UNKNOWN) -> tuple[str, str]:
+        name = value.name if isinstance(value, _Payload) else secrets.token_hex(16) + ".val"
+        return name, os.path.join(self._directory, name)
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
+        if not isinstance(value, _Payload):
+            return super().store(value, read, key)  # type: ignore[no-any-return]
+        filename, full_path = self.filename(key, value)
+        try:
+            os.rename(value.source, full_path)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(value.source, full_path)
+            os.unlink(value.source)
+        return os.path.getsize(full_path), MODE_BINARY, filename, None
+
+    def remove(self, file_path: str) -> None:
+        try:
+            os.unlink(os.path.join(self._directory, file_path))
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    key: str
+    filename: str
+    length: int
+    alloc: int  # bytes the file occupies on disk (rounded up to blocks)
+    crc: int
+    expires_at: float
+    fd: int | None = None  # open and verified
+    signature: tuple[int, int] | None = None  # (size, mtime_ns) when verified
+    opening: trio.Event | None = None
+
+
+@dataclass(slots=True)
+class TierStats:
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    evictions: int = 0
+    expirations: int = 0
+    rejected: int = 0
+    corrupt: int = 0
+    removed: int = 0
+
+
+@dataclass(slots=True)
+class _Loaded:
+    entries: list[tuple[Entry, float]] = field(default_factory=list)  # with last access time
+    dropped: int = 0
+    orphans: int = 0
+    overhead: int = 0
+
+
+def _encode_tag(crc: int, expires_at: float) -> str:
+    return f"{crc:08x} {expires_at!r}"
+
+
+def _decode_tag(tag: object) -> tuple[int, float] | None:
+    try:
+        crc, expires = str(tag).split()
+        return int(crc, 16), float(expires)
+    except (ValueError, TypeError):
+        return None
+
+
+def _open_verified(path: str, length: int, crc: int) -> tuple[int, tuple[int, int]] | None:
+    """Open a chunk file and check its length and CRC (worker thread); None when it does not match."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    ok = False
+    try:
+        st = os.fstat(fd)
+        if st.st_size == length:
+            pos, value = 0, 0
+            while pos < length:
+                buf = os.pread(fd, min(4 << 20, length - pos), pos)
+                if not buf:
+                    break
+                value = zlib.crc32(buf, value)
+                pos += len(buf)
+            ok = pos == length and value == crc
+        return (fd, (st.st_size, st.st_mtime_ns)) if ok else None
+    finally:
+        if not ok:
+            os.close(fd)
+
+
+def _read_verified(path: str, length: int, crc: int) -> bytes | None:
+    """The whole content of a chunk file when it matches its length and CRC (worker thread)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(length + 1)
+    except OSError:
+        return None
+    return data if len(data) == length and zlib.crc32(data) == crc else None
+
+
+class TierStore:
+    def __init__(self, name: str, directory: Path, *, max_size: int | None, expires: float | None,
+                 clock: Callable[[], float]) -> None:
+        self.name = name
+        self.directory = directory
+        self.max_size = max_size  # None: no cap (the pinned store)
+        self.expires = expires if expires else None
+        self._clock = clock
+        directory.mkdir(parents=True, exist_ok=True)
+        self._db = diskcache.Cache(str(directory), disk=ChunkDisk, timeout=60, **DISKCACHE_SETTINGS)
+        self.block = os.statvfs(directory).f_frsize or 4096
+        self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
+        self._by_expiry: dict[str, Entry] = {}  # admission order: soonest to expire first
+        self.committed = 0
+        self.pending = 0
+        self.overhead = 0
+        self._writing: set[str] = set()
+        self._changed = trio.Event()
+        self._open_fds: OrderedDict[str, Entry] = OrderedDict()
+        self._dirty_access: dict[str, float] = {}
+        self._db_lock = threading.Lock()  # one SQLite writer per tier (worker threads)
+        self.stats = TierStats()
+
+    # ------------------------------------------------------------------------------------------
+    # loading (start-up)
+    # ------------------------------------------------------------------------------------------
+    def load_rows(self) -> _Loaded:
+        """Read the index from the diskcache database and clean up after a crash (worker thread).
+
+        diskcache has no bulk call that returns size, tag and file name, so this reads its
+        `Cache` table directly (its schema has been stable since diskcache 3). Rows whose file is
+        missing or has another size are deleted; files no row names (a crash between writing a
+        file and committing its row) are removed."""
+        out = _Loaded()
+        rows = self._db._sql("SELECT key, raw, size, tag, filename, access_time FROM Cache").fetchall()
+        names: set[str] = set()
+        bad: list[Any] = []
+        for key, raw, size, tag, filename, access in rows:
+            meta = _decode_tag(tag)
+            if not raw or not isinstance(key, str) or meta is None or not filename:
+                bad.append(key)
+                continue
+            try:
+                st = os.stat(self.directory / filename)
+            except OSError:
+                st = None
+            if st is None or st.st_size != size:
+                bad.append(key)
+                continue
+            names.add(filename)
+            crc, expires_at = meta
+            entry = Entry(key=key, filename=filename, length=size, alloc=self._alloc(size), crc=crc,
+                          expires_at=expires_at)
+            out.entries.append((entry, float(access or 0)))
+        for key in bad:
+            self._db.delete(key, retry=True)
+        out.dropped = len(bad)
+        with os.scandir(self.directory) as it:
+            for f in it:
+                if f.name.endswith(TMP_SUFFIX) or f.name.endswith(".val") and f.name not in names:
+                    os.unlink(f.path)
+                    out.orphans += 1
+        out.overhead = self._measure()
+        return out
+
+    def apply_loaded(self, loaded: _Loaded) -> None:
+        """Install what `load_rows` read (trio thread)."""
+        for entry, _ in sorted(loaded.entries, key=lambda t: t[1]):
+            self.entries[entry.key] = entry
+            self.committed += entry.alloc
+        for entry, _ in sorted(loaded.entries, key=lambda t: t[0].expires_at):
+            self._by_expiry[entry.key] = entry
+        self.overhead = loaded.overhead
+        if loaded.dropped or loaded.orphans:
+            log.info("cache tier %r: dropped %d broken entries and %d leftover files from an earlier run",
+                     self.name, loaded.dropped, loaded.orphans)
+
+    # ------------------------------------------------------------------------------------------
+    # lookups and reads (trio thread, quick)
+    # ------------------------------------------------------------------------------------------
+    def get(self, key: str, now: float) -> Entry | None:
+        """The entry of `key` unless it has expired (expired entries stay until swept or evicted)."""
+        e = self.entries.get(key)
+        if e is None or e.expires_at <= now:
+            return None
+        return e
+
+    def touch(self, e: Entry, now: float) -> None:
+        if self.entries.get(e.key) is e:
+            self.entries.move_to_end(e.key)
+            self._dirty_access[e.key] = now
+
+    def pread(self, e: Entry, size: int, offset: int) -> bytes | None:
+        """Bytes of an open, verified entry; None when it must be verified (again) first."""
+        fd = e.fd
+        if fd is None:
+            return None
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != e.signature:
+            self._close_fd(e)
+            return None
+        data = os.pread(fd, size, offset)
+        if len(data) != min(size, e.length - offset):
+            self._close_fd(e)
+            return None
+        self._open_fds.move_to_end(e.key)
+        return data
+
+    async def ensure_open(self, e: Entry) -> bool:
+        """Open and verify an entry's file (worker thread); a corrupt entry is discarded (False)."""
+        while e.opening is not None:
+            await e.opening.wait()
+        if e.fd is not None:
+            return True
+        if self.entries.get(e.key) is not e:
+            return False
+        e.opening = trio.Event()
+        try:
+            opened = await trio.to_thread.run_sync(_open_verified, str(self.directory / e.filename), e.length, e.crc)
+        finally:
+            event, e.opening = e.opening, None
+            event.set()
+        if opened is None:
+            if self.entries.get(e.key) is e:
+                log.warning("cache tier %r: chunk file %s is missing, truncated or corrupt; fetching it again",
+                            self.name, e.filename)
+                self.stats.corrupt += 1
+                self._take([e])
+                await self._delete([e])
+            return False
+        fd, signature = opened
+        if self.entries.get(e.key) is not e:  # evicted while it was being checked
+            os.close(fd)
+            return False
+        e.fd, e.signature = fd, signature
+        self._open_fds[e.key] = e
+        while len(self._open_fds) > MAX_OPEN_FDS:
+            _, old = self._open_fds.popitem(last=False)
+            self._close_fd(old)
+        return True
+
+    async def read_whole(self, e: Entry) -> bytes | None:
+        """The verified content of an entry (worker thread); None (and discarded) when corrupt."""
+        data = await trio.to_thread.run_sync(_read_verified, str(self.directory / e.filename), e.length, e.crc)
+        if data is None and self.entries.get(e.key) is e:
+            self.stats.corrupt += 1
+            self._take([e])
+            await self._delete([e])
+        return data
+
+    # ------------------------------------------------------------------------------------------
+    # admission: room first, then the write
+    # ------------------------------------------------------------------------------------------
+    def fits(self, length: int) -> bool:
+        return self.max_size is None or self._alloc(length) + self.overhead <= self.max_size
+
+    async def admit(self, key: str, payload: bytes | FileSource, length: int) -> bool:
+        """Store one chunk; False when it cannot fit (bigger than the cap) or the write failed."""
+        if key in self.entries or key in self._writing:
+            return True
+        alloc = self._alloc(length)
+        if not self.fits(length):
+            self.stats.rejected += 1
+            return False
+        self._writing.add(key)
+        reserved = False
+        try:
+            while self.max_size is not None:
+                excess = self.committed + self.pending + self.overhead + alloc - self.max_size
+                if excess <= 0:
+                    break
+                victims = self._victims(excess)
+                if victims:
+                    self._take(victims, evicted=True)
+                    await self._delete(victims)
+                elif self.pending > 0:
+                    await self._changed.wait()  # in-flight writes and removals hold the room
+                else:
+                    self.stats.rejected += 1
+                    return False
+            self.pending += alloc
+            reserved = True
+            expires_at = self._clock() + self.expires if self.expires else NEVER
+            name = secrets.token_hex(16) + ".val"
+            try:
+                crc, overhead = await trio.to_thread.run_sync(self._write, key, payload, name, expires_at)
+            except OSError as e:
+                log.warning("cache tier %r: cannot store a chunk: %s", self.name, e)
+                self.stats.rejected += 1
+                return False
+            self.overhead = overhead
+            entry = Entry(key=key, filename=name, length=length, alloc=alloc, crc=crc, expires_at=expires_at)
+            self.entries[key] = entry
+            self._by_expiry[key] = entry
+            self.committed += alloc
+            self._dirty_access[key] = self._clock()
+            self.stats.writes += 1
+            return True
+        finally:
+            self._writing.discard(key)
+            if reserved:
+                self.pending -= alloc
+                self._signal()
+
+    def _write(self, key: str, payload: bytes | FileSource, name: str, expires_at: float) -> tuple[int, int]:
+        """Worker thread: checksum and write one chunk file, then (one writer at a time, so SQLite
+        checkpoints keep its WAL small) move it in with its row; returns (crc, overhead)."""
+        if isinstance(payload, FileSource):
+            source = payload.path
+            with open(source, "rb") as f:
+                crc = 0
+                while buf := f.read(4 << 20):
+                    crc = zlib.crc32(buf, crc)
+        else:
+            crc = zlib.crc32(payload)
+            source = self.directory / (name + TMP_SUFFIX)
+            fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+            except BaseException:
+                os.unlink(source)
+                raise
+            finally:
+                os.close(fd)
+        try:
+            with self._db_lock:
+                self._db.set(key, _Payload(name=name, source=source), tag=_encode_tag(crc, expires_at), retry=True)
+                return crc, self._measure()
+        finally:
+            if not isinstance(payload, FileSource):
+                source.unlink(missing_ok=True)
+
+    def _victims(self, excess: int) -> list[Entry]:
+        """Expired entries first, then the least recently used, until `excess` bytes are freed."""
+        out: list[Entry] = []
+        freed = 0
+        now = self._clock()
+        for e in self._by_expiry.values():
+            if freed >= excess or e.expires_at > now:
+                break
+            out.append(e)
+            freed += e.alloc
+        chosen = {id(e) for e in out}
+        for e in self.entries.values():
+            if freed >= excess:
+                break
+            if id(e) not in chosen:
+                out.append(e)
+                freed += e.alloc
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # removal
+    # ------------------------------------------------------------------------------------------
+    def _take(self, entries: Iterable[Entry], *, evicted: bool = False, expired: bool = False) -> None:
+        """Out of the index; their bytes stay counted (pending) until `_delete` has removed them."""
+        now = self._clock()
+        for e in entries:
+            if self.entries.get(e.key) is not e:
+                continue
+            del self.entries[e.key]
+            self._by_expiry.pop(e.key, None)
+            self._dirty_access.pop(e.key, None)
+            self._close_fd(e)
+            self.committed -= e.alloc
+            self.pending += e.alloc
+            if expired or (evicted and e.expires_at <= now):
+                self.stats.expirations += 1
+            elif evicted:
+                self.stats.evictions += 1
+            else:
+                self.stats.removed += 1
+
+    async def _delete(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        try:
+            self.overhead = await trio.to_thread.run_sync(self._delete_rows, [e.key for e in entries])
+        finally:
+            self.pending -= sum(e.alloc for e in entries)
+            self._signal()
+
+    def _delete_rows(self, keys: list[str]) -> int:
+        with self._db_lock:
+            for key in keys:
+                self._db.delete(key, retry=True)
+            return self._measure()
+
+    async def remove(self, keys: Iterable[str]) -> int:
+        """Delete these entries now; returns how many there were."""
+        entries = [e for k in keys if (e := self.entries.get(k)) is not None]
+        self._take(entries)
+        await self._delete(entries)
+        return len(entries)
+
+    async def expire(self) -> int:
+        """Remove every expired entry now; returns how many."""
+        now = self._clock()
+        expired = [e for e in self._by_expiry.values() if e.expires_at <= now]
+        self._take(expired, expired=True)
+        await self._delete(expired)
+        return len(expired)
+
+    async def clear(self) -> int:
+        return await self.remove(list(self.entries))
+
+    # ------------------------------------------------------------------------------------------
+    # persistence of the LRU order, statistics, shutdown
+    # ------------------------------------------------------------------------------------------
+    async def flush_access_times(self) -> None:
+        if self._dirty_access:
+            batch, self._dirty_access = self._dirty_access, {}
+            await trio.to_thread.run_sync(self._write_access_times, batch)
+
+    def _write_access_times(self, batch: dict[str, float]) -> None:
+        with self._db_lock, self._db.transact(retry=True):
+            for key, when in batch.items():
+                self._db._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (when, key))
+
+    def close(self) -> None:
+        for e in list(self._open_fds.values()):
+            self._close_fd(e)
+        if self._dirty_access:
+            self._write_access_times(self._dirty_access)
+            self._dirty_access = {}
+        self._db.close()
+
+    @property
+    def on_disk(self) -> int:
+        return self.committed + self.pending + self.overhead
+
+    def statistics(self) -> dict[str, Any]:
+        s = self.stats
+        return {"entries": len(self.entries), "bytes": sum(e.length for e in self.entries.values()),
+                "on_disk": self.on_disk, "cap": self.max_size, "expires": self.expires, "hits": s.hits,
+                "misses": s.misses, "writes": s.writes, "evictions": s.evictions, "expirations": s.expirations,
+                "rejected": s.rejected, "corrupt": s.corrupt, "open_files": len(self._open_fds)}
+
+    # ------------------------------------------------------------------------------------------
+    def _alloc(self, length: int) -> int:
+        return -(-length // self.block) * self.block
+
+    def _measure(self) -> int:
+        """Bytes of the tier directory that are not chunk files (SQLite files, the directory)."""
+        total = 0
+        for name in (*DB_FILES, WAL_FILE, "."):
+            try:
+                st = os.stat(self.directory / name)
+                size = max(st.st_size, st.st_blocks * 512)
+            except FileNotFoundError:
+                size = 0
+            total += max(size, WAL_RESERVE) if name == WAL_FILE else size
+        return total
+
+    def _close_fd(self, e: Entry) -> None:
+        if e.fd is not None:
+            os.close(e.fd)
+            e.fd = None
+            e.signature = None
+        self._open_fds.pop(e.key, None)
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
