@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="results JSON (default WORK/results.json)")
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
                    help="write docs/benchmarks.md and docs/benchmarks.png (default: on for a full run)")
+    p.add_argument("--mountd-commit", metavar="REV",
+                   help="benchmark mountd as of this git commit (exported under WORK) instead of the working tree")
     p.add_argument("--report", type=Path, metavar="RESULTS", help="only regenerate the docs from a results file")
     a = p.parse_args(argv)
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.runner import run
 
     res = run(a.work, sizes, names, out, "quick" if a.quick else "full",
-              log=lambda s: print(s, file=sys.stderr, flush=True))
+              log=lambda s: print(s, file=sys.stderr, flush=True), mountd_commit=a.mountd_commit)
     if a.docs if a.docs is not None else not a.quick:
         write_docs(res, md, png)
         print(f"bench: wrote {md} and {png}", file=sys.stderr)

@@ -21,8 +21,8 @@ from bench.data import ensure_file, link_or_copy, make_objects, write_file, writ
 from bench.metrics import Results
 from bench.proxy import CountingProxy
 from bench.server import S3Server
-from bench.system import fusermount_lazy, machine_info, tool_versions
-from bench.targets import TARGETS, Target
+from bench.system import fusermount_lazy, machine_info, mountd_source, tool_versions
+from bench.targets import REPO, TARGETS, MountdTarget, Target
 
 Log = Callable[[str], None]
 
@@ -88,17 +88,19 @@ def run_target(t: Target, server: S3Server, proxy: CountingProxy, sizes: sc.Size
     t.stop()
 
 
-def run(work: Path, sizes: sc.Sizes, names: list[str], out: Path, mode: str, log: Log = print) -> Results:
+def run(work: Path, sizes: sc.Sizes, names: list[str], out: Path, mode: str, log: Log = print,
+        mountd_commit: str | None = None) -> Results:
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     rclone = _rclone()
     server = S3Server(rclone, work / "s3")
-    targets = [TARGETS[n](work, server) for n in names]
+    src, mountd_desc = mountd_source(REPO, work, mountd_commit)
+    targets = [MountdTarget(work, server, src) if n == "mountd" else TARGETS[n](work, server) for n in names]
     for t in targets:
         fusermount_lazy(t.root)  # a mount left behind by an interrupted run
     res = Results(mode=mode, sizes=sizes.__dict__, targets=names,
                   started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                  machine=machine_info(work, tool_versions(rclone)))
+                  machine=machine_info(work, tool_versions(rclone), mountd_desc))
     t0 = time.monotonic()
     log(f"bench: seeding {work} ({sizes.big >> 20} MiB files, {sizes.list_count} listed objects)")
     buckets = seed(work, server, targets, sizes)

@@ -107,6 +107,7 @@ def write_suite(t: Target, server: S3Server, sizes: Sizes, rep: int) -> dict[str
     name = f"write-{rep}.bin"
     path = t.root / name
     blocks = list(Content(1000 + rep).blocks(sizes.big))
+    os.sync()  # start from a clean slate: no earlier dirty pages being written back meanwhile
     t0 = time.monotonic()
     _write(path, blocks)
     close_s = time.monotonic() - t0
@@ -156,6 +157,7 @@ def small_files_suite(t: Target, sizes: Sizes, rep: int) -> dict[str, float]:
     names = [d / f"r{rep}-f{i:05d}" for i in range(sizes.small_count)]
     body = b"s" * sizes.small_size
     out: dict[str, float] = {}
+    os.sync()
     t0 = time.monotonic()
     for p in names:
         _write(p, [body])

@@ -112,26 +112,41 @@ def _disk_of(path: Path) -> str:
     return f"{src} ({', '.join(facts) or 'unknown device'}), {shutil.disk_usage(path).total / 2**30:.0f} GiB"
 
 
-def machine_info(workdir: Path, tools: dict[str, str]) -> dict[str, str]:
+def machine_info(workdir: Path, tools: dict[str, str], mountd: str) -> dict[str, str]:
     cpu = ""
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    mem_kib = _status_like("/proc/meminfo", "MemTotal")
-    commit = _first_line(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "-C", str(Path(__file__).resolve().parent.parent), "status", "--porcelain",
-                         "--", "mountd"])
     return {
         "cpu": f"{cpu or platform.processor()} ({os.cpu_count()} cores)",
-        "memory": f"{mem_kib / 2**20:.0f} GiB",
+        "memory": f"{_status_like('/proc/meminfo', 'MemTotal') / 2**20:.0f} GiB",
         "kernel": platform.release(),
         "disk": _disk_of(workdir),
         "python": sys.version.split()[0],
-        "mountd": f"commit {commit}" + (" + uncommitted changes" if dirty else ""),
+        "mountd": mountd,
         **tools,
     }
+
+
+def mountd_source(repo: Path, work: Path, commit: str | None) -> tuple[Path, str]:
+    """Where the benchmarked mountd package comes from, and how to describe it.
+
+    With `commit`, that commit's `mountd/` is exported (git archive) under WORK/mountd-src/<sha>, so
+    a run measures exactly one commit; without, the working tree of `repo` as it is."""
+    if commit is None:
+        head = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+        dirty = _first_line(["git", "-C", str(repo), "status", "--porcelain", "--", "mountd"])
+        return repo, f"working tree at commit {head}" + (" + uncommitted changes" if dirty else "")
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", commit], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dest = work / "mountd-src" / sha
+    if not (dest / "mountd").is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", sha, "mountd"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest, f"commit {sha}"
 
 
 def _status_like(path: str, field: str) -> int:

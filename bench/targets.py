@@ -120,12 +120,11 @@ class LocalTarget(Target):
 class MountdTarget(Target):
     name = "mountd"
 
-    def __init__(self, work: Path, server: S3Server, python: str = sys.executable) -> None:
+    def __init__(self, work: Path, server: S3Server, src: Path = REPO) -> None:
         super().__init__(work, server)
-        self.python = python
+        self.python = sys.executable
         self.config = work / "state" / "mountd.toml"
-        # BENCH_MOUNTD_SRC: benchmark the mountd package of another checkout (e.g. an exported commit)
-        self.src = Path(os.environ.get("BENCH_MOUNTD_SRC") or REPO).resolve()
+        self.src = src.resolve()  # the directory holding the `mountd` package to run (an exported commit)
         self.env = {"PYTHONPATH": str(self.src)} if self.src != REPO else {}
 
     def _write_config(self, endpoint_url: str) -> None:
