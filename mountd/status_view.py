@@ -31,9 +31,12 @@ def _size(n: float) -> str:
 
 
 def fetch(mountpoint: str) -> dict[str, Any]:
-    for msg in request(mountpoint, "status", {}, socket_timeout=10):
-        if "result" in msg:
-            return msg["result"]
+    try:
+        for msg in request(mountpoint, "status", {}, socket_timeout=10):
+            if "result" in msg:
+                return msg["result"]
+    except (OSError, ValueError) as e:  # the daemon went away mid-answer (it is stopping)
+        raise ControlClientError(f"no answer from the daemon of {mountpoint}: {e}") from None
     raise ControlClientError("no answer")
 
 
