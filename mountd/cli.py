@@ -213,17 +213,17 @@ def status(mountpoint: str, as_json: bool, watch: bool, interval: float) -> None
         click.echo("last errors:")
         for e in st["last_errors"][-5:]:
             click.echo(f"  {e['remote']}:{e['key']}: {e['error']}")
+    cache = (st.get("statistics") or {}).get("cache")
+    if cache:
+        click.echo("cache:")
+        for line in _cache_lines(cache):
+            click.echo(line)
 
 
 def _mount_of(path: str) -> tuple[str, str]:
     """The mountd mountpoint containing `path`, and `path` relative to it."""
     from mountd.control import socket_path
 
-    cache = (st.get("statistics") or {}).get("cache")
-    if cache:
-        click.echo("cache:")
-        for line in _cache_lines(cache):
-            click.echo(line)
     real = os.path.realpath(path)
     cur = real
     while True:
@@ -281,8 +281,6 @@ def docker_plugin(socket_path: str, config_dir: str, state_dir: str, log_level: 
         fail(f"docker plugin: {socket_path}: {e.strerror or e}")
 
 
-if __name__ == "__main__":
-    main()
 def _cache_lines(cache: dict[str, Any]) -> list[str]:
     from mountd.units import format_size
 
@@ -337,9 +335,10 @@ def cache() -> None:
 @cache.command("stats")
 @click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def cache_stats(mountpoint: str, as_json: bool) -> None:
+@click.option("--wait", is_flag=True, help="First wait until fetches and chunk writes under way are done.")
+def cache_stats(mountpoint: str, as_json: bool, wait: bool) -> None:
     """Per tier: entries, bytes, cap, hits, misses, evictions, expirations."""
-    st = _control(mountpoint, "cache_stats")
+    st = _control(mountpoint, "cache_stats", wait=wait)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
@@ -367,3 +366,5 @@ def cache_clear(mountpoint: str, tier: str | None) -> None:
     click.echo("removed: " + ", ".join(f"{t} {n}" for t, n in res["removed"].items()))
 
 
+if __name__ == "__main__":
+    main()

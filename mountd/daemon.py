@@ -400,6 +400,9 @@ async def _cache_control(m: Mount, op: str, req: dict[str, Any]) -> AsyncIterato
                 return
             yield {"ok": True, "result": result}
         elif op == "cache_stats":
+            if req.get("wait"):
+                with trio.move_on_after(float(req.get("timeout") or 300)):
+                    await m.reader.wait_idle()
             yield {"ok": True, "result": {**m.reader.cache_statistics(), "reads": m.reader.statistics()}}
         elif op == "cache_prune":
             yield {"ok": True, "result": {"expired": await m.reader.prune()}}
