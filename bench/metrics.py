@@ -73,6 +73,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("read_cache", "rclone", 2.0, "issue 3"),
     Goal("read_warm", "local", 0.5, "issue 3"),
     Goal("rand4k_cache", "rclone", 10.0, "issue 3"),
+    Goal("rand4k_warm", "rclone", 10.0, "issue 3, read with the page cache warm"),
     Goal("dedup_mib", "const", 1.05, "issue 4", ref_label="the content size"),
     Goal("rss_mib", "const", 1.0, "issue 7", const=300.0, ref_label="300 MiB"),
 )

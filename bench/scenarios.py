@@ -155,11 +155,12 @@ def read_suite(t: Target, sizes: Sizes) -> dict[str, float]:
 def small_files_suite(t: Target, sizes: Sizes, rep: int) -> dict[str, float]:
     d = t.root / SMALL_DIR
     names = [d / f"r{rep}-f{i:05d}" for i in range(sizes.small_count)]
-    body = b"s" * sizes.small_size
+    pad = b"s" * sizes.small_size
+    bodies = [(b"%d:%d\n" % (rep, i) + pad)[: sizes.small_size] for i in range(len(names))]  # distinct contents
     out: dict[str, float] = {}
     os.sync()
     t0 = time.monotonic()
-    for p in names:
+    for p, body in zip(names, bodies, strict=True):
         _write(p, [body])
     out["small_create"] = time.monotonic() - t0
     t0 = time.monotonic()
