@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import azurite_server, counting_proxy, gcs_server, s3_persistent_server, s3_server  # noqa: F401
+from tests.servers import (  # noqa: F401
+    azurite_server,
+    cloud_remote,
+    counting_proxy,
+    gcs_server,
+    parametrize_remote_kinds,
+    remote_kind,
+    s3_persistent_server,
+    s3_server,
+)
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -143,12 +152,25 @@ class MountedRepo:
         return bad
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "remote_kinds(*kinds): run this repo test only on these kinds of remote")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_remote_kinds(metafunc)  # modules with REMOTE_KINDS run repo tests on S3, Azure, GCS too
+
+
 @pytest.fixture
-def make_repo(tmp_path: Path) -> Iterator:
+def make_repo(tmp_path: Path, request: pytest.FixtureRequest, remote_kind: str) -> Iterator:  # noqa: F811
     repos: list[MountedRepo] = []
 
     def make(name: str = "repo", **kw) -> MountedRepo:
+        bucket = None
+        if remote_kind != "file" and "remote_url" not in kw and "remote_toml" not in kw:
+            kw["remote_toml"], bucket = cloud_remote(request, remote_kind)
         repo = MountedRepo(tmp_path / name, **kw)
+        if bucket is not None:
+            repo.remote_dir = bucket  # type: ignore[assignment]  # pathlib-like view of the bucket
         repos.append(repo)
         return repo
 

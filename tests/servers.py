@@ -122,6 +122,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     start_seconds: list[float] = field(default_factory=list)
     detached: bool = False  # True: own session, survives the caller (scripts); else dies with pytest
+    _clients: dict[Any, Any] = field(default_factory=dict, repr=False)
     kind = "server"
 
     def __post_init__(self) -> None:
@@ -257,6 +258,13 @@ class S3Server(Server):
         return f"s3://{bucket}/{prefix}".rstrip("/")
 
     def client(self, endpoint_url: str | None = None) -> Any:
+        """A boto3 client (cached per endpoint: creating one costs ~15 ms)."""
+        key = endpoint_url or self.endpoint_url
+        if key not in self._clients:
+            self._clients[key] = self._new_client(key)
+        return self._clients[key]
+
+    def _new_client(self, endpoint_url: str) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -280,6 +288,13 @@ class S3Server(Server):
 
     def put(self, bucket: str, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         self.client().put_object(Bucket=bucket, Key=key, Body=data, Metadata=metadata or {})
+
+    def get(self, bucket: str, key: str) -> bytes:
+        return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
     def env_lines(self) -> dict[str, str]:
         return {"S3_SERVER": "rclone" if self.persistent else "moto", "S3_ENDPOINT_URL": self.endpoint_url,
@@ -323,7 +338,9 @@ class AzuriteServer(Server):
     def client(self) -> Any:
         from azure.storage.blob import BlobServiceClient
 
-        return BlobServiceClient.from_connection_string(self.connection_string)
+        if None not in self._clients:
+            self._clients[None] = BlobServiceClient.from_connection_string(self.connection_string)
+        return self._clients[None]
 
     def make_bucket(self, name: str) -> None:
         self.client().create_container(name)
@@ -335,6 +352,12 @@ class AzuriteServer(Server):
 
     def put(self, bucket: str, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         self.client().get_blob_client(bucket, key).upload_blob(data, overwrite=True, metadata=metadata)
+
+    def get(self, bucket: str, key: str) -> bytes:
+        return self.client().get_blob_client(bucket, key).download_blob().readall()
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        return [b.name for b in self.client().get_container_client(bucket).list_blobs(name_starts_with=prefix or None)]
 
     def env_lines(self) -> dict[str, str]:
         return {"AZURITE_BLOB_ENDPOINT": self.blob_endpoint, "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
@@ -369,7 +392,11 @@ class GcsServer(Server):
     def fs(self, endpoint_url: str | None = None) -> Any:
         from gcsfs.core import GCSFileSystem  # not gcsfs.GCSFileSystem: that one asks a gRPC API first
 
-        return GCSFileSystem(endpoint_url=endpoint_url or self.endpoint_url, token="anon", project="test",
+        if endpoint_url is None:
+            if None not in self._clients:
+                self._clients[None] = self.fs(self.endpoint_url)
+            return self._clients[None]
+        return GCSFileSystem(endpoint_url=endpoint_url, token="anon", project="test",
                              skip_instance_cache=True)
 
     def make_bucket(self, name: str) -> None:
@@ -387,9 +414,69 @@ class GcsServer(Server):
     def put(self, bucket: str, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         self.fs().pipe_file(f"{bucket}/{key}", data, metadata=metadata or {})
 
+    def get(self, bucket: str, key: str) -> bytes:
+        return self.fs().cat_file(f"{bucket}/{key}")
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        fs = self.fs()
+        out, token = [], None
+        while True:
+            resp = fs.call("GET", "b/{}/o", bucket, prefix=prefix or None, pageToken=token, json_out=True)
+            out += [o["name"] for o in resp.get("items", [])]
+            token = resp.get("nextPageToken")
+            if not token:
+                return out
+
     def env_lines(self) -> dict[str, str]:
         return {"GCS_ENDPOINT_URL": self.endpoint_url, "STORAGE_EMULATOR_HOST": self.endpoint_url,
                 "GOOGLE_CLOUD_PROJECT": "test", **LOOPBACK_ENV, "GCS_PID": str(self.proc.pid if self.proc else "")}
+
+
+# --- a bucket seen like a directory (what tests of a file:// remote do with pathlib) ----------------
+
+
+@dataclass(frozen=True)
+class BucketPath:
+    """A key (or prefix) in a bucket with the pathlib calls the mount tests use on a remote directory.
+
+    Directories are prefixes: `mkdir` makes nothing, `is_dir` is true when keys exist below."""
+
+    server: Server
+    bucket: str
+    key: str = ""
+
+    def __truediv__(self, name: str) -> BucketPath:
+        return BucketPath(self.server, self.bucket, f"{self.key}/{name}".lstrip("/"))
+
+    def __str__(self) -> str:
+        return self.server.url(self.bucket, self.key)
+
+    def read_bytes(self) -> bytes:
+        return self.server.get(self.bucket, self.key)
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        self.server.put(self.bucket, self.key, data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        return None
+
+    def is_dir(self) -> bool:
+        return bool(self.server.keys(self.bucket, self.key + "/"))
+
+    def exists(self) -> bool:
+        return self.key in self.server.keys(self.bucket, self.key) or self.is_dir()
+
+    def files(self) -> dict[str, bytes]:
+        """Every object below (keys relative to this prefix), directory markers left out."""
+        prefix = self.key + "/" if self.key else ""
+        return {k[len(prefix):]: self.server.get(self.bucket, k) for k in self.server.keys(self.bucket, prefix)
+                if not k.endswith("/")}
 
 
 # --- in-process helpers: a counting / stalling proxy and a 500 server -----------------------------
@@ -585,6 +672,39 @@ def counting_proxy() -> Iterator[Any]:
     yield make
     for p in proxies:
         p.close()
+
+
+# --- mount tests over every kind of remote ---------------------------------------------------------
+
+REMOTE_KIND_FIXTURE = {"s3": "s3_server", "s3-rclone": "s3_persistent_server", "azure": "azurite_server",
+                       "gcs": "gcs_server"}
+
+
+@pytest.fixture
+def remote_kind(request: pytest.FixtureRequest) -> str:
+    """"file" unless the test module parametrizes it (REMOTE_KINDS, see `parametrize_remote_kinds`)."""
+    return getattr(request, "param", "file")
+
+
+def parametrize_remote_kinds(metafunc: pytest.Metafunc) -> None:
+    """pytest_generate_tests: a module with `REMOTE_KINDS = (...)` runs its repo tests once per kind.
+
+    `@pytest.mark.remote_kinds("file", "s3")` narrows one test to those kinds."""
+    kinds = getattr(metafunc.module, "REMOTE_KINDS", None)
+    if not kinds or "remote_kind" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("remote_kinds")
+    if marker is not None:
+        kinds = [k for k in kinds if k in marker.args]
+    metafunc.parametrize("remote_kind", kinds, indirect=True)
+
+
+def cloud_remote(request: pytest.FixtureRequest, kind: str, name: str = "main", at: str = "/data",
+                 **extra: Any) -> tuple[str, BucketPath]:
+    """A `[[remote]]` table on a fresh bucket of the `kind` server, and that bucket as a BucketPath."""
+    server: Server = request.getfixturevalue(REMOTE_KIND_FIXTURE[kind])
+    bucket = server.new_bucket()
+    return server.remote_toml(name, bucket, at, **extra), BucketPath(server, bucket)
 
 
 SERVER_KINDS: dict[str, Any] = {

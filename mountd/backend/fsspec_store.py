@@ -704,6 +704,28 @@ class _BucketStore(FsspecStore):
     def _upload_parts(self, src: Path) -> bool:
         return src.stat().st_size >= self.tuning.multipart_threshold
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """A ranged GET through the fsspec filesystem (s3fs, gcsfs); past the end reads empty."""
+        if end <= start:
+            return b""
+        with self._translate("read", key):
+            self._count(requests=1)
+            try:
+                data = bytes(self.fs.cat_file(f"{self.bucket}/{self._full(key)}", start=start, end=end))
+            except Exception as e:
+                if "InvalidRange" in str(e) or _http_status(e) == 416:
+                    return b""
+                raise
+            self._count(bytes_downloaded=len(data))
+            return data
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        with self._translate("download", key):
+            info = self.head(key)
+            self._count(requests=1, bytes_downloaded=info.size)
+            self.fs.get_file(f"{self.bucket}/{self._full(key)}", str(dest))
+            return info
+
     def _probe(self) -> None:
         raise NotImplementedError
 
@@ -754,27 +776,6 @@ class S3Store(_BucketStore):
         with self._translate("head", key):
             r = self._call("head_object", Bucket=self.bucket, Key=self._full(key))
             return self._info(key, r, _lower_keys(r.get("Metadata")))
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        if end <= start:
-            return b""
-        with self._translate("read", key):
-            try:
-                self._count(requests=1)
-                data = bytes(self.fs.cat_file(f"{self.bucket}/{self._full(key)}", start=start, end=end))
-            except OSError as e:
-                if "InvalidRange" in str(e) or _http_status(e) == 416:
-                    return b""
-                raise
-            self._count(bytes_downloaded=len(data))
-            return data
-
-    def download(self, key: str, dest: Path) -> ObjectInfo:
-        with self._translate("download", key):
-            info = self.head(key)
-            self._count(requests=1, bytes_downloaded=info.size)
-            self.fs.get_file(f"{self.bucket}/{self._full(key)}", str(dest))
-            return info
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         size = src.stat().st_size
@@ -861,27 +862,6 @@ class GcsStore(_BucketStore):
     def head(self, key: str) -> ObjectInfo:
         with self._translate("head", key):
             return self._info(key, self._call("GET", "b/{}/o/{}", self.bucket, self._full(key)))
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        if end <= start:
-            return b""
-        with self._translate("read", key):
-            self._count(requests=1)
-            try:
-                data = bytes(self.fs.cat_file(f"{self.bucket}/{self._full(key)}", start=start, end=end))
-            except Exception as e:
-                if _http_status(e) == 416:
-                    return b""
-                raise
-            self._count(bytes_downloaded=len(data))
-            return data
-
-    def download(self, key: str, dest: Path) -> ObjectInfo:
-        with self._translate("download", key):
-            info = self.head(key)
-            self._count(requests=1, bytes_downloaded=info.size)
-            self.fs.get_file(f"{self.bucket}/{self._full(key)}", str(dest))
-            return info
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         size = src.stat().st_size
