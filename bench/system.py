@@ -134,11 +134,15 @@ def mountd_source(repo: Path, work: Path, commit: str | None) -> tuple[Path, str
     """Where the benchmarked mountd package comes from, and how to describe it.
 
     With `commit`, that commit's `mountd/` is exported (git archive) under WORK/mountd-src/<sha>, so
-    a run measures exactly one commit; without, the working tree of `repo` as it is."""
+    a run measures exactly one commit; without, a copy of the working tree's `mountd/` taken now (so
+    edits made to the tree while the run goes on do not reach the daemons it starts later)."""
     if commit is None:
         head = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
         dirty = _first_line(["git", "-C", str(repo), "status", "--porcelain", "--", "mountd"])
-        return repo, f"working tree at commit {head}" + (" + uncommitted changes" if dirty else "")
+        dest = work / "mountd-src" / "worktree"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(repo / "mountd", dest / "mountd", ignore=shutil.ignore_patterns("__pycache__"))
+        return dest, f"working tree at commit {head}" + (" + uncommitted changes" if dirty else "")
     sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", commit], capture_output=True, text=True,
                          check=True).stdout.strip()
     dest = work / "mountd-src" / sha
