@@ -11,6 +11,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from mountd.config import RemoteConfig
 
@@ -59,8 +60,20 @@ def invalid_name_reason(name: str) -> str | None:
     return None
 
 
+def format_mtime(mtime_ns: int) -> str:
+    """Seconds with nine decimals, exact (a float would lose the last digits of today's times)."""
+    sign = "-" if mtime_ns < 0 else ""
+    sec, ns = divmod(abs(mtime_ns), 10**9)
+    return f"{sign}{sec}.{ns:09d}"
+
+
+def parse_mtime(text: str) -> int:
+    """Nanoseconds from "1600000000", "1600000000.5" or "1600000000.123456789" (ValueError if not)."""
+    return int(Decimal(text.strip()).scaleb(9).to_integral_value())
+
+
 def metadata_for(mode: int, uid: int, gid: int, mtime_ns: int, sha256: str | None) -> dict[str, str]:
-    meta = {META_MODE: str(mode), META_UID: str(uid), META_GID: str(gid), META_MTIME: f"{mtime_ns / 1e9:.9f}"}
+    meta = {META_MODE: str(mode), META_UID: str(uid), META_GID: str(gid), META_MTIME: format_mtime(mtime_ns)}
     if sha256:
         meta[META_SHA256] = sha256
     return meta
@@ -98,7 +111,7 @@ def attrs_from_metadata(meta: Mapping[str, str] | None, *, default_mode: int, ui
             return default
 
     try:
-        mtime = int(float(meta[META_MTIME]) * 1e9)
-    except (KeyError, ValueError):
+        mtime = parse_mtime(meta[META_MTIME])
+    except (KeyError, ValueError, ArithmeticError):
         mtime = mtime_ns
     return PosixAttrs(mode=mode, uid=_int(META_UID, uid), gid=_int(META_GID, gid), mtime_ns=mtime)

@@ -30,6 +30,7 @@ class Attr:
     mtime_ns: int
     ctime_ns: int
     rdev: int = 0
+    exact: bool = True  # False: defaults until a HEAD loads the object's metadata (do not cache)
 
     @property
     def blocks(self) -> int:
