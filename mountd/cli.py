@@ -156,19 +156,25 @@ def _control(mountpoint: str, op: str, **args: Any) -> Any:
               help="How long to wait for pending uploads, e.g. 30s or 5m (default: writeback.drain_timeout).")
 def umount(mountpoint: str, timeout: float | None) -> None:
     """Drain pending uploads (bounded) and unmount MOUNTPOINT."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from mountd.daemon import mounted_at
 
     left = None
     try:
-        shown = False
-        for msg in request(mountpoint, "umount", {"timeout": timeout} if timeout else {}, socket_timeout=None):
-            if "progress" in msg:
-                click.echo(f"\rdraining: {msg['progress']['pending']} pending", nl=False, err=True)
-                shown = True
-            else:
-                left = (msg["result"] or {}).get("left", 0)
-        if shown:
-            click.echo("", err=True)
+        with Progress(TextColumn("draining uploads"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = None
+            for msg in request(mountpoint, "umount", {"timeout": timeout} if timeout else {}, socket_timeout=None):
+                if "progress" in msg:
+                    pending = int(msg["progress"]["pending"])
+                    if task is None:
+                        task = bar.add_task("drain", total=pending)
+                    total = max(bar.tasks[0].total or 0, pending)
+                    bar.update(task, total=total, completed=total - pending)
+                else:
+                    left = (msg["result"] or {}).get("left", 0)
     except ControlClientError as e:
         if mounted_at(mountpoint) is None:
             fail(f"{mountpoint} is not mounted")

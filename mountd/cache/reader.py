@@ -8,6 +8,7 @@ when the object's metadata carries one); the cache derives chunk keys from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -37,6 +38,10 @@ class RemoteReader(Protocol):
 
     def describe(self, obj: ObjectRef) -> tuple[str, int]:
         """(tier that holds or would take the object, bytes of it cached now); quick, no I/O."""
+        ...
+
+    async def adopt_file(self, obj: ObjectRef, path: Path) -> int:
+        """Take (consume) a local file holding exactly the bytes of `obj`; returns bytes cached."""
         ...
 
     def statistics(self) -> dict[str, Any]: ...

@@ -83,6 +83,7 @@ class _Stats:
     listing_errors: int = 0
     heads: int = 0
     materialized: int = 0
+    adopted: int = 0
     skipped_keys: int = 0
     open_handles: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -440,20 +441,20 @@ class Filesystem:
                 if ino is None:
                     self._create_from_listing(d.ino, bname, remote, info)
                     continue
-                node = m.get(ino)
-                if node is None or node.remote != remote or not (node.is_reg or node.is_symlink):
+                listed = m.get(ino)
+                if listed is None or listed.remote != remote or not (listed.is_reg or listed.is_symlink):
                     continue
                 self._checked_at[ino] = now
-                if node.remote_key == info.key and node.remote_version != info.version and not node.has_local:
-                    self._refresh_from_listing(node, info)
+                if listed.remote_key == info.key and listed.remote_version != info.version and not listed.has_local:
+                    self._refresh_from_listing(listed, info)
             for bname, ino in existing.items():
                 if bname in seen:
                     continue
-                node = m.get(ino)
-                if node is None or self._keeps_local_state(node, remote, prefix + bname.decode("utf-8", "surrogateescape")):
+                gone = m.get(ino)
+                if gone is None or self._keeps_local_state(gone, remote, prefix + bname.decode("utf-8", "surrogateescape")):
                     continue
                 m.remove_entry(d.ino, bname)
-                if node.is_dir:
+                if gone.is_dir:
                     m.bump(d.ino, "nlink", -1)
                 if ino not in self._open:
                     m.delete_inode(ino)
@@ -676,7 +677,9 @@ class Filesystem:
         if node.is_dir:
             raise _err(errno.EPERM)
         d = await self._prepare_new_entry(new_parent, new_name)
-        if node.remote is not None or d.remote is not None:
+        if node.remote != d.remote:
+            raise _err(errno.EXDEV, "hard link between a remote and a local-only path or across remotes")
+        if node.remote is not None:
             raise _err(errno.EPERM, "hard links exist only in local-only paths")
         now = time.time_ns()
         with self.meta.transaction():
@@ -1042,6 +1045,38 @@ class Filesystem:
     # misc
     # ------------------------------------------------------------------------------------------
     # ------------------------------------------------------------------------------------------
+    # after upload: the local copy becomes cache
+    # ------------------------------------------------------------------------------------------
+    async def adopt_uploaded(self, ino: int, content_gen: int) -> bool:
+        """Hand the local copy of a file that is now clean in its remote over to the cache.
+
+        The inode is marked remote-backed and its file renamed out of the local tier in one step
+        (no await in between), so a reader sees one or the other, never neither. Files that are
+        open, changed since, or not clean stay where they are."""
+        node = self.meta.get(ino)
+        if (node is None or not node.is_reg or not node.has_local or node.content_gen != content_gen
+                or node.content_dirty or node.remote is None or node.remote_key is None
+                or not node.remote_version or ino in self._open):
+            return False
+        key = self.key_of(ino, node)
+        if key is None or key[1] != node.remote_key or self.meta.journal_has(*key):
+            return False
+        handoff = self.local.tmp / f"{ino:x}.adopt"
+        # the db first: a crash between the two leaves a stray local file, never a missing one
+        with self.meta.transaction():
+            self.meta.update(ino, has_local=0)
+        try:
+            os.rename(self.local.path_for(ino), handoff)
+        except FileNotFoundError:
+            return False
+        self.dirty.clear(ino)
+        self._page_cache_version[ino] = node.remote_version  # same bytes: the kernel's pages stay valid
+        self._checked_at[ino] = time.monotonic()
+        await self.reader.adopt_file(self._object_ref(self._inode(ino)), handoff)
+        self._stats.adopted += 1
+        return True
+
+    # ------------------------------------------------------------------------------------------
     # ignore rules: paths under a remote that stay local-only
     # ------------------------------------------------------------------------------------------
     def _ignore_files(self, remote: str, parts: list[str]) -> list[tuple[int, Inode]]:
@@ -1195,7 +1230,7 @@ class Filesystem:
     def statistics(self) -> dict[str, int]:
         s = self._stats
         return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
-                "materialized": s.materialized, "skipped_keys": s.skipped_keys, "open_handles": len(self._handles),
+                "materialized": s.materialized, "adopted": s.adopted, "skipped_keys": s.skipped_keys, "open_handles": len(self._handles),
                 "open_inodes": len(self._open)}
 
 

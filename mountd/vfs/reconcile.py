@@ -162,6 +162,7 @@ class Reconciler:
             with self.meta.transaction():
                 self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=sha)
+        await self.fs.adopt_uploaded(node.ino, content_gen)
 
     def _verify(self, key: str, info: ObjectInfo, size: int, sha: str) -> None:
         """The object as the remote reports it after the upload must be what we sent."""
