@@ -230,3 +230,41 @@ def test_kill9_during_uploads_then_remount_uploads_everything(make_repo):
     repo.sync()
     assert remote_files(repo.remote_dir) == payloads
     repo.stop()
+
+
+def test_uploaded_file_moves_from_local_tier_into_cache(make_repo):
+    repo = make_repo()
+    repo.start()
+    data = os.urandom(3 << 20)
+    p = repo.data / "weights.bin"
+    p.write_bytes(data)
+    repo.sync()
+    assert (repo.remote_dir / "weights.bin").read_bytes() == data
+    assert os.getxattr(p, "user.mountd.local") == b"0"
+    assert int(os.getxattr(p, "user.mountd.cached_bytes")) == len(data)
+    assert os.listdir(repo.local / "data") == []  # nothing left behind on the local tier
+    gets_before = repo.status()["statistics"]["reader"].get("gets", 0)
+    assert p.read_bytes() == data
+    assert repo.status()["statistics"]["reader"].get("gets", 0) == gets_before  # served from the cache
+
+
+def test_dirty_files_are_never_evicted_by_cache_pressure(make_repo):
+    repo = make_repo(delay="1h", extra_toml="""
+        [cache.tiers.small]
+        max_size = "16M"
+        expires = "1h"
+        """)
+    for i in range(6):  # remote data three times the tier's size, read through the mount
+        (repo.remote_dir / f"remote{i}.bin").write_bytes(os.urandom(8 << 20))
+    repo.start()
+    dirty = {f"dirty{i}.bin": os.urandom(700 << 10) for i in range(4)}
+    for name, data in dirty.items():
+        (repo.data / name).write_bytes(data)
+    for _ in range(2):
+        for i in range(6):
+            (repo.data / f"remote{i}.bin").read_bytes()
+    for name, data in dirty.items():
+        assert state(repo.data / name) == "dirty"
+        assert (repo.data / name).read_bytes() == data
+    repo.sync()
+    assert {k: v for k, v in remote_files(repo.remote_dir).items() if k in dirty} == dirty

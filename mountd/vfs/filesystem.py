@@ -1059,7 +1059,7 @@ class Filesystem:
                 or not node.remote_version or ino in self._open):
             return False
         key = self.key_of(ino, node)
-        if key is None or key[1] != node.remote_key or self.meta.journal_has(*key):
+        if key is None or key[1] != node.remote_key:
             return False
         handoff = self.local.tmp / f"{ino:x}.adopt"
         # the db first: a crash between the two leaves a stray local file, never a missing one
