@@ -281,7 +281,7 @@ class ChunkCache:
 
     async def _read_chunk(self, ident: _Ident, index: int, offset: int, size: int) -> bytes:
         key = chunk_key(ident.base, index)
-        for _ in range(4):
+        for _ in range(len(self._search) + 1):
             data = self._in_memory(key)
             if data is not None:
                 self._stats.memory_hits += 1
@@ -290,13 +290,13 @@ class ChunkCache:
             if found is None:
                 break
             store, e = found
-            piece = store.pread(e, size, offset)
+            piece = store.read(e, size, offset)
             if piece is not None:
                 store.touch(e, self._clock())
                 store.stats.hits += 1
                 self._stats.hits += 1
                 return piece
-            await store.ensure_open(e)  # verify; a corrupt entry is discarded and we look again
+            await store.purge([e])  # corrupt: out of the index now; look again (another tier, the remote)
         data = await self._fetch(ident, index)
         return data[offset:offset + size]
 

@@ -15,9 +15,12 @@ files are deleted; when in-flight writes and removals hold the room it waits for
 never culls on its own here (eviction_policy "none"); the only slack is the growth of the
 SQLite files between two measurements, far less than one chunk.
 
-Integrity: each entry carries its length and CRC32 (in the diskcache tag). A chunk file is
-checked whole the first time the daemon opens it and again whenever its size or mtime changes;
-a file that does not match is discarded and reported as a miss, never returned.
+Integrity: each entry carries its length and a CRC32 per block of `CRC_BLOCK` bytes (in the
+diskcache tag). The first read of a block checks it — the read covers the whole block, which the
+kernel's 1 MiB requests usually are anyway — and the check is done again after the file's size
+or mtime changed. A file that does not match is taken out of the index and reported as a miss,
+never returned. Opening a chunk file, checking a 1 MiB block (about 0.2 ms) and `pread` are
+quick local work done on the trio thread; measured, threads made cache hits 2-4 times slower.
 
 Expiry: an entry expires `expires` seconds after it was admitted (the clock is injectable);
 an expired entry is never served, is the first to go when room is needed, and is swept by
@@ -55,6 +58,7 @@ WAL_PAGES = 64
 # counted in advance, so it never pushes the tier over its cap between two measurements
 WAL_RESERVE = (WAL_PAGES + 32) * 4096
 MAX_OPEN_FDS = 256
+CRC_BLOCK = 1 << 20
 # eviction is ours; every value is a file; the WAL is checkpointed often and truncated after,
 # so the SQLite files stay small next to a cap
 DISKCACHE_SETTINGS: dict[str, Any] = {
@@ -119,11 +123,11 @@ class Entry:
     filename: str
     length: int
     alloc: int  # bytes the file occupies on disk (rounded up to blocks)
-    crc: int
+    crcs: tuple[int, ...]  # CRC32 of each CRC_BLOCK bytes
     expires_at: float
-    fd: int | None = None  # open and verified
-    signature: tuple[int, int] | None = None  # (size, mtime_ns) when verified
-    opening: trio.Event | None = None
+    fd: int | None = None
+    signature: tuple[int, int] | None = None  # (size, mtime_ns) the verified blocks were read with
+    verified: int = 0  # bit i: block i was checked
 
 
 @dataclass(slots=True)
@@ -146,50 +150,44 @@ class _Loaded:
     overhead: int = 0
 
 
-def _encode_tag(crc: int, expires_at: float) -> str:
-    return f"{crc:08x} {expires_at!r}"
+def block_crcs(data: bytes | memoryview) -> tuple[int, ...]:
+    view = memoryview(data)
+    return tuple(zlib.crc32(view[i:i + CRC_BLOCK]) for i in range(0, max(len(view), 1), CRC_BLOCK))
 
 
-def _decode_tag(tag: object) -> tuple[int, float] | None:
+def _encode_tag(crcs: tuple[int, ...], expires_at: float) -> str:
+    return f"{expires_at!r} {''.join(f'{c:08x}' for c in crcs)}"
+
+
+def _decode_tag(tag: object) -> tuple[tuple[int, ...], float] | None:
     try:
-        crc, expires = str(tag).split()
-        return int(crc, 16), float(expires)
+        expires, crcs = str(tag).split()
+        return tuple(int(crcs[i:i + 8], 16) for i in range(0, len(crcs), 8)), float(expires)
     except (ValueError, TypeError):
         return None
 
 
-def _open_verified(path: str, length: int, crc: int) -> tuple[int, tuple[int, int]] | None:
-    """Open a chunk file and check its length and CRC (worker thread); None when it does not match."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    ok = False
-    try:
-        st = os.fstat(fd)
-        if st.st_size == length:
-            pos, value = 0, 0
-            while pos < length:
-                buf = os.pread(fd, min(4 << 20, length - pos), pos)
-                if not buf:
-                    break
-                value = zlib.crc32(buf, value)
-                pos += len(buf)
-            ok = pos == length and value == crc
-        return (fd, (st.st_size, st.st_mtime_ns)) if ok else None
-    finally:
-        if not ok:
-            os.close(fd)
+def _file_crcs(path: Path) -> tuple[int, ...]:
+    out = []
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(CRC_BLOCK)
+            if not block and out:
+                break
+            out.append(zlib.crc32(block))
+            if len(block) < CRC_BLOCK:
+                break
+    return tuple(out)
 
 
-def _read_verified(path: str, length: int, crc: int) -> bytes | None:
-    """The whole content of a chunk file when it matches its length and CRC (worker thread)."""
+def _read_verified(path: str, length: int, crcs: tuple[int, ...]) -> bytes | None:
+    """The whole content of a chunk file when it matches its length and checksums (worker thread)."""
     try:
         with open(path, "rb") as f:
             data = f.read(length + 1)
     except OSError:
         return None
-    return data if len(data) == length and zlib.crc32(data) == crc else None
+    return data if len(data) == length and block_crcs(data) == crcs else None
 
 
 class TierStore:
@@ -242,8 +240,11 @@ class TierStore:
                 bad.append(key)
                 continue
             names.add(filename)
-            crc, expires_at = meta
-            entry = Entry(key=key, filename=filename, length=size, alloc=self._alloc(size), crc=crc,
+            crcs, expires_at = meta
+            if len(crcs) != max(1, -(-size // CRC_BLOCK)):
+                bad.append(key)
+                continue
+            entry = Entry(key=key, filename=filename, length=size, alloc=self._alloc(size), crcs=crcs,
                           expires_at=expires_at)
             out.entries.append((entry, float(access or 0)))
         for key in bad:
@@ -284,61 +285,55 @@ class TierStore:
             self.entries.move_to_end(e.key)
             self._dirty_access[e.key] = now
 
-    def pread(self, e: Entry, size: int, offset: int) -> bytes | None:
-        """Bytes of an open, verified entry; None when it must be verified (again) first."""
-        fd = e.fd
-        if fd is None:
-            return None
-        st = os.fstat(fd)
-        if (st.st_size, st.st_mtime_ns) != e.signature:
-            self._close_fd(e)
-            return None
-        data = os.pread(fd, size, offset)
-        if len(data) != min(size, e.length - offset):
-            self._close_fd(e)
-            return None
-        self._open_fds.move_to_end(e.key)
-        return data
-
-    async def ensure_open(self, e: Entry) -> bool:
-        """Open and verify an entry's file (worker thread); a corrupt entry is discarded (False)."""
-        while e.opening is not None:
-            await e.opening.wait()
-        if e.fd is not None:
-            return True
-        if self.entries.get(e.key) is not e:
-            return False
-        e.opening = trio.Event()
+    def read(self, e: Entry, size: int, offset: int) -> bytes | None:
+        """Bytes of an entry (trio thread: quick local I/O); blocks not checked yet are checked now.
+        None: the file is missing, truncated or corrupt; the entry is out of the index and its file
+        must be removed with `purge`."""
         try:
-            opened = await trio.to_thread.run_sync(_open_verified, str(self.directory / e.filename), e.length, e.crc)
-        finally:
-            event, e.opening = e.opening, None
-            event.set()
-        if opened is None:
-            if self.entries.get(e.key) is e:
-                log.warning("cache tier %r: chunk file %s is missing, truncated or corrupt; fetching it again",
-                            self.name, e.filename)
-                self.stats.corrupt += 1
-                self._take([e])
-                await self._delete([e])
-            return False
-        fd, signature = opened
-        if self.entries.get(e.key) is not e:  # evicted while it was being checked
-            os.close(fd)
-            return False
-        e.fd, e.signature = fd, signature
-        self._open_fds[e.key] = e
-        while len(self._open_fds) > MAX_OPEN_FDS:
-            _, old = self._open_fds.popitem(last=False)
-            self._close_fd(old)
-        return True
+            if e.fd is None:
+                e.fd = os.open(self.directory / e.filename, os.O_RDONLY | os.O_CLOEXEC)
+                self._open_fds[e.key] = e
+                while len(self._open_fds) > MAX_OPEN_FDS:
+                    self._close_fd(self._open_fds.popitem(last=False)[1])
+            st = os.fstat(e.fd)
+            if (st.st_size, st.st_mtime_ns) != e.signature:
+                e.signature, e.verified = (st.st_size, st.st_mtime_ns), 0
+            self._open_fds.move_to_end(e.key)
+            size = min(size, e.length - offset)
+            if size <= 0:
+                return b""
+            first, last = offset // CRC_BLOCK, (offset + size - 1) // CRC_BLOCK
+            todo = [b for b in range(first, last + 1) if not e.verified >> b & 1]
+            if st.st_size != e.length:
+                return self._corrupt(e, "has the wrong size")
+            if not todo:
+                return os.pread(e.fd, size, offset)
+            start = first * CRC_BLOCK
+            span = os.pread(e.fd, min((last + 1) * CRC_BLOCK, e.length) - start, start)
+            view = memoryview(span)
+            for b in todo:
+                if zlib.crc32(view[(b - first) * CRC_BLOCK:(b - first + 1) * CRC_BLOCK]) != e.crcs[b]:
+                    return self._corrupt(e, "does not match its checksum")
+                e.verified |= 1 << b
+            return span[offset - start:offset - start + size]
+        except OSError as err:
+            return self._corrupt(e, f"cannot be read ({err.strerror})")
+
+    def _corrupt(self, e: Entry, why: str) -> None:
+        log.warning("cache tier %r: chunk file %s %s; it is fetched again", self.name, e.filename, why)
+        self.stats.corrupt += 1
+        self._take([e])
+        return None
+
+    async def purge(self, entries: list[Entry]) -> None:
+        """Remove the files and rows of entries already taken out of the index."""
+        await self._delete(entries)
 
     async def read_whole(self, e: Entry) -> bytes | None:
-        """The verified content of an entry (worker thread); None (and discarded) when corrupt."""
-        data = await trio.to_thread.run_sync(_read_verified, str(self.directory / e.filename), e.length, e.crc)
+        """The verified content of an entry (worker thread); None (and removed) when corrupt."""
+        data = await trio.to_thread.run_sync(_read_verified, str(self.directory / e.filename), e.length, e.crcs)
         if data is None and self.entries.get(e.key) is e:
-            self.stats.corrupt += 1
-            self._take([e])
+            self._corrupt(e, "does not match its checksum")
             await self._delete([e])
         return data
 
@@ -377,13 +372,13 @@ class TierStore:
             expires_at = self._clock() + self.expires if self.expires else NEVER
             name = secrets.token_hex(16) + ".val"
             try:
-                crc, overhead = await trio.to_thread.run_sync(self._write, key, payload, name, expires_at)
+                crcs, overhead = await trio.to_thread.run_sync(self._write, key, payload, name, expires_at)
             except OSError as e:
                 log.warning("cache tier %r: cannot store a chunk: %s", self.name, e)
                 self.stats.rejected += 1
                 return False
             self.overhead = overhead
-            entry = Entry(key=key, filename=name, length=length, alloc=alloc, crc=crc, expires_at=expires_at)
+            entry = Entry(key=key, filename=name, length=length, alloc=alloc, crcs=crcs, expires_at=expires_at)
             self.entries[key] = entry
             self._by_expiry[key] = entry
             self.committed += alloc
@@ -396,17 +391,15 @@ class TierStore:
                 self.pending -= alloc
                 self._signal()
 
-    def _write(self, key: str, payload: bytes | FileSource, name: str, expires_at: float) -> tuple[int, int]:
+    def _write(self, key: str, payload: bytes | FileSource, name: str,
+               expires_at: float) -> tuple[tuple[int, ...], int]:
         """Worker thread: checksum and write one chunk file, then (one writer at a time, so SQLite
-        checkpoints keep its WAL small) move it in with its row; returns (crc, overhead)."""
+        checkpoints keep its WAL small) move it in with its row; returns (checksums, overhead)."""
         if isinstance(payload, FileSource):
             source = payload.path
-            with open(source, "rb") as f:
-                crc = 0
-                while buf := f.read(4 << 20):
-                    crc = zlib.crc32(buf, crc)
+            crcs = _file_crcs(source)
         else:
-            crc = zlib.crc32(payload)
+            crcs = block_crcs(payload)
             source = self.directory / (name + TMP_SUFFIX)
             fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -420,8 +413,8 @@ class TierStore:
                 os.close(fd)
         try:
             with self._db_lock:
-                self._db.set(key, _Payload(name=name, source=source), tag=_encode_tag(crc, expires_at), retry=True)
-                return crc, self._measure()
+                self._db.set(key, _Payload(name=name, source=source), tag=_encode_tag(crcs, expires_at), retry=True)
+                return crcs, self._measure()
         finally:
             if not isinstance(payload, FileSource):
                 source.unlink(missing_ok=True)
@@ -552,7 +545,7 @@ class TierStore:
         if e.fd is not None:
             os.close(e.fd)
             e.fd = None
-            e.signature = None
+            e.signature, e.verified = None, 0
         self._open_fds.pop(e.key, None)
 
     def _signal(self) -> None:
