@@ -558,3 +558,25 @@ def test_a_tier_smaller_than_a_chunk_is_a_config_error(tmp_path):
                    '[[remote]]\nname = "r"\nurl = "file:///tmp/x"\n')
     with pytest.raises(ConfigError, match=r"cache.*tiny.max_size.*smaller than chunk_size"):
         load_config(cfg)
+
+
+def test_a_tier_whose_database_is_damaged_starts_empty(tmp_path, caplog):
+    env = Env(tmp_path)
+    data = os.urandom(CHUNK)
+    obj = env.put("a.bin", data)
+
+    async def main() -> None:
+        async with env.cache() as cache:
+            await cache.read(obj, 0, CHUNK)
+            await settle(cache)
+            db = cache.tiers["small"].directory / "cache.db"
+        for f in db.parent.glob("cache.db*"):
+            f.unlink()
+        db.write_bytes(b"this is not an SQLite database" * 100)
+        async with env.cache() as cache:
+            assert cache.cache_statistics()["tiers"]["small"]["entries"] == 0
+            assert await cache.read(obj, 0, CHUNK) == data
+            assert env.store.gets == 2
+
+    run(main)
+    assert "database" in caplog.text and "starting the tier empty" in caplog.text

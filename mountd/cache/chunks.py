@@ -177,7 +177,7 @@ class ChunkCache:
         start = time.monotonic()
 
         async def one(store: TierStore) -> None:
-            store.apply_loaded(await trio.to_thread.run_sync(store.load_rows))
+            store.apply_loaded(await trio.to_thread.run_sync(store.load))
 
         async with trio.open_nursery() as n:
             for store in self._search:

@@ -35,6 +35,7 @@ import math
 import os
 import secrets
 import shutil
+import sqlite3
 import threading
 import zlib
 from collections import OrderedDict
@@ -199,7 +200,10 @@ class TierStore:
         self.expires = expires if expires else None
         self._clock = clock
         directory.mkdir(parents=True, exist_ok=True)
-        self._db = diskcache.Cache(str(directory), disk=ChunkDisk, timeout=60, **DISKCACHE_SETTINGS)
+        try:
+            self._db = self._open_db()
+        except sqlite3.DatabaseError as e:
+            self._db = self._start_over(e)
         self.block = os.statvfs(directory).f_frsize or 4096
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self._by_expiry: dict[str, Entry] = {}  # admission order: soonest to expire first
@@ -216,6 +220,26 @@ class TierStore:
     # ------------------------------------------------------------------------------------------
     # loading (start-up)
     # ------------------------------------------------------------------------------------------
+    def _open_db(self) -> diskcache.Cache:
+        return diskcache.Cache(str(self.directory), disk=ChunkDisk, timeout=60, **DISKCACHE_SETTINGS)
+
+    def _start_over(self, error: Exception) -> diskcache.Cache:
+        """A tier whose database is unreadable is emptied: it is a cache, the remote has the data."""
+        log.warning("cache tier %r: its database in %s is unreadable (%s); starting the tier empty",
+                    self.name, self.directory, error)
+        shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True)
+        return self._open_db()
+
+    def load(self) -> _Loaded:
+        """`load_rows`, or an empty tier when its database turns out to be damaged (worker thread)."""
+        try:
+            return self.load_rows()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            self._db = self._start_over(e)
+            return self.load_rows()
+
     def load_rows(self) -> _Loaded:
         """Read the index from the diskcache database and clean up after a crash (worker thread).
 
