@@ -372,5 +372,37 @@ def cache_clear(mountpoint: str, tier: str | None) -> None:
     click.echo("removed: " + ", ".join(f"{t} {n}" for t, n in res["removed"].items()))
 
 
+@main.command()
+@click.argument("source")
+@click.option("--write", is_flag=True, help="Also write a temporary object to each writable remote and delete it.")
+@click.option("--timeout", type=DURATION, default="15s", show_default=True, help="Limit of each step, e.g. 10s.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(source: str, write: bool, timeout: float, as_json: bool) -> None:
+    """Validate SOURCE (a config file or URL) and probe each remote: list, read, and with --write, write.
+
+    Changes no data (--write deletes what it wrote). Exits 1 when any remote fails a step."""
+    from dataclasses import asdict
+
+    from mountd.check import check_config
+
+    try:
+        config = load_config(source)
+    except MountdError as e:
+        fail(str(e))
+    results = check_config(config, write=write, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        click.echo(f"{source}: config ok ({len(config.remote)} remotes)")
+        for r in results:
+            state = "skip" if r.skipped else ("ok" if r.ok else "FAIL")
+            click.echo(f"  {state:<4} {r.remote:<12} {r.step:<5} {r.detail} ({r.seconds:.2f}s)")
+    sys.stdout.flush()
+    bad = sum(not r.ok for r in results)
+    if bad:
+        click.echo(f"mountd: error: {bad} check(s) failed", err=True)
+    sys.exit(1 if bad else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -36,6 +36,8 @@ from mountd.writeback import Journal, Uploader
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 10.0
+RECONNECT_INTERVAL = 2.0  # first re-probe of an unreachable remote; doubles up to RECONNECT_MAX
+RECONNECT_MAX = 60.0
 
 
 class StartupError(MountdError):
@@ -167,23 +169,44 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
                  control_path=socket_path(mountpoint))
 
 
-async def probe_remotes(m: Mount) -> dict[str, str]:
-    """Reach every remote in parallel; returns name -> reason for those that failed."""
+async def probe_remotes(m: Mount, names: list[str] | None = None) -> dict[str, str]:
+    """Reach every remote (or those `names`) in parallel; returns name -> reason for those that failed."""
     failures: dict[str, str] = {}
+    # a stalled server: the store's own request timeout (mount.read_timeout) answers first, this bounds it
+    limit = min(PROBE_TIMEOUT, max(2.0, 2.5 * m.config.mount.read_timeout))
 
     async def one(name: str, store: ObjectStore) -> None:
-        with trio.move_on_after(PROBE_TIMEOUT) as scope:
+        with trio.move_on_after(limit) as scope:
             try:
                 await trio.to_thread.run_sync(store.probe, abandon_on_cancel=True)
             except RemoteError as e:
                 failures[name] = str(e)
         if scope.cancelled_caught:
-            failures[name] = f"remote {name!r} ({store.display_url}): no answer within {PROBE_TIMEOUT:g}s"
+            failures[name] = f"remote {name!r} ({store.display_url}): no answer within {limit:g}s"
 
     async with trio.open_nursery() as n:
         for name, store in m.stores.items():
-            n.start_soon(one, name, store)
+            if names is None or name in names:
+                n.start_soon(one, name, store)
     return failures
+
+
+async def watch_unreachable(m: Mount, interval: float = RECONNECT_INTERVAL) -> None:
+    """Probe remotes that were unreachable until they answer; `status` follows (uploads retry on their own)."""
+    delay = interval
+    while True:
+        await trio.sleep(delay)
+        if not m.unreachable:
+            delay = interval
+            continue
+        still = await probe_remotes(m, list(m.unreachable))
+        for name in list(m.unreachable):
+            if name not in still:
+                log.info("remote %r is reachable again", name)
+                del m.unreachable[name]
+            else:
+                m.unreachable[name] = still[name]
+        delay = interval if not still else min(delay * 2, RECONNECT_MAX)
 
 
 def _set_read_ahead(mountpoint: str, kb: int) -> None:
@@ -237,6 +260,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
                 m.metrics_url = await nursery.start(metrics.serve, m.config.name, m.config.metrics.address,
                                                     lambda: metrics_snapshot(m)) or None
             nursery.start_soon(_signals, m)
+            nursery.start_soon(watch_unreachable, m)
             await trio.to_thread.run_sync(_set_read_ahead, m.mountpoint, m.config.mount.read_ahead_kb)
             await trio.to_thread.run_sync(os.stat, m.mountpoint)  # answers: the mount is ready
             log.info("mounted %s at %s (%s)", m.config.name, m.mountpoint,

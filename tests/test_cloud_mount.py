@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import REMOTE_KIND_FIXTURE, S3Server
+from tests.conftest import mountd_cmd
+from tests.servers import REMOTE_KIND_FIXTURE, CountingProxy, ErrorServer, S3Server, free_port, remote_block
 
 
 def test_s3_mount_write_upload_read_back_list(make_repo, s3_server: S3Server):
@@ -116,3 +117,87 @@ def test_several_clouds_in_one_mount_with_a_read_only_remote(make_repo, s3_serve
     assert gcs_server.objects(gcs_bucket) == {"datasets/val.csv": b"id,label\n1,cat\n"}
     st = repo.status()
     assert {r["name"]: r["read_only"] for r in st["remotes"]} == {"models": False, "runs": False, "data": True}
+
+
+# --- errors at mount time and from `mountd check` ---------------------------------------------------
+
+
+@pytest.fixture
+def broken_remotes(s3_server, s3_persistent_server, azurite_server):
+    """A config body with one good remote and one of each failure; yields (toml, cleanup objects)."""
+    good = s3_server.new_bucket()
+    s3_server.put(good, "models/w.bin", b"weights")
+    errors = ErrorServer(500)
+    stall = CountingProxy(s3_server.port)
+    stall.stall()
+    denied_bucket = s3_persistent_server.new_bucket()
+    az = azurite_server.new_bucket()
+    toml = (s3_server.remote_toml("good", good, "/good")
+            + azurite_server.remote_toml("azgood", az, "/az")
+            + s3_server.remote_toml("nobucket", "no-such-bucket", "/nobucket")
+            + s3_server.remote_toml("down", good, "/down", endpoint_url=f"http://127.0.0.1:{free_port()}")
+            + s3_server.remote_toml("broken", good, "/broken", endpoint_url=errors.endpoint_url)
+            + s3_server.remote_toml("stalled", good, "/stalled", endpoint_url=stall.endpoint_url)
+            + remote_block("denied", s3_persistent_server.url(denied_bucket), "/denied",
+                           {**s3_persistent_server.options(), "secret": "wrong-secret-value"}))
+    yield toml
+    errors.close()
+    stall.close()
+
+
+EXPECTED_FAILURES = {
+    "nobucket": "'no-such-bucket' of s3://no-such-bucket does not exist",
+    "down": "unreachable",
+    "broken": "HTTP 500",
+    "stalled": "no answer",
+    "denied": "access denied",
+}
+
+
+def test_check_names_each_failing_remote(tmp_path, broken_remotes):
+    cfg = tmp_path / "repo.toml"
+    cfg.write_text(f'[local]\npath = "{tmp_path}/local"\n[mount]\nread_timeout = "2s"\n' + broken_remotes)
+    r = mountd_cmd("check", str(cfg), "--write", "--timeout", "4s", check=False, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    by_remote: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        parts = line.split()
+        by_remote.setdefault(parts[1], []).append(line)
+    assert [ln.split()[0] for ln in by_remote["good"]] == ["ok", "ok", "ok"]  # list, read, write
+    assert "read 1 byte of 'models/w.bin'" in "\n".join(by_remote["good"])
+    assert [ln.split()[0] for ln in by_remote["azgood"]] == ["ok", "skip", "ok"]  # empty: nothing to read
+    for name, text in EXPECTED_FAILURES.items():
+        assert len(by_remote[name]) == 1 and by_remote[name][0].split()[0] == "FAIL", by_remote[name]
+        assert f"remote '{name}'" in by_remote[name][0] and text in by_remote[name][0], by_remote[name][0]
+    assert "wrong-secret-value" not in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert "5 check(s) failed" in r.stderr
+    assert s3_server_keys_unchanged(r)
+
+
+def s3_server_keys_unchanged(r) -> bool:
+    return ".mountd-check-" not in r.stdout or "wrote and deleted" in r.stdout
+
+
+def test_mount_refuses_broken_remotes_with_require_remotes_and_mounts_without(make_repo, broken_remotes):
+    repo = make_repo(remote_toml=broken_remotes)
+    repo.config.write_text(repo.config.read_text().replace('listing_ttl = "1h"', 'listing_ttl = "1h"\nread_timeout = "2s"'))
+    r = mountd_cmd("mount", str(repo.config), str(repo.mp), "--foreground", "--require-remotes", check=False,
+                   timeout=120)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mountd: error: remote '"), r.stderr
+    assert any(f"remote '{n}'" in err[0] for n in EXPECTED_FAILURES), err
+    assert "Traceback" not in r.stderr and "wrong-secret-value" not in r.stderr
+    repo.expected_log_errors.append("unreachable")
+    repo.start()  # without --require-remotes: mounts, serves the good remotes
+    assert (repo.mp / "good" / "models" / "w.bin").read_bytes() == b"weights"
+    st = {x["name"]: x for x in repo.status()["remotes"]}
+    assert st["good"]["reachable"] and st["azgood"]["reachable"]
+    for name, text in EXPECTED_FAILURES.items():
+        assert not st[name]["reachable"] and f"remote '{name}'" in st[name]["error"], st[name]
+        assert text in st[name]["error"] or (name == "stalled" and "no answer" in st[name]["error"])
+    for name in EXPECTED_FAILURES:
+        assert f"remote '{name}'" in repo.log()
+    assert "wrong-secret-value" not in repo.log()
