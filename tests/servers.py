@@ -243,13 +243,14 @@ class S3Server(Server):
         if self.persistent:
             (self.workdir / "data").mkdir(exist_ok=True)
             return [str(VENV_BIN / "rclone"), "serve", "s3", "--addr", f"{LOOPBACK}:{self.port}",
-                    "--auth-key", f"{self.key},{self.secret}", "--config", str(self.workdir / "rclone.conf"),
+                    "--config", str(self.workdir / "rclone.conf"),
                     "--cache-dir", str(self.workdir / "rclone-cache"), str(self.workdir / "data")]
         return [str(VENV_BIN / "moto_server"), "-H", LOOPBACK, "-p", str(self.port)]
 
     def env(self) -> dict[str, str]:
-        # moto spills objects over ~5 MiB to unlinked temp files in TMPDIR
-        return {**super().env(), "TMPDIR": str(self.workdir)}
+        # moto spills objects over ~5 MiB to unlinked temp files in TMPDIR; rclone reads its key from
+        # the environment (not argv, which `ps` shows)
+        return {**super().env(), "TMPDIR": str(self.workdir), "RCLONE_AUTH_KEY": f'"{self.key},{self.secret}"'}
 
     def options(self) -> dict[str, Any]:
         return {"endpoint_url": self.endpoint_url, "key": self.key, "secret": self.secret}

@@ -9,12 +9,22 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.conftest import mountd_cmd
-from tests.servers import REMOTE_KIND_FIXTURE, CountingProxy, ErrorServer, S3Server, free_port, remote_block
+from tests.servers import (
+    AZURITE_KEY,
+    REMOTE_KIND_FIXTURE,
+    CountingProxy,
+    ErrorServer,
+    S3Server,
+    free_port,
+    remote_block,
+)
 
 
 def test_s3_mount_write_upload_read_back_list(make_repo, s3_server: S3Server):
@@ -201,3 +211,101 @@ def test_mount_refuses_broken_remotes_with_require_remotes_and_mounts_without(ma
     for name in EXPECTED_FAILURES:
         assert f"remote '{name}'" in repo.log()
     assert "wrong-secret-value" not in repo.log()
+
+
+# --- offline, stalls, secrets -----------------------------------------------------------------------
+
+
+def _fast_timeouts(repo) -> None:
+    repo.config.write_text(repo.config.read_text().replace('listing_ttl = "1h"', 'listing_ttl = "1h"\nread_timeout = "2s"'))
+
+
+def _wait_status(repo, pred, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = repo.status()
+        if pred(st) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.2)  # status is polled: the daemon has no event to wait on from outside
+
+
+@pytest.mark.slow
+def test_offline_start_queues_writes_and_reconnects(make_repo, tmp_path):
+    server = S3Server(tmp_path / "s3", persistent=True)  # rclone serve s3 keeps data across restarts
+    server.start()
+    try:
+        bucket = server.new_bucket()
+        server.put(bucket, "seed.txt", b"seeded")
+        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data"))
+        _fast_timeouts(repo)
+        repo.start()  # cache the listing while online
+        assert (repo.data / "seed.txt").read_bytes() == b"seeded"
+        repo.stop()
+        server.stop()
+        repo.expected_log_errors.append("unreachable")
+        repo.start()  # offline: mounts anyway
+        st = repo.status()
+        assert not st["remotes"][0]["reachable"] and "remote 'main'" in st["remotes"][0]["error"]
+        assert "seed.txt" in os.listdir(repo.data)  # listing served from the local metadata
+        (repo.data / "new.txt").write_bytes(b"written offline")
+        assert (repo.data / "new.txt").read_bytes() == b"written offline"
+        assert repo.status()["pending_uploads"] == 1
+        server.start()  # same port
+        repo.sync(timeout=60)
+        assert server.get(bucket, "new.txt") == b"written offline"
+        st = _wait_status(repo, lambda s: s["remotes"][0]["reachable"])
+        assert st["remotes"][0]["reachable"], st["remotes"][0]
+        assert "reachable again" in repo.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_stalled_remote_reads_fail_eio_and_writes_queue(make_repo, s3_server, counting_proxy):
+    bucket = s3_server.new_bucket()
+    s3_server.put(bucket, "cold.bin", os.urandom(100_000))
+    proxy = counting_proxy(s3_server)
+    repo = make_repo(remote_toml=s3_server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
+    _fast_timeouts(repo)
+    repo.start()
+    assert os.listdir(repo.data) == ["cold.bin"]
+    os.stat(repo.data / "cold.bin")
+    proxy.stall()
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as e, open(repo.data / "cold.bin", "rb") as f:
+        f.read(4096)
+    assert e.value.errno == errno.EIO
+    assert time.monotonic() - t0 < 30
+    (repo.data / "queued.txt").write_bytes(b"waits for the server")
+    assert repo.status()["pending_uploads"] >= 1
+    proxy.resume()
+    repo.sync(timeout=60)
+    assert s3_server.get(bucket, "queued.txt") == b"waits for the server"
+
+
+def test_secrets_never_in_debug_logs_status_or_ps(make_repo, s3_persistent_server, azurite_server):
+    s3_bucket, az_bucket = s3_persistent_server.new_bucket(), azurite_server.new_bucket()
+    remotes = (s3_persistent_server.remote_toml("s3", s3_bucket, "/s3")
+               + azurite_server.remote_toml("az", az_bucket, "/az")
+               + remote_block("bad", s3_persistent_server.url(s3_bucket), "/bad",
+                              {**s3_persistent_server.options(), "secret": "wrong-but-secret-value-42"}))
+    repo = make_repo(remote_toml=remotes)  # MountedRepo runs the daemon with --log-level DEBUG
+    repo.expected_log_errors.append("access denied")
+    repo.start()
+    (repo.mp / "s3" / "f.txt").write_bytes(b"x" * 1000)
+    (repo.mp / "az" / "g.txt").write_bytes(b"y" * 1000)
+    repo.sync(repo.mp / "s3")
+    repo.sync(repo.mp / "az")
+    assert (repo.mp / "s3" / "f.txt").read_bytes() == b"x" * 1000
+    os.listdir(repo.mp / "bad")
+    status = mountd_cmd("status", str(repo.mp), "--json").stdout + mountd_cmd("status", str(repo.mp)).stdout
+    ps = "\n".join(line for line in subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True,
+                                                     text=True).stdout.splitlines() if " -m mountd " in line)
+    assert str(repo.config) in ps  # the daemon's own command line is there
+    secrets = [s3_persistent_server.secret, "wrong-but-secret-value-42", AZURITE_KEY, AZURITE_KEY[:20]]
+    log = repo.log()
+    assert "DEBUG" in log and "access denied" in log
+    for secret in secrets:
+        assert secret not in log, f"secret in the daemon log: {secret[:6]}..."
+        assert secret not in status
+        assert secret not in ps
