@@ -144,6 +144,12 @@ class RemoteConfig(_Model):
             raise ValueError(f"at must not contain '.' or '..' (got {v!r})")
         return "/" + "/".join(parts)
 
+    @model_validator(mode="after")
+    def _links_are_read_only(self) -> RemoteConfig:
+        if self.scheme == "links":  # a list of other objects' URLs: nothing to write to
+            object.__setattr__(self, "read_only", True)
+        return self
+
     @property
     def scheme(self) -> str:
         return self.url.split("://", 1)[0]

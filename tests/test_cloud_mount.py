@@ -24,6 +24,7 @@ from tests.servers import (
     S3Server,
     free_port,
     remote_block,
+    toml_inline,
 )
 
 
@@ -309,3 +310,47 @@ def test_secrets_never_in_debug_logs_status_or_ps(make_repo, s3_persistent_serve
         assert secret not in log, f"secret in the daemon log: {secret[:6]}..."
         assert secret not in status
         assert secret not in ps
+
+
+def test_links_remote_shows_listed_objects_read_only(make_repo, tmp_path, s3_server, gcs_server):
+    s3_bucket, gcs_bucket = s3_server.new_bucket(), gcs_server.new_bucket()
+    weights = os.urandom(300_000)
+    s3_server.put(s3_bucket, "models/v1/weights.bin", weights)
+    gcs_server.put(gcs_bucket, "sets/val.csv", b"a,b\n")
+    local = tmp_path / "elsewhere"
+    local.mkdir()
+    (local / "notes.txt").write_bytes(b"on disk")
+    links = tmp_path / "links.txt"
+    links.write_text("\n".join([
+        "# objects we keep elsewhere",
+        f"s3://{s3_bucket}/models/v1/weights.bin",
+        f"gs://{gcs_bucket}/sets/val.csv",
+        f"file://{local}/notes.txt",
+        "not a url",
+        f"s3://{s3_bucket}/other/weights.bin",  # the name is taken by the first line
+        "",
+    ]))
+    s3_opts, gcs_opts = s3_server.options(), gcs_server.options()
+    remote = (f'\n[[remote]]\nname = "refs"\nurl = "links://{links}"\nat = "/refs"\n'
+              f"options.s3 = {toml_inline(s3_opts)}\noptions.gs = {toml_inline(gcs_opts)}\n")
+    repo = make_repo(remote_toml=remote)
+    repo.start()
+    assert sorted(os.listdir(repo.mp / "refs")) == ["notes.txt", "val.csv", "weights.bin"]
+    assert os.stat(repo.mp / "refs" / "weights.bin").st_size == len(weights)
+    with open(repo.mp / "refs" / "weights.bin", "rb") as f:
+        f.seek(100_000)
+        assert f.read(1000) == weights[100_000:101_000]
+    assert (repo.mp / "refs" / "val.csv").read_bytes() == b"a,b\n"
+    assert (repo.mp / "refs" / "notes.txt").read_bytes() == b"on disk"
+    for attempt in (lambda: (repo.mp / "refs" / "new.txt").write_bytes(b"x"),
+                    lambda: (repo.mp / "refs" / "val.csv").unlink(),
+                    lambda: open(repo.mp / "refs" / "notes.txt", "r+b")):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS
+    st = repo.status()
+    assert st["pending_uploads"] == 0 and st["statistics"]["vfs"]["materialized"] == 0  # nothing copied
+    assert s3_server.keys(s3_bucket) == ["models/v1/weights.bin"]
+    log = repo.log()
+    assert "line 5 is not an object URL" in log and "the name 'weights.bin' is taken" in log
+    assert {r["name"]: r["read_only"] for r in st["remotes"]} == {"refs": True}

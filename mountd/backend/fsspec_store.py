@@ -554,8 +554,8 @@ class FileStore(FsspecStore):
                 elif not p.is_dir():
                     p.unlink()
                     self._prune_parents(p)
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # a "parent" that is a file: the key does not exist, as in a bucket
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         with self._translate("set metadata", key):
@@ -1211,7 +1211,7 @@ def store_tuning(config: RepoConfig) -> StoreTuning:
                        multipart_chunk=wb.multipart_chunk, concurrency=min(8, max(2, wb.concurrency)))
 
 
-def open_store(remote: RemoteConfig, *, timeout: float | None = None, tuning: StoreTuning | None = None) -> FsspecStore:
+def open_store(remote: RemoteConfig, *, timeout: float | None = None, tuning: StoreTuning | None = None) -> Any:
     """Build the filesystem of one remote explicitly (no fsspec instance cache); no network yet."""
     tuning = tuning or StoreTuning()
     if timeout is not None:
@@ -1221,6 +1221,10 @@ def open_store(remote: RemoteConfig, *, timeout: float | None = None, tuning: St
     opts = dict(remote.options)
     guard_secrets(opts)
     with _Translate(remote.name, remote.display_url)("connect"):
+        if scheme == "links":
+            from mountd.backend.links import LinksStore
+
+            return LinksStore(remote, tuning)
         if scheme == "file":
             from fsspec.implementations.local import LocalFileSystem
 
