@@ -10,9 +10,12 @@ results are written back only if the inode did not change meanwhile (else it run
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import stat
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -26,6 +29,8 @@ from mountd.writeback.uploader import Retry
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 8 << 20
+HIDDEN_PREFIX = ".mountd-tmp-"  # names every store's listing skips (backend TMP_PREFIX)
+KEY_WAIT = 30.0  # seconds an entry waits for a key another entry copies or overwrites, then retries
 
 
 def sha256_file(path: Path) -> str:
@@ -42,9 +47,13 @@ class Reconciler:
         self.meta = fs.meta
         self.dedup = dedup
         self._uploading: dict[tuple[str, str], trio.Event] = {}  # (remote, sha256) being uploaded now
+        # overwriting a key and copying from it exclude each other (see `_evacuate`)
+        self._copying_from: dict[tuple[str, str], int] = {}  # (remote, key) read by copies now
+        self._writing: set[tuple[str, str]] = set()  # (remote, key) about to be overwritten
+        self._keys_changed = trio.Event()
         self.stats = {"uploads": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
                       "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0,
-                      "ignored": 0, "verify_failures": 0}
+                      "ignored": 0, "verify_failures": 0, "evacuated": 0}
 
     async def apply(self, entry: JournalEntry) -> None:
         store = self.fs.stores[entry.remote]
@@ -99,14 +108,23 @@ class Reconciler:
     async def _put_symlink(self, store: ObjectStore, node: Inode, key: str) -> None:
         if node.remote_key == key and not node.attrs_dirty:
             return
-        gen = node.attr_gen
-        target = node.target or b""
-        info = await trio.to_thread.run_sync(store.put_bytes, key, target, self._meta_of(node, None))
+        async with self._overwriting(store, node, key):
+            node = self.meta.get(node.ino) or node
+            gen = node.attr_gen
+            target = node.target or b""
+            info = await trio.to_thread.run_sync(store.put_bytes, key, target, self._meta_of(node, None))
         self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
 
     async def _sync_file(self, store: ObjectStore, node: Inode, key: str) -> None:
         if self.fs.is_open_for_write(node.ino):
             raise Retry("the file is open for writing; it uploads after the last close")
+        if (node.has_local and node.content_dirty) or (node.remote_key not in (key, None)):
+            async with self._overwriting(store, node, key):
+                await self._write_file(store, await self._stable_source(node, key), key)
+        else:
+            await self._write_file(store, node, key)
+
+    async def _write_file(self, store: ObjectStore, node: Inode, key: str) -> None:
         content_gen, attr_gen = node.content_gen, node.attr_gen
         if node.has_local and node.content_dirty:
             await self._upload(store, node, key, content_gen, attr_gen)
@@ -115,7 +133,7 @@ class Reconciler:
                 return
             meta = self._meta_of(node, node.sha256)
             try:
-                info = await trio.to_thread.run_sync(store.copy, node.remote_key, key, meta)
+                info = await self._copy(store, node.remote or "", node.remote_key, key, meta)
             except ObjectNotFound:
                 if node.has_local:
                     await self._upload(store, node, key, content_gen, attr_gen)
@@ -127,6 +145,83 @@ class Reconciler:
             info = await trio.to_thread.run_sync(store.set_metadata, key, self._meta_of(node, node.sha256))
             self.stats["metadata_updates"] += 1
             self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
+
+    def _signal_keys(self) -> None:
+        self._keys_changed.set()
+        self._keys_changed = trio.Event()
+
+    async def _wait_keys(self, why: str) -> None:
+        with trio.move_on_after(KEY_WAIT):
+            await self._keys_changed.wait()
+            return
+        raise Retry(why)
+
+    async def _copy(self, store: ObjectStore, remote: str, src: str, dst: str, meta: dict[str, str] | None,
+                    *, own_key: bool = False) -> ObjectInfo:
+        """A server-side copy; `src` is not overwritten while it runs (`own_key`: we hold `src`)."""
+        ident = (remote, src)
+        while not own_key and ident in self._writing:
+            await self._wait_keys(f"{src!r} is being overwritten")
+        self._copying_from[ident] = self._copying_from.get(ident, 0) + 1
+        try:
+            return await trio.to_thread.run_sync(store.copy, src, dst, meta)
+        finally:
+            self._copying_from[ident] -= 1
+            if not self._copying_from[ident]:
+                del self._copying_from[ident]
+            self._signal_keys()
+
+    @contextlib.asynccontextmanager
+    async def _overwriting(self, store: ObjectStore, node: Inode, key: str) -> AsyncIterator[None]:
+        """Hold `key` for overwriting: copies from it finish first, new ones wait; others' bytes saved."""
+        ident = (node.remote or "", key)
+        while ident in self._copying_from:
+            await self._wait_keys(f"{key!r} is being copied")
+        self._writing.add(ident)
+        try:
+            await self._evacuate(store, node, key)
+            yield
+        finally:
+            self._writing.discard(ident)
+            self._signal_keys()
+
+    async def _stable_source(self, node: Inode, key: str) -> Inode:
+        """The inode re-read until the key its bytes live at is not being overwritten by another entry.
+
+        Returns without an await after the last check, so the copy that follows starts unopposed."""
+        while True:
+            fresh = self.meta.get(node.ino) or node
+            src = fresh.remote_key
+            if src is None or src == key or (fresh.remote or "", src) not in self._writing:
+                return fresh
+            await self._wait_keys(f"{src!r} is being overwritten")
+
+    async def _evacuate(self, store: ObjectStore, node: Inode, key: str) -> None:
+        """Before `key` is overwritten, save the bytes other inodes still take from it.
+
+        After renames such as `mv a b; mv c a` (log rotation) or RENAME_EXCHANGE, the object at
+        `key` may be the only copy of another file's content, not yet copied to that file's new
+        key. Overwriting it first would give that file the new bytes. So its object is copied
+        to a hidden key, those inodes point there, and the hidden key is journaled (deleted
+        once nothing needs it)."""
+        remote = node.remote or ""
+        for other in self.meta.inodes_with_remote_key(remote, key):
+            if other.ino == node.ino or (other.has_local and other.content_dirty):
+                continue
+            now = self.fs.key_of(other.ino, other)
+            if now is None or now[1] == key:
+                continue
+            parent = key.rpartition("/")[0]
+            hidden = (parent + "/" if parent else "") + f"{HIDDEN_PREFIX}moved-{uuid.uuid4().hex}"
+            info = await self._copy(store, remote, key, hidden, None, own_key=True)
+            with self.meta.transaction():
+                fresh = self.meta.get(other.ino)
+                if fresh is not None and fresh.remote_key == key:
+                    self.meta.update(other.ino, remote_key=hidden, remote_version=info.version)
+                self.fs.journal.put(remote, hidden)  # deleted once every inode copied away from it
+            self._signal_keys()
+            self.stats["evacuated"] += 1
+            log.debug("saved %r of inode %d at %r before overwriting it", key, other.ino, hidden)
 
     async def _upload(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int) -> None:
         path = self.fs.local.path_for(node.ino)
@@ -189,7 +284,7 @@ class Reconciler:
                     head = await trio.to_thread.run_sync(store.set_metadata, key, meta)
                 self.stats["dedup_skipped"] += 1
                 return head
-            info = await trio.to_thread.run_sync(store.copy, src_key, key, meta)
+            info = await self._copy(store, remote, src_key, key, meta)
             self.stats["dedup_copied"] += 1
             return info
         return None
