@@ -412,6 +412,7 @@ def test_forget_drops_the_chunks_of_an_old_version(tmp_path):
     run(main)
 
 
+@pytest.mark.slow
 def test_restart_with_10000_chunks_is_ready_within_a_second_and_reads_without_gets(tmp_path):
     env = Env(tmp_path, tiers={"t": {"max_size": "1G", "expires": "7d"}})
     src = tmp_path / "src"

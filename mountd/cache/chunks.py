@@ -111,7 +111,7 @@ class ChunkCache:
         self._rules = rules_from_config(cfg.tiers)
         self._read_whole = {r.name: r.read_whole for r in config.remote if r.read_whole}
         self._max_ahead = max(1, cfg.prefetch // cfg.chunk_size)
-        self._get_limiter = trio.CapacityLimiter(max(cfg.fetch_concurrency, 2))
+        self._get_limiter = trio.CapacityLimiter(cfg.fetch_concurrency)
         self._parallel = cfg.fetch_concurrency
         self._lock_fd = self._lock(config.cache_path)
         try:
@@ -300,8 +300,10 @@ class ChunkCache:
         data = await self._fetch(ident, index)
         return data[offset:offset + size]
 
-    async def _fetch(self, ident: _Ident, index: int) -> bytes:
-        """One GET per missing chunk however many callers want it; the chunk is then admitted."""
+    async def _fetch(self, ident: _Ident, index: int, *, background: bool = False) -> bytes:
+        """One GET per missing chunk however many callers want it; the chunk is then admitted.
+        Background fetches (prefetch, read_whole, pins) share `fetch_concurrency` GETs; a reader's
+        own fetch never queues behind them."""
         key = chunk_key(ident.base, index)
         while (flight := self._inflight.get(key)) is not None:
             await flight.done.wait()
@@ -311,7 +313,11 @@ class ChunkCache:
                 raise flight.error
         flight = self._inflight[key] = _Flight()
         try:
-            data = await self._get(ident, index)
+            if background:
+                async with self._get_limiter:
+                    data = await self._get(ident, index)
+            else:
+                data = await self._get(ident, index)
             flight.data = data
         except MountdError as e:
             flight.error = e
@@ -333,8 +339,7 @@ class ChunkCache:
         self._stats.misses += 1
         try:
             with trio.move_on_after(self._timeout) as scope:
-                data = await trio.to_thread.run_sync(store.read_range, obj.key, start, stop, abandon_on_cancel=True,
-                                                     limiter=self._get_limiter)
+                data = await trio.to_thread.run_sync(store.read_range, obj.key, start, stop, abandon_on_cancel=True)
         except RemoteError:
             self._stats.errors += 1
             raise
@@ -404,7 +409,7 @@ class ChunkCache:
         if self._cached(chunk_key(ident.base, index)):
             return
         try:
-            await self._fetch(ident, index)
+            await self._fetch(ident, index, background=True)
         except RemoteError as e:
             # the reader that needs this chunk gets the error itself when it reads it
             self._stats.prefetch_errors += 1
@@ -499,7 +504,7 @@ class ChunkCache:
                 self._note_pinned(obj, ident.base)
             return adopted
         finally:
-            await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+            path.unlink(missing_ok=True)  # left only when it was copied, not renamed
 
     # ------------------------------------------------------------------------------------------
     # pins
@@ -574,7 +579,7 @@ class ChunkCache:
                 await self.pinned.admit(key, data, length)
                 continue
             try:
-                await self._fetch(ident, index)
+                await self._fetch(ident, index, background=True)
             except RemoteError as e:
                 log.warning("pin: cannot fetch %s:%s: %s", ident.obj.remote, ident.obj.key, e)
                 return False
