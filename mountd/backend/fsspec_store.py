@@ -105,6 +105,8 @@ def guard_secrets(options: Mapping[str, Any]) -> None:
         lg = logging.getLogger(name)
         if lg.getEffectiveLevel() < logging.WARNING:
             lg.setLevel(logging.WARNING)
+    # gcsfs logs a traceback at ERROR each time it gives up on a request; the error reaches us anyway
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     for handler in logging.getLogger().handlers:
         if SECRETS not in handler.filters:
             handler.addFilter(SECRETS)
