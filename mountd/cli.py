@@ -60,7 +60,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("source")
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint", type=click.Path())  # checked by daemon.check_mountpoint, in one line
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (logs to stderr).")
 @click.option("--require-remotes", is_flag=True, help="Fail instead of mounting when a remote is unreachable.")
 @click.option("--log-level", default="INFO", show_default=True,

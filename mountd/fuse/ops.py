@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Sequence
@@ -289,7 +290,34 @@ def mount_options(*, fsname: str, allow_other: bool, default_permissions: bool, 
 
 
 def init(ops: MountdOperations, mountpoint: str, options: set[str]) -> None:
-    pyfuse3.init(ops, mountpoint, options)
+    """Mount; on failure raise RuntimeError with libfuse's own reason and what to do about it.
+
+    libfuse (and fusermount3, which it runs when we lack CAP_SYS_ADMIN) print the reason of a
+    failed mount on file descriptor 2: it is captured here so the user gets one line."""
+    with tempfile.TemporaryFile() as said:
+        saved = os.dup(2)
+        os.dup2(said.fileno(), 2)
+        try:
+            pyfuse3.init(ops, mountpoint, options)
+            failure = None
+        except RuntimeError as e:
+            failure = e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        said.seek(0)
+        text = "; ".join(line.strip() for line in said.read().decode(errors="replace").splitlines() if line.strip())
+    if failure is None:
+        if text:
+            log.warning("libfuse: %s", text)
+        return
+    reason = text or str(failure)
+    if "not permitted" in reason or "ermission denied" in reason:
+        reason += (" (mounting needs root with CAP_SYS_ADMIN, or fusermount3 from the fuse3 package;"
+                   " in a container: --cap-add SYS_ADMIN --device /dev/fuse)")
+    elif "allow_other" in reason:
+        reason += " (set user_allow_other in /etc/fuse.conf, or mount as root)"
+    raise RuntimeError(reason) from None
 
 
 async def serve() -> None:

@@ -568,9 +568,20 @@ class Filesystem:
         self._check_name(name)
         d = await self._dir(parent)
         self._writable_area(d)
+        self._check_remote_name(d, name)
         if self.meta.lookup(parent, name) is not None:
             raise _err(errno.EEXIST)
         return d
+
+    @staticmethod
+    def _check_remote_name(d: Inode, name: bytes) -> None:
+        """Object keys are UTF-8: a name that is not cannot live under a remote (EILSEQ, as ZFS utf8only)."""
+        if d.remote is None:
+            return
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _err(errno.EILSEQ, "names under a remote must be valid UTF-8") from None
 
     def _touch_dir(self, ino: int, now: int) -> None:
         self.meta.update(ino, mtime_ns=now, ctime_ns=now)
@@ -966,6 +977,7 @@ class Filesystem:
             raise _err(errno.EINVAL)
         d_old = await self._dir(parent_old)
         d_new = await self._dir(parent_new)
+        self._check_remote_name(d_new, name_new)
         ino = self.meta.lookup(parent_old, name_old)
         if ino is None:
             raise _err(errno.ENOENT)
