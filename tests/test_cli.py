@@ -8,6 +8,7 @@ Each case runs the real `mountd` command in a subprocess, the way a user would. 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from mountd.config import (
+    CacheConfig,
+    LocalConfig,
+    MetricsConfig,
+    MountOptions,
+    RemoteConfig,
+    RepoConfig,
+    TierConfig,
+    WritebackConfig,
+    load_config,
+)
 from tests.conftest import PYTHON, REPO, is_mounted, mountd_cmd
 
 
@@ -159,6 +171,42 @@ def test_secrets_never_echoed_in_config_errors(tmp_path):
     line = one_error_line(r)
     assert "verysecretvalue" not in r.stderr and "alsosecret" not in r.stderr
     assert "`remote[0].at`" in line
+
+
+def _doc_sections() -> dict[str, str]:
+    """docs/configuration.md split at its level-2 headings."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def test_configuration_doc_describes_every_field():
+    sections = _doc_sections()
+    models = {"Top level": (RepoConfig, {"name"}), "`[[remote]]`": (RemoteConfig, None),
+              "`[local]`": (LocalConfig, None), "`[cache]`": (CacheConfig, None),
+              "`[writeback]`": (WritebackConfig, None), "`[mount]`": (MountOptions, None),
+              "`[metrics]`": (MetricsConfig, None)}
+    for heading, (model, only) in models.items():
+        body = next(b for h, b in sections.items() if h.startswith(heading))
+        documented = set(re.findall(r"^\| `([a-z_]+)` \|", body, flags=re.MULTILINE))
+        fields = set(only or model.model_fields)
+        if model is CacheConfig:
+            fields |= set(TierConfig.model_fields)
+        assert documented == fields, f"{heading}: missing {fields - documented}, stale {documented - fields}"
+
+
+def test_configuration_doc_examples_load(tmp_path):
+    text = (REPO / "docs" / "configuration.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        if "[[remote]]" not in block:  # a fragment: add the one required table
+            block += '\n[[remote]]\nname = "r"\nurl = "file:///srv/bucket"\n'
+        cfg = load_config(write_config(tmp_path / f"example{i}.toml", block))
+        assert cfg.remote
+    cfg = load_config(write_config(tmp_path / "full.toml", next(b for b in blocks if 'name = "team-a"' in b)))
+    assert cfg.name == "team-a" and cfg.local.max_dirty == 20 << 30 and cfg.writeback.delay == 2.0
+    assert [r.at for r in cfg.remote] == ["/models", "/datasets"] and cfg.remote[1].read_only
 
 
 # ---------------------------------------------------------------------------------------------
