@@ -420,7 +420,7 @@ async def _cache_control(m: Mount, op: str, req: dict[str, Any]) -> AsyncIterato
             result = await m.reader.unpin(path)
             if not result["pinned"]:
                 yield {"ok": False, "error": f"{path} is not pinned (pinned: "
-                       f"{', '.join(p['path'] for p in m.reader.pins.describe()) or 'nothing'})"}
+                       f"{', '.join(str(p['path']) for p in m.reader.pins.describe()) or 'nothing'})"}
                 return
             yield {"ok": True, "result": result}
         elif op == "cache_stats":

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 .venv/bin/ruff check mountd tests bench
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -ra "$@"

@@ -169,7 +169,7 @@ def _decode_tag(tag: object) -> tuple[tuple[int, ...], float] | None:
 
 
 def _file_crcs(path: Path) -> tuple[int, ...]:
-    out = []
+    out: list[int] = []
     with open(path, "rb") as f:
         while True:
             block = f.read(CRC_BLOCK)
@@ -329,7 +329,7 @@ class TierStore:
             first, last = offset // CRC_BLOCK, (offset + size - 1) // CRC_BLOCK
             todo = [b for b in range(first, last + 1) if not e.verified >> b & 1]
             if st.st_size != e.length:
-                return self._corrupt(e, "has the wrong size")
+                return self._corrupt_miss(e, "has the wrong size")
             if not todo:
                 return os.pread(e.fd, size, offset)
             start = first * CRC_BLOCK
@@ -337,11 +337,16 @@ class TierStore:
             view = memoryview(span)
             for b in todo:
                 if zlib.crc32(view[(b - first) * CRC_BLOCK:(b - first + 1) * CRC_BLOCK]) != e.crcs[b]:
-                    return self._corrupt(e, "does not match its checksum")
+                    return self._corrupt_miss(e, "does not match its checksum")
                 e.verified |= 1 << b
             return span[offset - start:offset - start + size]
         except OSError as err:
-            return self._corrupt(e, f"cannot be read ({err.strerror})")
+            return self._corrupt_miss(e, f"cannot be read ({err.strerror})")
+
+    def _corrupt_miss(self, e: Entry, why: str) -> bytes | None:
+        """Drop a damaged chunk; the caller returns this None as a miss."""
+        self._corrupt(e, why)
+        return None
 
     def _corrupt(self, e: Entry, why: str) -> None:
         log.warning("cache tier %r: chunk file %s %s; it is fetched again", self.name, e.filename, why)
