@@ -10,6 +10,7 @@ examples; the subtree is emptied between them.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import stat
@@ -28,6 +29,16 @@ paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
 payloads = st.binary(max_size=3000) | st.sampled_from([b"", b"x" * 70000])
 offsets = st.sampled_from([0, 1, 100, 4095, 4096, 65536, 70001])
 modes = st.sampled_from([0o644, 0o600, 0o755, 0o000, 0o777, 0o4755, 0o2750, 0o1777])
+
+
+libc = ctypes.CDLL(None, use_errno=True)
+RENAME_EXCHANGE = 2
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    if libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 def outcome(fn: Callable[[], object]) -> tuple[str, object]:
@@ -177,6 +188,10 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
         @rule(src=paths, dst=paths)
         def rename(self, src: str, dst: str) -> None:
             self.both(lambda root: os.rename(root / src, root / dst))
+
+        @rule(src=paths, dst=paths)
+        def exchange(self, src: str, dst: str) -> None:
+            self.both(lambda root: renameat2(root / src, root / dst, RENAME_EXCHANGE))
 
         @rule(path=paths)
         def unlink(self, path: str) -> None:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import trio
@@ -158,13 +158,20 @@ class Reconciler:
 
     async def _copy(self, store: ObjectStore, remote: str, src: str, dst: str, meta: dict[str, str] | None,
                     *, own_key: bool = False) -> ObjectInfo:
-        """A server-side copy; `src` is not overwritten while it runs (`own_key`: we hold `src`)."""
-        ident = (remote, src)
-        while not own_key and ident in self._writing:
+        """A server-side copy; `src` is not overwritten while it runs (`own_key`: the caller holds
+        `src` already, by `_overwriting` or `_reading_from`)."""
+        while not own_key and (remote, src) in self._writing:
             await self._wait_keys(f"{src!r} is being overwritten")
+        with self._reading_from(remote, src):
+            return await trio.to_thread.run_sync(store.copy, src, dst, meta)
+
+    @contextlib.contextmanager
+    def _reading_from(self, remote: str, key: str) -> Iterator[None]:
+        """While held, `_overwriting(key)` waits: the object at `key` stays what it was."""
+        ident = (remote, key)
         self._copying_from[ident] = self._copying_from.get(ident, 0) + 1
         try:
-            return await trio.to_thread.run_sync(store.copy, src, dst, meta)
+            yield
         finally:
             self._copying_from[ident] -= 1
             if not self._copying_from[ident]:
@@ -202,15 +209,17 @@ class Reconciler:
         After renames such as `mv a b; mv c a` (log rotation) or RENAME_EXCHANGE, the object at
         `key` may be the only copy of another file's content, not yet copied to that file's new
         key. Overwriting it first would give that file the new bytes. So its object is copied
-        to a hidden key, those inodes point there, and the hidden key is journaled (deleted
-        once nothing needs it)."""
+        to a hidden key, every other inode that takes its bytes from `key` points there, and
+        the hidden key is journaled (deleted once nothing needs it). Afterwards only the inode
+        being written claims `key`."""
         remote = node.remote or ""
         for other in self.meta.inodes_with_remote_key(remote, key):
             if other.ino == node.ino or (other.has_local and other.content_dirty):
                 continue
-            now = self.fs.key_of(other.ino, other)
-            if now is None or now[1] == key:
-                continue
+            # also one that is at `key` itself: it got there (exchange, rename back) after this
+            # entry chose its inode, and would wrongly believe `key` still holds its bytes
+            if self.fs.key_of(other.ino, other) is None:
+                continue  # unlinked (open only): its reads keep going to `key` as before
             parent = key.rpartition("/")[0]
             hidden = (parent + "/" if parent else "") + f"{HIDDEN_PREFIX}moved-{uuid.uuid4().hex}"
             info = await self._copy(store, remote, key, hidden, None, own_key=True)
@@ -236,9 +245,12 @@ class Reconciler:
         info: ObjectInfo | None = None
         if self.dedup:
             # identical content already on its way up: wait for it, then copy instead of sending it twice
-            while (busy := self._uploading.get((remote, sha))) is not None:
-                await busy.wait()
-            info = await self._dedup(store, remote, key, sha, meta, size)
+            while True:
+                while (busy := self._uploading.get((remote, sha))) is not None:
+                    await busy.wait()
+                info = await self._dedup(store, remote, key, sha, meta, size)
+                if info is not None or (remote, sha) not in self._uploading:
+                    break  # (another upload of the same content may have started during _dedup)
         if info is None:
             done = self._uploading[(remote, sha)] = trio.Event()
             try:
@@ -271,20 +283,24 @@ class Reconciler:
                      size: int) -> ObjectInfo | None:
         """An ObjectInfo when the content is already in the remote (skipped or copied), else None."""
         for src_key, version in self.meta.hash_lookup(remote, sha):
-            try:
-                head = await trio.to_thread.run_sync(store.head, src_key)
-            except ObjectNotFound:
-                with self.meta.transaction():
-                    self.meta.hash_forget(remote, src_key)
-                continue
-            if head.version != version or head.size != size or (head.metadata or {}).get("sha256", sha) != sha:
-                continue
-            if src_key == key:
-                if head.metadata is not None and dict(head.metadata) != meta:
-                    head = await trio.to_thread.run_sync(store.set_metadata, key, meta)
-                self.stats["dedup_skipped"] += 1
-                return head
-            info = await self._copy(store, remote, src_key, key, meta)
+            if src_key != key and (remote, src_key) in self._writing:
+                continue  # being overwritten: by the time we copied, its bytes might not be ours
+            # from the HEAD to the end of the copy, nobody overwrites src_key (see `_overwriting`)
+            with self._reading_from(remote, src_key):
+                try:
+                    head = await trio.to_thread.run_sync(store.head, src_key)
+                except ObjectNotFound:
+                    with self.meta.transaction():
+                        self.meta.hash_forget(remote, src_key)
+                    continue
+                if head.version != version or head.size != size or (head.metadata or {}).get("sha256", sha) != sha:
+                    continue
+                if src_key == key:
+                    if head.metadata is not None and dict(head.metadata) != meta:
+                        head = await trio.to_thread.run_sync(store.set_metadata, key, meta)
+                    self.stats["dedup_skipped"] += 1
+                    return head
+                info = await self._copy(store, remote, src_key, key, meta, own_key=True)
             self.stats["dedup_copied"] += 1
             return info
         return None
