@@ -862,8 +862,11 @@ class Filesystem:
             op.modified = True
             node = self._inode(h.ino)
             values: dict[str, object] = {}
-            if node.mode & (stat.S_ISUID | stat.S_ISGID) and h.uid != 0:
-                values["mode"] = node.mode & ~(stat.S_ISUID | stat.S_ISGID)
+            # as the kernel does (it also sends a SETATTR for it): a write by anyone but root drops
+            # setuid, and setgid when group-execute is set (without it setgid marks mandatory locking)
+            kill = stat.S_ISUID | (stat.S_ISGID if node.mode & stat.S_IXGRP else 0)
+            if node.mode & kill and h.uid != 0:
+                values["mode"] = node.mode & ~kill
             with self.meta.transaction():
                 self.meta.bump(h.ino, "content_gen")
                 self.meta.update(h.ino, ctime_ns=op.mtime_ns, **values)
