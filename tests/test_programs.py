@@ -215,6 +215,12 @@ def test_sqlite3_cli_and_python(mounted):
     con = sqlite3.connect(repo.remote_dir / "py.db")
     assert con.execute("SELECT COUNT(*) FROM kv").fetchone()[0] == 200 - 67 + 1
     con.close()
+    # mounted again: both copies answer queries through the mount (remote: read back from the remote)
+    repo.start()
+    for area in AREAS:
+        con = sqlite3.connect(f"file:{repo.mp / area / 'py.db'}?mode=ro", uri=True)
+        assert con.execute("SELECT COUNT(*) FROM kv WHERE k >= 1000").fetchone()[0] == 1
+        con.close()
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -249,6 +255,10 @@ def test_git_init_and_commit(mounted, tmp_path, area):
         assert held == {}
     else:
         assert "proj/.git/HEAD" in held
+    # a remount keeps the repository whole, local-only or not
+    repo.start()
+    assert git(wt, "log", "--format=%s").split() == ["second", "first"]
+    assert git(wt, "fsck", "--strict").strip() == "" and git(wt, "status", "--porcelain") == ""
 
 
 def test_python_zipfile(mounted):
