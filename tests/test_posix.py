@@ -14,6 +14,7 @@ import errno
 import fcntl
 import itertools
 import json
+import mmap
 import os
 import pickle
 import re
@@ -851,7 +852,22 @@ SEMANTICS_CASES: dict[str, Callable[[Path, MountedRepo], object]] = {
     "fallocate": lambda d, r: _fallocate(_file(d)),
     "o-tmpfile": lambda d, r: os.close(os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600)),
     "flock": lambda d, r: _flock(_file(d)),
+    "copy-file-range": lambda d, r: _copy_file_range(_file(d, data=b"abc" * 5000), d / "copy"),
+    "mmap-shared-write": lambda d, r: _mmap_write(_file(d, data=b"\0" * 8192)),
 }
+
+
+def _copy_file_range(src: Path, dst: Path) -> None:
+    with open(src, "rb") as a, open(dst, "wb") as b:
+        assert os.copy_file_range(a.fileno(), b.fileno(), 15000) == 15000
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def _mmap_write(p: Path) -> None:
+    with open(p, "r+b") as f, mmap.mmap(f.fileno(), 8192) as m:
+        m[4096:4101] = b"hello"
+        m.flush()
+    assert p.read_bytes()[4096:4101] == b"hello"
 
 
 def _fallocate(p: Path) -> None:
