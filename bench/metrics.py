@@ -90,6 +90,7 @@ class Results:
     machine: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    loadavg: dict[str, list[float]] = field(default_factory=dict)  # 1-min load average at each round's start
     notes: dict[str, str] = field(default_factory=dict)
     started: str = ""
     duration_s: float = 0.0

@@ -120,6 +120,9 @@ def goals_table(res: Results) -> str:
 
 def machine_table(res: Results) -> str:
     rows = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res.machine.items()]
+    if res.loadavg:
+        rows.append("| load average (1 min) at the start of each round | " + "; ".join(
+            f"{t} {', '.join(f'{v:g}' for v in res.loadavg[t])}" for t in _targets(res) if t in res.loadavg) + " |")
     rows.append(f"| run | {res.mode} mode, {res.sizes['reps']} repetition(s), started {res.started}, "
                 f"took {res.duration_s / 60:.1f} min |")
     return "\n".join(rows) + "\n"
@@ -165,8 +168,8 @@ def chart(res: Results, path: Path) -> None:
                 lo.append(med - min(vals))
                 hi.append(max(vals) - med)
         ax.bar(names, meds, color=[colors.get(n, "#999") for n in names], yerr=[lo, hi], capsize=3)
-        for i, v in enumerate(meds):
-            ax.annotate(num(v), (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+        for i, v in enumerate(meds):  # above the error bar, so the two never overlap
+            ax.annotate(num(v), (i, v + hi[i]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                         textcoords="offset points")
         arrow = "↑ higher is better" if m.higher_is_better else "↓ lower is better"
         ax.set_title(label(m, res.sizes, m.short), fontsize=10)

@@ -1,14 +1,15 @@
 """One benchmark run: seed the data, start the S3 server and the proxy, run every scenario on every target.
 
 Owns the work directory (server data, mountpoints, caches, logs, results.json). Targets run one
-after another, so they never compete with each other for the two cores; the results file is
-rewritten after each target, so a run that fails half way keeps what it measured. A target that
-fails is recorded with its error and the run goes on with the next one.
+after another, so they never compete with each other for the two cores, in rounds (each round runs
+every target once); the results file is rewritten after each target, so a run that fails half way
+keeps what it measured. A target that fails is recorded with its error and left out of later rounds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import sys
 import time
@@ -63,28 +64,27 @@ def seed(work: Path, server: S3Server, targets: list[Target], sizes: sc.Sizes) -
     return buckets
 
 
-def run_target(t: Target, server: S3Server, proxy: CountingProxy, sizes: sc.Sizes, res: Results, log: Log) -> None:
+def run_round(t: Target, server: S3Server, proxy: CountingProxy, sizes: sc.Sizes, rep: int, res: Results,
+              log: Log) -> None:
+    """Every scenario once on `t`, from a fresh mount with an empty cache."""
     def record(figures: dict[str, float], what: str) -> None:
         for k, v in figures.items():
             res.add(t.name, k, v)
-        log(f"  {t.name:7} {what}: " + ", ".join(f"{k}={v:,.1f}" for k, v in figures.items()))
+        log(f"  {t.name:7} {what} #{rep + 1}: " + ", ".join(f"{k}={v:,.1f}" for k, v in figures.items()))
 
+    res.loadavg.setdefault(t.name, []).append(round(os.getloadavg()[0], 2))
+    t.stop()
     t.clean()
     t.start()
-    for rep in range(sizes.reps):
-        record(sc.write_suite(t, server, sizes, rep), f"write #{rep + 1}")
-    for rep in range(sizes.reps):
-        record(sc.small_files_suite(t, sizes, rep), f"small files #{rep + 1}")
-    for rep in range(sizes.reps):
-        record(sc.read_suite(t, sizes), f"reads #{rep + 1}")
-    for rep in range(sizes.reps):
-        record(sc.list_cold(t, sizes), f"list #{rep + 1}")
+    record(sc.write_suite(t, server, sizes, rep), "write")
+    record(sc.small_files_suite(t, sizes, rep), "small files")
+    record(sc.read_suite(t, sizes), "reads")
+    record(sc.list_cold(t, sizes), "list")
     if t.is_mount:
         t.stop()
         t.clean()
         t.start(proxy.endpoint_url)
-        for rep in range(sizes.reps):
-            record(sc.dedup_suite(t, server, proxy, sizes, rep), f"dedup #{rep + 1}")
+        record(sc.dedup_suite(t, server, proxy, sizes, rep), "dedup")
     t.stop()
 
 
@@ -108,22 +108,27 @@ def run(work: Path, sizes: sc.Sizes, names: list[str], out: Path, mode: str, log
     proxy = CountingProxy(server.port)
     try:
         res.notes["server_warm_up_s"] = f"{server.warm_up(buckets):.1f}"
-        for t in targets:
-            log(f"bench: {t.name}")
-            try:
-                run_target(t, server, proxy, sizes, res, log)
-            except Exception as e:  # noqa: BLE001 - recorded and reported; the other targets still run
-                res.errors[t.name] = f"{type(e).__name__}: {e}"
-                log(f"bench: {t.name} FAILED: {res.errors[t.name]}")
-                traceback.print_exc(file=sys.stderr)
-            finally:
+        # rounds: every target once per round, so a change in the machine's load during the run
+        # spreads over all targets instead of favouring the ones measured while it was quiet
+        for rep in range(sizes.reps):
+            log(f"bench: round {rep + 1} of {sizes.reps}")
+            for t in targets:
+                if t.name in res.errors:
+                    continue
                 try:
-                    t.stop()
-                except Exception as e:  # noqa: BLE001
-                    log(f"bench: stopping {t.name} failed: {e}")
-                    fusermount_lazy(t.root)
-            res.duration_s = time.monotonic() - t0
-            res.save(out)
+                    run_round(t, server, proxy, sizes, rep, res, log)
+                except Exception as e:  # noqa: BLE001 - recorded and reported; the other targets still run
+                    res.errors[t.name] = f"{type(e).__name__}: {e}"
+                    log(f"bench: {t.name} FAILED: {res.errors[t.name]}")
+                    traceback.print_exc(file=sys.stderr)
+                finally:
+                    try:
+                        t.stop()
+                    except Exception as e:  # noqa: BLE001
+                        log(f"bench: stopping {t.name} failed: {e}")
+                        fusermount_lazy(t.root)
+                res.duration_s = time.monotonic() - t0
+                res.save(out)
     finally:
         proxy.close()
         server.stop()
