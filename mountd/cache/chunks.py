@@ -13,8 +13,10 @@ each object. It serves `read(obj, offset, size)` in chunks of `chunk_size`:
    tier its rules choose.
 
 Sequential readers grow a prefetch window (`ReadAhead`); opening an object that matches its
-remote's `read_whole` globs fetches all its chunks with parallel ranged GETs. Hits are served
-with `os.pread` on the trio thread; GETs, checksums and chunk writes run in worker threads.
+remote's `read_whole` globs fetches all its chunks with parallel ranged GETs; chunks ahead of a
+sequential reader that are already on disk are read into the page cache by the kernel
+(`TierStore.prepare`). Hits are served with `os.pread` on the trio thread; GETs, checksums and
+chunk writes run in worker threads.
 It never imports the vfs: pinning receives the objects to pin from the caller.
 """
 
@@ -401,7 +403,14 @@ class ChunkCache:
         return key in self._inflight or self._in_memory(key) is not None or self._find(key) is not None
 
     def _spawn_prefetch(self, ident: _Ident, index: int, *, count: bool = True) -> None:
-        if self._nursery is None or self._cached(chunk_key(ident.base, index)):
+        if self._nursery is None:
+            return
+        key = chunk_key(ident.base, index)
+        found = self._find(key)
+        if found is not None:  # on disk: the kernel reads it ahead of the reader
+            found[0].prepare(found[1])
+            return
+        if key in self._inflight or self._in_memory(key) is not None:
             return
         self._spawn(self._prefetch_one, ident, index, count)
 
