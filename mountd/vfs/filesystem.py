@@ -763,7 +763,12 @@ class Filesystem:
         self._page_cache_version[ino] = version
         opened = self._new_handle(ino, writable=writable, uid=ctx.uid, keep_cache=keep)
         if writable and flags & os.O_TRUNC:
-            self._open[ino].modified = True
+            # POSIX: O_TRUNC of an existing file marks mtime and ctime for update, even when it was empty
+            op = self._open[ino]
+            op.modified = True
+            op.mtime_ns = time.time_ns()
+            with self.meta.transaction():
+                self.meta.update(ino, mtime_ns=op.mtime_ns, ctime_ns=op.mtime_ns)
         return opened
 
     async def _revalidate(self, node: Inode) -> Inode:
