@@ -84,7 +84,10 @@ def _mapped(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
 
 
 class MountdOperations(pyfuse3.Operations):
-    enable_writeback_cache = True
+    # Write-through. Measured on kernel 6.18 with the kernel's writeback cache on: a page-cache
+    # re-read of 1 GiB ran at 3-4 GB/s (6-11 GB/s without it), and 1 GiB written until close at
+    # 0.2-0.6 GB/s (1.4 GB/s without), with a hundred SETATTRs on top of the 1 MiB WRITEs.
+    enable_writeback_cache = False
     supports_dot_lookup = True
 
     def __init__(self, fs: Filesystem) -> None:
