@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -51,6 +52,7 @@ XATTR_PREFIX = "user.mountd."
 READDIR_PAGE = 1000
 LISTING_RETRY = 5.0
 FREE_SPACE_CHECK_EVERY = 1 << 20
+METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
 
 
 def _err(code: int, message: str = "") -> PosixError:
@@ -108,6 +110,9 @@ class Filesystem:
         self._listing_failed_at: dict[int, float] = {}
         self._checked_at: dict[int, float] = {}  # inode -> when its remote version was last confirmed
         self._page_cache_version: dict[int, str] = {}
+        self._metadata_backlog: dict[int, None] = {}  # listed inodes the background pass will HEAD, in order
+        self._metadata_running: dict[int, trio.Event] = {}  # inodes it is HEADing now
+        self._metadata_workers = 0
         self._warned_keys: set[tuple[str, str]] = set()
         self._stats = _Stats()
         self.owner_uid = config.mount.uid if config.mount.uid is not None else os.getuid()
@@ -245,10 +250,55 @@ class Filesystem:
                     exact=bool(inode.meta_loaded))
 
     async def getattr(self, ino: int) -> Attr:
-        inode = self._inode(ino)
-        if not inode.meta_loaded:
-            inode = await self._load_metadata(inode)
-        return self._attr(inode)
+        return self._attr(await self._with_metadata(self._inode(ino)))
+
+    async def _with_metadata(self, inode: Inode) -> Inode:
+        """`inode` with the POSIX attributes its object stores (one HEAD the first time).
+
+        An inode that the background pass of a readdir is loading now is waited for; one it has
+        not reached yet is taken out of its backlog and loaded here at once."""
+        if inode.meta_loaded:
+            return inode
+        running = self._metadata_running.get(inode.ino)
+        if running is not None:
+            await running.wait()
+            inode = self._inode(inode.ino)
+            if inode.meta_loaded:
+                return inode
+        self._metadata_backlog.pop(inode.ino, None)
+        return await self._load_metadata(inode)
+
+    def _load_metadata_later(self, inos: list[int]) -> None:
+        """HEAD these listed inodes in the background, a few at a time, in order (after a readdir:
+        `ls -l` asks for every entry next, and one HEAD after the other would be slow)."""
+        for ino in inos:
+            if ino not in self._metadata_running:
+                self._metadata_backlog.setdefault(ino)
+        while self._metadata_workers < METADATA_CONCURRENCY and self._metadata_backlog:
+            self._metadata_workers += 1
+            trio.lowlevel.spawn_system_task(self._metadata_worker, name="mountd-metadata-pass")
+
+    async def _metadata_worker(self) -> None:
+        try:
+            while self._metadata_backlog:
+                ino = next(iter(self._metadata_backlog))
+                del self._metadata_backlog[ino]
+                done = self._metadata_running[ino] = trio.Event()
+                try:
+                    node = self.meta.get(ino)
+                    if node is not None and not node.meta_loaded:
+                        await self._load_metadata(node)
+                except MountdError as e:  # the inode went away, or the remote timed out: getattr retries
+                    log.debug("background metadata of inode %d: %s", ino, e)
+                except sqlite3.ProgrammingError:  # the db was closed: the mount is shutting down
+                    self._metadata_backlog.clear()
+                except Exception:  # a bug must not end the pass nor the daemon (this is a system task)
+                    log.exception("background metadata of inode %d failed unexpectedly", ino)
+                finally:
+                    del self._metadata_running[ino]
+                    done.set()
+        finally:
+            self._metadata_workers -= 1
 
     async def _load_metadata(self, inode: Inode) -> Inode:
         """HEAD an object seen only in a listing, for its POSIX attributes and sha256."""
@@ -294,7 +344,8 @@ class Filesystem:
         self._checked_at[inode.ino] = time.monotonic()
 
     async def setattr(self, ino: int, changes: SetAttr, fh: int | None, ctx: Ctx) -> Attr:
-        inode = self._inode(ino)
+        # the object's stored attributes first: the fields not changed here are written back with it
+        inode = await self._with_metadata(self._inode(ino))
         now = time.time_ns()
         values: dict[str, object] = {}
         if changes.size is not None:
@@ -339,6 +390,7 @@ class Filesystem:
         return self._attr(self._inode(ino))
 
     async def _truncate(self, inode: Inode, size: int) -> None:
+        inode = await self._with_metadata(inode)  # its upload carries the stored mode, owner and mtime
         if not inode.has_local:
             if size == 0:
                 with self.meta.transaction():
@@ -539,7 +591,7 @@ class Filesystem:
         ino = self.meta.lookup(parent, name)
         if ino is None:
             raise _err(errno.ENOENT)
-        return await self.getattr(ino)
+        return self._attr(await self._with_metadata(self._inode(ino)))
 
     async def opendir(self, ino: int) -> int:
         await self._dir(ino)
@@ -549,6 +601,7 @@ class Filesystem:
         """(offset, name, attr) from `after_id` on, in stable entry-id order, in pages."""
         while True:
             page = self.meta.entries_with_inodes_after(ino, after_id, READDIR_PAGE)
+            self._load_metadata_later([inode.ino for _, _, inode in page if not inode.meta_loaded])
             for entry_id, name, inode in page:
                 yield entry_id, name, self._attr(inode)
                 after_id = entry_id
@@ -807,6 +860,7 @@ class Filesystem:
 
     async def _materialize(self, node: Inode) -> None:
         """Fetch a remote file whole onto the local tier before it is changed in place."""
+        node = await self._with_metadata(node)  # its upload carries the stored mode, owner and mtime
         assert node.remote is not None and node.remote_key is not None
         store, key = self._store(node.remote), node.remote_key
 
@@ -1019,6 +1073,8 @@ class Filesystem:
                 await self._ensure_subtree_listed(ino)
             if target is not None and target.is_dir and flags & RENAME_EXCHANGE:
                 await self._ensure_subtree_listed(target.ino)
+        if not node.is_dir:
+            await self._with_metadata(node)  # the copy at the new key carries the stored attributes
         # re-read everything after the awaits above
         if self.meta.lookup(parent_old, name_old) != ino or self.meta.lookup(parent_new, name_new) != target_ino:
             raise _err(errno.EAGAIN, "the directory changed during the rename; try again")
@@ -1224,6 +1280,11 @@ class Filesystem:
         return out
 
     async def getxattr(self, ino: int, name: str) -> bytes:
+        if not name.startswith(XATTR_PREFIX):
+            # `ls -l` asks for security.selinux and system.posix_acl_access on every entry:
+            # answer without computing our own attributes (state, key, journal lookups)
+            self._inode(ino)
+            raise _err(errno.ENODATA)
         attrs = self.xattrs(ino)
         if name not in attrs:
             raise _err(errno.ENODATA)

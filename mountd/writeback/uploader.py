@@ -48,7 +48,10 @@ class Uploader:
             task_status.started()
             while True:
                 now = self._journal.clock()
-                for entry in self._meta.journal_due(now, 1000):
+                # in-flight entries stay in the journal: asking for as many more rows as there are free
+                # tokens finds every startable entry without reading thousands of pending rows per wake-up
+                wanted = len(self.in_flight) + int(self._limit.available_tokens)
+                for entry in self._meta.journal_due(now, wanted) if self._limit.available_tokens else ():
                     ident = (entry.remote, entry.key)
                     if ident in self.in_flight:
                         continue
@@ -65,7 +68,8 @@ class Uploader:
                     await self._journal.wait_changed()
 
     def _all_due_in_flight(self) -> bool:
-        due = self._meta.journal_due(self._journal.clock(), 1000)
+        # a due entry that is not in flight would be among the first len(in_flight) + 1 rows
+        due = self._meta.journal_due(self._journal.clock(), len(self.in_flight) + 1)
         return all((e.remote, e.key) in self.in_flight for e in due)
 
     async def _run_one(self, entry: JournalEntry) -> None:
