@@ -109,3 +109,25 @@ def test_same_64mib_under_10_paths_is_sent_once(make_repo, s3_server: S3Server):
         repo.stop()
     finally:
         proxy.close()
+
+
+def test_copies_written_one_after_another_upload_once(make_repo, s3_persistent_server: S3Server):
+    """No write-back delay: each copy is hashed while the first one is still uploading."""
+    server = s3_persistent_server
+    bucket = server.new_bucket("dedup0")
+    proxy = CountingProxy(server.port)
+    try:
+        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
+        repo.start()
+        content = os.urandom(64 << 20)
+        proxy.reset_counts()
+        for i in range(10):
+            (repo.data / f"copy{i}.bin").write_bytes(content)
+        repo.sync()
+        assert proxy.bytes_up <= 1.05 * len(content)
+        stats = repo.status()["statistics"]["reconciler"]
+        assert stats["uploads"] == 1 and stats["dedup_copied"] == 9
+        assert all(server.objects(bucket)[f"copy{i}.bin"] == content for i in (0, 9))
+        repo.stop()
+    finally:
+        proxy.close()

@@ -120,24 +120,29 @@ class Reconciler:
             raise Retry("the file is open for writing; it uploads after the last close")
         if (node.has_local and node.content_dirty) or (node.remote_key not in (key, None)):
             async with self._overwriting(store, node, key):
-                await self._write_file(store, await self._stable_source(node, key), key)
+                uploaded = await self._write_file(store, await self._stable_source(node, key), key)
         else:
-            await self._write_file(store, node, key)
+            uploaded = await self._write_file(store, node, key)
+        if uploaded is not None:
+            # only now that `key` is released: others waiting to copy from it go on meanwhile
+            await self.fs.adopt_uploaded(node.ino, uploaded)
 
-    async def _write_file(self, store: ObjectStore, node: Inode, key: str) -> None:
+    async def _write_file(self, store: ObjectStore, node: Inode, key: str) -> int | None:
+        """Make `key` hold the file; returns the content generation uploaded from the local tier, if any."""
         content_gen, attr_gen = node.content_gen, node.attr_gen
         if node.has_local and node.content_dirty:
             await self._upload(store, node, key, content_gen, attr_gen)
+            return content_gen
         elif node.remote_key != key:
             if node.remote_key is None:
-                return
+                return None
             meta = self._meta_of(node, node.sha256)
             try:
                 info = await self._copy(store, node.remote or "", node.remote_key, key, meta)
             except ObjectNotFound:
                 if node.has_local:
                     await self._upload(store, node, key, content_gen, attr_gen)
-                    return
+                    return content_gen
                 raise
             self.stats["copies"] += 1
             self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
@@ -145,6 +150,7 @@ class Reconciler:
             info = await trio.to_thread.run_sync(store.set_metadata, key, self._meta_of(node, node.sha256))
             self.stats["metadata_updates"] += 1
             self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
+        return None
 
     def _signal_keys(self) -> None:
         self._keys_changed.set()
@@ -269,7 +275,6 @@ class Reconciler:
             with self.meta.transaction():
                 self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=sha)
-        await self.fs.adopt_uploaded(node.ino, content_gen)
 
     def _verify(self, key: str, info: ObjectInfo, size: int, sha: str) -> None:
         """The object as the remote reports it after the upload must be what we sent."""
@@ -293,8 +298,16 @@ class Reconciler:
                     with self.meta.transaction():
                         self.meta.hash_forget(remote, src_key)
                     continue
-                if head.version != version or head.size != size or (head.metadata or {}).get("sha256", sha) != sha:
+                stored_sha = (head.metadata or {}).get("sha256")
+                if head.size != size or stored_sha not in (None, sha):
                     continue
+                if head.version != version:
+                    # some servers answer an upload with one ETag and a HEAD with another (a
+                    # multipart ETag, then the MD5): the object's own sha256 settles it
+                    if stored_sha != sha:
+                        continue
+                    with self.meta.transaction():
+                        self.meta.hash_put(remote, sha, src_key, head.version)
                 if src_key == key:
                     if head.metadata is not None and dict(head.metadata) != meta:
                         head = await trio.to_thread.run_sync(store.set_metadata, key, meta)

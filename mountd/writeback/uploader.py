@@ -78,6 +78,7 @@ class Uploader:
             try:
                 await self._apply(entry)
             except Retry as e:
+                log.debug("write-back of %s:%s runs again: %s", entry.remote, entry.key, e)
                 self._meta.journal_failed(entry.remote, entry.key, entry.seq, str(e), self._journal.clock() + 0.2)
             except MountdError as e:
                 self._fail(entry, str(e))
