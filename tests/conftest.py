@@ -46,6 +46,31 @@ def mountd_cmd(*args: str, check: bool = True, timeout: float = 120, **kw) -> su
     return r
 
 
+def remote_files(root) -> dict[str, bytes]:
+    """Every file under a remote, by relative path: a file:// remote's directory, or a bucket view
+    with `files()`. Upload temporaries cut by a kill -9 are left out: they are invisible, like an
+    open multipart upload."""
+    if hasattr(root, "files"):
+        return root.files()
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            if f.startswith(".mountd-tmp-"):
+                continue
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fp:
+                out[os.path.relpath(p, root)] = fp.read()
+    return out
+
+
+def wait_until(predicate, timeout: float = 120.0, interval: float = 0.05) -> None:
+    """Poll a condition that no event announces (objects appearing in a remote)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(interval)
+
+
 class MountedRepo:
     def __init__(self, root: Path, *, remote_url: str | None = None, extra_toml: str = "", delay: str = "0s",
                  remote_toml: str | None = None, writeback_toml: str = "", local_toml: str = "",

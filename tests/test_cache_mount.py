@@ -26,6 +26,7 @@ from mountd.backend.fsspec_store import open_store
 from mountd.config import RemoteConfig
 from mountd.control import request
 from tests.conftest import MountedRepo, mountd_cmd
+from tests.test_cache import tier_dir_size
 
 K = 1024
 M = 1024 * K
@@ -93,18 +94,6 @@ def control(repo: MountedRepo, op: str, **args: object) -> dict:
 
 def cache_stats(repo: MountedRepo, wait: bool = True) -> dict:
     return control(repo, "cache_stats", wait=wait)
-
-
-def tier_dir_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in [*files, "."]:
-            try:
-                st = os.stat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            total += max(st.st_size, st.st_blocks * 512)
-    return total
 
 
 READER = """

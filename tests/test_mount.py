@@ -10,22 +10,11 @@ import subprocess
 
 import pytest
 
-from tests.conftest import is_mounted, mountd_cmd
+from tests.conftest import is_mounted, mountd_cmd, remote_files
 
 # every test here also runs on a bucket of each test server (tests/servers.py); remote_dir is then a BucketPath
 REMOTE_KINDS = ("file", "s3", "azure", "gcs")
 NOT_GCS = pytest.mark.remote_kinds("file", "s3", "azure")  # the GCS emulator serves one request at a time
-
-
-def remote_files(root) -> dict[str, bytes]:
-    if hasattr(root, "files"):
-        return root.files()
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
-    return out
 
 
 def test_write_read_and_upload(repo):

@@ -12,18 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import mountd_cmd
-
-
-def remote_files(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            if f.startswith(".mountd-tmp-"):  # an upload cut by kill -9: invisible, like an open multipart upload
-                continue
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
-    return out
+from tests.conftest import mountd_cmd, remote_files, wait_until
 
 
 def state(path: Path) -> str:
@@ -196,16 +185,6 @@ def test_full_local_disk_gives_enospc_and_keeps_what_was_written(make_repo, smal
     files = remote_files(repo.remote_dir)
     assert {k: v for k, v in files.items() if k in earlier} == earlier
     assert "huge.bin" not in files
-
-
-def wait_until(predicate, timeout: float = 60.0, interval: float = 0.02) -> None:
-    """Poll a condition that no event announces (files appearing in the remote directory)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(interval)
 
 
 @pytest.mark.slow

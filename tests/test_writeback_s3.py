@@ -9,18 +9,10 @@ import time
 
 import pytest
 
-from tests.conftest import mountd_cmd
+from tests.conftest import mountd_cmd, wait_until
 from tests.servers import CountingProxy, S3Server
 
 pytestmark = pytest.mark.slow
-
-
-def poll(predicate, timeout: float = 120.0, interval: float = 0.05) -> None:
-    """Wait for a condition only the server can show (objects appearing in a bucket)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(interval)
 
 
 def object_keys(server: S3Server, bucket: str) -> list[str]:
@@ -45,7 +37,7 @@ def test_kill9_mid_upload_of_200_files_loses_and_duplicates_nothing(make_repo, s
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(data)
     mountd_cmd("sync", str(repo.data))  # all due now
-    poll(lambda: len(object_keys(s3_server, bucket)) >= 20, interval=0.01)
+    wait_until(lambda: len(object_keys(s3_server, bucket)) >= 20, interval=0.01)
     repo.kill9()
     before = len([k for k in object_keys(s3_server, bucket) if not k.endswith("/")])
     assert before < len(payloads), "the kill came too late to interrupt the uploads"
