@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (16 MiB files, 200 small files), 1 repetition")
     p.add_argument("--targets", default=",".join(TARGET_ORDER),
                    help=f"comma-separated subset of {','.join(TARGET_ORDER)} (default: all)")
+    p.add_argument("--suites", default="write,small,reads,list,dedup",
+                   help="comma-separated subset of write,small,reads,list,dedup; a partial run writes no docs")
     p.add_argument("--reps", type=int, help="repetitions per scenario (default: 3, quick: 1)")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("BENCH_WORK", "/var/tmp/mountd-bench")),
                    help="work directory: server data, mounts, caches, logs (default /var/tmp/mountd-bench)")
@@ -53,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.reps:
         sizes = Sizes(**{**sizes.__dict__, "reps": a.reps})
     out = a.out or a.work / "results.json"
+    from bench.runner import SUITES
+
+    suites = tuple(x.strip() for x in a.suites.split(",") if x.strip())
+    if bad := [x for x in suites if x not in SUITES]:
+        p.error(f"unknown suite(s) {', '.join(bad)}; choose from {', '.join(SUITES)}")
 
     from bench.runner import run
 
     res = run(a.work, sizes, names, out, "quick" if a.quick else "full",
-              log=lambda s: print(s, file=sys.stderr, flush=True), mountd_commit=a.mountd_commit)
-    if a.docs if a.docs is not None else not a.quick:
+              log=lambda s: print(s, file=sys.stderr, flush=True), mountd_commit=a.mountd_commit, suites=suites)
+    if a.docs if a.docs is not None else not a.quick and set(suites) == set(SUITES):
         write_docs(res, md, png)
         print(f"bench: wrote {md} and {png}", file=sys.stderr)
     return 1 if res.errors else 0

@@ -170,6 +170,7 @@ class WritebackConfig(_Model):
     retry_max: Duration = 300.0
     multipart_threshold: Size = parse_size("64M")
     multipart_chunk: Size = parse_size("16M")
+    yield_max: Duration = 10.0
 
 
 class MountOptions(_Model):

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from mountd.activity import RequestActivity
 from mountd.backend import ObjectStore
 from mountd.backend.fsspec_store import open_store, store_tuning
 from mountd.cache import ChunkCache
@@ -103,6 +104,7 @@ class Mount:
     reader: ChunkCache
     lock_fd: int
     control_path: Path
+    activity: RequestActivity = field(default_factory=RequestActivity)
     ops: Any = None
     unreachable: dict[str, str] = field(default_factory=dict)
     shutdown: trio.Event = field(default_factory=trio.Event)
@@ -157,14 +159,17 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
         fs = Filesystem(config, meta, local, reader, stores, journal)
         fs.bootstrap()
         reconciler = Reconciler(fs, dedup=config.writeback.dedup)
+        activity = RequestActivity()
         uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
-                            retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max)
+                            retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
+                            activity=activity, yield_max=config.writeback.yield_max)
         fs.is_uploading = lambda remote, key: (remote, key) in uploader.in_flight
     except BaseException:
         os.close(lock_fd)
         raise
     return Mount(config=config, mountpoint=os.path.realpath(mountpoint), meta=meta, local=local, stores=stores,
                  fs=fs, journal=journal, uploader=uploader, reconciler=reconciler, reader=reader, lock_fd=lock_fd,
+                 activity=activity,
                  # resolved now: once mounted, a realpath() from this thread would wait on ourselves
                  control_path=socket_path(mountpoint))
 
@@ -239,7 +244,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
         if require_remotes:
             raise StartupError(reason)
         log.warning("%s; mounting anyway: cached and local data are served, writes are queued", reason)
-    m.ops = fuse_ops.MountdOperations(m.fs)
+    m.ops = fuse_ops.MountdOperations(m.fs, m.activity)
     opts = fuse_ops.mount_options(fsname=f"mountd:{m.config.name}", allow_other=m.config.mount.allow_other,
                                   default_permissions=m.config.mount.default_permissions) | extra_options
     try:

@@ -20,6 +20,7 @@ import pickle
 import re
 import shutil
 import stat
+import subprocess
 import tempfile
 import textwrap
 import time
@@ -743,6 +744,19 @@ def test_large_directory_paging_while_changing(posix_repo, where):
 # ---------------------------------------------------------------------------------------------
 # user.mountd.* extended attributes
 # ---------------------------------------------------------------------------------------------
+def test_ls_l_asks_the_daemon_for_xattrs_once_not_per_entry(posix_repo):
+    d = posix_repo.mp / f"lsdir{next(_counter)}"
+    d.mkdir()
+    for i in range(300):
+        (d / f"f{i}").write_bytes(b"x")
+    before = posix_repo.status()["statistics"]["fuse"]["calls"].get("getxattr", 0)
+    out = subprocess.run(["ls", "-l", str(d)], capture_output=True, text=True, check=True).stdout
+    assert out.count("\n") == 301
+    # ENOTSUP for security.selinux and system.posix_acl_access lets ls remember, per device, that
+    # the file system has neither; ENODATA made it ask both for each of the 300 entries
+    assert posix_repo.status()["statistics"]["fuse"]["calls"].get("getxattr", 0) - before <= 4
+
+
 def test_mountd_xattrs_are_read_only(posix_repo):
     f = posix_repo.data / f"xa{next(_counter)}"
     f.write_bytes(b"12345")
@@ -757,6 +771,9 @@ def test_mountd_xattrs_are_read_only(posix_repo):
         assert errno_of(lambda n=name: os.removexattr(f, n)) == errno.EPERM
     assert errno_of(lambda: os.setxattr(f, "user.other", b"x")) == errno.ENOTSUP
     assert errno_of(lambda: os.getxattr(f, "user.mountd.nope")) == errno.ENODATA
+    # namespaces the mount does not store: "not supported", as ext4 without ACLs answers
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        assert errno_of(lambda n=name: os.getxattr(f, n)) == errno.ENOTSUP
     assert os.getxattr(f, "user.mountd.state") == b"clean"
     # other users may read them where they may read the file
     assert as_alice(lambda: os.getxattr(f, "user.mountd.size")) == b"5"
@@ -845,6 +862,7 @@ SEMANTICS_CASES: dict[str, Callable[[Path, MountedRepo], object]] = {
     "chown": lambda d, r: os.chown(_file(d), ALICE, STAFF),
     "setxattr-mountd": lambda d, r: os.setxattr(_file(d), "user.mountd.state", b"x"),
     "setxattr-other": lambda d, r: os.setxattr(_file(d), "user.comment", b"x"),
+    "getxattr-security": lambda d, r: os.getxattr(_file(d), "security.selinux"),
     "rmdir-attach-point": lambda d, r: os.rmdir(r.mp / "other"),
     "name-256": lambda d, r: os.mkdir(d / ("n" * 256)),
     "name-not-utf8": lambda d, r: os.close(os.open(os.fsencode(d) + b"/bad-\xff", os.O_CREAT | os.O_WRONLY, 0o644)),

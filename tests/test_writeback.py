@@ -247,3 +247,57 @@ def test_dirty_files_are_never_evicted_by_cache_pressure(make_repo):
         assert (repo.data / name).read_bytes() == data
     repo.sync()
     assert {k: v for k, v in remote_files(repo.remote_dir).items() if k in dirty} == dirty
+
+
+class RequestBurst:
+    """Two threads asking the daemon for a missing name without pause (negative lookups are not
+    cached by the kernel, so each one is a FUSE request), until stopped."""
+
+    def __init__(self, directory: Path) -> None:
+        self.stop = threading.Event()
+        self.lookups = 0
+        self._threads = [threading.Thread(target=self._run, args=(directory / f"missing-{i}",)) for i in range(2)]
+
+    def _run(self, missing: Path) -> None:
+        while not self.stop.is_set():
+            self.lookups += not missing.exists()
+
+    def __enter__(self) -> RequestBurst:
+        for t in self._threads:
+            t.start()
+        wait_until(lambda: self.lookups > 100, 10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def test_new_uploads_wait_for_a_pause_in_a_burst_of_requests(make_repo):
+    repo = make_repo(writeback_toml='yield_max = "1h"')  # delay is 0 in these tests
+    repo.start()
+    with RequestBurst(repo.data):
+        (repo.data / "held.bin").write_bytes(b"held")
+        first = repo.status()["statistics"]["fuse"]["calls"]["lookup"]
+        # the burst goes on for thousands of requests; an upload that started would be done by then
+        wait_until(lambda: repo.status()["statistics"]["fuse"]["calls"]["lookup"] > first + 3000, 60)
+        assert not (repo.remote_dir / "held.bin").exists()
+        assert state(repo.data / "held.bin") == "dirty"
+    wait_until(lambda: (repo.remote_dir / "held.bin").exists(), 30)
+    assert (repo.remote_dir / "held.bin").read_bytes() == b"held"
+
+
+def test_a_burst_holds_uploads_no_longer_than_yield_max_and_never_holds_sync(make_repo):
+    repo = make_repo(writeback_toml='yield_max = "1s"')
+    repo.start()
+    with RequestBurst(repo.data):
+        (repo.data / "late.bin").write_bytes(b"late")
+        wait_until(lambda: (repo.remote_dir / "late.bin").exists(), 30)
+    repo.stop()
+    repo = make_repo("second", writeback_toml='yield_max = "1h"')
+    repo.start()
+    with RequestBurst(repo.data):
+        (repo.data / "synced.bin").write_bytes(b"synced")
+        repo.sync(repo.data, timeout=30)
+        assert (repo.remote_dir / "synced.bin").read_bytes() == b"synced"

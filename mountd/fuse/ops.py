@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from mountd.activity import RequestActivity
 from mountd.errors import MountdError
 from mountd.latency import LatencyHistogram
 from mountd.vfs.filesystem import Filesystem
@@ -47,6 +48,7 @@ def _mapped(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
         assert isinstance(self, MountdOperations)
         self.calls[name] += 1
         start = time.perf_counter()
+        self.activity.last = start
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -91,9 +93,10 @@ class MountdOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
 
-    def __init__(self, fs: Filesystem) -> None:
+    def __init__(self, fs: Filesystem, activity: RequestActivity | None = None) -> None:
         super().__init__()
         self.fs = fs
+        self.activity = activity or RequestActivity()
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.seconds: defaultdict[str, float] = defaultdict(float)

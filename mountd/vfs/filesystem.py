@@ -1281,10 +1281,12 @@ class Filesystem:
 
     async def getxattr(self, ino: int, name: str) -> bytes:
         if not name.startswith(XATTR_PREFIX):
-            # `ls -l` asks for security.selinux and system.posix_acl_access on every entry:
-            # answer without computing our own attributes (state, key, journal lookups)
+            # `ls -l` asks for security.selinux and system.posix_acl_access on every entry. ENOTSUP
+            # for the namespaces we do not store (security, system, trusted) tells it, as ext4
+            # mounted without ACLs does, that the file system lacks them, and it stops asking for
+            # the other entries of the device; ENODATA would cost two round trips per entry.
             self._inode(ino)
-            raise _err(errno.ENODATA)
+            raise _err(errno.ENODATA if name.startswith("user.") else errno.ENOTSUP)
         attrs = self.xattrs(ino)
         if name not in attrs:
             raise _err(errno.ENODATA)

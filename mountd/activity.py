@@ -1,0 +1,26 @@
+"""`RequestActivity`: when the mount last served a FUSE request.
+
+The FUSE handlers stamp it and the uploader reads it, so that new uploads can wait for a pause
+in a burst of requests (a `tar -x`, a loop creating thousands of files) instead of sharing the
+interpreter with them: upload threads hold the GIL for most of a small file's upload, and each
+FUSE round trip waits for it several times. Stamping is one attribute store per request.
+"""
+
+from __future__ import annotations
+
+import time
+
+# requests closer together than this are one burst; a program between two bursts, or a person
+# typing, leaves longer gaps and does not hold uploads
+QUIET_GAP = 0.01
+
+
+class RequestActivity:
+    def __init__(self) -> None:
+        self.last = 0.0  # time.perf_counter() of the latest request
+
+    def touch(self) -> None:
+        self.last = time.perf_counter()
+
+    def idle_for(self) -> float:
+        return time.perf_counter() - self.last
