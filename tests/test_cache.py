@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -413,6 +415,38 @@ def test_forget_drops_the_chunks_of_an_old_version(tmp_path):
 
 
 @pytest.mark.slow
+def test_chunks_of_an_older_cache_with_zlib_crc32_tags_are_still_verified(tmp_path):
+    env = Env(tmp_path)
+    data = os.urandom(2 * CHUNK)
+    obj = env.put("a.bin", data)
+
+    async def fill() -> None:
+        async with env.cache() as cache:
+            await cache.read(obj, 0, len(data))
+            await settle(cache)
+
+    async def read_back() -> None:
+        async with env.cache() as cache:
+            cache._recent.clear()
+            assert await cache.read(obj, 0, len(data)) == data
+
+    run(fill)
+    tier = env.config.cache.path / "tiers" / "small"
+    with sqlite3.connect(tier / "cache.db") as db:  # rewrite the tags as caches before CRC32C wrote them
+        rows = db.execute("SELECT rowid, tag, filename FROM Cache").fetchall()
+        assert len(rows) == 2 and all(tag.split()[1].startswith("c") for _, tag, _ in rows)
+        for rowid, tag, filename in rows:
+            block = (tier / filename).read_bytes()
+            db.execute("UPDATE Cache SET tag = ? WHERE rowid = ?", (f"{tag.split()[0]} {zlib.crc32(block):08x}", rowid))
+    run(read_back)
+    assert env.store.gets == 2  # served from the old chunks
+    for f in tier.glob("*.val"):
+        with open(f, "r+b") as fh:
+            fh.write(b"\0garbage\0")
+    run(read_back)
+    assert env.store.gets == 4  # both found corrupt by their zlib checksums and fetched again
+
+
 def test_restart_with_10000_chunks_is_ready_within_a_second_and_reads_without_gets(tmp_path):
     env = Env(tmp_path, tiers={"t": {"max_size": "1G", "expires": "7d"}})
     src = tmp_path / "src"

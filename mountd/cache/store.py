@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import diskcache
+import google_crc32c
 import trio
 from diskcache.core import MODE_BINARY, UNKNOWN
 
@@ -127,8 +128,9 @@ class Entry:
     filename: str
     length: int
     alloc: int  # bytes the file occupies on disk (rounded up to blocks)
-    crcs: tuple[int, ...]  # CRC32 of each CRC_BLOCK bytes
+    crcs: tuple[int, ...]  # checksum of each CRC_BLOCK bytes
     expires_at: float
+    castagnoli: bool = True  # CRC32C (hardware, 28 GB/s); False: zlib's CRC32 (6 GB/s) of older caches
     fd: int | None = None
     signature: tuple[int, int] | None = None  # (size, mtime_ns) the verified blocks were read with
     verified: int = 0  # bit i: block i was checked
@@ -155,19 +157,32 @@ class _Loaded:
     overhead: int = 0
 
 
-def block_crcs(data: bytes | memoryview) -> tuple[int, ...]:
-    view = memoryview(data)
-    return tuple(zlib.crc32(view[i:i + CRC_BLOCK]) for i in range(0, max(len(view), 1), CRC_BLOCK))
+def block_crc(block: bytes, castagnoli: bool = True) -> int:
+    """The checksum of one block. A cache hit checks each 1 MiB block it serves the first time,
+    on the trio thread: CRC32C takes 0.04 ms there, zlib's CRC32 0.17 ms (a third of the time a
+    1 MiB hit took). google_crc32c takes bytes only (no memoryview)."""
+    if not castagnoli:
+        return zlib.crc32(block)
+    return google_crc32c.value(block if type(block) is bytes else bytes(block))
+
+
+def block_crcs(data: bytes, castagnoli: bool = True) -> tuple[int, ...]:
+    if len(data) <= CRC_BLOCK:
+        return (block_crc(data, castagnoli),)
+    return tuple(block_crc(data[i:i + CRC_BLOCK], castagnoli) for i in range(0, len(data), CRC_BLOCK))
 
 
 def _encode_tag(crcs: tuple[int, ...], expires_at: float) -> str:
-    return f"{expires_at!r} {''.join(f'{c:08x}' for c in crcs)}"
+    return f"{expires_at!r} c{''.join(f'{c:08x}' for c in crcs)}"
 
 
-def _decode_tag(tag: object) -> tuple[tuple[int, ...], float] | None:
+def _decode_tag(tag: object) -> tuple[tuple[int, ...], float, bool] | None:
+    """(checksums, expiry, castagnoli); tags without the `c` mark hold zlib CRC32s (older caches)."""
     try:
         expires, crcs = str(tag).split()
-        return tuple(int(crcs[i:i + 8], 16) for i in range(0, len(crcs), 8)), float(expires)
+        castagnoli = crcs.startswith("c")
+        crcs = crcs.removeprefix("c")
+        return tuple(int(crcs[i:i + 8], 16) for i in range(0, len(crcs), 8)), float(expires), castagnoli
     except (ValueError, TypeError):
         return None
 
@@ -179,20 +194,20 @@ def _file_crcs(path: Path) -> tuple[int, ...]:
             block = f.read(CRC_BLOCK)
             if not block and out:
                 break
-            out.append(zlib.crc32(block))
+            out.append(block_crc(block))
             if len(block) < CRC_BLOCK:
                 break
     return tuple(out)
 
 
-def _read_verified(path: str, length: int, crcs: tuple[int, ...]) -> bytes | None:
+def _read_verified(path: str, length: int, crcs: tuple[int, ...], castagnoli: bool) -> bytes | None:
     """The whole content of a chunk file when it matches its length and checksums (worker thread)."""
     try:
         with open(path, "rb") as f:
             data = f.read(length + 1)
     except OSError:
         return None
-    return data if len(data) == length and block_crcs(data) == crcs else None
+    return data if len(data) == length and block_crcs(data, castagnoli) == crcs else None
 
 
 class TierStore:
@@ -268,12 +283,12 @@ class TierStore:
                 bad.append(key)
                 continue
             names.add(filename)
-            crcs, expires_at = meta
+            crcs, expires_at, castagnoli = meta
             if len(crcs) != max(1, -(-size // CRC_BLOCK)):
                 bad.append(key)
                 continue
             entry = Entry(key=key, filename=filename, length=size, alloc=self._alloc(size), crcs=crcs,
-                          expires_at=expires_at)
+                          expires_at=expires_at, castagnoli=castagnoli)
             out.entries.append((entry, float(access or 0)))
         for key in bad:
             self._db.delete(key, retry=True)
@@ -335,9 +350,9 @@ class TierStore:
                 return os.pread(fd, size, offset)
             start = first * CRC_BLOCK
             span = os.pread(fd, min((last + 1) * CRC_BLOCK, e.length) - start, start)
-            view = memoryview(span)
             for b in todo:
-                if zlib.crc32(view[(b - first) * CRC_BLOCK:(b - first + 1) * CRC_BLOCK]) != e.crcs[b]:
+                block = span if first == last else span[(b - first) * CRC_BLOCK:(b - first + 1) * CRC_BLOCK]
+                if block_crc(block, e.castagnoli) != e.crcs[b]:
                     return self._corrupt_miss(e, "does not match its checksum")
                 e.verified |= 1 << b
             return span[offset - start:offset - start + size]
@@ -387,7 +402,8 @@ class TierStore:
 
     async def read_whole(self, e: Entry) -> bytes | None:
         """The verified content of an entry (worker thread); None (and removed) when corrupt."""
-        data = await trio.to_thread.run_sync(_read_verified, str(self.directory / e.filename), e.length, e.crcs)
+        data = await trio.to_thread.run_sync(_read_verified, str(self.directory / e.filename), e.length, e.crcs,
+                                           e.castagnoli)
         if data is None and self.entries.get(e.key) is e:
             self._corrupt(e, "does not match its checksum")
             await self._delete([e])
