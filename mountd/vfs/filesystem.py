@@ -1171,7 +1171,7 @@ class Filesystem:
         return found
 
     @staticmethod
-    def _ignore_stamp(f: Inode) -> tuple[int, str | None, int]:
+    def ignore_stamp(f: Inode) -> tuple[int, str | None, int]:
         return (f.content_gen, f.remote_version, f.size)
 
     def is_ignored(self, node: Inode) -> bool:
@@ -1184,10 +1184,10 @@ class Filesystem:
         parts = [p for p in key[1].split("/") if p]
         specs = []
         for depth, f in self._ignore_files(key[0], parts):
-            spec = self.ignore.cached_spec(f.ino, self._ignore_stamp(f))
+            spec = self.ignore.cached_spec(f.ino, self.ignore_stamp(f))
             if spec is None and f.has_local and self.local.exists(f.ino):
                 with open(self.local.path_for(f.ino), "rb") as fp:
-                    spec = self.ignore.spec_for(f.ino, self._ignore_stamp(f), fp.read(1 << 20))
+                    spec = self.ignore.spec_for(f.ino, self.ignore_stamp(f), fp.read(1 << 20))
             if spec is not None:
                 specs.append((depth, spec))
         return self.ignore.matches(parts, node.is_dir, specs)
@@ -1196,7 +1196,7 @@ class Filesystem:
         """Read the remote-only `.mountdignore` files that govern `key` (raises RemoteError)."""
         parts = [p for p in key.split("/") if p]
         for _, f in self._ignore_files(remote, parts):
-            stamp = self._ignore_stamp(f)
+            stamp = self.ignore_stamp(f)
             if f.has_local or f.remote_key is None or self.ignore.cached_spec(f.ino, stamp) is not None:
                 continue
             text = await self.reader.read(self._object_ref(f), 0, min(f.size, 1 << 20))

@@ -340,6 +340,9 @@ class Reconciler:
         if values:
             with self.meta.transaction():
                 self.meta.update(ino, **values)
+            fresh = self.meta.get(ino)
+            if fresh is not None:
+                self.fs.ignore.restamp(ino, self.fs.ignore_stamp(node), self.fs.ignore_stamp(fresh))
         if content_gen is not None and node.content_gen != content_gen:
             raise Retry("the file changed while it was uploading; uploading again")
         if node.attr_gen != attr_gen and stat.S_IFMT(node.mode):

@@ -37,6 +37,13 @@ class IgnoreRules:
         self.parsed += 1
         return spec
 
+    def restamp(self, ino: int, old: object, new: object) -> None:
+        """The content parsed under `old` is now known by `new` (an upload recorded the remote
+        version of unchanged bytes), so the parsed rules stay valid once the local copy is gone."""
+        known = self._files.get(ino)
+        if known is not None and known[0] == old:
+            self._files[ino] = (new, known[1])
+
     def cached_spec(self, ino: int, stamp: object) -> pathspec.GitIgnoreSpec | None:
         known = self._files.get(ino)
         return known[1] if known is not None and known[0] == stamp else None
