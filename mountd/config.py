@@ -182,6 +182,7 @@ class MountOptions(_Model):
     default_permissions: bool = True
     read_timeout: Duration = 30.0
     read_ahead_kb: int = Field(default=1024, ge=0)
+    passthrough: bool = True
     file_mode: int = 0o644
     dir_mode: int = 0o755
     uid: int | None = None

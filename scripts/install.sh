@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install.sh [--test] - set up everything mountd needs on a Debian/Ubuntu machine (run as root).
 #   system : fuse3 libfuse3-dev pkg-config gcc python3-venv (only what is missing)
-#   python : a virtual environment at $MOUNTD_VENV (default: .venv in the checkout) with mountd
+#   python : a virtual environment at $MOUNTD_VENV (default: .venv in the checkout) with mountd,
+#            and pyfuse3 rebuilt with FUSE passthrough (scripts/build-pyfuse3-passthrough.sh)
 #   --test : also the test tools (pytest, hypothesis, ruff) and the programs the tests drive
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -33,6 +34,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 extra=""; [ "$WITH_TEST" = 1 ] && extra="[test]"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e ".$extra"
+# pyfuse3 with FUSE passthrough (static libfuse 3.17 from Debian's source; ~35 s once, cached in .build/)
+bash scripts/build-pyfuse3-passthrough.sh "$VENV/bin/python" ||
+  log "warning: pyfuse3 with passthrough did not build; mountd works without it, writes are slower"
 # test servers: Azurite (Azure Blob emulator) from npm into .npm/ of the checkout (git-ignored)
 if [ "$WITH_TEST" = 1 ]; then bash scripts/servers/install.sh; fi
 # benchmark harness (its quick mode is part of the tests): s3fs-fuse, fio, matplotlib

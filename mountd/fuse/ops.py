@@ -27,7 +27,7 @@ from mountd.activity import RequestActivity
 from mountd.errors import MountdError
 from mountd.latency import LatencyHistogram
 from mountd.vfs.filesystem import Filesystem
-from mountd.vfs.types import Attr, Ctx, SetAttr
+from mountd.vfs.types import Attr, Ctx, Opened, SetAttr
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +92,12 @@ class MountdOperations(pyfuse3.Operations):
     # 0.2-0.6 GB/s (1.4 GB/s without), with a hundred SETATTRs on top of the 1 MiB WRITEs.
     enable_writeback_cache = False
     supports_dot_lookup = True
+    # Asked of the kernel where pyfuse3 was built with scripts/build-pyfuse3-passthrough.sh (stock
+    # pyfuse3 ignores both). Passthrough: see Filesystem._maybe_passthrough. killpriv_v2: the kernel
+    # leaves clearing setuid/setgid on write, truncate and chown to us (the vfs does it) instead of
+    # asking for security.capability before every write(2), a round trip per call.
+    enable_passthrough = True
+    enable_killpriv_v2 = True
 
     def __init__(self, fs: Filesystem, activity: RequestActivity | None = None) -> None:
         super().__init__()
@@ -102,7 +108,18 @@ class MountdOperations(pyfuse3.Operations):
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.latency: defaultdict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
         self.attr_timeout = fs.config.mount.attr_timeout
+        self.enable_passthrough = fs.config.mount.passthrough
         fs.invalidate_cb = self._invalidate
+
+    def init(self) -> None:
+        """The kernel's INIT was answered: hand the vfs the passthrough calls if it was granted."""
+        if self.enable_passthrough and passthrough_available() and pyfuse3.passthrough_enabled():
+            self.fs.backing_open = pyfuse3.backing_open
+            self.fs.backing_close = pyfuse3.backing_close
+            log.info("FUSE passthrough is on: local-tier files are read and written by the kernel")
+        elif self.enable_passthrough:
+            log.info("FUSE passthrough is off (%s)", "not granted by the kernel" if passthrough_available()
+                     else "this pyfuse3 lacks it; scripts/build-pyfuse3-passthrough.sh builds one that has it")
 
     @staticmethod
     def _invalidate(ino: int) -> None:
@@ -190,14 +207,13 @@ class MountdOperations(pyfuse3.Operations):
 
     @_mapped
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        opened = await self.fs.open(inode, flags, _ctx(ctx))
-        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+        return _file_info(await self.fs.open(inode, flags, _ctx(ctx)))
 
     @_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         opened, attr = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
-        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache), self._entry(attr)
+        return _file_info(opened), self._entry(attr)
 
     @_mapped
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -281,6 +297,17 @@ def _invalidate_quietly(ino: int) -> None:
         pyfuse3.invalidate_inode(ino, attr_only=False)
     except (FileNotFoundError, OSError):
         pass
+
+
+def passthrough_available() -> bool:
+    """Whether this pyfuse3 has the passthrough calls (scripts/build-pyfuse3-passthrough.sh)."""
+    return hasattr(pyfuse3, "backing_open")
+
+
+def _file_info(opened: Opened) -> pyfuse3.FileInfo:
+    if opened.backing_id:
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=False, direct_io=False, backing_id=opened.backing_id)
+    return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
 
 def mount_options(*, fsname: str, allow_other: bool, default_permissions: bool, read_only: bool = False) -> set[str]:

@@ -55,6 +55,7 @@ class Opened:
     fh: int
     keep_cache: bool
     direct_io: bool = False
+    backing_id: int = 0  # > 0: the kernel reads and writes the local file itself (FUSE passthrough)
 
 
 @dataclass(frozen=True, slots=True)
