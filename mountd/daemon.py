@@ -159,6 +159,7 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
         fs = Filesystem(config, meta, local, reader, stores, journal)
         fs.bootstrap()
         reconciler = Reconciler(fs, dedup=config.writeback.dedup)
+        journal.on_put = reconciler.key_changed
         activity = RequestActivity()
         uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
                             retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,

@@ -65,3 +65,9 @@ class VersionMismatch(RemoteError):
     """The object changed under us (ETag/generation differs from the one expected)."""
 
     errno = errno.ESTALE
+
+
+class UploadCancelled(RemoteError):
+    """An upload was stopped because its file changed or moved; the key is reconciled again."""
+
+    errno = errno.EIO

@@ -123,3 +123,28 @@ def test_copies_written_one_after_another_upload_once(make_repo, s3_persistent_s
         repo.stop()
     finally:
         proxy.close()
+
+
+def test_rewriting_a_file_stops_its_upload_in_flight(make_repo, s3_persistent_server: S3Server):
+    """The rewrite requeues the key and stops the transfer of the old bytes (multipart here),
+    so the server receives a part of the first version and all of the second, not both whole."""
+    server = s3_persistent_server
+    bucket = server.new_bucket("cancel")
+    proxy = CountingProxy(server.port)
+    try:
+        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
+        repo.start()
+        size = 256 << 20
+        first, second = os.urandom(size), os.urandom(size)
+        proxy.reset_counts()
+        path = repo.data / "ckpt.bin"
+        path.write_bytes(first)
+        wait_until(lambda: proxy.bytes_up > 16 << 20, 60, interval=0.005)  # the first version is on its way
+        path.write_bytes(second)
+        repo.sync()
+        assert server.objects(bucket)["ckpt.bin"] == second
+        assert repo.status()["statistics"]["reconciler"]["uploads_cancelled"] >= 1
+        assert proxy.bytes_up < 1.9 * size, f"{proxy.bytes_up / size:.2f} x the file reached the server"
+        repo.stop()
+    finally:
+        proxy.close()

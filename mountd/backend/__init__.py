@@ -68,6 +68,11 @@ class ObjectStore(Protocol):
         """The local file `src` to `key` with user metadata, multipart when large."""
         ...
 
+    def cancel_upload(self, key: str) -> bool:
+        """Stop an upload of `key` running in another thread (it raises UploadCancelled);
+        False when there is none or the store cannot stop one."""
+        ...
+
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         """A small object (directory marker, symlink) in one request."""
         ...

@@ -16,7 +16,9 @@ secret option values of every remote opened here.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import errno
 import json
@@ -38,7 +40,7 @@ from typing import Any
 from mountd.backend import DirListing, ObjectInfo, StoreTuning
 from mountd.backend.presigned import PresignedRanges
 from mountd.config import RemoteConfig, RepoConfig, redact_url
-from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable
+from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable, UploadCancelled
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +282,17 @@ class FsspecStore:
         self._translate = _Translate(name, self.display_url, bucket, endpoint, self.tuning.timeout)
         self._stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
+        self._uploads: dict[str, concurrent.futures.Future[Any]] = {}  # key -> upload running (S3)
+        self._uploads_lock = threading.Lock()
 
     def _count(self, **kw: int) -> None:
         with self._stats_lock:
             self._stats.update(kw)
+
+    def cancel_upload(self, key: str) -> bool:
+        """Stop an upload of `key` running in another thread (it raises UploadCancelled); False
+        where the SDK gives no way to stop one: the upload then finishes and its result is dropped."""
+        return False
 
     def statistics(self) -> dict[str, int]:
         with self._stats_lock:
@@ -832,11 +841,38 @@ class S3Store(_BucketStore):
             else:
                 chunk = max(size, S3_MIN_PART) + 1  # one PUT
                 self._count(requests=1)
-            self.fs.put_file(str(src), f"{self.bucket}/{self._full(key)}", chunksize=chunk,
-                             max_concurrency=self.tuning.concurrency, Metadata=dict(metadata),
-                             ContentType="application/octet-stream")
+            # s3fs's coroutine run as a task on fsspec's loop, so that cancel_upload can stop it
+            running = asyncio.run_coroutine_threadsafe(
+                self.fs._put_file(str(src), f"{self.bucket}/{self._full(key)}", chunksize=chunk,
+                                  max_concurrency=self.tuning.concurrency, Metadata=dict(metadata),
+                                  ContentType="application/octet-stream"), self.fs.loop)
+            with self._uploads_lock:
+                self._uploads[key] = running
+            try:
+                running.result()
+            except concurrent.futures.CancelledError:
+                self._abort_multipart(key)
+                raise UploadCancelled(self.name, f"upload of {key!r} stopped: the file changed or moved") from None
+            finally:
+                with self._uploads_lock:
+                    if self._uploads.get(key) is running:
+                        del self._uploads[key]
             self._count(bytes_uploaded=size)
             return self.head(key)
+
+    def cancel_upload(self, key: str) -> bool:
+        with self._uploads_lock:
+            running = self._uploads.get(key)
+        return running is not None and running.cancel()
+
+    def _abort_multipart(self, key: str) -> None:
+        """A cancelled s3fs upload leaves its multipart upload open (it aborts only on Exception)."""
+        full = self._full(key)
+        with contextlib.suppress(Exception):
+            listed = self._call("list_multipart_uploads", Bucket=self.bucket, Prefix=full)
+            for u in listed.get("Uploads", []):
+                if u.get("Key") == full:
+                    self._call("abort_multipart_upload", Bucket=self.bucket, Key=full, UploadId=u["UploadId"])
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         with self._translate("put", key):

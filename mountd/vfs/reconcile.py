@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from mountd.backend import ObjectInfo, ObjectStore
-from mountd.errors import ObjectNotFound, PosixError, RemoteError
+from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled
 from mountd.meta import Inode, JournalEntry
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.namespace import metadata_for
@@ -47,11 +47,13 @@ class Reconciler:
         self.meta = fs.meta
         self.dedup = dedup
         self._uploading: dict[tuple[str, str], trio.Event] = {}  # (remote, sha256) being uploaded now
+        # (remote, key) being sent now -> (inode, content generation, store), for key_changed
+        self._sending: dict[tuple[str, str], tuple[int, int, ObjectStore]] = {}
         # overwriting a key and copying from it exclude each other (see `_evacuate`)
         self._copying_from: dict[tuple[str, str], int] = {}  # (remote, key) read by copies now
         self._writing: set[tuple[str, str]] = set()  # (remote, key) about to be overwritten
         self._keys_changed = trio.Event()
-        self.stats = {"uploads": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
+        self.stats = {"uploads": 0, "uploads_cancelled": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
                       "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0,
                       "ignored": 0, "verify_failures": 0, "evacuated": 0}
 
@@ -259,8 +261,15 @@ class Reconciler:
                     break  # (another upload of the same content may have started during _dedup)
         if info is None:
             done = self._uploading[(remote, sha)] = trio.Event()
+            self._sending[(remote, key)] = (node.ino, content_gen, store)
             try:
-                info = await trio.to_thread.run_sync(store.upload, path, key, meta)
+                try:
+                    info = await trio.to_thread.run_sync(store.upload, path, key, meta)
+                except UploadCancelled as e:
+                    self.stats["uploads_cancelled"] += 1
+                    raise Retry(str(e)) from None
+                finally:
+                    self._sending.pop((remote, key), None)
                 self.stats["uploads"] += 1
                 self.stats["bytes_uploaded"] += size
                 self._verify(key, info, size, sha)
@@ -275,6 +284,18 @@ class Reconciler:
             with self.meta.transaction():
                 self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=sha)
+
+    def key_changed(self, remote: str, key: str) -> None:
+        """The journal was told `key` changed: an upload of it in flight whose file was rewritten
+        or moved is stopped (where the store can), instead of sending bytes nobody will keep."""
+        sending = self._sending.get((remote, key))
+        if sending is None:
+            return
+        ino, content_gen, store = sending
+        node = self.meta.get(ino)
+        if node is None or node.content_gen != content_gen or self.fs.key_of(ino, node) != (remote, key):
+            if store.cancel_upload(key):
+                log.info("upload of %s:%s stopped: the file changed or moved; it runs again", remote, key)
 
     def _verify(self, key: str, info: ObjectInfo, size: int, sha: str) -> None:
         """The object as the remote reports it after the upload must be what we sent."""

@@ -23,10 +23,13 @@ class Journal:
         self.delay = delay
         self.clock = clock
         self._changed = trio.Event()
+        # set by the daemon to the reconciler's key_changed: stops an upload of a changed key
+        self.on_put: Callable[[str, str], None] = lambda remote, key: None
 
     def put(self, remote: str, key: str, *, delay: float | None = None) -> None:
         """Queue `key` for reconciliation after the write-back delay (a re-put resets the timer)."""
         self._meta.journal_put(remote, key, self.clock() + (self.delay if delay is None else delay))
+        self.on_put(remote, key)
         self.notify()
 
     def pending(self, remote: str, key: str) -> bool:
