@@ -125,7 +125,7 @@ def test_copies_written_one_after_another_upload_once(make_repo, s3_persistent_s
         proxy.close()
 
 
-def test_rewriting_a_file_stops_its_upload_in_flight(make_repo, s3_persistent_server: S3Server):
+def test_rewriting_or_renaming_a_file_stops_its_upload_in_flight(make_repo, s3_persistent_server: S3Server):
     """The rewrite requeues the key and stops the transfer of the old bytes (multipart here),
     so the server receives a part of the first version and all of the second, not both whole."""
     server = s3_persistent_server
@@ -143,8 +143,18 @@ def test_rewriting_a_file_stops_its_upload_in_flight(make_repo, s3_persistent_se
         path.write_bytes(second)
         repo.sync()
         assert server.objects(bucket)["ckpt.bin"] == second
-        assert repo.status()["statistics"]["reconciler"]["uploads_cancelled"] >= 1
+        assert repo.status()["statistics"]["reconciler"]["uploads_cancelled"] == 1
         assert proxy.bytes_up < 1.9 * size, f"{proxy.bytes_up / size:.2f} x the file reached the server"
+        # a rename in the middle of an upload stops it too; the object goes up under the new name
+        proxy.reset_counts()
+        moved = repo.data / "moved.bin"
+        moved.write_bytes(first)
+        wait_until(lambda: proxy.bytes_up > 16 << 20, 60, interval=0.005)
+        moved.rename(repo.data / "final.bin")
+        repo.sync()
+        objects = server.objects(bucket)
+        assert objects["final.bin"] == first and "moved.bin" not in objects
+        assert repo.status()["statistics"]["reconciler"]["uploads_cancelled"] == 2
         repo.stop()
     finally:
         proxy.close()
