@@ -64,6 +64,7 @@ WAL_RESERVE = (WAL_PAGES + 32) * 4096
 MAX_OPEN_FDS = 256
 READ_AHEAD_EVERY = 1.0  # seconds between two read-ahead requests for one chunk file
 CRC_BLOCK = 1 << 20
+CASTAGNOLI_MARK = "crc32c:"  # not hex: a zlib CRC32 tag can start with any hex digit
 # eviction is ours; every value is a file; the WAL is checkpointed often and truncated after,
 # so the SQLite files stay small next to a cap
 DISKCACHE_SETTINGS: dict[str, Any] = {
@@ -173,15 +174,15 @@ def block_crcs(data: bytes, castagnoli: bool = True) -> tuple[int, ...]:
 
 
 def _encode_tag(crcs: tuple[int, ...], expires_at: float) -> str:
-    return f"{expires_at!r} c{''.join(f'{c:08x}' for c in crcs)}"
+    return f"{expires_at!r} {CASTAGNOLI_MARK}{''.join(f'{c:08x}' for c in crcs)}"
 
 
 def _decode_tag(tag: object) -> tuple[tuple[int, ...], float, bool] | None:
-    """(checksums, expiry, castagnoli); tags without the `c` mark hold zlib CRC32s (older caches)."""
+    """(checksums, expiry, castagnoli); tags without the mark hold zlib CRC32s (older caches)."""
     try:
         expires, crcs = str(tag).split()
-        castagnoli = crcs.startswith("c")
-        crcs = crcs.removeprefix("c")
+        castagnoli = crcs.startswith(CASTAGNOLI_MARK)
+        crcs = crcs.removeprefix(CASTAGNOLI_MARK)
         return tuple(int(crcs[i:i + 8], 16) for i in range(0, len(crcs), 8)), float(expires), castagnoli
     except (ValueError, TypeError):
         return None
