@@ -1025,6 +1025,8 @@ class Filesystem:
 
     def _persist_open(self, op: OpenInode) -> None:
         """Write the in-memory size/mtime of an open file to the db and journal it if changed."""
+        if op.backing_id is not None:
+            self._take_in_passthrough_writes(op)
         if not op.modified:
             return
         values: dict[str, object] = {}
@@ -1045,10 +1047,7 @@ class Filesystem:
         """close(2) waits for this: data that was written is journaled before close returns."""
         h = self._handle(fh)
         if h.writable:
-            op = self._open[h.ino]
-            if op.backing_id is not None:
-                self._take_in_passthrough_writes(op)
-            self._persist_open(op)
+            self._persist_open(self._open[h.ino])
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
@@ -1056,8 +1055,6 @@ class Filesystem:
         if op.fd is not None:
             await trio.to_thread.run_sync(self.local.fsync, op.fd, datasync)
         if h.writable:
-            if op.backing_id is not None:
-                self._take_in_passthrough_writes(op)
             self._persist_open(op)
 
     async def release(self, fh: int) -> None:
@@ -1067,8 +1064,6 @@ class Filesystem:
         op = self._open[h.ino]
         op.handles -= 1
         if h.writable:
-            if op.backing_id is not None:
-                self._take_in_passthrough_writes(op)
             op.writers -= 1
             self._persist_open(op)
         if op.handles > 0:
