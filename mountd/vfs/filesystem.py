@@ -628,10 +628,14 @@ class Filesystem:
     def readdir(self, ino: int, after_id: int) -> Iterator[tuple[int, bytes, Attr]]:
         """(offset, name, attr) from `after_id` on, in stable entry-id order, in pages."""
         while True:
-            page = self.meta.entries_with_inodes_after(ino, after_id, READDIR_PAGE)
-            self._load_metadata_later([inode.ino for _, _, inode in page if not inode.meta_loaded])
-            for entry_id, name, inode in page:
-                yield entry_id, name, self._attr(inode)
+            page = self.meta.listing_after(ino, after_id, READDIR_PAGE)
+            self._load_metadata_later([row[2] for row in page if not row[12]])
+            for row in page:
+                entry_id, name, child = row[0], row[1], row[2]
+                if child in self._open:  # an open file's size and mtime may be newer than the db's
+                    yield entry_id, name, self._attr(self._inode(child))
+                else:
+                    yield entry_id, name, Attr(*row[2:12], exact=row[12] != 0)
                 after_id = entry_id
             if len(page) < READDIR_PAGE:
                 return

@@ -18,7 +18,9 @@ class Ctx:
 ROOT_CTX = Ctx(uid=0, gid=0)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ took 1.3 us against 0.12, once per entry of a readdir
+# page and per stat; nothing mutates an Attr after it is made.
+@dataclass(slots=True)
 class Attr:
     ino: int
     mode: int
