@@ -134,10 +134,11 @@ class Uploader:
         self.last_errors = (self.last_errors + [(entry.remote, entry.key, message)])[-20:]
 
     def pending(self, prefix_filter: Callable[[str, str], bool] | None = None) -> int:
-        entries = self._meta.journal_all(1_000_000)
+        # called after every applied entry while draining: building every journal row each time
+        # made an unmount with 6,000 pending files quadratic (seconds of CPU per hundred uploads)
         if prefix_filter is None:
-            return len(entries)
-        return sum(1 for e in entries if prefix_filter(e.remote, e.key))
+            return self._meta.journal_count()
+        return sum(1 for remote, key in self._meta.journal_keys() if prefix_filter(remote, key))
 
     async def wait_drained(self, timeout: float, select: Callable[[str, str], bool] | None = None) -> int:
         """Make matching entries due now and wait until none is left or `timeout` passes; returns what is left."""
