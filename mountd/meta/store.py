@@ -128,9 +128,12 @@ class Inode:
         return self.attr_gen != self.synced_attr_gen
 
 
-# A readdir page row: entry id, name, then the inode's ino, mode, nlink, uid, gid, size, atime_ns,
-# mtime_ns, ctime_ns, rdev (the order of vfs.types.Attr's fields) and meta_loaded.
+# An inode's ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev (the order of
+# vfs.types.Attr's fields) and meta_loaded; a readdir page row has the entry id and name before it.
+AttrRow = tuple[int, int, int, int, int, int, int, int, int, int, int]
 ListingRow = tuple[int, bytes, int, int, int, int, int, int, int, int, int, int, int]
+_ATTR_COLUMNS = ("i.ino, i.mode, i.nlink, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns, i.rdev,"
+                 " i.meta_loaded")
 
 
 _INODE_COLUMNS = tuple(f.name for f in fields(Inode))
@@ -258,6 +261,12 @@ class MetaStore:
         v = self._scalar("SELECT ino FROM dentries WHERE parent=? AND name=?", (parent, name))
         return int(v) if v is not None else None  # type: ignore[arg-type]
 
+    def lookup_attr(self, parent: int, name: bytes) -> AttrRow | None:
+        """The attributes of the inode that `name` in `parent` names, in one query (a lookup)."""
+        return self._exec(  # type: ignore[no-any-return]
+            f"SELECT {_ATTR_COLUMNS} FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND d.name=?",
+            (parent, name)).fetchone()
+
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
         self._exec("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
 
@@ -280,8 +289,7 @@ class MetaStore:
         """Entries after `after_id` in stable id order, each with the attributes readdirplus replies
         with: one narrow query, because `ls -l` of a large directory reads thousands per request."""
         return self._exec(  # type: ignore[no-any-return]
-            "SELECT d.id, d.name, i.ino, i.mode, i.nlink, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns,"
-            " i.rdev, i.meta_loaded FROM dentries d JOIN inodes i ON i.ino = d.ino"
+            f"SELECT d.id, d.name, {_ATTR_COLUMNS} FROM dentries d JOIN inodes i ON i.ino = d.ino"
             " WHERE d.parent=? AND d.id > ? ORDER BY d.id LIMIT ?", (parent, after_id, limit)).fetchall()
 
     def children(self, parent: int) -> list[tuple[bytes, int]]:

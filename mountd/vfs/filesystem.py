@@ -438,25 +438,26 @@ class Filesystem:
     # ------------------------------------------------------------------------------------------
     # listings
     # ------------------------------------------------------------------------------------------
-    async def _ensure_listed(self, d: Inode, *, force: bool = False) -> None:
-        """Merge the remote listing of a directory when it is older than listing_ttl."""
+    async def _ensure_listed(self, d: Inode, *, force: bool = False) -> bool:
+        """Merge the remote listing of a directory when it is older than listing_ttl; whether the
+        directory may have changed meanwhile (its Inode must then be read again)."""
         if d.remote is None or not d.is_dir:
-            return
+            return False
         now = time.time()
         if not force and d.listed_at is not None and now - d.listed_at < self.config.mount.listing_ttl:
-            return
+            return False
         failed = self._listing_failed_at.get(d.ino)
         if not force and failed is not None and time.monotonic() - failed < LISTING_RETRY and d.listed_at is not None:
-            return
+            return False
         event = self._listing_inflight.get(d.ino)
         if event is not None:
             await event.wait()
-            return
+            return True
         event = self._listing_inflight[d.ino] = trio.Event()
         try:
             key = self.key_of(d.ino, d)
             if key is None:
-                return
+                return False
             remote, prefix = key
             try:
                 listing = await self._in_thread(self._store(remote).list_dir, prefix)
@@ -464,12 +465,13 @@ class Filesystem:
                 self._stats.listing_errors += 1
                 self._listing_failed_at[d.ino] = time.monotonic()
                 log.warning("listing %s of remote %r failed, serving what is known: %s", prefix or "/", remote, e)
-                return
+                return True
             self._listing_failed_at.pop(d.ino, None)
             self._stats.listings += 1
             fresh = self.meta.get(d.ino)
             if fresh is not None and fresh.is_dir:
                 self._merge_listing(fresh, remote, prefix, listing)
+            return True
         finally:
             del self._listing_inflight[d.ino]
             event.set()
@@ -604,8 +606,7 @@ class Filesystem:
         d = self._inode(ino)
         if not d.is_dir:
             raise _err(errno.ENOTDIR)
-        await self._ensure_listed(d)
-        return self._inode(ino)
+        return self._inode(ino) if await self._ensure_listed(d) else d
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         if len(name) > NAME_MAX:
@@ -616,10 +617,14 @@ class Filesystem:
             up = self.meta.parent_of(parent)
             return await self.getattr(up[0] if up else ROOT_INODE)
         await self._dir(parent)
-        ino = self.meta.lookup(parent, name)
-        if ino is None:
+        # one joined query for the common case (a stat after its dentry expired); the Inode only
+        # when its attributes are not final (an open file, metadata not loaded yet)
+        row = self.meta.lookup_attr(parent, name)
+        if row is None:
             raise _err(errno.ENOENT)
-        return self._attr(await self._with_metadata(self._inode(ino)))
+        if row[10] and row[0] not in self._open:
+            return Attr(*row[:10])
+        return self._attr(await self._with_metadata(self._inode(row[0])))
 
     async def opendir(self, ino: int) -> int:
         await self._dir(ino)
