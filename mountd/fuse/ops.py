@@ -287,9 +287,10 @@ class MountdOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         return None
 
-    def statistics(self) -> dict[str, dict[str, Any]]:
+    def statistics(self) -> dict[str, Any]:
+        polled = pyfuse3.device_poll_hits() if hasattr(pyfuse3, "device_poll_hits") else 0
         return {"calls": dict(self.calls), "errors": dict(self.errors), "seconds": dict(self.seconds),
-                "latency": {op: h.snapshot() for op, h in self.latency.items()}}
+                "latency": {op: h.snapshot() for op, h in self.latency.items()}, "read_while_polling": polled}
 
 
 def _invalidate_quietly(ino: int) -> None:
@@ -344,6 +345,8 @@ def init(ops: MountdOperations, mountpoint: str, options: set[str]) -> None:
     if failure is None:
         if text:
             log.warning("libfuse: %s", text)
+        if hasattr(pyfuse3, "set_device_poll"):  # the pyfuse3 of scripts/build-pyfuse3-passthrough.sh
+            pyfuse3.set_device_poll(round(ops.fs.config.mount.device_poll * 1e9))
         return
     reason = text or str(failure)
     if "not permitted" in reason or "ermission denied" in reason:
