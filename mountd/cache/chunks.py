@@ -130,6 +130,9 @@ class ChunkCache:
         self._sweep_interval = max(1.0, min([MAX_SWEEP_INTERVAL, *(e / 4 for e in expiries)]))
         self._idents: OrderedDict[ObjectRef, _Ident] = OrderedDict()
         self._inflight: dict[str, _Flight] = {}
+        # told True when the first GET starts and False when the last ends (the FUSE layer stops
+        # polling its device meanwhile: a polling CPU is one that the download threads lack)
+        self.on_fetching: Callable[[bool], None] = lambda busy: None
         self._writes: dict[str, _Write] = {}  # fetched, being admitted
         self._write_bytes = 0
         self._max_write_bytes = 8 * cfg.chunk_size
@@ -314,6 +317,8 @@ class ChunkCache:
             if flight.error is not None:
                 raise flight.error
         flight = self._inflight[key] = _Flight()
+        if len(self._inflight) == 1:
+            self.on_fetching(True)
         try:
             if background:
                 async with self._get_limiter:
@@ -326,6 +331,8 @@ class ChunkCache:
             raise
         finally:
             del self._inflight[key]
+            if not self._inflight:
+                self.on_fetching(False)
             flight.done.set()
         await self._admit_fetched(ident, index, key, data)
         return data

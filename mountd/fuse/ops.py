@@ -300,6 +300,13 @@ def _invalidate_quietly(ino: int) -> None:
         pass
 
 
+def set_device_poll(seconds: float) -> None:
+    """Poll the FUSE device this long after each request (0: sleep in epoll at once); a no-op with
+    a pyfuse3 other than the one scripts/build-pyfuse3-passthrough.sh builds."""
+    if hasattr(pyfuse3, "set_device_poll"):
+        pyfuse3.set_device_poll(round(seconds * 1e9))
+
+
 def passthrough_available() -> bool:
     """Whether this pyfuse3 has the passthrough calls (scripts/build-pyfuse3-passthrough.sh)."""
     return hasattr(pyfuse3, "backing_open")
@@ -345,8 +352,7 @@ def init(ops: MountdOperations, mountpoint: str, options: set[str]) -> None:
     if failure is None:
         if text:
             log.warning("libfuse: %s", text)
-        if hasattr(pyfuse3, "set_device_poll"):  # the pyfuse3 of scripts/build-pyfuse3-passthrough.sh
-            pyfuse3.set_device_poll(round(ops.fs.config.mount.device_poll * 1e9))
+        set_device_poll(ops.fs.config.mount.device_poll)
         return
     reason = text or str(failure)
     if "not permitted" in reason or "ermission denied" in reason:
