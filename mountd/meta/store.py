@@ -279,12 +279,6 @@ class MetaStore:
     def set_entry_ino(self, parent: int, name: bytes, ino: int) -> None:
         self._exec("UPDATE dentries SET ino=? WHERE parent=? AND name=?", (ino, parent, name))
 
-    def entries_after(self, parent: int, after_id: int, limit: int) -> list[tuple[int, bytes, int]]:
-        """(entry id, name, ino) in stable id order, for readdir offsets that survive changes."""
-        return self._exec(
-            "SELECT id, name, ino FROM dentries WHERE parent=? AND id > ? ORDER BY id LIMIT ?", (parent, after_id, limit)
-        ).fetchall()
-
     def listing_after(self, parent: int, after_id: int, limit: int) -> list[ListingRow]:
         """Entries after `after_id` in stable id order, each with the attributes readdirplus replies
         with: one narrow query, because `ls -l` of a large directory reads thousands per request."""
