@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 
-# requests closer together than this are one burst; a program between two bursts, or a person
-# typing, leaves longer gaps and does not hold uploads
-QUIET_GAP = 0.01
+# requests closer together than this are one burst. 10 ms was too short for one command: `ls -l`
+# of 5,000 files reads the directory in a single request, then formats for ~30 ms without asking
+# the mount anything, and uploads starting in that gap took both cores from it (34-76 ms against
+# 30 ms). A person typing, or a program between two phases, leaves longer gaps and does not hold
+# uploads; a steady stream of requests holds them at most `writeback.yield_max`.
+QUIET_GAP = 0.05
 
 
 class RequestActivity:
     def __init__(self) -> None:
-        self.last = 0.0  # time.perf_counter() of the latest request
+        self.last = 0.0  # time.perf_counter() of the latest request's start or end
 
     def touch(self) -> None:
         self.last = time.perf_counter()

@@ -79,7 +79,9 @@ def _mapped(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
             log.exception("%s failed unexpectedly", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            elapsed = time.perf_counter() - start
+            end = time.perf_counter()
+            self.activity.last = end  # a long request (a readdir of thousands) is part of the burst
+            elapsed = end - start
             self.seconds[name] += elapsed
             self.latency[name].observe(elapsed)
 
