@@ -741,6 +741,51 @@ def test_large_directory_paging_while_changing(posix_repo, where):
     assert len(os.listdir(d)) == BIG - len(removed) + added
 
 
+def _lookups_and_getattrs(repo) -> int:
+    calls = repo.status()["statistics"]["fuse"]["calls"]
+    return calls.get("lookup", 0) + calls.get("getattr", 0)
+
+
+def test_readdirplus_hands_the_kernel_every_attribute(posix_repo, area):
+    """scandir and ls -l get each entry's attributes in the readdir reply (built from plain rows
+    by the patched pyfuse3): the stats that follow reach no handler, and every field is right,
+    an open file's unflushed size included."""
+    want = {}
+    for i in range(150):
+        p = area / f"f{i:03d}"
+        p.write_bytes(b"x" * (i * 37))
+        os.chmod(p, 0o600 + i % 0o100)
+        os.utime(p, ns=(1_600_000_000_123_456_789 + i, 1_500_000_000_000_000_001 + i * 1_000_000_007))
+        want[p.name] = (stat.S_IFREG | 0o600 + i % 0o100, i * 37, (i * 37 + 511) // 512,
+                        1_600_000_000_123_456_789 + i, 1_500_000_000_000_000_001 + i * 1_000_000_007)
+    (area / "sub").mkdir(mode=0o750)
+    os.symlink("f000", area / "ln")
+    held = open(area / "open", "wb")  # noqa: SIM115 (kept open through the listing)
+    try:
+        held.write(b"y" * 4321)
+        held.flush()
+        inos = {name: os.lstat(area / name).st_ino for name in os.listdir(area)}
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")  # the kernel forgets dentries and inodes: only readdirplus can refill them
+        before = _lookups_and_getattrs(posix_repo)
+        with os.scandir(area) as it:
+            got = {e.name: e.stat(follow_symlinks=False) for e in it}
+        asked = _lookups_and_getattrs(posix_repo) - before
+    finally:
+        held.close()
+    assert asked <= 5, f"{asked} lookups/getattrs for {len(got)} entries: readdirplus attributes unused"
+    assert set(got) == set(want) | {"sub", "ln", "open"}
+    for name, (mode, size, blocks, atime, mtime) in want.items():
+        st_ = got[name]
+        assert (st_.st_mode, st_.st_size, st_.st_blocks, st_.st_atime_ns, st_.st_mtime_ns) == \
+            (mode, size, blocks, atime, mtime), name
+        assert (st_.st_ino, st_.st_nlink, st_.st_uid, st_.st_gid, st_.st_blksize) == \
+            (inos[name], 1, os.getuid(), os.getgid(), 1 << 20), name
+    assert stat.S_ISDIR(got["sub"].st_mode) and stat.S_IMODE(got["sub"].st_mode) == 0o750 & ~0o022
+    assert stat.S_ISLNK(got["ln"].st_mode) and got["ln"].st_size == len("f000")
+    assert got["open"].st_size == 4321 and got["open"].st_ino == inos["open"]
+
+
 # ---------------------------------------------------------------------------------------------
 # user.mountd.* extended attributes
 # ---------------------------------------------------------------------------------------------

@@ -26,12 +26,16 @@ import trio
 from mountd.activity import RequestActivity
 from mountd.errors import MountdError
 from mountd.latency import LatencyHistogram
+from mountd.meta.store import ListingRow
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.types import Attr, Ctx, Opened, SetAttr
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
+
+# st_blksize: the size cp, cat and Python's buffered I/O read and write at (one FUSE request's max)
+BLKSIZE = 1 << 20
 
 
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
@@ -112,6 +116,7 @@ class MountdOperations(pyfuse3.Operations):
         self.attr_timeout = fs.config.mount.attr_timeout
         self.enable_passthrough = fs.config.mount.passthrough
         fs.invalidate_cb = self._invalidate
+        self._reply_rows = getattr(pyfuse3, "readdir_reply_rows", None) or self._reply_rows_one_by_one
 
     def init(self) -> None:
         """The kernel's INIT was answered: hand the vfs the passthrough calls if it was granted."""
@@ -141,7 +146,7 @@ class MountdOperations(pyfuse3.Operations):
         e.st_gid = a.gid
         e.st_rdev = a.rdev
         e.st_size = a.size
-        e.st_blksize = 1 << 20
+        e.st_blksize = BLKSIZE
         e.st_blocks = a.blocks
         e.st_atime_ns = a.atime_ns
         e.st_mtime_ns = a.mtime_ns
@@ -243,9 +248,17 @@ class MountdOperations(pyfuse3.Operations):
 
     @_mapped
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for offset, name, attr in self.fs.readdir(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._entry(attr), offset):
+        for page in self.fs.readdir(fh, start_id):
+            if self._reply_rows(token, page, self.attr_timeout, self.attr_timeout, BLKSIZE) < len(page):
                 break
+
+    def _reply_rows_one_by_one(self, token: pyfuse3.ReaddirToken, rows: list[ListingRow], entry_timeout: float,
+                               attr_timeout: float, blksize: int) -> int:
+        """`readdir_reply_rows` for a pyfuse3 built without scripts/pyfuse3-passthrough.patch."""
+        for done, row in enumerate(rows):
+            if not pyfuse3.readdir_reply(token, row[1], self._entry(Attr(*row[2:12], exact=row[12] != 0)), row[0]):
+                return done
+        return len(rows)
 
     @_mapped
     async def releasedir(self, fh: int) -> None:

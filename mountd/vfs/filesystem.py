@@ -29,7 +29,7 @@ from mountd.config import RepoConfig
 from mountd.errors import MountdError, ObjectNotFound, PosixError, RemoteError
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
-from mountd.meta.store import ROOT_INODE
+from mountd.meta.store import ROOT_INODE, ListingRow
 from mountd.vfs.namespace import (
     META_SHA256,
     NAME_MAX,
@@ -630,20 +630,29 @@ class Filesystem:
         await self._dir(ino)
         return ino
 
-    def readdir(self, ino: int, after_id: int) -> Iterator[tuple[int, bytes, Attr]]:
-        """(offset, name, attr) from `after_id` on, in stable entry-id order, in pages."""
+    def readdir(self, ino: int, after_id: int) -> Iterator[list[ListingRow]]:
+        """Pages of entries from `after_id` on, in stable entry-id order, as the rows of
+        `MetaStore.listing_after` (entry id first: it is the offset the kernel asks again from).
+        Rows rather than `Attr`s: `ls -l` of 5,000 entries spent a third of its daemon time
+        building an object per entry."""
         while True:
             page = self.meta.listing_after(ino, after_id, READDIR_PAGE)
+            if not page:
+                return
             self._load_metadata_later([row[2] for row in page if not row[12]])
-            for row in page:
-                entry_id, name, child = row[0], row[1], row[2]
-                if child in self._open:  # an open file's size and mtime may be newer than the db's
-                    yield entry_id, name, self._attr(self._inode(child))
-                else:
-                    yield entry_id, name, Attr(*row[2:12], exact=row[12] != 0)
-                after_id = entry_id
+            if self._open:
+                page = [self._listing_row(row[0], row[1], self._attr(self._inode(row[2])))
+                        if row[2] in self._open else row for row in page]
+            yield page
             if len(page) < READDIR_PAGE:
                 return
+            after_id = page[-1][0]
+
+    @staticmethod
+    def _listing_row(entry_id: int, name: bytes, a: Attr) -> ListingRow:
+        # an open file's size and mtime may be newer than the db's
+        return (entry_id, name, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns,
+                a.ctime_ns, a.rdev, int(a.exact))
 
     def _new_child_owner(self, parent: Inode, ctx: Ctx, mode: int) -> tuple[int, int, int]:
         """uid, gid, mode of a new entry: BSD group semantics under a setgid directory."""
