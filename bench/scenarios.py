@@ -107,7 +107,9 @@ def write_suite(t: Target, server: S3Server, sizes: Sizes, rep: int) -> dict[str
     name = f"write-{rep}.bin"
     path = t.root / name
     blocks = list(Content(1000 + rep).blocks(sizes.big))
-    os.sync()  # start from a clean slate: no earlier dirty pages being written back meanwhile
+    # a clean slate: no earlier dirty pages being written back meanwhile, and free memory to write
+    # into (the page cache fills up over a run; reclaiming it during the write is noise)
+    drop_caches()
     t0 = time.monotonic()
     _write(path, blocks)
     close_s = time.monotonic() - t0
