@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -238,6 +239,15 @@ async def run(config: RepoConfig, mountpoint: str, *, require_remotes: bool = Fa
         os.close(m.lock_fd)
 
 
+def _freeze_startup_objects() -> None:
+    """Hide what exists once the mount is up from the cyclic garbage collector: the ~100,000
+    objects of botocore's service models, fsspec, pydantic and our own setup live as long as the
+    daemon, and every full collection walked them all. Those collections stopped FUSE requests
+    for 12-34 ms (measured with gc.callbacks on a mount of an S3 remote), long enough to double
+    an `ls -l` of 5,000 files in the benchmark (33 ms in two rounds, 91-107 ms in three)."""
+    gc.freeze()
+
+
 async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount], None],
                  extra_options: set[str]) -> int:
     m.unreachable = await probe_remotes(m)
@@ -275,6 +285,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
             await trio.to_thread.run_sync(os.stat, m.mountpoint)  # answers: the mount is ready
             log.info("mounted %s at %s (%s)", m.config.name, m.mountpoint,
                      ", ".join(f"{r.name}={r.display_url} at {r.at}" for r in m.config.remote))
+            _freeze_startup_objects()
             on_ready(m)
             notifier = SystemdNotifier()
             if notifier.enabled:
