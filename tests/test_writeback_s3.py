@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -21,6 +23,22 @@ def object_keys(server: S3Server, bucket: str) -> list[str]:
     for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys += [o["Key"] for o in page.get("Contents", [])]
     return keys
+
+
+@contextmanager
+def repo_behind_proxy(make_repo, server: S3Server, bucket_name: str, **repo_kw) -> Iterator[tuple]:
+    """A started repo whose remote is a new bucket of `server` reached through a byte-counting
+    proxy: (repo, proxy, bucket). The repo is stopped when the block ends normally."""
+    bucket = server.new_bucket(bucket_name)
+    proxy = CountingProxy(server.port)
+    try:
+        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url),
+                         **repo_kw)
+        repo.start()
+        yield repo, proxy, bucket
+        repo.stop()
+    finally:
+        proxy.close()
 
 
 def test_kill9_mid_upload_of_200_files_loses_and_duplicates_nothing(make_repo, s3_server: S3Server):
@@ -80,12 +98,7 @@ def test_writes_never_fail_while_the_server_is_down_for_60s(make_repo, s3_persis
 
 
 def test_same_64mib_under_10_paths_is_sent_once(make_repo, s3_server: S3Server):
-    bucket = s3_server.new_bucket("dedup")
-    proxy = CountingProxy(s3_server.port)
-    try:
-        repo = make_repo(remote_toml=s3_server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url),
-                         delay="1h")
-        repo.start()
+    with repo_behind_proxy(make_repo, s3_server, "dedup", delay="1h") as (repo, proxy, bucket):
         content = os.urandom(64 << 20)
         for i in range(10):
             (repo.data / f"copy{i}.safetensors").write_bytes(content)
@@ -98,19 +111,12 @@ def test_same_64mib_under_10_paths_is_sent_once(make_repo, s3_server: S3Server):
             assert obj == content
         stats = repo.status()["statistics"]["reconciler"]
         assert stats["uploads"] == 1 and stats["dedup_copied"] == 9
-        repo.stop()
-    finally:
-        proxy.close()
 
 
 def test_copies_written_one_after_another_upload_once(make_repo, s3_persistent_server: S3Server):
     """No write-back delay: each copy is hashed while the first one is still uploading."""
     server = s3_persistent_server
-    bucket = server.new_bucket("dedup0")
-    proxy = CountingProxy(server.port)
-    try:
-        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
-        repo.start()
+    with repo_behind_proxy(make_repo, server, "dedup0") as (repo, proxy, bucket):
         content = os.urandom(64 << 20)
         proxy.reset_counts()
         for i in range(10):
@@ -120,20 +126,13 @@ def test_copies_written_one_after_another_upload_once(make_repo, s3_persistent_s
         stats = repo.status()["statistics"]["reconciler"]
         assert stats["uploads"] == 1 and stats["dedup_copied"] == 9
         assert all(server.objects(bucket)[f"copy{i}.bin"] == content for i in (0, 9))
-        repo.stop()
-    finally:
-        proxy.close()
 
 
 def test_rewriting_or_renaming_a_file_stops_its_upload_in_flight(make_repo, s3_persistent_server: S3Server):
     """The rewrite requeues the key and stops the transfer of the old bytes (multipart here),
     so the server receives a part of the first version and all of the second, not both whole."""
     server = s3_persistent_server
-    bucket = server.new_bucket("cancel")
-    proxy = CountingProxy(server.port)
-    try:
-        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
-        repo.start()
+    with repo_behind_proxy(make_repo, server, "cancel") as (repo, proxy, bucket):
         size = 256 << 20
         first, second = os.urandom(size), os.urandom(size)
         proxy.reset_counts()
@@ -155,6 +154,3 @@ def test_rewriting_or_renaming_a_file_stops_its_upload_in_flight(make_repo, s3_p
         objects = server.objects(bucket)
         assert objects["final.bin"] == first and "moved.bin" not in objects
         assert repo.status()["statistics"]["reconciler"]["uploads_cancelled"] == 2
-        repo.stop()
-    finally:
-        proxy.close()
