@@ -293,7 +293,7 @@ def _cache_lines(cache: dict[str, Any]) -> list[str]:
     lines = []
     for name, t in [*cache["tiers"].items(), ("pinned", cache["pinned"])]:
         cap = f" of {format_size(t['cap'])}" if t["cap"] is not None else ""
-        lines.append(f"  {name:<12} {t['entries']:>7} chunks {format_size(t['on_disk']):>8}{cap:<10} "
+        lines.append(f"  {name:<12} {t['entries']:>7} files {format_size(t['on_disk']):>8}{cap:<10} "
                      f"hits {t['hits']}  misses {t['misses']}  evictions {t['evictions']}  "
                      f"expirations {t['expirations']}")
     for p in cache["pins"]:

@@ -81,6 +81,8 @@ class CacheConfig(_Model):
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
     prefetch: Size = parse_size("64M")  # largest window fetched ahead of a sequential reader
     fetch_concurrency: int = Field(default=8, ge=1, le=256)  # parallel ranged GETs (read_whole, prefetch)
+    # objects of several chunks, once all cached, are merged into one file the kernel reads directly
+    passthrough: bool = True
 
     @field_validator("chunk_size")
     @classmethod

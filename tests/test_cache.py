@@ -69,11 +69,12 @@ class Clock:
 
 
 def make_config(tmp: Path, *, chunk: str = "64K", tiers: dict[str, Any] | None = None,
-                read_whole: tuple[str, ...] = ()) -> RepoConfig:
+                read_whole: tuple[str, ...] = (), passthrough: bool = True) -> RepoConfig:
     tiers = tiers or {"small": {"max_size": "1M", "expires": "1h"}}
     return RepoConfig.model_validate({
         "name": "t", "local": {"path": str(tmp / "local")},
-        "cache": {"path": str(tmp / "cache"), "chunk_size": chunk, "tiers": tiers, "fetch_concurrency": 4},
+        "cache": {"path": str(tmp / "cache"), "chunk_size": chunk, "tiers": tiers, "fetch_concurrency": 4,
+                  "passthrough": passthrough},
         "remote": [{"name": "r", "url": f"file://{tmp / 'remote'}", "read_whole": list(read_whole)}],
     })
 
@@ -126,7 +127,7 @@ async def settle(cache: ChunkCache) -> None:
 
 
 def test_read_serves_bytes_and_second_read_hits_disk(tmp_path):
-    env = Env(tmp_path)
+    env = Env(tmp_path, passthrough=False)  # chunks stay chunks (merging: test_merged_objects_...)
     data = os.urandom(3 * CHUNK + 100)
     obj = env.put("a.bin", data)
 
@@ -232,7 +233,7 @@ def test_expired_entries_are_never_served_and_are_swept(tmp_path):
 
 
 def test_corrupt_or_truncated_chunk_is_a_miss_and_is_fetched_again(tmp_path):
-    env = Env(tmp_path)
+    env = Env(tmp_path, passthrough=False)
     data = os.urandom(2 * CHUNK)
     obj = env.put("a.bin", data)
 
@@ -266,6 +267,73 @@ def test_corrupt_or_truncated_chunk_is_a_miss_and_is_fetched_again(tmp_path):
     run(main)
 
 
+def test_merged_objects_serve_reads_are_handed_out_whole_and_keep_the_cap(tmp_path):
+    """Once all chunks of an object are cached they become one file (room for both is made first,
+    so the cap holds); reads are served from it, and a file handed out whole is not evicted."""
+    env = Env(tmp_path)
+    data = os.urandom(3 * CHUNK + 7)
+    obj = env.put("a.bin", data)
+    others = [env.put(f"o{i}.bin", os.urandom(CHUNK)) for i in range(12)]  # more than the tier holds
+
+    async def main() -> None:
+        async with env.cache() as cache:
+            tier = cache.tiers["small"]
+            assert cache.open_whole(obj) is None  # nothing cached yet
+            assert await cache.read(obj, 0, len(data)) == data
+            await settle(cache)
+            assert cache.statistics()["merged"] == 1
+            assert [e.length for e in tier.entries.values()] == [len(data)]  # one file, no chunk left
+            assert tier.on_disk <= tier.max_size
+            cache._recent.clear()
+            gets = env.store.gets
+            for off in (0, CHUNK - 3, 2 * CHUNK + 11, len(data) - 5):
+                assert await cache.read(obj, off, 100) == data[off:off + 100]
+            assert env.store.gets == gets
+            assert cache.describe(obj) == ("small", len(data))
+            whole = cache.open_whole(obj)
+            assert whole is not None
+            assert os.pread(whole.fd, len(data) + 1, 0) == data
+            for o in others:  # the tier fills up and evicts; never the file handed out
+                await cache.read(o, 0, CHUNK)
+                await settle(cache)
+                assert tier.on_disk <= tier.max_size
+            assert tier.statistics()["evictions"] > 0
+            assert any(e.length == len(data) for e in tier.entries.values())
+            whole.close()
+            for o in others:
+                await cache.read(o, 0, CHUNK)
+            await settle(cache)
+            assert not any(e.length == len(data) for e in tier.entries.values())  # evicted once let go
+            assert await cache.read(obj, 0, len(data)) == data
+
+    run(main)
+
+
+def test_a_damaged_merged_file_is_never_handed_out_nor_served(tmp_path):
+    env = Env(tmp_path)
+    data = os.urandom(3 * CHUNK)
+    obj = env.put("a.bin", data)
+
+    async def main() -> None:
+        async with env.cache() as cache:
+            await cache.read(obj, 0, len(data))
+            await settle(cache)
+            (merged,) = cache.tiers["small"].directory.glob("*.val")
+            before = merged.stat()
+            with open(merged, "r+b") as fh:
+                fh.seek(CHUNK + 5)
+                fh.write(b"\0garbage\0")
+            # a writer moves the mtime; set it apart explicitly, as the clock's tick may not have moved
+            os.utime(merged, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+            assert cache.open_whole(obj) is None
+            cache._recent.clear()
+            gets = env.store.gets
+            assert await cache.read(obj, 0, len(data)) == data
+            assert cache.tiers["small"].statistics()["corrupt"] == 1 and env.store.gets > gets
+
+    run(main)
+
+
 def test_identical_content_with_sha256_metadata_is_cached_once(tmp_path):
     env = Env(tmp_path)
     data = os.urandom(2 * CHUNK)
@@ -283,7 +351,9 @@ def test_identical_content_with_sha256_metadata_is_cached_once(tmp_path):
             assert await cache.read(c, 0, len(data)) == data
             await settle(cache)
             assert env.store.gets == 4
-            assert cache.cache_statistics()["tiers"]["small"]["entries"] == 4
+            # two objects, each merged into one file once all its chunks were cached
+            assert cache.cache_statistics()["tiers"]["small"]["entries"] == 2
+            assert cache.statistics()["merged"] == 2
 
     run(main)
 
@@ -416,7 +486,7 @@ def test_forget_drops_the_chunks_of_an_old_version(tmp_path):
 
 @pytest.mark.slow
 def test_chunks_of_an_older_cache_with_zlib_crc32_tags_are_still_verified(tmp_path):
-    env = Env(tmp_path)
+    env = Env(tmp_path, passthrough=False)
     data = os.urandom(2 * CHUNK)
     obj = env.put("a.bin", data)
 

@@ -6,6 +6,6 @@ single-flight ranged GETs, sequential prefetch and whole-object fetches. See doc
 """
 
 from mountd.cache.chunks import CacheInUse, ChunkCache
-from mountd.cache.reader import ObjectRef, RemoteReader
+from mountd.cache.reader import ObjectRef, RemoteReader, WholeFile
 
-__all__ = ["CacheInUse", "ChunkCache", "ObjectRef", "RemoteReader"]
+__all__ = ["CacheInUse", "ChunkCache", "ObjectRef", "RemoteReader", "WholeFile"]

@@ -37,7 +37,7 @@ import trio
 from mountd.backend import ObjectStore
 from mountd.cache.pins import PinSet
 from mountd.cache.prefetch import ReadAhead
-from mountd.cache.reader import ObjectRef
+from mountd.cache.reader import ObjectRef, WholeFile
 from mountd.cache.routing import (
     base_of,
     chunk_count,
@@ -47,8 +47,9 @@ from mountd.cache.routing import (
     object_base,
     route,
     rules_from_config,
+    whole_key,
 )
-from mountd.cache.store import FileSource, TierStore
+from mountd.cache.store import Assembly, Entry, FileSource, TierStore
 from mountd.config import RepoConfig
 from mountd.errors import MountdError, RemoteError, RemoteUnavailable
 
@@ -100,6 +101,8 @@ class _Stats:
     prefetched: int = 0
     prefetch_errors: int = 0
     read_whole: int = 0
+    merged: int = 0
+    passthrough_opens: int = 0
 
 
 class ChunkCache:
@@ -115,6 +118,8 @@ class ChunkCache:
         self._max_ahead = max(1, cfg.prefetch // cfg.chunk_size)
         self._get_limiter = trio.CapacityLimiter(cfg.fetch_concurrency)
         self._parallel = cfg.fetch_concurrency
+        self._passthrough = cfg.passthrough
+        self._merging: set[str] = set()  # bases whose chunks are being merged into one file
         self._lock_fd = self._lock(config.cache_path)
         try:
             self.tiers = {name: TierStore(name, config.cache_path / "tiers" / name, max_size=t.max_size,
@@ -267,12 +272,20 @@ class ChunkCache:
                 break  # the object is shorter than its listed size
         return b"".join(out)
 
-    def _find(self, key: str, *, pinned: bool = True) -> tuple[TierStore, Any] | None:
+    def _find(self, key: str, *, pinned: bool = True) -> tuple[TierStore, Entry, int] | None:
+        """(store, entry, where the chunk starts in the entry's file): the chunk's own entry, else
+        the merged file of its whole object."""
         now = self._clock()
         for store in self._search if pinned else self._search[1:]:
             e = store.get(key, now)
             if e is not None:
-                return store, e
+                return store, e, 0
+        base, index = key.rsplit("#", 1)
+        whole = whole_key(base)
+        for store in self._search[1:]:
+            e = store.get(whole, now)
+            if e is not None:
+                return store, e, int(index) * self.chunk_size
         return None
 
     def _in_memory(self, key: str) -> bytes | None:
@@ -294,8 +307,8 @@ class ChunkCache:
             found = self._find(key)
             if found is None:
                 break
-            store, e = found
-            piece = store.read(e, size, offset)
+            store, e, start = found
+            piece = store.read(e, size, start + offset)
             if piece is not None:
                 store.touch(e, self._clock())
                 store.stats.hits += 1
@@ -379,6 +392,8 @@ class ChunkCache:
             if await target.admit(key, write.data, len(write.data)):
                 if target is self.pinned:
                     self._note_pinned(ident.obj, ident.base)
+                else:
+                    self._maybe_merge(ident, target)
             else:
                 self._remember(key, write.data)
         finally:
@@ -415,7 +430,7 @@ class ChunkCache:
         key = chunk_key(ident.base, index)
         found = self._find(key)
         if found is not None:  # on disk: the kernel reads it ahead of the reader
-            found[0].prepare(found[1])
+            found[0].prepare(found[1], found[2])
             return
         if key in self._inflight or self._in_memory(key) is not None:
             return
@@ -435,7 +450,10 @@ class ChunkCache:
             self._stats.prefetched += 1
 
     def opened(self, obj: ObjectRef) -> None:
-        """Start fetching a `read_whole` object in full (parallel ranged GETs) when it is opened."""
+        """Start fetching a `read_whole` object in full (parallel ranged GETs) when it is opened;
+        merge an object whose chunks are all cached (left unmerged by an earlier run)."""
+        if self._ready.is_set() and (ident := self._ident(obj)).tier is not None and not ident.pinned:
+            self._maybe_merge(ident, ident.tier)
         globs = self._read_whole.get(obj.remote)
         if not globs or obj.size == 0 or self._nursery is None or not matches_any(obj.key, globs):
             return
@@ -464,6 +482,71 @@ class ChunkCache:
                     n.start_soon(one, index)
 
     # ------------------------------------------------------------------------------------------
+    # whole objects in one file, for the kernel to read directly
+    # ------------------------------------------------------------------------------------------
+    def _maybe_merge(self, ident: _Ident, tier: TierStore) -> None:
+        """Once every chunk of an object of several chunks is in `tier`, merge them into one file
+        (`open_whole` hands that to the kernel: FUSE passthrough reads it with ext4's page cache
+        and its large folios, which FUSE's own page cache lacks). The merge needs room for the
+        object twice until its chunks go, so objects over half the tier's cap stay in chunks."""
+        if (not self._passthrough or ident.chunks < 2 or self._nursery is None or ident.base in self._merging
+                or tier.max_size is not None and ident.obj.size > tier.max_size // 2):
+            return
+        now = self._clock()
+        if whole_key(ident.base) in tier.entries or any(
+                tier.get(chunk_key(ident.base, i), now) is None for i in range(ident.chunks)):
+            return
+        self._merging.add(ident.base)
+        self._spawn(self._merge, ident, tier)
+
+    async def _merge(self, ident: _Ident, tier: TierStore) -> None:
+        try:
+            now = self._clock()
+            found = [tier.get(chunk_key(ident.base, i), now) for i in range(ident.chunks)]
+            entries = [e for e in found if e is not None]
+            if len(entries) < ident.chunks:
+                return  # one was evicted meanwhile
+            tier.hold(entries)
+            try:
+                parts = tuple((tier.directory / e.filename, e.length, e.crcs, e.castagnoli) for e in entries)
+                merged = await tier.admit(whole_key(ident.base), Assembly(parts), ident.obj.size)
+            finally:
+                tier.release(entries)
+            if merged:
+                self._stats.merged += 1
+                await tier.remove([e.key for e in entries])
+        finally:
+            self._merging.discard(ident.base)
+
+    def open_whole(self, obj: ObjectRef) -> WholeFile | None:
+        """The merged file of `obj`, opened for the kernel to read directly, when it exists and all
+        of it has been checked; it is not evicted until `WholeFile.close`. None: read through
+        `read` instead."""
+        if not self._passthrough or not self._ready.is_set():
+            return None
+        ident = self._ident(obj)
+        if ident.chunks < 2:
+            return None
+        key = whole_key(ident.base)
+        now = self._clock()
+        for store in self.tiers.values():
+            e = store.get(key, now)
+            if e is None or e.length != obj.size or (fd := store.open_trusted(e)) is None:
+                continue
+            store.hold([e])
+            store.touch(e, now)
+            store.stats.hits += 1
+            self._stats.hits += 1
+            self._stats.passthrough_opens += 1
+
+            def close(store: TierStore = store, e: Entry = e, fd: int = fd) -> None:
+                os.close(fd)
+                store.release([e])
+
+            return WholeFile(fd=fd, close=close)
+        return None
+
+    # ------------------------------------------------------------------------------------------
     # what the vfs asks besides reads
     # ------------------------------------------------------------------------------------------
     def forget(self, obj: ObjectRef) -> None:
@@ -473,6 +556,7 @@ class ChunkCache:
         if not base.startswith("o:"):
             return  # chunks keyed by content stay valid for any key that holds that content
         keys = [chunk_key(base, i) for i in range(chunk_count(obj.size, self.chunk_size))]
+        keys.append(whole_key(base))
         for key in keys:
             if key in self._recent:
                 self._recent_bytes -= len(self._recent.pop(key))
@@ -487,9 +571,8 @@ class ChunkCache:
         target = self._target(ident)
         cached = 0
         for index in range(ident.chunks):
-            found = self._find(chunk_key(ident.base, index))
-            if found is not None:
-                cached += found[1].length
+            if self._find(chunk_key(ident.base, index)) is not None:
+                cached += chunk_length(ident.obj.size, self.chunk_size, index)
         return (target.name if target else "none"), cached
 
     async def adopt_file(self, obj: ObjectRef, path: Path) -> int:
@@ -569,6 +652,10 @@ class ChunkCache:
         async with trio.open_nursery() as n:
             for index in range(ident.chunks):
                 n.start_soon(one, index)
+        if all(results):  # every chunk is in the pinned store now: a merged copy in a tier is not needed
+            for store in self.tiers.values():
+                if whole_key(ident.base) in store.entries:
+                    await store.remove([whole_key(ident.base)])
         return all(results)
 
     async def _pin_chunk(self, ident: _Ident, index: int) -> bool:
@@ -584,7 +671,14 @@ class ChunkCache:
             found = self._find(key, pinned=False)
             data = self._in_memory(key)
             if found is not None:  # move it from its tier
-                store, e = found
+                store, e, start = found
+                if e.key != key:  # a merged object's file: copy the chunk out of it (it goes once all are pinned)
+                    data = store.read(e, length, start)
+                    if data is not None:
+                        await self.pinned.admit(key, data, length)
+                    else:
+                        await store.purge([e])
+                    continue
                 data = await store.read_whole(e)
                 if data is None:
                     continue
@@ -637,7 +731,8 @@ class ChunkCache:
         s = self._stats
         return {"gets": s.gets, "bytes_fetched": s.bytes_fetched, "errors": s.errors, "hits": s.hits,
                 "memory_hits": s.memory_hits, "misses": s.misses, "prefetched": s.prefetched,
-                "prefetch_errors": s.prefetch_errors, "read_whole": s.read_whole, "inflight": len(self._inflight),
+                "prefetch_errors": s.prefetch_errors, "read_whole": s.read_whole, "merged": s.merged,
+                "passthrough_opens": s.passthrough_opens, "inflight": len(self._inflight),
                 "writing": len(self._writes), "ready": self._ready.is_set()}
 
     def cache_statistics(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ when the object's metadata carries one); the cache derives chunk keys from it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,14 @@ class ObjectRef:
     sha256: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WholeFile:
+    """A cached object in one file, open for the kernel to read directly; `close` when done."""
+
+    fd: int
+    close: Callable[[], None]
+
+
 class RemoteReader(Protocol):
     async def read(self, obj: ObjectRef, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of the object (shorter at its end)."""
@@ -30,6 +39,10 @@ class RemoteReader(Protocol):
 
     def opened(self, obj: ObjectRef) -> None:
         """A file backed by `obj` was opened for reading (may start fetching it whole)."""
+        ...
+
+    def open_whole(self, obj: ObjectRef) -> WholeFile | None:
+        """All of `obj` in one checked local file, kept until closed; None if it is not so cached."""
         ...
 
     def forget(self, obj: ObjectRef) -> None:

@@ -7,7 +7,8 @@ matches everything). An object that no tier matches is not cached on disk.
 Keys: a chunk is keyed by its object's content identity: ``s:<chunk_size>:<sha256>:<size>`` when
 the object's metadata carries its sha256 (so identical content under several keys or remotes
 shares its chunks), else ``o:<chunk_size>:<remote>:<version>:<size>:<key>``. The chunk index is
-appended after a '#'. The chunk size is part of the key, so changing `chunk_size` never serves a
+appended after a '#'; an object whose chunks were all cached may be merged into one file, keyed
+with ``#whole`` (the kernel can read it directly, see `ChunkCache.open_whole`). The chunk size is part of the key, so changing `chunk_size` never serves a
 chunk cut at other boundaries.
 """
 
@@ -65,6 +66,10 @@ def object_base(obj: ObjectRef, chunk_size: int) -> str:
 
 def chunk_key(base: str, index: int) -> str:
     return f"{base}#{index}"
+
+
+def whole_key(base: str) -> str:
+    return f"{base}#whole"
 
 
 def base_of(key: str) -> str:

@@ -62,7 +62,8 @@ WAL_PAGES = 64
 # counted in advance, so it never pushes the tier over its cap between two measurements
 WAL_RESERVE = (WAL_PAGES + 32) * 4096
 MAX_OPEN_FDS = 256
-READ_AHEAD_EVERY = 1.0  # seconds between two read-ahead requests for one chunk file
+READ_AHEAD_EVERY = 1.0  # seconds between two read-ahead requests for one region of a file
+READ_AHEAD_SPAN = 8 << 20  # a read-ahead request covers the reader's region of this size and the next
 CRC_BLOCK = 1 << 20
 CASTAGNOLI_MARK = "crc32c:"  # not hex: a zlib CRC32 tag can start with any hex digit
 # eviction is ours; every value is a file; the WAL is checkpointed often and truncated after,
@@ -84,6 +85,14 @@ class FileSource:
     """A local file to be moved into a tier (renamed when on the same filesystem, else copied)."""
 
     path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    """Chunk files of one object to be merged into one file: (path, length, checksums, castagnoli)
+    of each, in order. Each is checked against its checksums while it is copied."""
+
+    parts: tuple[tuple[Path, int, tuple[int, ...], bool], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +144,9 @@ class Entry:
     fd: int | None = None
     signature: tuple[int, int] | None = None  # (size, mtime_ns) the verified blocks were read with
     verified: int = 0  # bit i: block i was checked
-    read_ahead_at: float = -math.inf  # monotonic time the kernel was last asked to read the file ahead
+    read_ahead_at: float = -math.inf  # monotonic time the kernel was last asked to read ahead
+    read_ahead_region: int = -1  # ... the region of READ_AHEAD_SPAN bytes it was asked for
+    holds: int = 0  # open for the kernel to read directly (FUSE passthrough): not evicted meanwhile
 
 
 @dataclass(slots=True)
@@ -199,6 +210,33 @@ def _file_crcs(path: Path) -> tuple[int, ...]:
             if len(block) < CRC_BLOCK:
                 break
     return tuple(out)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _merge_into(fd: int, assembly: Assembly) -> tuple[int, ...]:
+    """Copy the parts one after the other into `fd`, each checked against its own checksums;
+    returns the checksums of the merged file (worker thread). A part that does not match raises
+    EIO: the merge is dropped, and the part is found corrupt when it is next read."""
+    crcs: list[int] = []
+    carry = b""
+    for path, length, part_crcs, castagnoli in assembly.parts:
+        data = _read_verified(str(path), length, part_crcs, castagnoli)
+        if data is None:
+            raise OSError(errno.EIO, f"chunk file {path.name} does not match its checksums")
+        _write_all(fd, data)
+        if carry:
+            data = carry + data
+        whole = len(data) - len(data) % CRC_BLOCK
+        crcs.extend(block_crcs(data[:whole]) if whole else ())
+        carry = data[whole:]
+    if carry or not crcs:
+        crcs.append(block_crc(carry))
+    return tuple(crcs)
 
 
 def _read_verified(path: str, length: int, crcs: tuple[int, ...], castagnoli: bool) -> bytes | None:
@@ -335,7 +373,7 @@ class TierStore:
         must be removed with `purge`."""
         try:
             fd = self._open(e)
-            self._read_ahead(e, fd)
+            self._read_ahead(e, fd, offset)
             st = os.fstat(fd)
             if (st.st_size, st.st_mtime_ns) != e.signature:
                 e.signature, e.verified = (st.st_size, st.st_mtime_ns), 0
@@ -369,22 +407,49 @@ class TierStore:
         return e.fd
 
     @staticmethod
-    def _read_ahead(e: Entry, fd: int) -> None:
-        """Ask the kernel to read the whole chunk file into the page cache in the background
-        (POSIX_FADV_WILLNEED), at most once per READ_AHEAD_EVERY seconds per file: a chunk is the
-        unit of caching, its other blocks are likely read next, and one 8 MiB read of the disk beats
-        many small ones (pages already cached make it a quick no-op)."""
+    def _read_ahead(e: Entry, fd: int, offset: int) -> None:
+        """Ask the kernel to read the region of the file around `offset` and the next one into the
+        page cache in the background (POSIX_FADV_WILLNEED), at most once per READ_AHEAD_EVERY
+        seconds per region: the rest of a chunk is likely read next, and one 8 MiB read of the
+        disk beats many small ones (pages already cached make it a quick no-op)."""
+        region = offset // READ_AHEAD_SPAN
         now = time.monotonic()
-        if now - e.read_ahead_at >= READ_AHEAD_EVERY:
-            e.read_ahead_at = now
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        if region != e.read_ahead_region or now - e.read_ahead_at >= READ_AHEAD_EVERY:
+            e.read_ahead_region, e.read_ahead_at = region, now
+            os.posix_fadvise(fd, region * READ_AHEAD_SPAN, 2 * READ_AHEAD_SPAN, os.POSIX_FADV_WILLNEED)
 
-    def prepare(self, e: Entry) -> None:
-        """A sequential reader is coming to this chunk: have the kernel read it ahead."""
+    def prepare(self, e: Entry, offset: int = 0) -> None:
+        """A sequential reader is coming to `offset` of this entry: have the kernel read it ahead."""
         try:
-            self._read_ahead(e, self._open(e))
+            self._read_ahead(e, self._open(e), offset)
         except OSError:
             pass  # read() finds out and reports it
+
+    def open_trusted(self, e: Entry) -> int | None:
+        """A new read-only descriptor of an entry whose every block has been checked (or was
+        written by this process) and whose file is unchanged since; None otherwise. The kernel
+        reads through it without the checksums, so nothing less than a fully checked file goes."""
+        if e.verified != (1 << len(e.crcs)) - 1 or e.signature is None:
+            return None
+        try:
+            fd = os.open(self.directory / e.filename, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != e.signature or st.st_size != e.length:
+            os.close(fd)
+            return None
+        return fd
+
+    def hold(self, entries: Iterable[Entry]) -> None:
+        """Keep these entries from eviction (their files are being read or merged)."""
+        for e in entries:
+            e.holds += 1
+
+    def release(self, entries: Iterable[Entry]) -> None:
+        for e in entries:
+            e.holds -= 1
+        self._signal()  # an admission waiting for room may find it now
 
     def _corrupt_miss(self, e: Entry, why: str) -> bytes | None:
         """Drop a damaged chunk; the caller returns this None as a miss."""
@@ -416,8 +481,9 @@ class TierStore:
     def fits(self, length: int) -> bool:
         return self.max_size is None or self._alloc(length) + self.overhead <= self.max_size
 
-    async def admit(self, key: str, payload: bytes | FileSource, length: int) -> bool:
-        """Store one chunk; False when it cannot fit (bigger than the cap) or the write failed."""
+    async def admit(self, key: str, payload: bytes | FileSource | Assembly, length: int) -> bool:
+        """Store one chunk (or merged object); False when it cannot fit (bigger than the cap) or the
+        write failed."""
         if key in self.entries or key in self._writing:
             return True
         alloc = self._alloc(length)
@@ -466,7 +532,7 @@ class TierStore:
                 self.pending -= alloc
                 self._signal()
 
-    def _write(self, key: str, payload: bytes | FileSource, name: str,
+    def _write(self, key: str, payload: bytes | FileSource | Assembly, name: str,
                expires_at: float) -> tuple[tuple[int, ...], int, tuple[int, int] | None]:
         """Worker thread: checksum and write one chunk file, then (one writer at a time, so SQLite
         checkpoints keep its WAL small) move it in with its row; returns (checksums, overhead, and
@@ -475,13 +541,14 @@ class TierStore:
             source = payload.path
             crcs = _file_crcs(source)
         else:
-            crcs = block_crcs(payload)
             source = self.directory / (name + TMP_SUFFIX)
             fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
+                if isinstance(payload, Assembly):
+                    crcs = _merge_into(fd, payload)
+                else:
+                    crcs = block_crcs(payload)
+                    _write_all(fd, payload)
             except BaseException:
                 os.unlink(source)
                 raise
@@ -500,20 +567,22 @@ class TierStore:
                 source.unlink(missing_ok=True)
 
     def _victims(self, excess: int) -> list[Entry]:
-        """Expired entries first, then the least recently used, until `excess` bytes are freed."""
+        """Expired entries first, then the least recently used, until `excess` bytes are freed;
+        never one that is held."""
         out: list[Entry] = []
         freed = 0
         now = self._clock()
         for e in self._by_expiry.values():
             if freed >= excess or e.expires_at > now:
                 break
-            out.append(e)
-            freed += e.alloc
+            if not e.holds:
+                out.append(e)
+                freed += e.alloc
         chosen = {id(e) for e in out}
         for e in self.entries.values():
             if freed >= excess:
                 break
-            if id(e) not in chosen:
+            if id(e) not in chosen and not e.holds:
                 out.append(e)
                 freed += e.alloc
         return out

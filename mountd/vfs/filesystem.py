@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from mountd.backend import DirListing, ObjectInfo, ObjectStore
-from mountd.cache import ObjectRef, RemoteReader
+from mountd.cache import ObjectRef, RemoteReader, WholeFile
 from mountd.config import RepoConfig
 from mountd.errors import MountdError, ObjectNotFound, PosixError, RemoteError
 from mountd.local import LocalTier
@@ -83,6 +83,8 @@ class OpenInode:
     backing_id: int | None = None
     # (size, mtime_ns) of the local file when passthrough writes were last taken in
     seen: tuple[int, int] | None = None
+    # the cache's file of the whole object when the kernel reads that (backing_id is then its id)
+    cached: WholeFile | None = None
 
 
 @dataclass(slots=True)
@@ -847,6 +849,10 @@ class Filesystem:
         accmode = flags & os.O_ACCMODE
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
         if writable:
+            if (op := self._open.get(ino)) is not None and op.cached is not None:
+                # its readers are bound to the cache's read-only copy, and the kernel allows one
+                # backing file per open inode: the writer waits for them to close (docs/caching.md)
+                raise _err(errno.ETXTBSY, "open for reading from the cache by the kernel; close those first")
             self._writable_area(node)
             self._check_immutable(node)
             if flags & os.O_TRUNC:
@@ -863,6 +869,8 @@ class Filesystem:
         self._page_cache_version[ino] = version
         opened = await self._maybe_passthrough(
             self._new_handle(ino, writable=writable, uid=ctx.uid, keep_cache=keep), node)
+        if not writable and not node.has_local and not opened.backing_id:
+            opened = self._maybe_cache_passthrough(opened, node)
         if writable and flags & os.O_TRUNC:
             # POSIX: O_TRUNC of an existing file marks mtime and ctime for update, even when it was empty
             op = self._open[ino]
@@ -936,6 +944,25 @@ class Filesystem:
         st = os.fstat(fd)
         op.seen = (st.st_size, st.st_mtime_ns)
         self._page_cache_version.pop(node.ino, None)  # the kernel's own pages of this inode may be stale after
+        return replace(opened, backing_id=op.backing_id, keep_cache=False)
+
+    def _maybe_cache_passthrough(self, opened: Opened, node: Inode) -> Opened:
+        """Let the kernel read a remote object itself from the cache's file of the whole object,
+        when there is one (objects of several chunks, all cached and checked): re-reads then come
+        from ext4's page cache at local-disk speed, which FUSE's own page cache does not reach."""
+        op = self._open[node.ino]
+        if self.backing_open is None or op.handles > 1 or node.remote_key is None or not node.is_reg:
+            return opened
+        whole = self.reader.open_whole(self._object_ref(node))
+        if whole is None:
+            return opened
+        try:
+            op.backing_id = self.backing_open(whole.fd)
+        except OSError as e:
+            whole.close()
+            log.info("FUSE passthrough refused for a cached file (%s); reading it through the daemon", e)
+            return opened
+        op.cached = whole
         return replace(opened, backing_id=op.backing_id, keep_cache=False)
 
     def _room_for_passthrough(self) -> bool:
@@ -1043,7 +1070,7 @@ class Filesystem:
 
     def _persist_open(self, op: OpenInode) -> None:
         """Write the in-memory size/mtime of an open file to the db and journal it if changed."""
-        if op.backing_id is not None:
+        if op.backing_id is not None and op.cached is None:
             self._take_in_passthrough_writes(op)
         if not op.modified:
             return
@@ -1092,6 +1119,8 @@ class Filesystem:
                 self.backing_close(op.backing_id)
             except OSError as e:
                 log.debug("closing backing id %d of inode %d: %s", op.backing_id, op.ino, e)
+        if op.cached is not None:
+            op.cached.close()
         if op.fd is not None:
             os.close(op.fd)
         node = self.meta.get(h.ino)
