@@ -46,7 +46,7 @@ def _targets(res: Results) -> list[str]:
 def _cell(res: Results, m: Metric, target: str) -> str:
     vals = res.values(m.key, target)
     if not vals:
-        return "n/a" if target == "local" and not m.local else "—"
+        return "n/a" if target == "local" and not m.local or target in m.not_for else "—"
     med = res.med(m.key, target)
     assert med is not None
     spread = f" ({num(min(vals))}–{num(max(vals))})" if len(vals) > 1 else ""

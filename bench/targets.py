@@ -53,6 +53,10 @@ class Target:
     def wait_drained(self, timeout: float = 900) -> None:
         """Return once every write made through the mount is on the server."""
 
+    def wait_settled(self) -> None:
+        """Return once the work a read left behind in the background is done (mountd: chunk writes
+        and merges of the cache); the peers do theirs while they read."""
+
     def remount_clean(self, endpoint_url: str | None = None) -> None:
         self.stop()
         self.clean()
@@ -170,6 +174,9 @@ options = {{ {opts} }}
 
     def wait_drained(self, timeout: float = 900) -> None:
         self._mountd("sync", str(self.root), "--wait", "--timeout", f"{timeout:.0f}s", timeout=timeout)
+
+    def wait_settled(self) -> None:
+        self._mountd("cache", "stats", str(self.root), "--wait", timeout=600)
 
     def stop(self) -> None:
         if self.proc is None:

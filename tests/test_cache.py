@@ -30,6 +30,7 @@ from mountd.cache.routing import TierRule, route
 from mountd.cache.store import WAL_RESERVE
 from mountd.config import RepoConfig
 from mountd.errors import ConfigError, RemoteError
+from mountd.units import parse_size
 
 K = 1024
 CHUNK = 64 * K
@@ -307,6 +308,32 @@ def test_merged_objects_serve_reads_are_handed_out_whole_and_keep_the_cap(tmp_pa
             assert await cache.read(obj, 0, len(data)) == data
 
     run(main)
+
+
+@pytest.mark.parametrize("chunk", ["64K", "1M"])  # read and checked here / copied by the kernel, CRCs reused
+def test_a_merged_file_passes_its_checksums_after_a_restart(tmp_path, chunk):
+    env = Env(tmp_path, chunk=chunk, tiers={"t": {"max_size": "16M", "expires": "1h"}})
+    data = os.urandom(2 * parse_size(chunk) + 12345)
+    obj = env.put("a.bin", data)
+
+    async def fill() -> None:
+        async with env.cache() as cache:
+            assert await cache.read(obj, 0, len(data)) == data
+            await settle(cache)
+            assert cache.statistics()["merged"] == 1
+
+    async def read_back() -> None:
+        async with env.cache() as cache:
+            gets = env.store.gets
+            assert cache.open_whole(obj) is None  # not checked by this process yet
+            assert await cache.read(obj, 0, len(data) + 1) == data
+            assert env.store.gets == gets and cache.tiers["t"].statistics()["corrupt"] == 0
+            whole = cache.open_whole(obj)  # every block checked now
+            assert whole is not None
+            whole.close()
+
+    run(fill)
+    run(read_back)
 
 
 def test_a_damaged_merged_file_is_never_handed_out_nor_served(tmp_path):

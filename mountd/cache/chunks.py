@@ -49,7 +49,7 @@ from mountd.cache.routing import (
     rules_from_config,
     whole_key,
 )
-from mountd.cache.store import Assembly, Entry, FileSource, TierStore
+from mountd.cache.store import Assembly, Entry, FileSource, Part, TierStore
 from mountd.config import RepoConfig
 from mountd.errors import MountdError, RemoteError, RemoteUnavailable
 
@@ -507,12 +507,16 @@ class ChunkCache:
             if len(entries) < ident.chunks:
                 return  # one was evicted meanwhile
             tier.hold(entries)
+            start = time.monotonic()
             try:
-                parts = tuple((tier.directory / e.filename, e.length, e.crcs, e.castagnoli) for e in entries)
+                parts = tuple(Part(tier.directory / e.filename, e.length, e.crcs, e.castagnoli,
+                                   e.signature if e.verified == (1 << len(e.crcs)) - 1 else None) for e in entries)
                 merged = await tier.admit(whole_key(ident.base), Assembly(parts), ident.obj.size)
             finally:
                 tier.release(entries)
             if merged:
+                log.debug("merged %d chunks of %s:%s in %.3fs", len(entries), ident.obj.remote, ident.obj.key,
+                          time.monotonic() - start)
                 self._stats.merged += 1
                 await tier.remove([e.key for e in entries])
         finally:
