@@ -380,6 +380,7 @@ class Filesystem:
                 raise _err(errno.EINVAL)
             self._writable_area(inode)
             self._check_immutable(inode)
+            self._no_cache_readers(op)
             await self._truncate(inode, changes.size)
             inode = self._inode(ino)
             values.update(mtime_ns=now)
@@ -849,10 +850,7 @@ class Filesystem:
         accmode = flags & os.O_ACCMODE
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
         if writable:
-            if (op := self._open.get(ino)) is not None and op.cached is not None:
-                # its readers are bound to the cache's read-only copy, and the kernel allows one
-                # backing file per open inode: the writer waits for them to close (docs/caching.md)
-                raise _err(errno.ETXTBSY, "open for reading from the cache by the kernel; close those first")
+            self._no_cache_readers(self._open.get(ino))
             self._writable_area(node)
             self._check_immutable(node)
             if flags & os.O_TRUNC:
@@ -945,6 +943,14 @@ class Filesystem:
         op.seen = (st.st_size, st.st_mtime_ns)
         self._page_cache_version.pop(node.ino, None)  # the kernel's own pages of this inode may be stale after
         return replace(opened, backing_id=op.backing_id, keep_cache=False)
+
+    @staticmethod
+    def _no_cache_readers(op: OpenInode | None) -> None:
+        """A change of content waits until no handle reads the cache's copy: those readers are
+        bound to that read-only file, and the kernel allows one backing file per open inode, so a
+        writer could not join them, and a reader opening after the change would."""
+        if op is not None and op.cached is not None:
+            raise _err(errno.ETXTBSY, "open for reading from the cache by the kernel; close those first")
 
     def _maybe_cache_passthrough(self, opened: Opened, node: Inode) -> Opened:
         """Let the kernel read a remote object itself from the cache's file of the whole object,
