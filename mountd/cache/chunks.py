@@ -493,8 +493,10 @@ class ChunkCache:
                 or tier.max_size is not None and ident.obj.size > tier.max_size // 2):
             return
         now = self._clock()
+        # from the last chunk back: while a sequential reader fills the object, the check costs
+        # one lookup per chunk written, not one per chunk already there
         if whole_key(ident.base) in tier.entries or any(
-                tier.get(chunk_key(ident.base, i), now) is None for i in range(ident.chunks)):
+                tier.get(chunk_key(ident.base, i), now) is None for i in reversed(range(ident.chunks))):
             return
         self._merging.add(ident.base)
         self._spawn(self._merge, ident, tier)
@@ -510,7 +512,7 @@ class ChunkCache:
             start = time.monotonic()
             try:
                 parts = tuple(Part(tier.directory / e.filename, e.length, e.crcs, e.castagnoli,
-                                   e.signature if e.verified == (1 << len(e.crcs)) - 1 else None) for e in entries)
+                                   e.signature if e.fully_checked else None) for e in entries)
                 merged = await tier.admit(whole_key(ident.base), Assembly(parts), ident.obj.size)
             finally:
                 tier.release(entries)

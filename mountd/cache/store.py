@@ -158,6 +158,11 @@ class Entry:
     read_ahead_region: int = -1  # ... the region of READ_AHEAD_SPAN bytes it was asked for
     holds: int = 0  # open for the kernel to read directly (FUSE passthrough): not evicted meanwhile
 
+    @property
+    def fully_checked(self) -> bool:
+        """Every block has been checked (or written by this process) since `signature` was taken."""
+        return self.signature is not None and self.verified == (1 << len(self.crcs)) - 1
+
 
 @dataclass(slots=True)
 class TierStats:
@@ -473,7 +478,7 @@ class TierStore:
         """A new read-only descriptor of an entry whose every block has been checked (or was
         written by this process) and whose file is unchanged since; None otherwise. The kernel
         reads through it without the checksums, so nothing less than a fully checked file goes."""
-        if e.verified != (1 << len(e.crcs)) - 1 or e.signature is None:
+        if not e.fully_checked:
             return None
         try:
             fd = os.open(self.directory / e.filename, os.O_RDONLY | os.O_CLOEXEC)
