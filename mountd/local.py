@@ -30,8 +30,11 @@ class LocalTier:
         return self.data / f"{ino:x}"
 
     def create_empty(self, ino: int) -> None:
-        fd = os.open(self.path_for(ino), os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        os.close(fd)
+        os.close(self.create_open(ino))
+
+    def create_open(self, ino: int) -> int:
+        """An empty data file, open for reading and writing (a new file is written next: one open)."""
+        return os.open(self.path_for(ino), os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
 
     def exists(self, ino: int) -> bool:
         return self.path_for(ino).exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -53,6 +54,9 @@ READDIR_PAGE = 1000
 LISTING_RETRY = 5.0
 FREE_SPACE_CHECK_EVERY = 1 << 20
 PASSTHROUGH_MIN_FREE = 1 << 30  # local-tier free space below which files open without passthrough
+# seconds between statvfs calls deciding that (a create of 5,000 small files made 5,000 of them);
+# the margin (1 GiB, or 4 x `local.reserve`) is what a disk filling within that second may use
+ROOM_CHECK_EVERY = 1.0
 METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
 
 
@@ -138,6 +142,8 @@ class Filesystem:
         self.backing_close: Callable[[int], None] = lambda backing_id: None
         self.dirty = DirtyBytes(config.local.max_dirty)
         self._unchecked_bytes = FREE_SPACE_CHECK_EVERY  # bytes written since free space was last checked
+        self._room_checked_at = -math.inf  # time.monotonic() of the last statvfs for passthrough
+        self._room_for_kernel_writes = False
         self.ignore = IgnoreRules(config.writeback.ignore)
         # set by the daemon: whether the uploader is working on (remote, key) right now
         self.is_uploading: Callable[[str, str], bool] = lambda remote, key: False
@@ -736,11 +742,16 @@ class Filesystem:
         with self.meta.transaction():
             node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, has_local=1,
                                           content_gen=1, attr_gen=1, mtime_ns=now)
-            self.local.create_empty(node.ino)
+            fd = self.local.create_open(node.ino)
             self.meta.add_entry(parent, name, node.ino)
             self._touch_dir(parent, now)
         opened = self._new_handle(node.ino, writable=True, uid=ctx.uid, keep_cache=True)
-        self._open[node.ino].modified = True
+        op = self._open[node.ino]
+        op.modified = True
+        if op.fd is None:
+            op.fd = fd
+        else:
+            os.close(fd)
         opened = await self._maybe_passthrough(opened, self._inode(node.ino))
         return opened, self._attr(self._inode(node.ino))
 
@@ -974,8 +985,13 @@ class Filesystem:
     def _room_for_passthrough(self) -> bool:
         """Passthrough writes skip the `local.reserve` check of write(): use it only while the local
         tier has plenty of room, so a disk filling up is met by that check, not by SQLite failing."""
-        st = os.statvfs(self.local.root)
-        return st.f_bavail * st.f_frsize >= max(4 * self.config.local.reserve, PASSTHROUGH_MIN_FREE)
+        now = time.monotonic()
+        if now - self._room_checked_at >= ROOM_CHECK_EVERY:
+            st = os.statvfs(self.local.root)
+            self._room_checked_at = now
+            self._room_for_kernel_writes = \
+                st.f_bavail * st.f_frsize >= max(4 * self.config.local.reserve, PASSTHROUGH_MIN_FREE)
+        return self._room_for_kernel_writes
 
     def _take_in_passthrough_writes(self, op: OpenInode) -> None:
         """Passthrough writes never reach write(): learn their size and mtime from the local file."""
