@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -49,6 +50,21 @@ def test_remote_objects_appear_and_read_by_range(repo):
     st = repo.status()
     assert st["statistics"]["vfs"]["materialized"] == 0  # served by ranged reads, not a whole download
     assert st["statistics"]["reader"]["gets"] >= 1
+
+
+@pytest.mark.remote_kinds("file")
+def test_a_temporary_file_left_by_a_killed_upload_is_swept_when_its_directory_is_listed(repo):
+    d = repo.remote_dir / "sub"
+    d.mkdir()
+    (d / "kept.bin").write_bytes(b"data")
+    stale, fresh = d / ".mountd-tmp-0dead", d / ".mountd-tmp-0live"
+    stale.write_bytes(b"half an upload")
+    fresh.write_bytes(b"an upload in progress")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    assert os.listdir(repo.data / "sub") == ["kept.bin"]
+    assert not stale.exists()
+    assert fresh.read_bytes() == b"an upload in progress"  # another writer's, still being written
 
 
 @NOT_GCS

@@ -45,6 +45,9 @@ from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnava
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".mountd-tmp-"
+# a temporary upload file of a local-directory remote that has not been written to for this long
+# was left by a writer that died; listing its directory removes it
+STALE_TMP_AGE = 3600.0
 XATTR_META = "user.mountd.meta"
 COPY_BLOCK = 8 << 20
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
@@ -463,6 +466,7 @@ class FileStore(FsspecStore):
                 for entry in it:
                     name = entry.name
                     if name.startswith(TMP_PREFIX):
+                        self._sweep_if_stale(entry)
                         continue
                     if entry.is_symlink():
                         log.debug("remote %r: ignoring symlink %r", self.name, prefix + name)
@@ -473,6 +477,18 @@ class FileStore(FsspecStore):
                         p = Path(entry.path)
                         objects.append(self._object(prefix + name, entry.stat(follow_symlinks=False), self._getmeta(p)))
         return DirListing(objects=tuple(objects), prefixes=tuple(prefixes), marker_exists=True)
+
+    def _sweep_if_stale(self, entry: os.DirEntry[str]) -> None:
+        """Remove a temporary file of a write that died with its writer (a daemon killed during
+        an upload): one untouched for `STALE_TMP_AGE` is no one's any more."""
+        try:
+            age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+            if age > STALE_TMP_AGE and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                log.info("remote %r: removed %s, left %.0f s ago by an interrupted upload",
+                         self.name, entry.name, age)
+        except OSError as e:  # gone already (its writer finished), or not ours to remove
+            log.debug("remote %r: leaving %s: %s", self.name, entry.name, e)
 
     def head(self, key: str) -> ObjectInfo:
         with self._translate("head", key):
