@@ -26,7 +26,7 @@ import pytest
 from mountd.backend.fsspec_store import open_store
 from mountd.config import RemoteConfig
 from mountd.control import request
-from tests.conftest import MountedRepo, mountd_cmd
+from tests.conftest import MountedRepo, mountd_cmd, wait_until
 from tests.test_cache import tier_dir_size
 
 K = 1024
@@ -287,6 +287,48 @@ def test_a_fully_cached_file_is_read_by_the_kernel_from_the_cache_and_writers_wa
     assert path.read_bytes() == b"NEW" + data[3:]
     repo.sync()
     assert (repo.remote_dir / "ckpt.bin").read_bytes() == b"NEW" + data[3:]
+
+
+def pages_in_memory(path: Path) -> tuple[int, int]:
+    """(pages of the file in the page cache, pages of the file), by mincore(2), which reads
+    nothing itself (a read that may not wait would start readahead)."""
+    size = path.stat().st_size
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mm:
+        start = ctypes.c_char.from_buffer(mm)
+        try:
+            rc = libc.mincore(ctypes.addressof(start), size, vec)
+        finally:
+            del start  # the mapping cannot close while a pointer into it exists
+    assert rc == 0, os.strerror(ctypes.get_errno())
+    return sum(v & 1 for v in vec), pages
+
+
+def test_a_cached_file_handed_to_the_kernel_is_read_into_memory_while_it_is_open(make_repo):
+    """The kernel's own readahead keeps one window in flight; while a merged cache file is open
+    for the kernel, the cache reads the rest into the page cache beside it (cache/warmup.py)."""
+    repo = configure(make_repo(), tiers='[cache.tiers.t]\nmax_size = "16M"\nexpires = "1h"\n')
+    data = os.urandom(9 * CHUNK + 321)
+    (repo.remote_dir / "ckpt.bin").write_bytes(data)
+    repo.start()
+    path = repo.data / "ckpt.bin"
+    assert path.read_bytes() == data
+    assert cache_stats(repo)["reads"]["merged"] == 1
+    [merged] = [p for p in repo.cache.rglob("*") if p.is_file() and p.stat().st_size == len(data)]
+    fd = os.open(merged, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert pages_in_memory(merged)[0] == 0
+    with open(path, "rb") as reader:  # opened; nothing read from it yet
+        assert cache_stats(repo)["reads"]["passthrough_opens"] == 1
+        wait_until(lambda: pages_in_memory(merged)[0] == pages_in_memory(merged)[1], timeout=30)
+        assert reader.read() == data
 
 
 @pytest.mark.slow

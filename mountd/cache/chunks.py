@@ -50,6 +50,7 @@ from mountd.cache.routing import (
     whole_key,
 )
 from mountd.cache.store import Assembly, Entry, FileSource, Part, TierStore
+from mountd.cache.warmup import WarmUp
 from mountd.config import RepoConfig
 from mountd.errors import MountdError, RemoteError, RemoteUnavailable
 
@@ -545,7 +546,10 @@ class ChunkCache:
             self._stats.hits += 1
             self._stats.passthrough_opens += 1
 
-            def close(store: TierStore = store, e: Entry = e, fd: int = fd) -> None:
+            warm_up = WarmUp(fd, e.length)  # the kernel's readahead alone keeps too little in flight
+
+            def close(store: TierStore = store, e: Entry = e, fd: int = fd, warm_up: WarmUp = warm_up) -> None:
+                warm_up.stop()
                 os.close(fd)
                 store.release([e])
 
