@@ -256,16 +256,24 @@ def test_a_changed_object_is_never_served_from_its_old_chunks(make_repo):
     assert os.getxattr(path, "user.mountd.cached_bytes") == str(len(new)).encode()
 
 
-def test_a_fully_cached_file_is_read_by_the_kernel_from_the_cache_and_writers_wait(make_repo):
-    """After one read through the daemon, an object of several chunks is one checked cache file,
-    and later opens hand it to the kernel (FUSE passthrough): no read request reaches the daemon,
-    mmap works, and a writer is refused (ETXTBSY) until those readers close."""
+def read_once_and_merged(make_repo, size: int) -> tuple[MountedRepo, Path, bytes]:
+    """A mount with one remote object of `size` bytes, read once through the daemon: its chunks
+    are then merged into one cache file."""
     repo = configure(make_repo(), tiers='[cache.tiers.t]\nmax_size = "16M"\nexpires = "1h"\n')
-    data = os.urandom(5 * CHUNK + 321)
+    data = os.urandom(size)
     (repo.remote_dir / "ckpt.bin").write_bytes(data)
     repo.start()
     path = repo.data / "ckpt.bin"
     assert path.read_bytes() == data
+    assert cache_stats(repo)["reads"]["merged"] == 1
+    return repo, path, data
+
+
+def test_a_fully_cached_file_is_read_by_the_kernel_from_the_cache_and_writers_wait(make_repo):
+    """After one read through the daemon, an object of several chunks is one checked cache file,
+    and later opens hand it to the kernel (FUSE passthrough): no read request reaches the daemon,
+    mmap works, and a writer is refused (ETXTBSY) until those readers close."""
+    repo, path, data = read_once_and_merged(make_repo, 5 * CHUNK + 321)
     st = cache_stats(repo)
     assert st["reads"]["merged"] == 1 and st["reads"]["passthrough_opens"] == 0
     reads = repo.status()["statistics"]["fuse"]["calls"].get("read", 0)
@@ -310,13 +318,7 @@ def pages_in_memory(path: Path) -> tuple[int, int]:
 def test_a_cached_file_handed_to_the_kernel_is_read_into_memory_while_it_is_open(make_repo):
     """The kernel's own readahead keeps one window in flight; while a merged cache file is open
     for the kernel, the cache reads the rest into the page cache beside it (cache/warmup.py)."""
-    repo = configure(make_repo(), tiers='[cache.tiers.t]\nmax_size = "16M"\nexpires = "1h"\n')
-    data = os.urandom(9 * CHUNK + 321)
-    (repo.remote_dir / "ckpt.bin").write_bytes(data)
-    repo.start()
-    path = repo.data / "ckpt.bin"
-    assert path.read_bytes() == data
-    assert cache_stats(repo)["reads"]["merged"] == 1
+    repo, path, data = read_once_and_merged(make_repo, 9 * CHUNK + 321)
     [merged] = [p for p in repo.cache.rglob("*") if p.is_file() and p.stat().st_size == len(data)]
     fd = os.open(merged, os.O_RDONLY)
     try:
