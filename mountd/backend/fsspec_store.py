@@ -20,6 +20,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import email.utils
 import errno
 import json
 import logging
@@ -29,6 +30,7 @@ import shutil
 import stat
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -51,6 +53,9 @@ STALE_TMP_AGE = 3600.0
 XATTR_META = "user.mountd.meta"
 COPY_BLOCK = 8 << 20
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
+S3_META = "x-amz-meta-"  # user metadata headers (lower case)
+HEAD_URL_LIFETIME = 900  # seconds a signed HEAD URL is valid (it is used at once)
+HEAD_SIGNER_REUSE = 300  # seconds before the HEAD signer takes up the credentials again
 GCS_CHUNK_ALIGN = 256 << 10  # resumable-upload chunks must be multiples of 256 KiB
 
 # Loggers of the SDKs: at DEBUG they print request headers and URLs (signatures, SAS tokens,
@@ -783,6 +788,13 @@ class S3Store(_BucketStore):
         else, or when that path gives up, through s3fs."""
         if end <= start:
             return b""
+        data = self._fast().read(f"{self.bucket}/{self._full(key)}", start, end)
+        if data is None:
+            return super().read_range(key, start, end)
+        self._count(requests=1, bytes_downloaded=len(data))
+        return data
+
+    def _fast(self) -> PresignedRanges:
         fast = self.__dict__.get("_presigned")
         if fast is None:
             simple = not self.fs.req_kw and not self.fs.s3_additional_kwargs
@@ -790,11 +802,59 @@ class S3Store(_BucketStore):
                                    verify=(self.fs.client_kwargs or {}).get("verify"))
             fast.enabled = fast.enabled and simple
             fast = self.__dict__.setdefault("_presigned", fast)
-        data = fast.read(f"{self.bucket}/{self._full(key)}", start, end)
-        if data is None:
-            return super().read_range(key, start, end)
-        self._count(requests=1, bytes_downloaded=len(data))
-        return data
+        return fast
+
+    def head(self, key: str) -> ObjectInfo:
+        """Through `PresignedRanges` (a URL signed here, plain HTTP) when it answers 200, else, or
+        for any other answer, through botocore, which decides errors."""
+        headers = self._fast().head(lambda: self._sign_head(key))
+        if headers is not None and (info := self._info_from_headers(key, headers)) is not None:
+            self._count(requests=1)
+            return info
+        with self._translate("head", key):
+            r = self._call("head_object", Bucket=self.bucket, Key=self._full(key))
+            return self._info(key, r, _lower_keys(r.get("Metadata")))
+
+    def _info_from_headers(self, key: str, headers: Mapping[str, str]) -> ObjectInfo | None:
+        try:
+            size = int(headers["content-length"])
+            modified = email.utils.parsedate_to_datetime(headers["last-modified"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        metadata = {k[len(S3_META):]: v for k, v in headers.items() if k.startswith(S3_META)}
+        return self._info(key, {"ContentLength": size, "ETag": headers.get("etag"), "LastModified": modified},
+                          metadata)
+
+    def _sign_head(self, key: str) -> str:
+        """A HEAD URL of `key` signed with SigV4 in the query; the signer (credentials, and the
+        URL of the bucket as botocore addresses it) is renewed every `HEAD_SIGNER_REUSE` s."""
+        from botocore.awsrequest import AWSRequest
+        from fsspec.asyn import sync
+
+        signer = self.__dict__.get("_head_signer")
+        if signer is None or time.monotonic() - signer[2] > HEAD_SIGNER_REUSE:
+            signer = self._head_signer = (*sync(self.fs.loop, self._head_signer_now), time.monotonic())
+        auth, bucket_url, _ = signer
+        request = AWSRequest(method="HEAD", url=bucket_url + urllib.parse.quote(self._full(key), safe="/~"),
+                             headers={})
+        if auth is not None:
+            auth.add_auth(request)
+        return str(request.url)
+
+    async def _head_signer_now(self) -> tuple[Any, str]:
+        await self.fs.set_session()
+        s3 = await self.fs.get_s3(self.bucket)
+        probe = str(await s3.generate_presigned_url("head_object", Params={"Bucket": self.bucket, "Key": "k"},
+                                                    ExpiresIn=HEAD_URL_LIFETIME)).split("?", 1)[0]
+        if not probe.endswith("/k"):
+            raise ValueError("unexpected presigned URL form")
+        from botocore import UNSIGNED
+
+        if s3.meta.config.signature_version == UNSIGNED:
+            return None, probe[:-1]
+        auth = await s3._request_signer.get_auth_instance("s3", s3.meta.region_name or "us-east-1", "s3v4-query",
+                                                          expires=HEAD_URL_LIFETIME)
+        return auth, probe[:-1]
 
     def _presign(self, path: str, lifetime: int) -> str:
         """A SigV4 query-signed GET URL of bucket/key (botocore still presigns with SigV2 when no
@@ -841,11 +901,6 @@ class S3Store(_BucketStore):
 
         with self._translate("list", prefix):
             return self._listing(prefix, entries())
-
-    def head(self, key: str) -> ObjectInfo:
-        with self._translate("head", key):
-            r = self._call("head_object", Bucket=self.bucket, Key=self._full(key))
-            return self._info(key, r, _lower_keys(r.get("Metadata")))
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         size = src.stat().st_size

@@ -1,4 +1,4 @@
-"""`PresignedRanges`: ranged GETs of S3 objects over plain `http.client` keep-alive connections.
+"""`PresignedRanges`: ranged GETs (and HEADs) of S3 objects over plain `http.client` keep-alive connections.
 
 It owns a small pool of idle connections per endpoint and a cache of presigned GET URLs (one
 per object path, renewed long before it expires). The body of a GET is read by C code
@@ -6,6 +6,11 @@ per object path, renewed long before it expires). The body of a GET is read by C
 MiB holds the GIL for microseconds, where the SDK path (aiobotocore/aiohttp on fsspec's one
 event-loop thread) parses the stream in Python: measured on 127.0.0.1, 8 parallel 8 MiB GETs
 move about 4x more bytes per second this way.
+
+HEADs go the same way, signed by the caller for each request: botocore's own `head_object` took
+0.78 ms of CPU per call on the benchmark machine, against 0.06 ms to sign a URL and 0.19 ms for
+the request here, and a cold `ls -l` of a directory makes one HEAD per object (for the
+attributes stored in its metadata).
 
 It is only a fast path and never decides an error: any answer but 206/200/416, any connection
 or TLS failure, returns None and the caller makes the same GET through its SDK, which retries
@@ -79,35 +84,57 @@ class PresignedRanges:
                 self._urls.popitem(last=False)
         return url
 
+    def head(self, sign: Callable[[], str]) -> dict[str, str] | None:
+        """The headers (lower-case names) of a 200 answer to a HEAD of the URL that `sign` makes;
+        None for any other answer or failure: the SDK then makes the same request."""
+        if not self.enabled:
+            return None
+        try:
+            url = sign()
+        except Exception:  # noqa: BLE001 - the SDK path will report what is wrong
+            return None
+        answer = self._request("HEAD", url, {})
+        if answer is None or answer[0] != 200:
+            return None
+        return answer[1]
+
     def _get(self, url: str, start: int, end: int) -> tuple[int, bytes]:
+        answer = self._request("GET", url, {"Range": f"bytes={start}-{end - 1}"})
+        if answer is None:
+            return 0, b""
+        status, headers, body = answer
+        if status == 206 or status == 200 and "content-range" in headers:
+            return 206, body  # (rclone serve s3 answers a range with 200 and a Content-Range)
+        if status == 200 and start == 0:  # the server ignored the range
+            return 206, body[:end]
+        # 200 for a range further in (a whole object): not read as a range here; 416: past the end
+        return (0 if status == 200 else status), b""
+
+    def _request(self, method: str, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes] | None:
+        """(status, headers with lower-case names, body) over a kept-alive connection; None when
+        no answer came."""
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            return 0, b""
+            return None
         where = (u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80))
         target = u.path + ("?" + u.query if u.query else "")
-        headers = {"Range": f"bytes={start}-{end - 1}"}
         for attempt in range(2):
             conn, reused = self._take(where)
             try:
-                conn.request("GET", target, headers=headers)
+                conn.request(method, target, headers=headers)
                 resp = conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException):
                 conn.close()
                 if reused and attempt == 0:
                     continue  # an idle keep-alive connection the server had closed
-                return 0, b""
+                return None
             if resp.will_close:
                 conn.close()
             else:
                 self._give(where, conn)
-            if resp.status == 206 or resp.status == 200 and resp.getheader("Content-Range"):
-                return 206, body  # (rclone serve s3 answers a range with 200 and a Content-Range)
-            if resp.status == 200 and start == 0:  # the server ignored the range
-                return 206, body[:end]
-            # 200 for a range further in (a whole object): not read as a range here; 416: past the end
-            return (0 if resp.status == 200 else resp.status), b""
-        return 0, b""
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        return None
 
     def _take(self, where: tuple[str, str, int]) -> tuple[_Conn, bool]:
         with self._lock:
