@@ -50,7 +50,11 @@ class WarmUp:
             start, end = i * stripe, min(limit, (i + 1) * stripe)
             # descriptors of its own per stream: each keeps its own readahead state, and none
             # disturbs the one the kernel reads through; opened now, while `fd` is surely open
-            source = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                source = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:  # e.g. no /proc: the kernel's readahead alone, then
+                log.debug("no cache warm-up: %s", e)
+                return
             sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
             threading.Thread(target=self._read, args=(source, sink, start, end), daemon=True,
                              name="mountd cache warm-up").start()
