@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import is_mounted, mountd_cmd, remote_files
+from tests.conftest import is_mounted, mountd_cmd, remote_files, wait_until
 
 # every test here also runs on a bucket of each test server (tests/servers.py); remote_dir is then a BucketPath
 REMOTE_KINDS = ("file", "s3", "azure", "gcs")
@@ -65,6 +65,24 @@ def test_a_temporary_file_left_by_a_killed_upload_is_swept_when_its_directory_is
     assert os.listdir(repo.data / "sub") == ["kept.bin"]
     assert not stale.exists()
     assert fresh.read_bytes() == b"an upload in progress"  # another writer's, still being written
+
+
+@pytest.mark.remote_kinds("s3")  # (a local directory's listing carries the metadata itself)
+def test_a_listing_loads_the_stored_attributes_of_its_objects_in_the_background(repo):
+    """After readdir, the objects of the listing are HEADed in batches by the background pass,
+    and a stat afterwards asks the remote nothing."""
+    count = 40  # more than one batch for each of the pass's workers to start on
+    for i in range(count):
+        p = repo.remote_dir / "attrs" / f"f{i:02d}.bin"
+        meta = {"mode": str(0o100600 | (i % 2) * 0o040), "mtime": f"{1_600_000_000 + i}.5"}
+        p.server.put(p.bucket, p.key, b"x" * i, meta)
+    assert len(os.listdir(repo.data / "attrs")) == count
+    wait_until(lambda: repo.status()["statistics"]["vfs"]["heads"] == count, timeout=30)
+    for i in range(count):
+        st = os.stat(repo.data / "attrs" / f"f{i:02d}.bin")
+        assert (stat.S_IMODE(st.st_mode), st.st_size) == (0o600 | (i % 2) * 0o040, i)
+        assert st.st_mtime_ns == (1_600_000_000 + i) * 10**9 + 500_000_000
+    assert repo.status()["statistics"]["vfs"]["heads"] == count
 
 
 @NOT_GCS

@@ -58,6 +58,7 @@ PASSTHROUGH_MIN_FREE = 1 << 30  # local-tier free space below which files open w
 # the margin (1 GiB, or 4 x `local.reserve`) is what a disk filling within that second may use
 ROOM_CHECK_EVERY = 1.0
 METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
+METADATA_BATCH = 16  # objects one worker of that pass HEADs per trio hand-off and transaction
 
 
 def _without_suid(mode: int) -> int:
@@ -307,24 +308,40 @@ class Filesystem:
     async def _metadata_worker(self) -> None:
         try:
             while self._metadata_backlog:
-                ino = next(iter(self._metadata_backlog))
-                del self._metadata_backlog[ino]
-                done = self._metadata_running[ino] = trio.Event()
+                batch: list[tuple[int, trio.Event]] = []
+                while self._metadata_backlog and len(batch) < METADATA_BATCH:
+                    ino = next(iter(self._metadata_backlog))
+                    del self._metadata_backlog[ino]
+                    done = self._metadata_running[ino] = trio.Event()
+                    batch.append((ino, done))
                 try:
-                    node = self.meta.get(ino)
-                    if node is not None and not node.meta_loaded:
-                        await self._load_metadata(node)
-                except MountdError as e:  # the inode went away, or the remote timed out: getattr retries
-                    log.debug("background metadata of inode %d: %s", ino, e)
+                    await self._load_metadata_batch([ino for ino, _ in batch])
+                except MountdError as e:  # the remote timed out: getattr retries
+                    log.debug("background metadata of %d inodes: %s", len(batch), e)
                 except sqlite3.ProgrammingError:  # the db was closed: the mount is shutting down
                     self._metadata_backlog.clear()
                 except Exception:  # a bug must not end the pass nor the daemon (this is a system task)
-                    log.exception("background metadata of inode %d failed unexpectedly", ino)
+                    log.exception("background metadata of %d inodes failed unexpectedly", len(batch))
                 finally:
-                    del self._metadata_running[ino]
-                    done.set()
+                    for ino, done in batch:
+                        del self._metadata_running[ino]
+                        done.set()
         finally:
             self._metadata_workers -= 1
+
+    async def _load_metadata_batch(self, inos: list[int]) -> None:
+        """HEAD listed objects one after the other in one worker thread, and take in the answers
+        in one transaction: one trio hand-off and one commit per batch, not per object."""
+        nodes = [n for ino in inos if (n := self.meta.get(ino)) is not None and not n.meta_loaded
+                 and n.remote is not None and n.remote_key is not None]
+        if not nodes:
+            return
+        calls = [(self._store(n.remote or ""), n.remote_key or "") for n in nodes]
+        deadline = time.monotonic() + self.config.mount.read_timeout
+        answers = await self._in_thread(_head_each, calls, deadline)
+        with self.meta.transaction():
+            for node, answer in zip(nodes, answers, strict=True):
+                self._take_head_answer(node, answer)
 
     async def _load_metadata(self, inode: Inode) -> Inode:
         """HEAD an object seen only in a listing, for its POSIX attributes and sha256."""
@@ -332,22 +349,28 @@ class Filesystem:
             return inode
         store = self._store(inode.remote)
         try:
-            info = await self._in_thread(store.head, inode.remote_key)
-        except ObjectNotFound:
+            answer: ObjectInfo | RemoteError | None = await self._in_thread(store.head, inode.remote_key)
+        except RemoteError as e:
+            answer = e
+        return self._take_head_answer(inode, answer)
+
+    def _take_head_answer(self, inode: Inode, answer: ObjectInfo | RemoteError | None) -> Inode:
+        """Store what a HEAD of `inode`'s object said, unless the inode changed meanwhile."""
+        if isinstance(answer, ObjectNotFound):
             # no marker (a bare prefix) or the object is gone: keep the defaults, stop asking
             fresh = self.meta.get(inode.ino)
             if fresh is not None and fresh.remote_key == inode.remote_key and not fresh.meta_loaded:
                 with self.meta.transaction():
                     self.meta.update(inode.ino, meta_loaded=1)
             return fresh or inode
-        except RemoteError as e:
-            log.debug("HEAD %s failed: %s", inode.remote_key, e)
+        if not isinstance(answer, ObjectInfo):  # failed, or not asked before the batch's deadline
+            log.debug("HEAD %s failed: %s", inode.remote_key, answer or "out of time")
             return inode
         self._stats.heads += 1
         fresh = self.meta.get(inode.ino)
         if fresh is None or fresh.meta_loaded or fresh.remote_key != inode.remote_key:
             return fresh or inode
-        self._apply_object_info(fresh, info)
+        self._apply_object_info(fresh, answer)
         return self._inode(inode.ino)
 
     def _apply_object_info(self, inode: Inode, info: ObjectInfo) -> None:
@@ -1475,3 +1498,17 @@ class Filesystem:
 
 
 __all__ = ["Filesystem", "MountdError"]
+
+
+def _head_each(calls: list[tuple[ObjectStore, str]], deadline: float) -> list[ObjectInfo | RemoteError | None]:
+    """Worker thread: HEAD each key in turn; None for those not reached before `deadline`."""
+    out: list[ObjectInfo | RemoteError | None] = []
+    for store, key in calls:
+        if time.monotonic() > deadline:
+            out.append(None)
+            continue
+        try:
+            out.append(store.head(key))
+        except RemoteError as e:
+            out.append(e)
+    return out
