@@ -458,13 +458,28 @@ async def _cache_control(m: Mount, op: str, req: dict[str, Any]) -> AsyncIterato
         yield {"ok": False, "error": f"{op} {path}: {reason}"}
 
 
-def _path_filter(m: Mount, path: str) -> Callable[[str, str], bool]:
+@dataclass(frozen=True)
+class PathScope:
+    """The journal entries of the remote keys under one path inside the mount: `(remote, key or
+    None for all of its keys)` for each remote the path reaches."""
+
+    parts: tuple[tuple[str, str | None], ...]
+
+    def __call__(self, remote: str, key: str) -> bool:
+        return any(r == remote and (k is None or key == k or key.startswith(k + "/")) for r, k in self.parts)
+
+    def count(self, meta: MetaStore) -> int:
+        return sum(meta.journal_count_under(r, k) for r, k in self.parts)
+
+
+def _path_filter(m: Mount, path: str) -> PathScope:
     """Journal entries whose mount path lies under `path` (a path inside the mount)."""
-    rel = "/" + path.strip("/") if path.strip("/") else "/"
-
-    def select(remote: str, key: str) -> bool:
-        at = next(r.at for r in m.config.remote if r.name == remote)
-        full = (at.rstrip("/") + "/" + key).rstrip("/")
-        return rel == "/" or full == rel or full.startswith(rel + "/")
-
-    return select
+    rel = "/" + path.strip("/")
+    parts: list[tuple[str, str | None]] = []
+    for r in m.config.remote:
+        at = "/" + r.at.strip("/")
+        if rel == "/" or at == rel or at.startswith(rel.rstrip("/") + "/"):
+            parts.append((r.name, None))  # the attach point is at or below the path
+        elif rel.startswith(at.rstrip("/") + "/"):
+            parts.append((r.name, rel[len(at.rstrip("/")) + 1:]))
+    return PathScope(tuple(parts))

@@ -107,6 +107,30 @@ def test_immutable_remote_refuses_changes_after_upload(make_repo):
     assert (repo.remote_dir / "new.pt").read_bytes() == b"new files are fine"
 
 
+def test_sync_wait_of_a_path_waits_for_the_entries_under_it_only(make_repo):
+    """`mountd sync --wait PATH` counts the journal entries under PATH (by key ranges): a file
+    held open for writing elsewhere (it uploads after its last close) does not hold it up."""
+    repo = make_repo(delay="1h")
+    repo.start()
+    for d in ("a", "ab", "b"):
+        (repo.data / d).mkdir()
+    (repo.data / "a" / "x.bin").write_bytes(b"x")
+    # "ab" starts like "a" but is not under it
+    with open(repo.data / "ab" / "held.bin", "wb") as ab, open(repo.data / "b" / "held.bin", "wb") as b:
+        for f in (ab, b):
+            f.write(b"open")
+            f.flush()
+        mountd_cmd("sync", str(repo.data / "a"), "--wait", "--timeout", "20s")
+        assert (repo.remote_dir / "a" / "x.bin").read_bytes() == b"x"
+        r = mountd_cmd("sync", str(repo.data / "b"), "--wait", "--timeout", "1s", check=False)
+        assert r.returncode != 0 and "1 entries under" in r.stderr
+        r = mountd_cmd("sync", str(repo.mp), "--wait", "--timeout", "1s", check=False)
+        assert r.returncode != 0 and "2 entries under" in r.stderr  # the whole mount: both
+    mountd_cmd("sync", str(repo.mp), "--wait", "--timeout", "60s")
+    assert (repo.remote_dir / "b" / "held.bin").read_bytes() == b"open"
+    assert (repo.remote_dir / "ab" / "held.bin").read_bytes() == b"open"
+
+
 def test_failing_upload_is_visible_and_retried(make_repo):
     repo = make_repo()
     repo.expected_log_errors.append("write-back of")

@@ -350,6 +350,15 @@ class MetaStore:
     def journal_has(self, remote: str, key: str) -> bool:
         return self._scalar("SELECT 1 FROM journal WHERE remote=? AND key=?", (remote, key)) is not None
 
+    def journal_count_under(self, remote: str, key: str | None) -> int:
+        """Entries of `remote` at `key` or below `key/` (all of the remote's when `key` is None),
+        by ranges of the primary key: a `sync --wait PATH` counts after every upload."""
+        if key is None:
+            return int(self._scalar("SELECT COUNT(*) FROM journal WHERE remote=?", (remote,)) or 0)
+        below = key + "/"
+        return int(self._scalar("SELECT COUNT(*) FROM journal WHERE remote=? AND (key=? OR (key>=? AND key<?))",
+                                (remote, key, below, key + "0")) or 0)  # "0" follows "/"
+
     def journal_keys_under(self, remote: str, prefix: str) -> set[str]:
         rows = self._exec("SELECT key FROM journal WHERE remote=? AND substr(key, 1, ?) = ?",
                           (remote, len(prefix), prefix)).fetchall()
