@@ -621,6 +621,36 @@ def test_pins_persist_and_are_read_with_the_remote_offline(tmp_path):
     run(main)
 
 
+def test_pinning_a_merged_object_copies_its_chunks_out_of_the_merged_file(tmp_path):
+    """The chunks of a merged object are read out of its file (checked, in a worker thread) into
+    the pinned store, without a GET; a damaged block is fetched again instead."""
+    env = Env(tmp_path, tiers={"t": {"max_size": "4M", "expires": "1h"}})
+    data = {name: os.urandom(3 * CHUNK + 5) for name in ("ok.bin", "bad.bin")}
+    objs = {name: env.put(name, body) for name, body in data.items()}
+
+    async def main() -> None:
+        async with env.cache() as cache:
+            for obj in objs.values():
+                await cache.read(obj, 0, obj.size)
+                await settle(cache)
+            assert cache.statistics()["merged"] == 2
+            gets = env.store.gets
+            merged = sorted(cache.tiers["t"].directory.rglob("*.val"), key=lambda p: p.stat().st_mtime_ns)
+            assert len(merged) == 2
+            with open(merged[-1], "r+b") as fh:  # the file of bad.bin, merged last
+                fh.seek(2 * CHUNK + 1)
+                fh.write(b"\0" if fh.read(1) != b"\0" else b"\1")
+            steps = [s async for s in cache.pin("/data", [("r", "")], list(objs.values()))]
+            assert steps[-1]["failed"] == [] and steps[-1]["files"] == 2
+            assert env.store.gets - gets == 4  # bad.bin's 4 chunks once its file failed its check
+            assert cache.cache_statistics()["tiers"]["t"]["entries"] == 0
+            for name, obj in objs.items():
+                assert cache.describe(obj) == ("pinned", len(data[name]))
+                assert await cache.read(obj, 0, obj.size) == data[name]
+
+    run(main)
+
+
 def test_adopt_file_moves_a_single_chunk_and_copies_larger_files(tmp_path):
     env = Env(tmp_path)
     small, big = os.urandom(1000), os.urandom(2 * CHUNK + 1)

@@ -683,11 +683,9 @@ class ChunkCache:
             if found is not None:  # move it from its tier
                 store, e, start = found
                 if e.key != key:  # a merged object's file: copy the chunk out of it (it goes once all are pinned)
-                    data = store.read(e, length, start)
+                    data = await store.read_part(e, start, length)
                     if data is not None:
                         await self.pinned.admit(key, data, length)
-                    else:
-                        await store.purge([e])
                     continue
                 data = await store.read_whole(e)
                 if data is None:

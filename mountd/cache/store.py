@@ -288,6 +288,30 @@ def _copy_trusted(p: Part, fd: int) -> None:
         os.close(src)
 
 
+def _read_part_verified(path: str, offset: int, length: int, total: int, crcs: tuple[int, ...],
+                        castagnoli: bool) -> bytes | None:
+    """Bytes [offset, offset+length) of a file of `total` bytes whose every 1 MiB block touched
+    matches its checksum; None otherwise (worker thread)."""
+    first, last = offset // CRC_BLOCK, (offset + max(length, 1) - 1) // CRC_BLOCK
+    start, stop = first * CRC_BLOCK, min((last + 1) * CRC_BLOCK, total)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_size != total:
+                return None
+            span = os.pread(fd, stop - start, start)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    if len(span) != stop - start or last >= len(crcs):
+        return None
+    for b in range(first, last + 1):
+        if block_crc(span[(b - first) * CRC_BLOCK:(b - first + 1) * CRC_BLOCK], castagnoli) != crcs[b]:
+            return None
+    return span[offset - start:offset - start + length]
+
+
 def _read_verified(path: str, length: int, crcs: tuple[int, ...], castagnoli: bool) -> bytes | None:
     """The whole content of a chunk file when it matches its length and checksums (worker thread)."""
     try:
@@ -514,6 +538,17 @@ class TierStore:
     async def purge(self, entries: list[Entry]) -> None:
         """Remove the files and rows of entries already taken out of the index."""
         await self._delete(entries)
+
+    async def read_part(self, e: Entry, offset: int, length: int) -> bytes | None:
+        """Verified bytes [offset, offset+length) of an entry, every block they touch checked
+        (worker thread: a chunk of a merged file is MiBs, too much for `read` on the trio
+        thread); None (and removed) when corrupt."""
+        data = await trio.to_thread.run_sync(_read_part_verified, str(self.directory / e.filename), offset, length,
+                                           e.length, e.crcs, e.castagnoli)
+        if data is None and self.entries.get(e.key) is e:
+            self._corrupt(e, "does not match its checksum")
+            await self._delete([e])
+        return data
 
     async def read_whole(self, e: Entry) -> bytes | None:
         """The verified content of an entry (worker thread); None (and removed) when corrupt."""
