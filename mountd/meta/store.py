@@ -340,10 +340,6 @@ class MetaStore:
                           (limit,)).fetchall()
         return [JournalEntry(*r) for r in rows]
 
-    def journal_keys(self) -> list[tuple[str, str]]:
-        """(remote, key) of every journal entry, in no order."""
-        return self._exec("SELECT remote, key FROM journal").fetchall()  # type: ignore[no-any-return]
-
     def journal_count(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM journal") or 0)
 

@@ -766,15 +766,16 @@ class Filesystem:
             node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, has_local=1,
                                           content_gen=1, attr_gen=1, mtime_ns=now)
             fd = self.local.create_open(node.ino)
-            self.meta.add_entry(parent, name, node.ino)
-            self._touch_dir(parent, now)
+            try:
+                self.meta.add_entry(parent, name, node.ino)
+                self._touch_dir(parent, now)
+            except BaseException:
+                os.close(fd)
+                raise
         opened = self._new_handle(node.ino, writable=True, uid=ctx.uid, keep_cache=True)
-        op = self._open[node.ino]
+        op = self._open[node.ino]  # a new inode: this handle is its first, with no data fd yet
         op.modified = True
-        if op.fd is None:
-            op.fd = fd
-        else:
-            os.close(fd)
+        op.fd = fd
         opened = await self._maybe_passthrough(opened, self._inode(node.ino))
         return opened, self._attr(self._inode(node.ino))
 
