@@ -14,6 +14,7 @@ import fcntl
 import gc
 import logging
 import os
+import resource
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +147,21 @@ def _lock_state_dir(path: Path) -> int:
     return fd
 
 
+def _raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as Go programs (rclone) do at start:
+    the daemon holds a descriptor per open file handle, per cached file being read and per spare
+    data file, and shells often leave the soft limit at 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.debug("open-file limit stays at %d: %s", soft, e)
+
+
 def build(config: RepoConfig, mountpoint: str) -> Mount:
     """Open everything local (no network): db, local tier, stores, vfs."""
+    _raise_open_file_limit()
     lock_fd = _lock_state_dir(config.local_path)
     try:
         meta = MetaStore(config.local_path / "meta.db")
@@ -270,6 +284,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(m.reader.run)
+            await nursery.start(m.local.spares.run)
             nursery.start_soon(_serve_fuse, m)
             await nursery.start(m.uploader.run)
             control = ControlServer(m.control_path, lambda req: _control(m, req))
