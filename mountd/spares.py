@@ -19,6 +19,7 @@ The list of ready files is owned by the trio thread: the worker only returns new
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -76,12 +77,17 @@ class SpareFiles:
         path, fd = self._ready.pop()
         try:
             os.rename(path, dest)
-        except OSError:
+        except OSError as e:
             os.close(fd)  # the caller's own create will say what is wrong with `dest`
             try:
                 os.unlink(path)
             except OSError:
                 pass
+            if e.errno == errno.EXDEV:  # data/ is another file system (a mount inside the local tier)
+                log.warning("spare files are off: %s and %s are on different file systems", self.directory,
+                            dest.parent)
+                self.keep = 0
+                self.close()
             return None
         self.taken += 1
         return fd

@@ -4,6 +4,9 @@ not allocate an inode on the trio thread."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from mountd.spares import SpareFiles
 from tests.conftest import wait_until
@@ -60,3 +63,21 @@ def test_files_created_through_the_mount_take_spares_and_survive_a_kill9(make_re
     repo.sync()
     assert {name: (repo.remote_dir / name).read_bytes() for name in bodies} == bodies
     assert left <= _inodes(spare_dir)  # the spares of the killed run were taken over, not deleted
+
+
+def test_spares_are_turned_off_when_the_data_directory_is_another_file_system(tmp_path):
+    d = tmp_path / "spare"
+    d.mkdir()
+    for n in range(2):
+        (d / f"old{n}").touch()
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: a rename into it fails with EXDEV
+    try:
+        assert os.stat(other).st_dev != os.stat(d).st_dev
+        spares = SpareFiles(d, keep=8)
+        assert len(spares) == 2
+        assert spares.take(other / "a") is None
+        assert (spares.keep, len(spares)) == (0, 0)
+        assert spares.take(other / "b") is None
+        assert not (other / "a").exists()
+    finally:
+        shutil.rmtree(other)
