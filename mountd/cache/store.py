@@ -229,9 +229,11 @@ def _file_crcs(path: Path) -> tuple[int, ...]:
 
 # bytes per write(2) of a chunk file. One write(2) of a whole 8 MiB chunk made the kernel's copy
 # into the page cache (`copy_folio_from_iter_atomic`) cost about twice as much in some states of
-# the benchmark machine (the daemon's CPU per GiB of cold read rose from 1.2 s to 1.96-2.59 s,
-# half of it in that copy); written 1 MiB at a time it stayed at 1.07-1.10 s in the same sequence
-# of scenarios (cold read 843-926 MB/s against 598-671).
+# the benchmark machine (the daemon's CPU per GiB of cold read rose from 1.2 s to 1.97-2.02 s,
+# half of it in that copy, with 3 rounds of the benchmark's read suite); written 1 MiB at a time
+# the same sequence stayed at 1.07-1.10 s (cold read 843-926 MB/s against 598-813). An A/B of the
+# two on mountd alone was not conclusive (575-801 against 631-769 MB/s): that state is not there
+# in every sequence. See docs/benchmarks.md.
 WRITE_PIECE = 1 << 20
 
 
