@@ -37,6 +37,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("read_cold", "seq read {big}: cold, from the server", "read {big}: cold", "MB/s", True, local_note="disk"),
     Metric("read_cache", "seq read {big}: from the daemon's cache (page cache dropped)", "read {big}: daemon cache", "MB/s", True,
            local_note="disk"),
+    Metric("read_cache_sys", "seq read {big} from the daemon's cache: the reading thread's kernel CPU time",
+           "read {big}, daemon cache: reader's kernel CPU", "s", False, local_note="disk"),
     Metric("read_warm", "seq read {big}: warm (kernel page cache)", "read {big}: page cache", "MB/s", True),
     Metric("rand4k_cache", "random 4 KiB reads of the cached file, page cache dropped", "random 4 KiB: daemon cache", "IOPS", True),
     Metric("rand4k_warm", "random 4 KiB reads of the cached file, page cache warm", "random 4 KiB: page cache", "IOPS", True),

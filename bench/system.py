@@ -123,6 +123,7 @@ def machine_info(workdir: Path, tools: dict[str, str], mountd: str) -> dict[str,
         "cpu": f"{cpu or platform.processor()} ({os.cpu_count()} cores)",
         "memory": f"{_status_like('/proc/meminfo', 'MemTotal') / 2**20:.0f} GiB",
         "kernel": platform.release(),
+        "memory returned to the host": _memory_return(),
         "disk": _disk_of(workdir),
         "python": sys.version.split()[0],
         "mountd": mountd,
@@ -151,6 +152,26 @@ def mountd_source(repo: Path, work: Path, commit: str | None) -> tuple[Path, str
         archive = subprocess.run(["git", "-C", str(repo), "archive", sha, "mountd"], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest, f"commit {sha}"
+
+
+def _memory_return() -> str:
+    """Whether this VM hands memory back to its host: freed pages reported by the balloon (the
+    host then takes them back, and touching them again is slow) and DAMON reclaiming cold pages.
+    Both make the reads after a page-cache drop depend on which pages the kernel picks."""
+    found = []
+    for features in Path("/sys/bus/virtio/drivers/virtio_balloon").glob("virtio*/features"):
+        bits = features.read_text().strip()
+        if len(bits) > 5 and bits[5] == "1":  # VIRTIO_BALLOON_F_REPORTING
+            found.append("free page reporting (virtio-balloon)")
+            break
+    for kdamond in Path("/sys/kernel/mm/damon/admin/kdamonds").glob("[0-9]*"):
+        try:
+            if (kdamond / "state").read_text().strip() == "on":
+                actions = sorted({a.read_text().strip() for a in kdamond.glob("contexts/*/schemes/*/action")})
+                found.append(f"DAMON ({', '.join(actions) or 'monitoring only'})")
+        except OSError:
+            continue
+    return "; ".join(found) or "none found"
 
 
 def _status_like(path: str, field: str) -> int:
