@@ -74,7 +74,7 @@ def seq_read_with_cpu(path: Path) -> tuple[float, float]:
 
     The kernel time tells two machine states apart that the speed alone does not: on a VM whose
     balloon reports free pages to the host, page cache that lands in memory the host has taken
-    back costs the first thread touching it 2-4 µs per 4 KiB page: 0.6-1.0 s per GiB here when all
+    back costs the first thread touching it 2-5 µs per 4 KiB page: 0.6-1.3 s per GiB here when all
     of it does (a 5 s pause after dropping the caches), 0.04-0.06 s when none does."""
     buf = bytearray(MiB)
     total = 0
