@@ -221,7 +221,10 @@ class RcloneTarget(Target):
 
 
 class S3fsTarget(Target):
-    """s3fs-fuse with its defaults (no local data cache; uploads happen inside close)."""
+    """s3fs-fuse with its defaults (no local data cache; uploads happen inside close), plus libfuse's
+    `hard_remove`: the kernel sends RELEASE after `close` returns, and an unlink that came before
+    s3fs-fuse saw it was turned into a rename to `.fuse_hidden…`, which s3fs-fuse does by uploading
+    the file again; in a quick run that upload failed and the harness's own cleanup got EIO."""
 
     name = "s3fs"
 
@@ -232,7 +235,8 @@ class S3fsTarget(Target):
         os.write(fd, f"{ACCESS_KEY}:{SECRET_KEY}\n".encode())
         os.close(fd)
         self.proc = self._spawn(["s3fs", self.bucket, str(self.root), "-f", "-o", f"url={endpoint_url or self.server.endpoint_url}",
-                                 "-o", "use_path_request_style", "-o", f"passwd_file={passwd}", "-o", "dbglevel=warn"])
+                                 "-o", "use_path_request_style", "-o", "hard_remove", "-o", f"passwd_file={passwd}",
+                                 "-o", "dbglevel=warn"])
         self._wait_mounted()
 
     def stop(self) -> None:
