@@ -35,7 +35,9 @@ def test_quick_mode_measures_every_scenario_on_every_target(tmp_path: Path) -> N
         for key in expected_metrics(target):
             values = res.values(key, target)
             assert len(values) == res.sizes["reps"] == 1, (target, key, values)
-            assert all(math.isfinite(v) and v > 0 for v in values), (target, key, values)
+            # a kernel CPU time is counted in clock ticks: a 16 MiB read may add none
+            may_be_zero = key == "read_cache_sys"
+            assert all(math.isfinite(v) and (v > 0 or may_be_zero and v == 0) for v in values), (target, key, values)
     # the counting proxy saw every byte of the peers' copies (neither deduplicates)
     content_mib = res.sizes["dedup_copies"] * res.sizes["dedup"] / 2**20
     for peer in ("rclone", "s3fs"):
