@@ -4,9 +4,9 @@ a file through the mount does not allocate an inode on the trio thread.
 Why: allocating an inode is usually a few microseconds of kernel work, but not always. ext4
 without a journal (the root file system of the benchmark machine) avoids reusing inodes deleted
 in the last minute or more, and finds a free one by looking up each recently deleted inode in
-turn. After a few thousand deletions, `open(O_CREAT)`
-of a data file took 0.58 ms on average and was 51 % of the trio thread's time while a program
-created 5,000 small files (py-spy), and every other FUSE request waited behind it.
+turn. After a few thousand deletions, `open(O_CREAT)` of a data file took 0.58 ms on average
+and was 51 % of the trio thread's time while a program created 5,000 small files (py-spy), and
+every other FUSE request waited behind it.
 
 Here a worker thread creates the files in `spare/` (beside `data/`, on the same file system) and
 keeps each one open; `take` renames one into place, one system call on the trio thread, and hands
