@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mountd.backend import ObjectStore, StoreTuning
-from mountd.backend.fsspec_store import open_store
+from mountd.backend.factory import open_store
 from mountd.config import RemoteConfig, RepoConfig
 from mountd.errors import MountdError
 

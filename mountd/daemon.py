@@ -24,7 +24,7 @@ import trio
 
 from mountd.activity import RequestActivity
 from mountd.backend import ObjectStore
-from mountd.backend.fsspec_store import open_store, store_tuning
+from mountd.backend.factory import open_store, store_tuning
 from mountd.cache import ChunkCache
 from mountd.config import RepoConfig
 from mountd.control import ControlServer, socket_path

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mountd.backend import ObjectStore
-from mountd.backend.fsspec_store import StoreTuning, open_store
+from mountd.backend import ObjectStore, StoreTuning
+from mountd.backend.factory import open_store
 from mountd.config import RemoteConfig
 from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable
 from tests.servers import CountingProxy, ErrorServer, Server, free_port

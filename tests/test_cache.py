@@ -23,7 +23,7 @@ import trio
 import trio.testing
 from fsspec.implementations.local import LocalFileSystem
 
-from mountd.backend.fsspec_store import FileStore
+from mountd.backend.files import FileStore
 from mountd.cache import CacheInUse, ChunkCache, ObjectRef
 from mountd.cache.prefetch import ReadAhead
 from mountd.cache.routing import TierRule, route

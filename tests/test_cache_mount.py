@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from mountd.backend.fsspec_store import open_store
+from mountd.backend.factory import open_store
 from mountd.config import RemoteConfig
 from mountd.control import request
 from tests.conftest import MountedRepo, mountd_cmd, wait_until

@@ -7,7 +7,7 @@ one per scheme and bucket, built with this remote's `options` (a table per schem
 `options.s3 = {...}` wins over the flat options). Lines that are not URLs, and a second object
 with a name already taken, are skipped with one warning each. Every write raises RemoteDenied.
 It owns the parsed list (re-read when the file changes) and the per-bucket stores; it never
-imports fsspec (the stores come from `open_store`).
+imports fsspec nor the factory: the stores come from the `open_store` its constructor is given.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 LINK_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss", "file", "memory")
 HEAD_CONCURRENCY = 8
+# how a store of one bucket is built: `factory.open_store(remote, tuning=...)`
+OpenStore = Callable[..., ObjectStore]
 _URL = re.compile(r"^([a-z0-9]+)://([^/]*)/(.*[^/])$")
 
 
@@ -66,9 +68,7 @@ def parse_links(text: str, remote: str) -> list[Link]:
 
 
 class LinksStore:
-    def __init__(self, remote: RemoteConfig, tuning: StoreTuning) -> None:
-        from mountd.backend.fsspec_store import open_store
-
+    def __init__(self, remote: RemoteConfig, tuning: StoreTuning, open_store: OpenStore) -> None:
         self.name = remote.name
         self.display_url = remote.display_url
         self.path = Path("/" + remote.url.split("://", 1)[1].lstrip("/"))

@@ -1,0 +1,219 @@
+"""`AzureStore`: az://, abfs:// and abfss://, Azure Blob Storage (and ADLS Gen2 accounts through their blob endpoint).
+
+It runs the async BlobServiceClient that adlfs holds on adlfs's event loop, with the SDK's own
+retry policy switched off per request (it waits 15 s and more) and one quick retry of its own.
+Blobs flagged as folders count as directory markers; large uploads stage blocks in parallel and
+commit them with the metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mountd.backend import DirListing, ObjectInfo
+from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
+from mountd.backend.errors import http_status
+from mountd.errors import RemoteUnavailable
+
+
+class AzureStore(BucketStore):
+    """az:// / abfs[s]://: Azure Blob (and ADLS Gen2 accounts through their blob endpoint).
+
+    Uses the async BlobServiceClient that adlfs holds, run on adlfs's event loop. Blobs whose
+    metadata says `hdi_isfolder` (ADLS Gen2 directories) or adlfs's `is_directory` count as
+    directory markers. Large uploads stage blocks in parallel and commit them with the metadata."""
+
+    FOLDER_FLAGS = ("hdi_isfolder", "is_directory")
+
+    def _run(self, coro_fn: Any, *args: Any) -> Any:
+        """Run one SDK coroutine on adlfs's loop; a network failure or 5xx is retried once.
+
+        The SDK's own retry policy waits 15 s and more between attempts, so it is switched off
+        per request (`_opts`) and this one quick retry takes its place."""
+        from fsspec.asyn import sync
+
+        for attempt in (1, 2):
+            self._count(requests=1)
+            try:
+                return sync(self.fs.loop, coro_fn, *args)
+            except Exception as e:
+                err = self._translate.classify("", "", e)
+                if attempt == 2 or not isinstance(err, RemoteUnavailable):
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def _opts(self) -> dict[str, Any]:
+        t = int(max(1, self.tuning.timeout))
+        return {"connection_timeout": t, "read_timeout": t, "retry_total": 0}
+
+    def _container(self) -> Any:
+        return self.fs.service_client.get_container_client(self.bucket)
+
+    def _blob(self, key: str) -> Any:
+        return self.fs.service_client.get_blob_client(self.bucket, self._full(key))
+
+    def _info(self, key: str, p: Any) -> ObjectInfo:
+        meta = {k: v for k, v in lower_keys(p.metadata).items() if k not in self.FOLDER_FLAGS}
+        return ObjectInfo(key=key, size=int(p.size or 0), version=normalize_version(p.etag),
+                          mtime_ns=mtime_ns_of(p.last_modified), metadata=meta)
+
+    def _is_folder_blob(self, p: Any) -> bool:
+        meta = lower_keys(getattr(p, "metadata", None))
+        return any(meta.get(f) == "true" for f in self.FOLDER_FLAGS)
+
+    def list_dir(self, prefix: str) -> DirListing:
+        full = self._full(prefix)
+
+        async def collect() -> list[tuple[str, ObjectInfo | None]]:
+            out: list[tuple[str, ObjectInfo | None]] = []
+            async for item in self._container().walk_blobs(name_starts_with=full or None, delimiter="/",
+                                                           include=["metadata"], **self._opts()):
+                if not hasattr(item, "size"):  # a BlobPrefix
+                    out.append((item.name, None))
+                elif self._is_folder_blob(item) and item.name != full.rstrip("/"):
+                    out.append((item.name + "/", None))
+                elif self._is_folder_blob(item):
+                    out.append((full, self._info(prefix, item)))
+                else:
+                    out.append((item.name, self._info(item.name[len(self.prefix):], item)))
+            return out
+
+        with self._translate("list", prefix):
+            return self._listing(prefix, iter(self._run(collect)))
+
+    def head(self, key: str) -> ObjectInfo:
+        async def props() -> Any:
+            return await self._blob(key).get_blob_properties(**self._opts())
+
+        with self._translate("head", key):
+            return self._info(key, self._run(props))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+
+        async def get() -> bytes:
+            stream = await self._blob(key).download_blob(offset=start, length=end - start, **self._opts())
+            return await stream.readall()
+
+        with self._translate("read", key):
+            try:
+                data = bytes(self._run(get))
+            except Exception as e:
+                if http_status(e) == 416:
+                    return b""
+                raise
+            self._count(bytes_downloaded=len(data))
+            return data
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        async def get() -> Any:
+            stream = await self._blob(key).download_blob(max_concurrency=self.tuning.concurrency, **self._opts())
+            with open(dest, "wb") as f:
+                await stream.readinto(f)
+            return stream.properties
+
+        with self._translate("download", key):
+            info = self._info(key, self._run(get))
+            self._count(bytes_downloaded=info.size)
+            return info
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        size = src.stat().st_size
+        chunk = self.tuning.multipart_chunk
+        parts = self._upload_parts(src)
+
+        async def single() -> None:
+            with open(src, "rb") as f:
+                await self._blob(key).upload_blob(f, overwrite=True, metadata=dict(metadata), length=size,
+                                                  **self._opts())
+
+        async def blocks() -> None:
+            import asyncio
+
+            blob = self._blob(key)
+            ids = [base64.b64encode(f"{i:08d}-{uuid.uuid4().hex[:8]}".encode()).decode()
+                   for i in range(-(-size // chunk))]
+            gate = asyncio.Semaphore(self.tuning.concurrency)
+
+            async def stage(i: int) -> None:
+                async with gate:
+                    with open(src, "rb") as f:
+                        f.seek(i * chunk)
+                        data = f.read(chunk)
+                    await blob.stage_block(ids[i], data, length=len(data), **self._opts())
+
+            await asyncio.gather(*(stage(i) for i in range(len(ids))))
+            await blob.commit_block_list(ids, metadata=dict(metadata), **self._opts())
+
+        with self._translate("upload", key):
+            if parts:
+                self._count(multipart_uploads=1, requests=len(range(0, size, chunk)))
+            self._run(blocks if parts else single)
+            self._count(bytes_uploaded=size)
+            return self.head(key)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        async def put() -> None:
+            await self._blob(key).upload_blob(data, overwrite=True, metadata=dict(metadata), **self._opts())
+
+        with self._translate("put", key):
+            self._run(put)
+            self._count(bytes_uploaded=len(data))
+            return self.head(key)
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        async def copy() -> None:
+            import asyncio
+
+            src = self._blob(src_key)
+            await src.get_blob_properties(**self._opts())  # a missing source: BlobNotFound, not a copy error
+            dst = self._blob(dst_key)
+            kw: dict[str, Any] = {"metadata": dict(metadata)} if metadata is not None else {}
+            result = await dst.start_copy_from_url(src.url, **kw, **self._opts())
+            status = result.get("copy_status")
+            while status == "pending":  # copies within one account usually finish at once
+                await asyncio.sleep(0.2)
+                status = (await dst.get_blob_properties(**self._opts())).copy.status
+            if status != "success":
+                raise OSError(errno.EIO, f"server-side copy ended as {status}")
+
+        with self._translate("copy", src_key):
+            self._count(copies=1)
+            self._run(copy)
+            return self.head(dst_key)
+
+    def delete(self, key: str) -> None:
+        async def delete() -> None:
+            from azure.core.exceptions import ResourceNotFoundError
+
+            with contextlib.suppress(ResourceNotFoundError):
+                await self._blob(key).delete_blob(**self._opts())
+
+        with self._translate("delete", key):
+            self._run(delete)
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        async def put() -> None:
+            await self._blob(key).set_blob_metadata(dict(metadata), **self._opts())
+
+        with self._translate("set metadata", key):
+            self._run(put)
+            return self.head(key)
+
+    def _probe(self) -> None:
+        async def one() -> None:
+            async for _ in self._container().walk_blobs(name_starts_with=self.prefix or None, delimiter="/",
+                                                        results_per_page=1, **self._opts()):
+                break
+
+        with self._translate("list", "/"):
+            self._run(one)

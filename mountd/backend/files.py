@@ -1,0 +1,325 @@
+"""`FileStore` (file://) and `MemoryStore` (memory://): the remotes that need no server.
+
+A local directory holds objects as files and markers as directories, with user metadata in an
+extended attribute; memory:// is a bucket in a dict of this process, with S3's semantics, for
+tests and demos. A write never leaves a half object where a reader can see it, and a file://
+store never follows a symlink (it could lead out of its root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mountd.backend import DirListing, ObjectInfo
+from mountd.backend.base import FsspecStore, lower_keys
+from mountd.errors import ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".mountd-tmp-"
+# a temporary upload file of a local-directory remote that has not been written to for this long
+# was left by a writer that died; listing its directory removes it
+STALE_TMP_AGE = 3600.0
+XATTR_META = "user.mountd.meta"
+COPY_BLOCK = 8 << 20
+
+
+class FileStore(FsspecStore):
+    """file://: objects are files under a root directory; directories are the markers.
+
+    Metadata lives in the `user.mountd.meta` extended attribute. Writes go to a temp file in
+    the same directory and are renamed into place, so a reader never sees a half object.
+    Symlinks found in the tree are never followed (they could lead out of the root)."""
+
+    def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
+        super().__init__(name, url, fs, root)
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        self._xattr_ok = True
+        self._warned = threading.Event()
+
+    def _p(self, key: str) -> Path:
+        p = Path(self.root, key)
+        if ".." in Path(key).parts:
+            raise FileNotFoundError(key)
+        return p
+
+    def _getmeta(self, p: Path) -> dict[str, str] | None:
+        try:
+            return dict(json.loads(os.getxattr(p, XATTR_META, follow_symlinks=False)))
+        except OSError as e:
+            return {} if e.errno in (errno.ENODATA, errno.ENOTSUP) else None
+        except ValueError:
+            return {}
+
+    def _setmeta(self, p: Path, metadata: Mapping[str, str]) -> None:
+        if not self._xattr_ok:
+            return
+        try:
+            os.setxattr(p, XATTR_META, json.dumps(dict(metadata)).encode(), follow_symlinks=False)
+        except OSError as e:
+            if e.errno != errno.ENOTSUP:
+                raise
+            self._xattr_ok = False
+            log.warning("remote %r: %s does not support extended attributes; POSIX attributes will not be stored",
+                        self.name, self.display_url)
+
+    def _object(self, key: str, st: os.stat_result, metadata: Mapping[str, str] | None) -> ObjectInfo:
+        size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size  # a directory is a zero-byte marker
+        return ObjectInfo(key=key, size=size, version=f"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}",
+                          mtime_ns=st.st_mtime_ns, metadata=metadata)
+
+    def list_dir(self, prefix: str) -> DirListing:
+        base = self._p(prefix)
+        objects, prefixes = [], []
+        with self._translate("list", prefix):
+            try:
+                it = os.scandir(base)
+            except (FileNotFoundError, NotADirectoryError):
+                return DirListing(objects=(), prefixes=())
+            with it:
+                for entry in it:
+                    name = entry.name
+                    if name.startswith(TMP_PREFIX):
+                        self._sweep_if_stale(entry)
+                        continue
+                    if entry.is_symlink():
+                        log.debug("remote %r: ignoring symlink %r", self.name, prefix + name)
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        prefixes.append(name)
+                    elif entry.is_file(follow_symlinks=False):
+                        p = Path(entry.path)
+                        objects.append(self._object(prefix + name, entry.stat(follow_symlinks=False), self._getmeta(p)))
+        return DirListing(objects=tuple(objects), prefixes=tuple(prefixes), marker_exists=True)
+
+    def _sweep_if_stale(self, entry: os.DirEntry[str]) -> None:
+        """Remove a temporary file of a write that died with its writer (a daemon killed during
+        an upload): one untouched for `STALE_TMP_AGE` is no one's any more."""
+        try:
+            age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+            if age > STALE_TMP_AGE and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                log.info("remote %r: removed %s, left %.0f s ago by an interrupted upload",
+                         self.name, entry.name, age)
+        except OSError as e:  # gone already (its writer finished), or not ours to remove
+            log.debug("remote %r: leaving %s: %s", self.name, entry.name, e)
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._translate("head", key):
+            p = self._p(key.rstrip("/"))
+            st = os.lstat(p)
+            if key.endswith("/") != stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                raise FileNotFoundError(key)
+            return self._object(key, st, self._getmeta(p) or {})
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with self._translate("read", key):
+            fd = os.open(self._p(key), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                return os.pread(fd, max(0, end - start), start)
+            finally:
+                os.close(fd)
+
+    def _atomic_write(self, key: str, fill: Any, metadata: Mapping[str, str]) -> ObjectInfo:
+        dest = self._p(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                fill(f)
+            self._setmeta(tmp, metadata)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.head(key)
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        with self._translate("download", key):
+            info = self.head(key)
+            with open(self._p(key), "rb") as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, COPY_BLOCK)
+            return info
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("upload", key):
+            with open(src, "rb") as s:
+                return self._atomic_write(key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), metadata)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("put", key):
+            if key.endswith("/"):
+                p = self._p(key.rstrip("/"))
+                p.mkdir(parents=True, exist_ok=True)
+                self._setmeta(p, metadata)
+                return self.head(key)
+            return self._atomic_write(key, lambda f: f.write(data), metadata)
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with self._translate("copy", src_key):
+            src = self._p(src_key)
+            meta = metadata if metadata is not None else (self._getmeta(src) or {})
+            with open(src, "rb") as s:
+                return self._atomic_write(dst_key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), meta)
+
+    def _is_marker(self, p: Path) -> bool:
+        try:
+            os.getxattr(p, XATTR_META, follow_symlinks=False)
+            return True
+        except OSError as e:
+            return e.errno == errno.ENOTSUP  # without xattrs every directory counts as a marker
+
+    def _prune_parents(self, p: Path) -> None:
+        """Remove directories left empty that no marker keeps, as a prefix vanishes in a bucket."""
+        root = Path(self.root)
+        parent = p.parent
+        while parent != root and root in parent.parents and not self._is_marker(parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                return
+            parent = parent.parent
+
+    def delete(self, key: str) -> None:
+        with self._translate("delete", key):
+            p = self._p(key.rstrip("/"))
+            try:
+                if key.endswith("/"):
+                    if p.is_dir() and not p.is_symlink():
+                        try:
+                            p.rmdir()
+                        except OSError:
+                            # objects below keep the prefix alive; only the marker goes
+                            with contextlib.suppress(OSError):
+                                os.removexattr(p, XATTR_META, follow_symlinks=False)
+                            return
+                        self._prune_parents(p)
+                elif not p.is_dir():
+                    p.unlink()
+                    self._prune_parents(p)
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # a "parent" that is a file: the key does not exist, as in a bucket
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("set metadata", key):
+            p = self._p(key.rstrip("/"))
+            if not p.exists():
+                raise FileNotFoundError(key)
+            self._setmeta(p, metadata)
+            return self.head(key)
+
+    def probe(self) -> None:
+        with self._translate("list", "/"):
+            if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError(self.root)
+            os.listdir(self.root)
+
+
+@dataclass
+class _MemObject:
+    data: bytes
+    metadata: dict[str, str]
+    version: int
+    mtime_ns: int
+
+
+class MemoryStore(FsspecStore):
+    """memory://: an in-process bucket with S3 semantics (markers, a file and a prefix of one name).
+
+    fsspec's MemoryFileSystem is a filesystem (no user metadata, no `a` beside `a/`), so objects
+    live in a dict shared by every store of the same URL in this process, as fsspec's memory
+    store is."""
+
+    _buckets: dict[str, dict[str, _MemObject]] = {}
+    _lock = threading.Lock()
+    _counter = 0
+
+    def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
+        super().__init__(name, url, fs, root)
+        with self._lock:
+            self._objects = self._buckets.setdefault(self.root, {})
+
+    def _new(self, data: bytes, metadata: Mapping[str, str]) -> _MemObject:
+        with self._lock:
+            MemoryStore._counter += 1
+            return _MemObject(bytes(data), lower_keys(metadata), MemoryStore._counter, time.time_ns())
+
+    def _get(self, key: str) -> _MemObject:
+        obj = self._objects.get(key)
+        if obj is None:
+            raise ObjectNotFound(self.name, f"{key!r} not found in {self.display_url}")
+        return obj
+
+    def _info(self, key: str, obj: _MemObject, with_meta: bool = True) -> ObjectInfo:
+        return ObjectInfo(key=key, size=len(obj.data), version=str(obj.version), mtime_ns=obj.mtime_ns,
+                          metadata=dict(obj.metadata) if with_meta else None)
+
+    def list_dir(self, prefix: str) -> DirListing:
+        self._count(requests=1)
+        objects, prefixes, marker = [], [], False
+        with self._lock:
+            items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
+        for key, obj in items:
+            rest = key[len(prefix):]
+            if rest == "":
+                marker = True
+            elif "/" in rest:
+                prefixes.append(rest.split("/", 1)[0])
+            else:
+                objects.append(self._info(key, obj))
+        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)), marker_exists=marker)
+
+    def head(self, key: str) -> ObjectInfo:
+        self._count(requests=1)
+        return self._info(key, self._get(key))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        self._count(requests=1)
+        return self._get(key).data[start:max(start, end)]
+
+    def download(self, key: str, dest: Path) -> ObjectInfo:
+        obj = self._get(key)
+        dest.write_bytes(obj.data)
+        return self._info(key, obj)
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        return self.put_bytes(key, src.read_bytes(), metadata)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        obj = self._new(data, metadata)
+        self._objects[key] = obj
+        self._count(requests=1, bytes_uploaded=len(data))
+        return self._info(key, obj)
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        src = self._get(src_key)
+        obj = self._new(src.data, src.metadata if metadata is None else metadata)
+        self._objects[dst_key] = obj
+        self._count(requests=1, copies=1)
+        return self._info(dst_key, obj)
+
+    def delete(self, key: str) -> None:
+        self._count(requests=1)
+        self._objects.pop(key, None)
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        src = self._get(key)
+        obj = self._new(src.data, metadata)
+        obj.mtime_ns = src.mtime_ns
+        self._objects[key] = obj
+        return self._info(key, obj)
+
+    def probe(self) -> None:
+        return None

@@ -1,0 +1,117 @@
+"""`GcsStore`: gs:// and gcs://, Google Cloud Storage through the JSON API.
+
+It calls gcsfs's authenticated session (`call`) for listings, metadata, rewrites and deletes,
+and lets gcsfs run uploads (resumable ones in chunks from 5 MiB on). The version of an object
+is its generation. A metadata change is a PATCH where `null` removes a key no longer wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mountd.backend import DirListing, ObjectInfo
+from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
+from mountd.backend.errors import http_status
+
+GCS_CHUNK_ALIGN = 256 << 10  # resumable-upload chunks must be multiples of 256 KiB
+
+
+class GcsStore(BucketStore):
+    """gs:// / gcs://: the JSON API through gcsfs's authenticated session (`call`).
+
+    The version is the object generation. Custom metadata is returned by listings too. Uploads
+    of 5 MiB and more are resumable uploads in `multipart_chunk` pieces (gcsfs's threshold)."""
+
+    def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        self._count(requests=1)
+        return self.fs.call(method, path, *args, json_out=True, **kwargs)
+
+    def _info(self, key: str, o: Mapping[str, Any]) -> ObjectInfo:
+        return ObjectInfo(key=key, size=int(o.get("size") or 0), version=str(o.get("generation") or ""),
+                          mtime_ns=mtime_ns_of(o.get("updated")), metadata=lower_keys(o.get("metadata")))
+
+    def list_dir(self, prefix: str) -> DirListing:
+        full = self._full(prefix)
+
+        def entries() -> Iterator[tuple[str, ObjectInfo | None]]:
+            token = None
+            while True:
+                resp = self._call("GET", "b/{}/o", self.bucket, prefix=full or None, delimiter="/",
+                                  pageToken=token, maxResults=1000)
+                for o in resp.get("items", ()):
+                    yield o["name"], self._info(o["name"][len(self.prefix):], o)
+                for p in resp.get("prefixes", ()):
+                    yield p, None
+                token = resp.get("nextPageToken")
+                if not token:
+                    return
+
+        with self._translate("list", prefix):
+            return self._listing(prefix, entries())
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._translate("head", key):
+            return self._info(key, self._call("GET", "b/{}/o/{}", self.bucket, self._full(key)))
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        size = src.stat().st_size
+        chunk = max(GCS_CHUNK_ALIGN, self.tuning.multipart_chunk // GCS_CHUNK_ALIGN * GCS_CHUNK_ALIGN)
+        with self._translate("upload", key):
+            if size >= 5 << 20:
+                self._count(multipart_uploads=1, requests=1 + -(-size // chunk))
+            else:
+                self._count(requests=1)
+            self.fs.put_file(str(src), f"{self.bucket}/{self._full(key)}", metadata=dict(metadata), chunksize=chunk,
+                             content_type="application/octet-stream")
+            self._count(bytes_uploaded=size)
+            return self.head(key)
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("put", key):
+            self._count(requests=1, bytes_uploaded=len(data))
+            self.fs.pipe_file(f"{self.bucket}/{self._full(key)}", data, metadata=dict(metadata),
+                              content_type="application/octet-stream")
+            return self.head(key)
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with self._translate("copy", src_key):
+            body: dict[str, Any] | None = None
+            if metadata is not None:
+                body = {"metadata": dict(metadata)}
+            token = None
+            self._count(copies=1)
+            while True:  # a rewrite of a large object may take several calls
+                resp = self._call("POST", "b/{}/o/{}/rewriteTo/b/{}/o/{}", self.bucket, self._full(src_key),
+                                  self.bucket, self._full(dst_key), rewriteToken=token, json=body)
+                if resp.get("done", True):
+                    break
+                token = resp["rewriteToken"]
+            info = self.head(dst_key)
+            if metadata is not None and dict(info.metadata or {}) != dict(metadata):
+                return self.set_metadata(dst_key, metadata)  # a server that ignored the metadata of the rewrite
+            return info
+
+    def delete(self, key: str) -> None:
+        with self._translate("delete", key):
+            try:
+                self._count(requests=1)
+                self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self._full(key))
+            except FileNotFoundError:
+                pass
+            except Exception as e:
+                if http_status(e) != 404:
+                    raise
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("set metadata", key):
+            old = self.head(key).metadata or {}
+            patch: dict[str, Any] = {k: None for k in old if k not in metadata}  # null removes a key
+            patch.update(metadata)
+            return self._info(key, self._call("PATCH", "b/{}/o/{}", self.bucket, self._full(key),
+                                              json={"metadata": patch}))
+
+    def _probe(self) -> None:
+        with self._translate("list", "/"):
+            self._call("GET", "b/{}/o", self.bucket, prefix=self.prefix or None, delimiter="/", maxResults=1)

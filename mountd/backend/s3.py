@@ -1,0 +1,241 @@
+"""`S3Store`: s3:// on AWS and S3-compatible servers (MinIO, Ceph, R2, rclone serve s3).
+
+It calls the botocore client that s3fs holds (`call_s3`) for listings, metadata, copies and
+deletes, lets s3fs run multipart uploads (as a task on fsspec's loop, so one can be cancelled),
+and sends ranged GETs and HEADs as URLs it signs itself over plain keep-alive HTTP
+(`PresignedRanges`), falling back to botocore for any answer but success. It must never log or
+return a presigned URL: it carries a signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import email.utils
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mountd.backend import DirListing, ObjectInfo, StoreTuning
+from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
+from mountd.backend.presigned import PresignedRanges
+from mountd.errors import UploadCancelled
+
+S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
+S3_META = "x-amz-meta-"  # user metadata headers (lower case)
+HEAD_URL_LIFETIME = 900  # seconds a signed HEAD URL is valid (it is used at once)
+HEAD_SIGNER_REUSE = 300  # seconds before the HEAD signer takes up the credentials again
+
+
+class S3Store(BucketStore):
+    """s3:// (AWS and S3-compatible): the botocore client of s3fs, called through `call_s3`.
+
+    User metadata rides in x-amz-meta-*; listings do not return it (HEAD does). Ranged GETs are
+    made with response checksum validation "when_required", so a whole-object checksum header
+    that a server returns on a range never fails the read."""
+
+    def __init__(self, name: str, url: str, fs: Any, root: str, tuning: StoreTuning | None = None,
+                 endpoint: str = "") -> None:
+        super().__init__(name, url, fs, root, tuning, endpoint)
+        self._uploads: dict[str, concurrent.futures.Future[Any]] = {}  # key -> upload running
+        self._uploads_lock = threading.Lock()
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        self._count(requests=1)
+        return self.fs.call_s3(method, **kwargs)
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """A ranged GET: through `PresignedRanges` (plain keep-alive HTTP read by C code, no event
+        loop) when nothing but the signature is needed (no requester-pays or SSE-C arguments),
+        else, or when that path gives up, through s3fs."""
+        if end <= start:
+            return b""
+        data = self._fast().read(f"{self.bucket}/{self._full(key)}", start, end)
+        if data is None:
+            return super().read_range(key, start, end)
+        self._count(requests=1, bytes_downloaded=len(data))
+        return data
+
+    def _fast(self) -> PresignedRanges:
+        fast = self.__dict__.get("_presigned")
+        if fast is None:
+            simple = not self.fs.req_kw and not self.fs.s3_additional_kwargs
+            fast = PresignedRanges(self._presign, timeout=self.tuning.timeout,
+                                   verify=(self.fs.client_kwargs or {}).get("verify"))
+            fast.enabled = fast.enabled and simple
+            fast = self.__dict__.setdefault("_presigned", fast)
+        return fast
+
+    def head(self, key: str) -> ObjectInfo:
+        """Through `PresignedRanges` (a URL signed here, plain HTTP) when it answers 200, else, or
+        for any other answer, through botocore, which decides errors."""
+        headers = self._fast().head(lambda: self._sign_head(key))
+        if headers is not None and (info := self._info_from_headers(key, headers)) is not None:
+            self._count(requests=1)
+            return info
+        with self._translate("head", key):
+            r = self._call("head_object", Bucket=self.bucket, Key=self._full(key))
+            return self._info(key, r, lower_keys(r.get("Metadata")))
+
+    def _info_from_headers(self, key: str, headers: Mapping[str, str]) -> ObjectInfo | None:
+        try:
+            size = int(headers["content-length"])
+            modified = email.utils.parsedate_to_datetime(headers["last-modified"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        metadata = {k[len(S3_META):]: v for k, v in headers.items() if k.startswith(S3_META)}
+        return self._info(key, {"ContentLength": size, "ETag": headers.get("etag"), "LastModified": modified},
+                          metadata)
+
+    def _sign_head(self, key: str) -> str:
+        """A HEAD URL of `key` signed with SigV4 in the query; the signer (credentials, and the
+        URL of the bucket as botocore addresses it) is renewed every `HEAD_SIGNER_REUSE` s."""
+        from botocore.awsrequest import AWSRequest
+        from fsspec.asyn import sync
+
+        signer = self.__dict__.get("_head_signer")
+        if signer is None or time.monotonic() - signer[2] > HEAD_SIGNER_REUSE:
+            signer = self._head_signer = (*sync(self.fs.loop, self._head_signer_now), time.monotonic())
+        auth, bucket_url, _ = signer
+        request = AWSRequest(method="HEAD", url=bucket_url + urllib.parse.quote(self._full(key), safe="/~"),
+                             headers={})
+        if auth is not None:
+            auth.add_auth(request)
+        return str(request.url)
+
+    async def _head_signer_now(self) -> tuple[Any, str]:
+        await self.fs.set_session()
+        s3 = await self.fs.get_s3(self.bucket)
+        probe = str(await s3.generate_presigned_url("head_object", Params={"Bucket": self.bucket, "Key": "k"},
+                                                    ExpiresIn=HEAD_URL_LIFETIME)).split("?", 1)[0]
+        if not probe.endswith("/k"):
+            raise ValueError("unexpected presigned URL form")
+        from botocore import UNSIGNED
+
+        if s3.meta.config.signature_version == UNSIGNED:
+            return None, probe[:-1]
+        auth = await s3._request_signer.get_auth_instance("s3", s3.meta.region_name or "us-east-1", "s3v4-query",
+                                                          expires=HEAD_URL_LIFETIME)
+        return auth, probe[:-1]
+
+    def _presign(self, path: str, lifetime: int) -> str:
+        """A SigV4 query-signed GET URL of bucket/key (botocore still presigns with SigV2 when no
+        signature version is configured, which S3-compatible servers refuse)."""
+        from botocore.awsrequest import AWSRequest
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(path)
+
+        async def sign() -> str:
+            await self.fs.set_session()
+            s3 = await self.fs.get_s3(bucket)
+            url = str(await s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                      ExpiresIn=lifetime))
+            if "?" not in url or "X-Amz-Signature=" in url:
+                return url  # unsigned (anonymous) or already SigV4
+            auth = await s3._request_signer.get_auth_instance("s3", s3.meta.region_name or "us-east-1", "s3v4-query",
+                                                              expires=lifetime)
+            request = AWSRequest(method="GET", url=url.split("?", 1)[0], headers={})
+            auth.add_auth(request)
+            return str(request.url)
+
+        return str(sync(self.fs.loop, sign))
+
+    def _info(self, key: str, o: Mapping[str, Any], metadata: Mapping[str, str] | None) -> ObjectInfo:
+        return ObjectInfo(key=key, size=int(o.get("Size", o.get("ContentLength", 0)) or 0),
+                          version=normalize_version(o.get("ETag")), mtime_ns=mtime_ns_of(o.get("LastModified")),
+                          metadata=metadata)
+
+    def list_dir(self, prefix: str) -> DirListing:
+        full = self._full(prefix)
+
+        def entries() -> Iterator[tuple[str, ObjectInfo | None]]:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/"}
+            while True:
+                resp = self._call("list_objects_v2", **kwargs)
+                for o in resp.get("Contents", ()):
+                    yield o["Key"], self._info(o["Key"][len(self.prefix):], o, None)
+                for p in resp.get("CommonPrefixes", ()):
+                    yield p["Prefix"], None
+                if not resp.get("IsTruncated") or not resp.get("NextContinuationToken"):
+                    return
+                kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
+        with self._translate("list", prefix):
+            return self._listing(prefix, entries())
+
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        size = src.stat().st_size
+        with self._translate("upload", key):
+            if self._upload_parts(src):
+                # s3fs goes multipart when size >= 2 * chunksize; parts of at least 5 MiB
+                chunk = max(S3_MIN_PART, min(self.tuning.multipart_chunk, size // 2))
+                self._count(multipart_uploads=1, requests=2 + -(-size // chunk))
+            else:
+                chunk = max(size, S3_MIN_PART) + 1  # one PUT
+                self._count(requests=1)
+            # s3fs's coroutine run as a task on fsspec's loop, so that cancel_upload can stop it
+            running = asyncio.run_coroutine_threadsafe(
+                self.fs._put_file(str(src), f"{self.bucket}/{self._full(key)}", chunksize=chunk,
+                                  max_concurrency=self.tuning.concurrency, Metadata=dict(metadata),
+                                  ContentType="application/octet-stream"), self.fs.loop)
+            with self._uploads_lock:
+                self._uploads[key] = running
+            try:
+                running.result()
+            except concurrent.futures.CancelledError:
+                self._abort_multipart(key)
+                raise UploadCancelled(self.name, f"upload of {key!r} stopped: the file changed or moved") from None
+            finally:
+                with self._uploads_lock:
+                    if self._uploads.get(key) is running:
+                        del self._uploads[key]
+            self._count(bytes_uploaded=size)
+            return self.head(key)
+
+    def cancel_upload(self, key: str) -> bool:
+        with self._uploads_lock:
+            running = self._uploads.get(key)
+        return running is not None and running.cancel()
+
+    def _abort_multipart(self, key: str) -> None:
+        """A cancelled s3fs upload leaves its multipart upload open (it aborts only on Exception)."""
+        full = self._full(key)
+        with contextlib.suppress(Exception):
+            listed = self._call("list_multipart_uploads", Bucket=self.bucket, Prefix=full)
+            for u in listed.get("Uploads", []):
+                if u.get("Key") == full:
+                    self._call("abort_multipart_upload", Bucket=self.bucket, Key=full, UploadId=u["UploadId"])
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        with self._translate("put", key):
+            r = self._call("put_object", Bucket=self.bucket, Key=self._full(key), Body=data, Metadata=dict(metadata))
+            self._count(bytes_uploaded=len(data))
+            return self.head(key) if not r.get("ETag") else ObjectInfo(
+                key=key, size=len(data), version=normalize_version(r["ETag"]),
+                mtime_ns=self.head(key).mtime_ns, metadata=dict(metadata))
+
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with self._translate("copy", src_key):
+            kwargs: dict[str, Any] = {}
+            if metadata is not None:
+                kwargs = {"Metadata": dict(metadata), "MetadataDirective": "REPLACE"}
+            self._count(requests=1, copies=1)
+            # s3fs copies objects over 5 GiB part by part (UploadPartCopy), still on the server
+            self.fs.copy(f"{self.bucket}/{self._full(src_key)}", f"{self.bucket}/{self._full(dst_key)}", **kwargs)
+            return self.head(dst_key)
+
+    def delete(self, key: str) -> None:
+        with self._translate("delete", key):
+            self._call("delete_object", Bucket=self.bucket, Key=self._full(key))
+
+    def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        return self.copy(key, key, metadata)
+
+    def _probe(self) -> None:
+        with self._translate("list", "/"):
+            self._call("list_objects_v2", Bucket=self.bucket, Prefix=self.prefix, Delimiter="/", MaxKeys=1)
