@@ -360,8 +360,11 @@ class MetaStore:
                           (remote, len(prefix), prefix)).fetchall()
         return {r[0] for r in rows}
 
-    def journal_make_due(self, now: float) -> None:
-        self._exec("UPDATE journal SET due=? WHERE due > ?", (now, now))
+    def journal_make_due(self, now: float, *, failed: bool = True) -> None:
+        """Move entries due later to `now`; with `failed=False` only those that never failed (a drain
+        skips the write-back delay, not the back-off of a failing upload)."""
+        only_fresh = "" if failed else " AND attempts = 0"
+        self._exec("UPDATE journal SET due=? WHERE due > ?" + only_fresh, (now, now))
 
     # --- hash index ---------------------------------------------------------------------------
     def hash_put(self, remote: str, sha256: str, key: str, version: str) -> None:
