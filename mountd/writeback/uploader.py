@@ -6,6 +6,13 @@ entry re-queued while in flight (a rewrite, a rename) stays in the journal and r
 Failures are retried with exponential backoff and jitter, forever, without holding up other
 keys. `wait_drained` is what unmount and `mountd sync --wait` wait on.
 
+Each entry has one retry schedule, kept in its journal row: `due` is the next attempt (what the
+log announces and `status` shows) and `attempts` the failures so far. Nothing else may move a
+failed entry's `due` earlier except an explicit `mountd sync` (no `--wait`): a drain skips the
+write-back delay of entries that never failed, not the back-off of those that did. (An unmount
+waits in 0.5 s steps, each a `wait_drained`; when those made every entry due, a failing upload
+was retried every 0.5 s while the log said `retry in 307.8s`.)
+
 New uploads yield to bursts of FUSE requests for at most `yield_max` after they became due
 (in-flight ones go on): upload threads share the GIL with the FUSE handlers, and a loop creating
 thousands of small files ran 3-8x slower while its first files were being uploaded. A drain
@@ -32,8 +39,21 @@ log = logging.getLogger(__name__)
 ApplyFn = Callable[[JournalEntry], Awaitable[None]]
 
 
+# the first wait of an entry that must wait for another (`Retry`); it doubles up to retry_initial
+RETRY_WAIT = 0.2
+
+
 class Retry(MountdError):
     """Raised by `apply` when an entry must wait for another (a copy before a delete)."""
+
+
+def backoff(attempts: int, initial: float, most: float, rng: random.Random | None = None) -> float:
+    """The wait before the next attempt after `attempts` failures (1 after the first).
+
+    "Equal jitter": between half and all of min(most, initial * 2**(attempts - 1)), so that
+    entries that failed together spread out, and the wait never exceeds `most`."""
+    base = min(most, initial * 2 ** min(max(attempts - 1, 0), 40))
+    return base / 2 + (rng or random).uniform(0, base / 2)
 
 
 class Scope(Protocol):
@@ -45,7 +65,7 @@ class Scope(Protocol):
 class Uploader:
     def __init__(self, meta: MetaStore, journal: Journal, apply: ApplyFn, *, concurrency: int,
                  retry_initial: float, retry_max: float, activity: RequestActivity | None = None,
-                 yield_max: float = 0.0) -> None:
+                 yield_max: float = 0.0, rng: random.Random | None = None) -> None:
         self._meta = meta
         self._activity = activity or RequestActivity()
         self._yield_max = yield_max
@@ -55,6 +75,7 @@ class Uploader:
         self._limit = trio.CapacityLimiter(concurrency)
         self._retry_initial = retry_initial
         self._retry_max = retry_max
+        self._rng = rng or random.Random()
         self.in_flight: dict[tuple[str, str], JournalEntry] = {}
         self._progress = trio.Event()
         self._stats = {"applied": 0, "failed": 0, "retried": 0}
@@ -109,8 +130,12 @@ class Uploader:
             try:
                 await self._apply(entry)
             except Retry as e:
-                log.debug("write-back of %s:%s runs again: %s", entry.remote, entry.key, e)
-                self._meta.journal_failed(entry.remote, entry.key, entry.seq, str(e), self._journal.clock() + 0.2)
+                # waiting on another entry, not a failure of the remote: short waits, doubling to
+                # retry_initial, so a wait that lasts (a verification that keeps failing) costs
+                # at most one attempt per retry_initial
+                wait = min(max(self._retry_initial, RETRY_WAIT), RETRY_WAIT * 2 ** min(entry.attempts, 20))
+                log.debug("write-back of %s:%s runs again in %.1fs: %s", entry.remote, entry.key, wait, e)
+                self._meta.journal_failed(entry.remote, entry.key, entry.seq, str(e), self._journal.clock() + wait)
             except MountdError as e:
                 self._fail(entry, str(e))
             except sqlite3.OperationalError as e:  # e.g. the local disk is full: the entry stays queued
@@ -133,10 +158,10 @@ class Uploader:
 
     def _fail(self, entry: JournalEntry, message: str) -> None:
         self._stats["failed"] += 1
-        delay = min(self._retry_max, self._retry_initial * (2 ** min(entry.attempts, 30)))
-        delay *= random.uniform(0.5, 1.5)
+        delay = backoff(entry.attempts + 1, self._retry_initial, self._retry_max, self._rng)
         log.warning("write-back of %s:%s failed (attempt %d, retry in %.1fs): %s", entry.remote, entry.key,
                     entry.attempts + 1, delay, message)
+        # the row's `due` is the schedule: the run loop starts the entry then and not before
         self._meta.journal_failed(entry.remote, entry.key, entry.seq, message, self._journal.clock() + delay)
         self.last_errors = (self.last_errors + [(entry.remote, entry.key, message)])[-20:]
 
@@ -149,8 +174,11 @@ class Uploader:
         return scope.count(self._meta)
 
     async def wait_drained(self, timeout: float, select: Scope | None = None) -> int:
-        """Make matching entries due now and wait until none is left or `timeout` passes; returns what is left."""
-        self._meta.journal_make_due(self._journal.clock())
+        """Make matching entries due now and wait until none is left or `timeout` passes; returns what is left.
+
+        Entries that failed keep their back-off: callers wait in steps (an unmount, every 0.5 s), and
+        each step used to make a failing entry due again at once."""
+        self._meta.journal_make_due(self._journal.clock(), failed=False)
         self._journal.notify()
         self._draining += 1
         try:
