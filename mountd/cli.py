@@ -214,7 +214,9 @@ def status(mountpoint: str, as_json: bool, watch: bool, interval: float) -> None
     click.echo(f"pending uploads: {st['pending_uploads']}  (in flight: {len(st['in_flight'])})")
     for p in st["pending"][:20]:
         err = f"  error: {p['error']}" if p["error"] else ""
-        click.echo(f"  {p['remote']}:{p['key']}  attempts={p['attempts']}{err}")
+        nxt = p.get("next_attempt")
+        when = f"  next attempt in {max(0.0, nxt - time.time()):.0f}s" if p["attempts"] and nxt else ""
+        click.echo(f"  {p['remote']}:{p['key']}  attempts={p['attempts']}{when}{err}")
     if st["last_errors"]:
         click.echo("last errors:")
         for e in st["last_errors"][-5:]:

@@ -385,7 +385,9 @@ def status(m: Mount) -> dict[str, Any]:
         ],
         "pending_uploads": m.meta.journal_count(),
         "in_flight": [f"{r}:{k}" for r, k in m.uploader.in_flight],
-        "pending": [{"remote": e.remote, "key": e.key, "attempts": e.attempts, "error": e.last_error} for e in journal],
+        # next_attempt: the entry's due time (epoch s); after a failure, when its back-off ends
+        "pending": [{"remote": e.remote, "key": e.key, "attempts": e.attempts, "error": e.last_error,
+                     "next_attempt": e.due} for e in journal],
         "last_errors": [{"remote": r, "key": k, "error": e} for r, k, e in m.uploader.last_errors],
         "statistics": m.statistics(),
         "metrics": m.metrics_url,
