@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 import resource
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,11 @@ from mountd.config import RepoConfig
 from mountd.control import ControlServer, socket_path
 from mountd.errors import MountdError, RemoteError
 from mountd.fuse import ops as fuse_ops
-from mountd.local import LocalTier
+from mountd.fuse.kernel import FuseKernel
 from mountd.meta import MetaStore
 from mountd.sdnotify import SystemdNotifier
+from mountd.stack import Stack, build_stack
 from mountd.vfs.filesystem import Filesystem
-from mountd.vfs.reconcile import Reconciler
 from mountd.writeback import Journal, Uploader
 
 log = logging.getLogger(__name__)
@@ -92,18 +92,11 @@ def check_mountpoint(mountpoint: str) -> None:
 
 @dataclass
 class Mount:
-    """Every component of one running mount."""
+    """Every component of one running mount: the stack below FUSE, and what the daemon adds."""
 
-    config: RepoConfig
+    stack: Stack
     mountpoint: str
-    meta: MetaStore
-    local: LocalTier
-    stores: dict[str, ObjectStore]
-    fs: Filesystem
-    journal: Journal
-    uploader: Uploader
-    reconciler: Reconciler
-    reader: ChunkCache
+    kernel: FuseKernel
     lock_fd: int
     control_path: Path
     activity: RequestActivity = field(default_factory=RequestActivity)
@@ -116,18 +109,36 @@ class Mount:
     replied: trio.Event = field(default_factory=trio.Event)
     metrics_url: str | None = None
 
+    @property
+    def config(self) -> RepoConfig:
+        return self.stack.config
+
+    @property
+    def meta(self) -> MetaStore:
+        return self.stack.meta
+
+    @property
+    def fs(self) -> Filesystem:
+        return self.stack.fs
+
+    @property
+    def stores(self) -> Mapping[str, ObjectStore]:
+        return self.stack.stores
+
+    @property
+    def journal(self) -> Journal:
+        return self.stack.journal
+
+    @property
+    def uploader(self) -> Uploader:
+        return self.stack.uploader
+
+    @property
+    def reader(self) -> ChunkCache:
+        return self.stack.reader
+
     def statistics(self) -> dict[str, Any]:
-        return {
-            "vfs": self.fs.statistics(),
-            "uploader": self.uploader.statistics(),
-            "reconciler": dict(self.reconciler.stats),
-            "reader": self.reader.statistics(),
-            "cache": self.reader.cache_statistics(),
-            "meta": self.meta.statistics(),
-            "local": self.local.statistics(),
-            "dirty": self.fs.dirty.statistics(),
-            "fuse": self.ops.statistics() if self.ops else {},
-        }
+        return {**self.stack.statistics(), "fuse": self.ops.statistics() if self.ops else {}}
 
 
 def _lock_state_dir(path: Path) -> int:
@@ -164,27 +175,20 @@ def build(config: RepoConfig, mountpoint: str) -> Mount:
     _raise_open_file_limit()
     lock_fd = _lock_state_dir(config.local_path)
     try:
-        meta = MetaStore(config.local_path / "meta.db")
-        local = LocalTier(config.local_path)
         stores: dict[str, ObjectStore] = {}
         for remote in config.remote:
             stores[remote.name] = open_store(remote, tuning=store_tuning(config))
-        reader = ChunkCache(config, stores)
-        journal = Journal(meta, delay=config.writeback.delay)
-        fs = Filesystem(config, meta, local, reader, stores, journal)
-        fs.bootstrap()
-        reconciler = Reconciler(fs, dedup=config.writeback.dedup)
-        journal.on_put = reconciler.key_changed
+        kernel = FuseKernel()
         activity = RequestActivity()
-        uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
-                            retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
-                            activity=activity, yield_max=config.writeback.yield_max)
-        fs.is_uploading = lambda remote, key: (remote, key) in uploader.in_flight
+        poll = config.mount.device_poll
+        # measured on 2 cores: polling during a cold read from S3 took the CPU that botocore's
+        # threads needed (350-500 MB/s against 665-760 without)
+        stack = build_stack(config, stores, kernel, activity=activity,
+                            on_fetching=lambda busy: fuse_ops.set_device_poll(0 if busy else poll))
     except BaseException:
         os.close(lock_fd)
         raise
-    return Mount(config=config, mountpoint=os.path.realpath(mountpoint), meta=meta, local=local, stores=stores,
-                 fs=fs, journal=journal, uploader=uploader, reconciler=reconciler, reader=reader, lock_fd=lock_fd,
+    return Mount(stack=stack, mountpoint=os.path.realpath(mountpoint), kernel=kernel, lock_fd=lock_fd,
                  activity=activity,
                  # resolved now: once mounted, a realpath() from this thread would wait on ourselves
                  control_path=socket_path(mountpoint))
@@ -248,8 +252,7 @@ async def run(config: RepoConfig, mountpoint: str, *, require_remotes: bool = Fa
     try:
         return await _serve(m, require_remotes=require_remotes, on_ready=on_ready, extra_options=extra_options or set())
     finally:
-        m.reader.close()
-        m.meta.close()
+        m.stack.close()
         os.close(m.lock_fd)
 
 
@@ -269,24 +272,19 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
         if require_remotes:
             raise StartupError(reason)
         log.warning("%s; mounting anyway: cached and local data are served, writes are queued", reason)
-    m.ops = fuse_ops.MountdOperations(m.fs, m.activity)
+    m.ops = fuse_ops.MountdOperations(m.fs, m.kernel, m.activity)
     opts = fuse_ops.mount_options(fsname=f"mountd:{m.config.name}", allow_other=m.config.mount.allow_other,
                                   default_permissions=m.config.mount.default_permissions) | extra_options
     try:
         fuse_ops.init(m.ops, m.mountpoint, opts)
     except RuntimeError as e:
         raise StartupError(f"cannot mount {m.mountpoint}: {e}") from None
-    # measured on 2 cores: polling during a cold read from S3 took the CPU that botocore's
-    # threads needed (350-500 MB/s against 665-760 without)
-    poll = m.config.mount.device_poll
-    m.reader.on_fetching = lambda busy: fuse_ops.set_device_poll(0 if busy else poll)
     left = 0
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(m.reader.run)
-            await nursery.start(m.local.spares.run)
+            await nursery.start(m.kernel.run)
+            await nursery.start(m.stack.run)
             nursery.start_soon(_serve_fuse, m)
-            await nursery.start(m.uploader.run)
             control = ControlServer(m.control_path, lambda req: _control(m, req))
             await nursery.start(control.run)
             if m.config.metrics.listen:
@@ -447,7 +445,7 @@ async def _cache_control(m: Mount, op: str, req: dict[str, Any]) -> AsyncIterato
     path = "/" + str(req.get("path") or "").strip("/")
     try:
         if op == "pin":
-            targets = m.fs.remote_scope(path)
+            targets = m.fs.paths.scope(path)
             if not targets:
                 yield {"ok": False, "error": f"{path} is not under a remote: local-only paths are always local"}
                 return

@@ -2,20 +2,28 @@
 
 It owns the `data/` directory under `local.path` (and `spare/`, through `SpareFiles`). Content
 of dirty, local-only and pinned files lives here; writes go straight to these files. Nothing here
-talks to a remote. Removing a file and moving a spare into place are quick local calls (fine on
-the trio thread); filling a file from a remote (`materialize_from`) is slow and is run in a
-worker thread by the caller.
+talks to a remote. Moving a spare into place is one quick call on the trio thread. Freeing a
+file's blocks is not quick (unlinking or truncating a large file walks its extents): `discard`
+renames the file out of `data/` at once and a worker thread unlinks it (`run`), and `truncate`
+of a large file runs in a worker thread. Filling a file from a remote (`materialize_from`) is
+slow and is run in a worker thread by the caller.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import trio
+
 from mountd.errors import PosixError
 from mountd.spares import SpareFiles
+
+# a truncate that frees more than this runs in a worker thread
+TRUNCATE_INLINE_MAX = 1 << 20
 
 
 class LocalTier:
@@ -27,7 +35,23 @@ class LocalTier:
         self.tmp.mkdir(exist_ok=True)
         for leftover in self.tmp.iterdir():  # partial downloads from a crashed run
             leftover.unlink(missing_ok=True)
-        self.spares = SpareFiles(root / "spare")  # its refill task is run by the daemon
+        self.spares = SpareFiles(root / "spare")  # its refill task is run by `run`
+        self._discards = (self.tmp / f"{n:x}.discard" for n in itertools.count())
+        self._to_unlink: trio.MemorySendChannel[Path] | None = None
+        self.discarded = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Refill spares and unlink discarded files in worker threads, until cancelled."""
+        send, receive = trio.open_memory_channel[Path](float("inf"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.spares.run)
+            self._to_unlink = send
+            task_status.started()
+            try:
+                async for path in receive:
+                    await trio.to_thread.run_sync(_unlink_quietly, path)
+            finally:
+                self._to_unlink = None
 
     def path_for(self, ino: int) -> Path:
         return self.data / f"{ino:x}"
@@ -46,8 +70,19 @@ class LocalTier:
     def exists(self, ino: int) -> bool:
         return self.path_for(ino).exists()
 
-    def remove(self, ino: int) -> None:
-        self.path_for(ino).unlink(missing_ok=True)
+    def discard(self, ino: int) -> None:
+        """Remove the inode's file from `data/` now; its blocks are freed by a worker thread (a
+        leftover after a crash is swept from `tmp/` at the next start)."""
+        if self._to_unlink is None:  # not running (start-up recovery): free it here
+            self.path_for(ino).unlink(missing_ok=True)
+            return
+        gone = next(self._discards)
+        try:
+            os.rename(self.path_for(ino), gone)
+        except FileNotFoundError:
+            return
+        self.discarded += 1
+        self._to_unlink.send_nowait(gone)
 
     def open_fd(self, ino: int) -> int:
         try:
@@ -55,8 +90,12 @@ class LocalTier:
         except FileNotFoundError:
             raise PosixError(errno.EIO, f"local data of inode {ino} is missing") from None
 
-    def truncate(self, ino: int, size: int) -> None:
-        os.truncate(self.path_for(ino), size)
+    async def truncate(self, ino: int, size: int) -> None:
+        path = self.path_for(ino)
+        if path.stat().st_size - size > TRUNCATE_INLINE_MAX:
+            await trio.to_thread.run_sync(os.truncate, path, size)
+        else:
+            os.truncate(path, size)
 
     def size_of(self, ino: int) -> int:
         return self.path_for(ino).stat().st_size
@@ -78,3 +117,7 @@ class LocalTier:
         return {"free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
                 "spare_files_ready": len(self.spares), "creates_from_spares": self.spares.taken,
                 "creates_without_spare": self.spares.missed}
+
+
+def _unlink_quietly(path: Path) -> None:
+    path.unlink(missing_ok=True)

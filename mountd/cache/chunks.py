@@ -108,7 +108,8 @@ class _Stats:
 
 class ChunkCache:
     def __init__(self, config: RepoConfig, stores: Mapping[str, ObjectStore], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_fetching: Callable[[bool], None] = lambda busy: None) -> None:
         cfg = config.cache
         self.chunk_size = cfg.chunk_size
         self._stores = stores
@@ -138,7 +139,7 @@ class ChunkCache:
         self._inflight: dict[str, _Flight] = {}
         # told True when the first GET starts and False when the last ends (the FUSE layer stops
         # polling its device meanwhile: a polling CPU is one that the download threads lack)
-        self.on_fetching: Callable[[bool], None] = lambda busy: None
+        self._on_fetching = on_fetching
         self._writes: dict[str, _Write] = {}  # fetched, being admitted
         self._write_bytes = 0
         self._max_write_bytes = 8 * cfg.chunk_size
@@ -332,7 +333,7 @@ class ChunkCache:
                 raise flight.error
         flight = self._inflight[key] = _Flight()
         if len(self._inflight) == 1:
-            self.on_fetching(True)
+            self._on_fetching(True)
         try:
             if background:
                 async with self._get_limiter:
@@ -346,7 +347,7 @@ class ChunkCache:
         finally:
             del self._inflight[key]
             if not self._inflight:
-                self.on_fetching(False)
+                self._on_fetching(False)
             flight.done.set()
         await self._admit_fetched(ident, index, key, data)
         return data

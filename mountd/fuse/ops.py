@@ -21,12 +21,12 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
-import trio
 
 from mountd.activity import RequestActivity
 from mountd.errors import MountdError
+from mountd.fuse.kernel import FuseKernel
 from mountd.latency import LatencyHistogram
-from mountd.meta.store import ListingRow
+from mountd.meta.store import ListingRow, Row
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.types import Attr, Ctx, Opened, SetAttr
 
@@ -73,7 +73,7 @@ def _mapped(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
             # the metadata db shares the local tier's disk: when it is full the transaction
             # rolled back, nothing committed is damaged, and the caller sees ENOSPC like a disk
             self.errors[name] += 1
-            if "full" in str(e):
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
                 log.warning("%s: the local tier is full: %s", name, e)
                 raise pyfuse3.FUSEError(errno.ENOSPC) from None
             log.error("%s: metadata db error: %s", name, e)
@@ -105,9 +105,10 @@ class MountdOperations(pyfuse3.Operations):
     enable_passthrough = True
     enable_killpriv_v2 = True
 
-    def __init__(self, fs: Filesystem, activity: RequestActivity | None = None) -> None:
+    def __init__(self, fs: Filesystem, kernel: FuseKernel, activity: RequestActivity | None = None) -> None:
         super().__init__()
         self.fs = fs
+        self.kernel = kernel
         self.activity = activity or RequestActivity()
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -115,23 +116,16 @@ class MountdOperations(pyfuse3.Operations):
         self.latency: defaultdict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
         self.attr_timeout = fs.config.mount.attr_timeout
         self.enable_passthrough = fs.config.mount.passthrough
-        fs.invalidate_cb = self._invalidate
         self._reply_rows = getattr(pyfuse3, "readdir_reply_rows", None) or self._reply_rows_one_by_one
 
     def init(self) -> None:
         """The kernel's INIT was answered: hand the vfs the passthrough calls if it was granted."""
         if self.enable_passthrough and passthrough_available() and pyfuse3.passthrough_enabled():
-            self.fs.backing_open = pyfuse3.backing_open
-            self.fs.backing_close = pyfuse3.backing_close
+            self.kernel.granted()
             log.info("FUSE passthrough is on: local-tier files are read and written by the kernel")
         elif self.enable_passthrough:
             log.info("FUSE passthrough is off (%s)", "not granted by the kernel" if passthrough_available()
                      else "this pyfuse3 lacks it; scripts/build-pyfuse3-passthrough.sh builds one that has it")
-
-    @staticmethod
-    def _invalidate(ino: int) -> None:
-        # pyfuse3 says invalidate_inode may block under the writeback cache: call it from a thread
-        trio.lowlevel.spawn_system_task(trio.to_thread.run_sync, _invalidate_quietly, ino)
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -256,7 +250,8 @@ class MountdOperations(pyfuse3.Operations):
                                attr_timeout: float, blksize: int) -> int:
         """`readdir_reply_rows` for a pyfuse3 built without scripts/pyfuse3-passthrough.patch."""
         for done, row in enumerate(rows):
-            if not pyfuse3.readdir_reply(token, row[1], self._entry(Attr(*row[2:12], exact=row[12] != 0)), row[0]):
+            attr = Attr(*row[Row.INO:Row.META_LOADED], exact=row[Row.META_LOADED] != 0)  # type: ignore[misc]
+            if not pyfuse3.readdir_reply(token, row[Row.NAME], self._entry(attr), row[Row.ENTRY_ID]):
                 return done
         return len(rows)
 
@@ -289,7 +284,7 @@ class MountdOperations(pyfuse3.Operations):
 
     @_mapped
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return [n.encode() for n in self.fs.listxattr(inode)]
+        return [n.encode() for n in await self.fs.listxattr(inode)]
 
     @_mapped
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -306,13 +301,6 @@ class MountdOperations(pyfuse3.Operations):
         polled = pyfuse3.device_poll_hits() if hasattr(pyfuse3, "device_poll_hits") else 0
         return {"calls": dict(self.calls), "errors": dict(self.errors), "seconds": dict(self.seconds),
                 "latency": {op: h.snapshot() for op, h in self.latency.items()}, "read_while_polling": polled}
-
-
-def _invalidate_quietly(ino: int) -> None:
-    try:
-        pyfuse3.invalidate_inode(ino, attr_only=False)
-    except (FileNotFoundError, OSError):
-        pass
 
 
 def set_device_poll(seconds: float) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 ROOT_INODE = 1
 SCHEMA_VERSION = 1
@@ -128,10 +128,44 @@ class Inode:
         return self.attr_gen != self.synced_attr_gen
 
 
-# An inode's ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev (the order of
-# vfs.types.Attr's fields) and meta_loaded; a readdir page row has the entry id and name before it.
-AttrRow = tuple[int, int, int, int, int, int, int, int, int, int, int]
+class AttrRow(NamedTuple):
+    """What a lookup answers with: an inode's attributes in the order of `vfs.types.Attr`'s fields."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    meta_loaded: int
+
+
+# A readdir page row: the entry id and name, then the columns of an `AttrRow`. A plain tuple, not a
+# NamedTuple: pyfuse3's readdir_reply_rows (scripts/pyfuse3-passthrough.patch) takes exactly tuples,
+# and a page of thousands is read per request. `Row` names its positions.
 ListingRow = tuple[int, bytes, int, int, int, int, int, int, int, int, int, int, int]
+
+
+class Row:
+    """Positions in a `ListingRow` (Final, so a type checker knows each position's type)."""
+
+    ENTRY_ID: Final = 0
+    NAME: Final = 1
+    INO: Final = 2
+    MODE: Final = 3
+    NLINK: Final = 4
+    UID: Final = 5
+    GID: Final = 6
+    SIZE: Final = 7
+    ATIME_NS: Final = 8
+    MTIME_NS: Final = 9
+    CTIME_NS: Final = 10
+    RDEV: Final = 11
+    META_LOADED: Final = 12
 _ATTR_COLUMNS = ("i.ino, i.mode, i.nlink, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns, i.rdev,"
                  " i.meta_loaded")
 
@@ -263,9 +297,10 @@ class MetaStore:
 
     def lookup_attr(self, parent: int, name: bytes) -> AttrRow | None:
         """The attributes of the inode that `name` in `parent` names, in one query (a lookup)."""
-        return self._exec(  # type: ignore[no-any-return]
+        row = self._exec(
             f"SELECT {_ATTR_COLUMNS} FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND d.name=?",
             (parent, name)).fetchone()
+        return AttrRow._make(row) if row is not None else None
 
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
         self._exec("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))

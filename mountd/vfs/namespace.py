@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
+from mountd.cache.reader import ObjectRef
 from mountd.config import RemoteConfig
+from mountd.meta import Inode
 
 NAME_MAX = 255
 META_MODE, META_UID, META_GID, META_MTIME, META_SHA256 = "mode", "uid", "gid", "mtime", "sha256"
@@ -115,3 +117,10 @@ def attrs_from_metadata(meta: Mapping[str, str] | None, *, default_mode: int, ui
     except (KeyError, ValueError, ArithmeticError):
         mtime = mtime_ns
     return PosixAttrs(mode=mode, uid=_int(META_UID, uid), gid=_int(META_GID, gid), mtime_ns=mtime)
+
+
+def object_ref(node: Inode) -> ObjectRef:
+    """The version of the remote object whose bytes `node` has now (it must have a key)."""
+    assert node.remote is not None and node.remote_key is not None
+    return ObjectRef(remote=node.remote, key=node.remote_key, version=node.remote_version or "",
+                     size=node.size, sha256=node.sha256)

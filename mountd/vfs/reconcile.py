@@ -5,7 +5,29 @@ module looks at what the namespace holds at K now and does the one remote operat
 upload the local file (or, when the content hash is already known in the remote, skip it or
 copy server-side), copy an object that was renamed, re-put a marker, symlink or metadata,
 or delete an object nothing maps to any more. Network work and hashing run in worker threads;
-results are written back only if the inode did not change meanwhile (else it runs again).
+results are written back only if the inode did not change meanwhile (else it runs again). It
+sees the namespace only through `WritebackView`, and calls remotes only through `RemoteCalls`.
+
+## Per-key reservations (read before changing an await in this module)
+
+The uploader runs at most one entry per (remote, key) at a time, but entries of *different*
+keys touch each other's objects: a rename copies from the old key, dedup copies from any key
+holding the same bytes, and an overwrite destroys what was at its key. These in-memory
+reservations keep that safe; none is held across a crash (each entry is simply run again):
+
+- `_writing[(remote, key)]`: `key` is about to be overwritten (held by `_overwriting` for the
+  whole upload/copy to it). Copies *from* `key` wait for it to be released (`_wait_keys`).
+- `_copying_from[(remote, key)]` (a count): server-side copies read from `key` now (held by
+  `_reading_from` from the HEAD that chose the source to the end of the copy). An overwrite of
+  `key` waits until the count is zero before taking `_writing`.
+- `_uploading[(remote, sha256)]`: bytes with this hash are being sent now; a second upload of
+  identical content waits for that event, then copies server-side instead of sending again.
+- `UploadsSending`: which upload is sending which key, so a re-queue of the key stops it.
+
+Order: `_copying_from` must be zero before `_writing` is taken; `_writing` is taken before the
+evacuation copies (which read from the key being overwritten, as its owner: `own_key`). Every
+wait on another key's reservation ends after `KEY_WAIT` seconds with `Retry` (the entry runs
+again 0.2 s later), so two entries that wait on each other cannot hang: one gives way.
 """
 
 from __future__ import annotations
@@ -15,16 +37,19 @@ import hashlib
 import logging
 import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import trio
 
 from mountd.backend import ObjectInfo, ObjectStore
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled
-from mountd.meta import Inode, JournalEntry
-from mountd.vfs.filesystem import Filesystem
+from mountd.meta import Inode, JournalEntry, MetaStore
 from mountd.vfs.namespace import metadata_for
+from mountd.vfs.remote_calls import RemoteCalls
+from mountd.vfs.writeback_view import WritebackView
+from mountd.writeback import Journal
+from mountd.writeback.sending import UploadsSending
 from mountd.writeback.uploader import Retry
 
 log = logging.getLogger(__name__)
@@ -42,13 +67,16 @@ def sha256_file(path: Path) -> str:
 
 
 class Reconciler:
-    def __init__(self, fs: Filesystem, *, dedup: bool) -> None:
-        self.fs = fs
-        self.meta = fs.meta
+    def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: WritebackView, journal: Journal,
+                 remote: RemoteCalls, sending: UploadsSending, *, dedup: bool) -> None:
+        self.meta = meta
+        self.stores = stores
+        self.view = view
+        self.journal = journal
+        self.remote = remote
+        self.sending = sending
         self.dedup = dedup
         self._uploading: dict[tuple[str, str], trio.Event] = {}  # (remote, sha256) being uploaded now
-        # (remote, key) being sent now -> (inode, content generation, store), for key_changed
-        self._sending: dict[tuple[str, str], tuple[int, int, ObjectStore]] = {}
         # overwriting a key and copying from it exclude each other (see `_evacuate`)
         self._copying_from: dict[tuple[str, str], int] = {}  # (remote, key) read by copies now
         self._writing: set[tuple[str, str]] = set()  # (remote, key) about to be overwritten
@@ -58,22 +86,22 @@ class Reconciler:
                       "ignored": 0, "verify_failures": 0, "evacuated": 0}
 
     async def apply(self, entry: JournalEntry) -> None:
-        store = self.fs.stores[entry.remote]
-        node = self.fs.resolve_key(entry.remote, entry.key)
+        store = self.stores[entry.remote]
+        node = self.view.resolve_key(entry.remote, entry.key)
         want_dir = entry.key.endswith("/")
         if node is None or node.is_dir != want_dir or entry.key == "":
             await self._delete(store, entry)
             return
         try:
-            await self.fs.load_ignore_files(entry.remote, entry.key)
+            await self.view.load_ignore_files(entry.remote, entry.key)
         except (RemoteError, PosixError) as e:
             raise Retry(f"cannot read the .mountdignore files above {entry.key!r}: {e}") from None
-        node = self.fs.resolve_key(entry.remote, entry.key)
+        node = self.view.resolve_key(entry.remote, entry.key)
         if node is None:
             raise Retry("the path changed while reading ignore rules")
-        if self.fs.is_ignored(node):
+        if await self.view.is_ignored(node):
             # local-only by the ignore rules: nothing goes to the remote, and nothing waits on it
-            self.fs.dirty.clear(node.ino)
+            self.view.not_dirty(node.ino)
             self.stats["ignored"] += 1
             return
         if node.is_dir:
@@ -90,10 +118,10 @@ class Reconciler:
         if entry.key == "":
             return
         for other in self.meta.inodes_with_remote_key(entry.remote, entry.key):
-            now = self.fs.key_of(other.ino, other)
+            now = self.view.key_of(other.ino, other)
             if now is not None and now[1] != entry.key and not (other.has_local and other.content_dirty):
                 raise Retry(f"waiting for {entry.key!r} to be copied to {now[1]!r}")
-        await trio.to_thread.run_sync(store.delete, entry.key)
+        await self.remote.call(store, store.delete, entry.key)
         with self.meta.transaction():
             self.meta.hash_forget(entry.remote, entry.key)
         self.stats["deletes"] += 1
@@ -103,7 +131,7 @@ class Reconciler:
             return
         gen = node.attr_gen
         meta = self._meta_of(node, None)
-        info = await trio.to_thread.run_sync(store.put_bytes, key, b"", meta)
+        info = await self.remote.call(store, store.put_bytes, key, b"", meta)
         self.stats["markers"] += 1
         self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
 
@@ -114,11 +142,11 @@ class Reconciler:
             node = self.meta.get(node.ino) or node
             gen = node.attr_gen
             target = node.target or b""
-            info = await trio.to_thread.run_sync(store.put_bytes, key, target, self._meta_of(node, None))
+            info = await self.remote.call(store, store.put_bytes, key, target, self._meta_of(node, None))
         self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
 
     async def _sync_file(self, store: ObjectStore, node: Inode, key: str) -> None:
-        if self.fs.is_open_for_write(node.ino):
+        if self.view.is_open_for_write(node.ino):
             raise Retry("the file is open for writing; it uploads after the last close")
         if (node.has_local and node.content_dirty) or (node.remote_key not in (key, None)):
             async with self._overwriting(store, node, key):
@@ -127,7 +155,7 @@ class Reconciler:
             uploaded = await self._write_file(store, node, key)
         if uploaded is not None:
             # only now that `key` is released: others waiting to copy from it go on meanwhile
-            await self.fs.adopt_uploaded(node.ino, uploaded)
+            await self.view.adopt_uploaded(node.ino, uploaded)
 
     async def _write_file(self, store: ObjectStore, node: Inode, key: str) -> int | None:
         """Make `key` hold the file; returns the content generation uploaded from the local tier, if any."""
@@ -140,7 +168,7 @@ class Reconciler:
                 return None
             meta = self._meta_of(node, node.sha256)
             try:
-                info = await self._copy(store, node.remote or "", node.remote_key, key, meta)
+                info = await self._copy(store, node.remote or "", node.remote_key, key, meta, size=node.size)
             except ObjectNotFound:
                 if node.has_local:
                     await self._upload(store, node, key, content_gen, attr_gen)
@@ -149,7 +177,7 @@ class Reconciler:
             self.stats["copies"] += 1
             self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
         elif node.attrs_dirty:
-            info = await trio.to_thread.run_sync(store.set_metadata, key, self._meta_of(node, node.sha256))
+            info = await self.remote.call(store, store.set_metadata, key, self._meta_of(node, node.sha256))
             self.stats["metadata_updates"] += 1
             self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
         return None
@@ -165,13 +193,14 @@ class Reconciler:
         raise Retry(why)
 
     async def _copy(self, store: ObjectStore, remote: str, src: str, dst: str, meta: dict[str, str] | None,
-                    *, own_key: bool = False) -> ObjectInfo:
+                    *, size: int, own_key: bool = False) -> ObjectInfo:
         """A server-side copy; `src` is not overwritten while it runs (`own_key`: the caller holds
         `src` already, by `_overwriting` or `_reading_from`)."""
         while not own_key and (remote, src) in self._writing:
             await self._wait_keys(f"{src!r} is being overwritten")
         with self._reading_from(remote, src):
-            return await trio.to_thread.run_sync(store.copy, src, dst, meta)
+            return await self.remote.call(store, store.copy, src, dst, meta,
+                                          timeout=self.remote.transfer_timeout(size), what=f"copy of {src} to {dst}")
 
     @contextlib.contextmanager
     def _reading_from(self, remote: str, key: str) -> Iterator[None]:
@@ -226,22 +255,22 @@ class Reconciler:
                 continue
             # also one that is at `key` itself: it got there (exchange, rename back) after this
             # entry chose its inode, and would wrongly believe `key` still holds its bytes
-            if self.fs.key_of(other.ino, other) is None:
+            if self.view.key_of(other.ino, other) is None:
                 continue  # unlinked (open only): its reads keep going to `key` as before
             parent = key.rpartition("/")[0]
             hidden = (parent + "/" if parent else "") + f"{HIDDEN_PREFIX}moved-{uuid.uuid4().hex}"
-            info = await self._copy(store, remote, key, hidden, None, own_key=True)
+            info = await self._copy(store, remote, key, hidden, None, size=other.size, own_key=True)
             with self.meta.transaction():
                 fresh = self.meta.get(other.ino)
                 if fresh is not None and fresh.remote_key == key:
                     self.meta.update(other.ino, remote_key=hidden, remote_version=info.version)
-                self.fs.journal.put(remote, hidden)  # deleted once every inode copied away from it
+                self.journal.put(remote, hidden)  # deleted once every inode copied away from it
             self._signal_keys()
             self.stats["evacuated"] += 1
             log.debug("saved %r of inode %d at %r before overwriting it", key, other.ino, hidden)
 
     async def _upload(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int) -> None:
-        path = self.fs.local.path_for(node.ino)
+        path = self.view.local_path(node.ino)
         remote = node.remote or ""
         try:
             sha = await trio.to_thread.run_sync(sha256_file, path)
@@ -261,15 +290,14 @@ class Reconciler:
                     break  # (another upload of the same content may have started during _dedup)
         if info is None:
             done = self._uploading[(remote, sha)] = trio.Event()
-            self._sending[(remote, key)] = (node.ino, content_gen, store)
             try:
                 try:
-                    info = await trio.to_thread.run_sync(store.upload, path, key, meta)
+                    with self.sending.sending(remote, key, store, lambda: self._still_wanted(node.ino, content_gen,
+                                                                                           remote, key)):
+                        info = await self.remote.upload(store, path, key, meta, key=key, size=size)
                 except UploadCancelled as e:
                     self.stats["uploads_cancelled"] += 1
                     raise Retry(str(e)) from None
-                finally:
-                    self._sending.pop((remote, key), None)
                 self.stats["uploads"] += 1
                 self.stats["bytes_uploaded"] += size
                 self._verify(key, info, size, sha)
@@ -285,17 +313,10 @@ class Reconciler:
                 self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=sha)
 
-    def key_changed(self, remote: str, key: str) -> None:
-        """The journal was told `key` changed: an upload of it in flight whose file was rewritten
-        or moved is stopped (where the store can), instead of sending bytes nobody will keep."""
-        sending = self._sending.get((remote, key))
-        if sending is None:
-            return
-        ino, content_gen, store = sending
+    def _still_wanted(self, ino: int, content_gen: int, remote: str, key: str) -> bool:
+        """Whether an upload of this content generation is still what `key` must hold."""
         node = self.meta.get(ino)
-        if node is None or node.content_gen != content_gen or self.fs.key_of(ino, node) != (remote, key):
-            if store.cancel_upload(key):
-                log.info("upload of %s:%s stopped: the file changed or moved; it runs again", remote, key)
+        return node is not None and node.content_gen == content_gen and self.view.key_of(ino, node) == (remote, key)
 
     def _verify(self, key: str, info: ObjectInfo, size: int, sha: str) -> None:
         """The object as the remote reports it after the upload must be what we sent."""
@@ -314,7 +335,7 @@ class Reconciler:
             # from the HEAD to the end of the copy, nobody overwrites src_key (see `_overwriting`)
             with self._reading_from(remote, src_key):
                 try:
-                    head = await trio.to_thread.run_sync(store.head, src_key)
+                    head = await self.remote.call(store, store.head, src_key)
                 except ObjectNotFound:
                     with self.meta.transaction():
                         self.meta.hash_forget(remote, src_key)
@@ -331,10 +352,10 @@ class Reconciler:
                         self.meta.hash_put(remote, sha, src_key, head.version)
                 if src_key == key:
                     if head.metadata is not None and dict(head.metadata) != meta:
-                        head = await trio.to_thread.run_sync(store.set_metadata, key, meta)
+                        head = await self.remote.call(store, store.set_metadata, key, meta)
                     self.stats["dedup_skipped"] += 1
                     return head
-                info = await self._copy(store, remote, src_key, key, meta, own_key=True)
+                info = await self._copy(store, remote, src_key, key, meta, size=size, own_key=True)
             self.stats["dedup_copied"] += 1
             return info
         return None
@@ -345,13 +366,13 @@ class Reconciler:
         node = self.meta.get(ino)
         if node is None:
             return
-        current = self.fs.key_of(ino, node)
+        current = self.view.key_of(ino, node)
         values: dict[str, object] = {}
         if current is not None and current[1] == key:
             if content_gen is not None and node.content_gen == content_gen:
                 values.update(synced_gen=content_gen, remote_key=key if not node.is_dir else node.remote_key,
                               remote_version=info.version)
-                self.fs.dirty.clear(ino)
+                self.view.not_dirty(ino)
                 if sha256:
                     values["sha256"] = sha256
             elif node.is_symlink:
@@ -363,7 +384,7 @@ class Reconciler:
                 self.meta.update(ino, **values)
             fresh = self.meta.get(ino)
             if fresh is not None:
-                self.fs.ignore.restamp(ino, self.fs.ignore_stamp(node), self.fs.ignore_stamp(fresh))
+                self.view.recorded(node, fresh)
         if content_gen is not None and node.content_gen != content_gen:
             raise Retry("the file changed while it was uploading; uploading again")
         if node.attr_gen != attr_gen and stat.S_IFMT(node.mode):

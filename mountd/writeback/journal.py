@@ -18,22 +18,19 @@ from mountd.meta import MetaStore
 
 
 class Journal:
-    def __init__(self, meta: MetaStore, *, delay: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, meta: MetaStore, *, delay: float, clock: Callable[[], float] = time.time,
+                 on_put: Callable[[str, str], None] = lambda remote, key: None) -> None:
         self._meta = meta
         self.delay = delay
         self.clock = clock
         self._changed = trio.Event()
-        # set by the daemon to the reconciler's key_changed: stops an upload of a changed key
-        self.on_put: Callable[[str, str], None] = lambda remote, key: None
+        self._on_put = on_put  # `UploadsSending.key_queued`: stops an upload of a changed key
 
     def put(self, remote: str, key: str, *, delay: float | None = None) -> None:
         """Queue `key` for reconciliation after the write-back delay (a re-put resets the timer)."""
         self._meta.journal_put(remote, key, self.clock() + (self.delay if delay is None else delay))
-        self.on_put(remote, key)
+        self._on_put(remote, key)
         self.notify()
-
-    def pending(self, remote: str, key: str) -> bool:
-        return self._meta.journal_has(remote, key)
 
     def notify(self) -> None:
         self._changed.set()

@@ -1,0 +1,483 @@
+"""`RemoteView`: what the namespace knows of remote objects, and how it learns more.
+
+It owns the freshness of that knowledge: when each directory was listed (and listings in flight
+or recently failed), when each file's version was last confirmed (`checked`), and the background
+metadata pass that HEADs listed objects for their POSIX attributes after a readdir. It merges a
+listing into the metadata db without dropping anything that is not in the remote yet (local
+content, dirty attributes, a pending journal row, an open handle), revalidates a file's version
+before it is opened, fetches a remote file whole onto the local tier before it is changed in
+place, and hands an uploaded file's local copy to the cache.
+
+Every remote call goes through `RemoteCalls` (a worker thread and a deadline). After each await
+what is used is read again from the db: another request may have changed it meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import trio
+
+from mountd.backend import DirListing, ObjectInfo, ObjectStore
+from mountd.cache import RemoteReader
+from mountd.config import RepoConfig
+from mountd.errors import ObjectNotFound, PosixError, RemoteError
+from mountd.local import LocalTier
+from mountd.meta import Inode, MetaStore
+from mountd.vfs.kernel import Kernel
+from mountd.vfs.namespace import META_SHA256, attrs_from_metadata, invalid_name_reason, object_ref
+from mountd.vfs.paths import PathMap
+from mountd.vfs.remote_calls import RemoteCalls
+from mountd.writeback.backpressure import DirtyBytes
+
+log = logging.getLogger(__name__)
+
+LISTING_RETRY = 5.0  # seconds a directory whose listing failed is served as known before trying again
+METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
+METADATA_BATCH = 16  # objects one worker of that pass HEADs per trio hand-off and transaction
+
+
+@dataclass(slots=True)
+class _Stats:
+    listings: int = 0
+    listing_errors: int = 0
+    heads: int = 0
+    materialized: int = 0
+    adopted: int = 0
+    skipped_keys: int = 0
+
+
+class RemoteView:
+    def __init__(self, config: RepoConfig, meta: MetaStore, paths: PathMap, stores: Mapping[str, ObjectStore],
+                 reader: RemoteReader, local: LocalTier, dirty: DirtyBytes, kernel: Kernel, remote: RemoteCalls,
+                 *, is_open: Callable[[int], bool], owner: tuple[int, int]) -> None:
+        self.config = config
+        self.meta = meta
+        self.paths = paths
+        self.stores = stores
+        self.reader = reader
+        self.local = local
+        self.dirty = dirty
+        self.kernel = kernel
+        self.remote = remote
+        self._is_open = is_open  # whether the kernel holds the inode open (OpenFiles.is_open)
+        self._owner = owner
+        self._listing_inflight: dict[int, trio.Event] = {}
+        self._listing_failed_at: dict[int, float] = {}
+        self._checked_at: dict[int, float] = {}  # inode -> when its remote version was last confirmed
+        self._metadata_backlog: dict[int, None] = {}  # listed inodes the background pass will HEAD, in order
+        self._metadata_running: dict[int, trio.Event] = {}  # inodes it is HEADing now
+        self._metadata_workers = 0
+        self._nursery: trio.Nursery | None = None
+        self._warned_keys: set[tuple[str, str]] = set()
+        self.stats = _Stats()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the background metadata pass until cancelled (the daemon's nursery runs this)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def forget_inode(self, ino: int) -> None:
+        self._checked_at.pop(ino, None)
+
+    def confirmed(self, ino: int) -> None:
+        """The inode's remote version is known to be current now."""
+        self._checked_at[ino] = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------
+    # attributes from object metadata
+    # ------------------------------------------------------------------------------------------
+    async def with_metadata(self, inode: Inode) -> Inode:
+        """`inode` with the POSIX attributes its object stores (one HEAD the first time).
+
+        An inode that the background pass of a readdir is loading now is waited for; one it has
+        not reached yet is taken out of its backlog and loaded here at once."""
+        if inode.meta_loaded:
+            return inode
+        running = self._metadata_running.get(inode.ino)
+        if running is not None:
+            await running.wait()
+            inode = self.meta.get(inode.ino) or inode
+            if inode.meta_loaded:
+                return inode
+        self._metadata_backlog.pop(inode.ino, None)
+        return await self._load_metadata(inode)
+
+    def load_metadata_later(self, inos: list[int]) -> None:
+        """HEAD these listed inodes in the background, a few at a time, in order (after a readdir:
+        `ls -l` asks for every entry next, and one HEAD after the other would be slow)."""
+        if self._nursery is None:
+            return  # not running (shutting down): getattr loads them one by one
+        for ino in inos:
+            if ino not in self._metadata_running:
+                self._metadata_backlog.setdefault(ino)
+        while self._metadata_workers < METADATA_CONCURRENCY and self._metadata_backlog:
+            self._metadata_workers += 1
+            self._nursery.start_soon(self._metadata_worker, name="mountd-metadata-pass")
+
+    async def _metadata_worker(self) -> None:
+        try:
+            while self._metadata_backlog:
+                batch: list[tuple[int, trio.Event]] = []
+                while self._metadata_backlog and len(batch) < METADATA_BATCH:
+                    ino = next(iter(self._metadata_backlog))
+                    del self._metadata_backlog[ino]
+                    done = self._metadata_running[ino] = trio.Event()
+                    batch.append((ino, done))
+                try:
+                    await self._load_metadata_batch([ino for ino, _ in batch])
+                except RemoteError as e:  # the remote timed out: getattr retries
+                    log.debug("background metadata of %d inodes: %s", len(batch), e)
+                except Exception:  # a bug must not end the pass
+                    log.exception("background metadata of %d inodes failed unexpectedly", len(batch))
+                finally:
+                    for ino, done in batch:
+                        del self._metadata_running[ino]
+                        done.set()
+        finally:
+            self._metadata_workers -= 1
+
+    async def _load_metadata_batch(self, inos: list[int]) -> None:
+        """HEAD listed objects one after the other in one worker thread, and take in the answers
+        in one transaction: one trio hand-off and one commit per batch, not per object."""
+        nodes = [n for ino in inos if (n := self.meta.get(ino)) is not None and not n.meta_loaded
+                 and n.remote is not None and n.remote_key is not None]
+        if not nodes:
+            return
+        calls = [(self.stores[n.remote or ""], n.remote_key or "") for n in nodes]
+        deadline = time.monotonic() + self.remote.timeout
+        answers = await self.remote.call(calls[0][0], _head_each, calls, deadline, what=f"HEAD of {len(calls)} objects")
+        with self.meta.transaction():
+            for node, answer in zip(nodes, answers, strict=True):
+                self._take_head_answer(node, answer)
+
+    async def _load_metadata(self, inode: Inode) -> Inode:
+        """HEAD an object seen only in a listing, for its POSIX attributes and sha256."""
+        if inode.remote is None or inode.remote_key is None:
+            return inode
+        store = self.stores[inode.remote]
+        try:
+            answer: ObjectInfo | RemoteError | None = await self.remote.call(store, store.head, inode.remote_key)
+        except RemoteError as e:
+            answer = e
+        return self._take_head_answer(inode, answer)
+
+    def _take_head_answer(self, inode: Inode, answer: ObjectInfo | RemoteError | None) -> Inode:
+        """Store what a HEAD of `inode`'s object said, unless the inode changed meanwhile."""
+        if isinstance(answer, ObjectNotFound):
+            # no marker (a bare prefix) or the object is gone: keep the defaults, stop asking
+            fresh = self.meta.get(inode.ino)
+            if fresh is not None and fresh.remote_key == inode.remote_key and not fresh.meta_loaded:
+                with self.meta.transaction():
+                    self.meta.update(inode.ino, meta_loaded=1)
+            return fresh or inode
+        if not isinstance(answer, ObjectInfo):  # failed, or not asked before the batch's deadline
+            log.debug("HEAD %s failed: %s", inode.remote_key, answer or "out of time")
+            return inode
+        self.stats.heads += 1
+        fresh = self.meta.get(inode.ino)
+        if fresh is None or fresh.meta_loaded or fresh.remote_key != inode.remote_key:
+            return fresh or inode
+        self.apply_object_info(fresh, answer)
+        return self.meta.get(inode.ino) or fresh
+
+    def apply_object_info(self, inode: Inode, info: ObjectInfo) -> None:
+        kind = stat.S_IFMT(inode.mode)
+        default_mode = self.config.mount.dir_mode if inode.is_dir else self.config.mount.file_mode
+        attrs = attrs_from_metadata(info.metadata, default_mode=default_mode, uid=self._owner[0],
+                                    gid=self._owner[1], mtime_ns=info.mtime_ns, kind=kind)
+        values: dict[str, object] = {}
+        if not inode.is_dir:  # a directory takes only the attributes of its marker
+            values["remote_version"] = info.version
+            if not inode.has_local:
+                values["size"] = info.size
+        if info.metadata is not None:
+            values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns, meta_loaded=1,
+                          sha256=info.metadata.get(META_SHA256) or None)
+            if info.metadata.get(META_SHA256):
+                self.meta.hash_put(inode.remote or "", info.metadata[META_SHA256], info.key, info.version)
+        with self.meta.transaction():
+            self.meta.update(inode.ino, **values)
+        self.confirmed(inode.ino)
+
+    # ------------------------------------------------------------------------------------------
+    # listings
+    # ------------------------------------------------------------------------------------------
+    async def ensure_listed(self, d: Inode, *, force: bool = False) -> bool:
+        """Merge the remote listing of a directory when it is older than listing_ttl; whether the
+        directory may have changed meanwhile (its Inode must then be read again)."""
+        if d.remote is None or not d.is_dir:
+            return False
+        now = time.time()
+        if not force and d.listed_at is not None and now - d.listed_at < self.config.mount.listing_ttl:
+            return False
+        failed = self._listing_failed_at.get(d.ino)
+        if not force and failed is not None and time.monotonic() - failed < LISTING_RETRY and d.listed_at is not None:
+            return False
+        event = self._listing_inflight.get(d.ino)
+        if event is not None:
+            await event.wait()
+            return True
+        event = self._listing_inflight[d.ino] = trio.Event()
+        try:
+            key = self.paths.key_of(d.ino, d)
+            if key is None:
+                return False
+            remote, prefix = key
+            store = self.stores[remote]
+            try:
+                listing = await self.remote.call(store, store.list_dir, prefix)
+            except RemoteError as e:
+                self.stats.listing_errors += 1
+                self._listing_failed_at[d.ino] = time.monotonic()
+                log.warning("listing %s of remote %r failed, serving what is known: %s", prefix or "/", remote, e)
+                return True
+            self._listing_failed_at.pop(d.ino, None)
+            self.stats.listings += 1
+            fresh = self.meta.get(d.ino)
+            if fresh is not None and fresh.is_dir:
+                self._merge_listing(fresh, remote, prefix, listing)
+            return True
+        finally:
+            del self._listing_inflight[d.ino]
+            event.set()
+
+    async def ensure_subtree_listed(self, ino: int) -> None:
+        """Every directory below `ino` listed (before a directory rename in a remote)."""
+        stack = [ino]
+        while stack:
+            d = self.meta.get(stack.pop())
+            if d is None or not d.is_dir:
+                continue
+            await self.ensure_listed(d)
+            for _, child in self.meta.children(d.ino):
+                c = self.meta.get(child)
+                if c is not None and c.is_dir:
+                    stack.append(child)
+
+    def _skip_key(self, remote: str, key: str, reason: str) -> None:
+        if (remote, key) not in self._warned_keys:
+            self._warned_keys.add((remote, key))
+            self.stats.skipped_keys += 1
+            log.warning("remote %r: skipping key %r: %s", remote, key, reason)
+
+    def _merge_listing(self, d: Inode, remote: str, prefix: str, listing: DirListing) -> None:
+        m = self.meta
+        pending = m.journal_keys_under(remote, prefix)
+        existing = {name: ino for name, ino in m.children(d.ino)}
+        seen: set[bytes] = set()
+        now = time.monotonic()
+        dir_names = set()
+        with m.transaction():
+            for name in listing.prefixes:
+                reason = invalid_name_reason(name)
+                if reason:
+                    self._skip_key(remote, prefix + name + "/", reason)
+                    continue
+                dir_names.add(name)
+                bname = name.encode()
+                seen.add(bname)
+                child_key = prefix + name + "/"
+                if bname in existing or child_key in pending:
+                    continue
+                # meta_loaded=0: the first getattr HEADs the marker for the directory's own attributes
+                node = m.create_inode(mode=stat.S_IFDIR | self.config.mount.dir_mode, uid=self._owner[0],
+                                      gid=self._owner[1], remote=remote, nlink=2, remote_key=child_key,
+                                      meta_loaded=0)
+                m.add_entry(d.ino, bname, node.ino)
+                m.bump(d.ino, "nlink")
+            for info in listing.objects:
+                name = info.key[len(prefix):]
+                reason = invalid_name_reason(name)
+                if reason is None and name in dir_names:
+                    reason = "a directory of the same name exists"
+                if reason:
+                    self._skip_key(remote, info.key, reason)
+                    continue
+                bname = name.encode()
+                seen.add(bname)
+                if info.key in pending:
+                    continue
+                ino = existing.get(bname)
+                if ino is None:
+                    self._create_from_listing(d.ino, bname, remote, info)
+                    continue
+                listed = m.get(ino)
+                if listed is None or listed.remote != remote or not (listed.is_reg or listed.is_symlink):
+                    continue
+                self._checked_at[ino] = now
+                if listed.remote_key == info.key and listed.remote_version != info.version and not listed.has_local:
+                    self._refresh_from_listing(listed, info)
+            for bname, ino in existing.items():
+                if bname in seen:
+                    continue
+                gone = m.get(ino)
+                if gone is None or self._keeps_local_state(gone, remote, prefix + bname.decode("utf-8", "surrogateescape")):
+                    continue
+                m.remove_entry(d.ino, bname)
+                if gone.is_dir:
+                    m.bump(d.ino, "nlink", -1)
+                if not self._is_open(ino):
+                    m.delete_inode(ino)
+            m.update(d.ino, listed_at=time.time())
+
+    def _keeps_local_state(self, node: Inode, remote: str, key: str) -> bool:
+        """An entry missing from a listing stays when it has anything not yet in the remote."""
+        if node.remote != remote or self.paths.is_attach_point(node.ino):
+            return True
+        if node.has_local or node.content_dirty or node.attrs_dirty or self._is_open(node.ino):
+            return True
+        if node.is_dir:
+            return self.meta.has_children(node.ino) or self.meta.journal_has(remote, key + "/")
+        return self.meta.journal_has(remote, key)
+
+    def _create_from_listing(self, parent: int, bname: bytes, remote: str, info: ObjectInfo) -> None:
+        attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self._owner[0],
+                                    gid=self._owner[1], mtime_ns=info.mtime_ns, kind=stat.S_IFREG)
+        sha = (info.metadata or {}).get(META_SHA256) or None
+        node = self.meta.create_inode(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, remote=remote, size=info.size,
+                                      mtime_ns=attrs.mtime_ns, remote_key=info.key, remote_version=info.version,
+                                      sha256=sha, meta_loaded=int(info.metadata is not None))
+        self.meta.add_entry(parent, bname, node.ino)
+        if sha:
+            self.meta.hash_put(remote, sha, info.key, info.version)
+        self.confirmed(node.ino)
+
+    def _refresh_from_listing(self, node: Inode, info: ObjectInfo) -> None:
+        """The object changed in the remote: take its new size/version; its cached pages go."""
+        if node.remote_key is not None:
+            self.reader.forget(object_ref(node))
+        self.kernel.invalidate_inode(node.ino)
+        values: dict[str, object] = {"size": info.size, "remote_version": info.version, "mtime_ns": info.mtime_ns}
+        if info.metadata is not None:
+            attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self._owner[0],
+                                        gid=self._owner[1], mtime_ns=info.mtime_ns, kind=stat.S_IFMT(node.mode))
+            values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
+                          sha256=info.metadata.get(META_SHA256) or None, meta_loaded=1)
+        else:
+            values.update(meta_loaded=0, sha256=None)
+        self.meta.update(node.ino, **values)
+
+    # ------------------------------------------------------------------------------------------
+    # one file's data
+    # ------------------------------------------------------------------------------------------
+    async def revalidate(self, node: Inode) -> Inode:
+        """Check the object's version when what we know of it is older than listing_ttl."""
+        checked = self._checked_at.get(node.ino)
+        if checked is not None and time.monotonic() - checked < self.config.mount.listing_ttl:
+            return node
+        assert node.remote is not None and node.remote_key is not None
+        store = self.stores[node.remote]
+        try:
+            info = await self.remote.call(store, store.head, node.remote_key)
+        except ObjectNotFound:
+            raise PosixError(errno.ENOENT, "the object is gone from the remote") from None
+        except RemoteError as e:
+            log.info("cannot revalidate %s (%s); serving the known version", node.remote_key, e)
+            return node
+        fresh = self.meta.get(node.ino)
+        if fresh is None or fresh.has_local:
+            return fresh or node
+        if info.version != fresh.remote_version:
+            self.reader.forget(object_ref(fresh))
+            self.kernel.invalidate_inode(fresh.ino)
+        self.apply_object_info(fresh, info)
+        return self.meta.get(node.ino) or fresh
+
+    async def materialize(self, node: Inode) -> None:
+        """Fetch a remote file whole onto the local tier before it is changed in place."""
+        node = await self.with_metadata(node)  # its upload carries the stored mode, owner and mtime
+        assert node.remote is not None and node.remote_key is not None
+        store, key = self.stores[node.remote], node.remote_key
+
+        def fetch() -> ObjectInfo:
+            box: list[ObjectInfo] = []
+            self.local.materialize_from(node.ino, lambda tmp: box.append(store.download(key, tmp)))
+            return box[0]
+
+        info = await self.remote.call(store, fetch, timeout=self.remote.transfer_timeout(node.size),
+                                      what=f"download of {key}")
+        self.stats.materialized += 1
+        with self.meta.transaction():
+            self.meta.update(node.ino, has_local=1, size=self.local.size_of(node.ino), remote_version=info.version)
+
+    async def read_link_target(self, node: Inode) -> bytes:
+        """The target of a symlink known only from a listing: its object's body."""
+        assert node.remote is not None and node.remote_key is not None
+        store = self.stores[node.remote]
+        data = await self.remote.call(store, store.read_range, node.remote_key, 0, max(node.size, 4096))
+        with self.meta.transaction():
+            self.meta.update(node.ino, target=data, size=len(data))
+        return data
+
+    async def adopt_uploaded(self, ino: int, content_gen: int, *, keep_pages: Callable[[int, str], None]) -> bool:
+        """Hand the local copy of a file that is now clean in its remote over to the cache.
+
+        The inode is marked remote-backed and its file renamed out of the local tier in one step
+        (no await in between), so a reader sees one or the other, never neither. Files that are
+        open, changed since, or not clean stay where they are. `keep_pages(ino, version)` tells
+        the open-file state that the kernel's pages of the inode are those of `version`."""
+        node = self.meta.get(ino)
+        if (node is None or not node.is_reg or not node.has_local or node.content_gen != content_gen
+                or node.content_dirty or node.remote is None or node.remote_key is None
+                or not node.remote_version or self._is_open(ino)):
+            return False
+        key = self.paths.key_of(ino, node)
+        if key is None or key[1] != node.remote_key:
+            return False
+        handoff = self.local.tmp / f"{ino:x}.adopt"
+        # the db first: a crash between the two leaves a stray local file, never a missing one
+        with self.meta.transaction():
+            self.meta.update(ino, has_local=0)
+        try:
+            os.rename(self.local.path_for(ino), handoff)
+        except FileNotFoundError:
+            return False
+        self.dirty.clear(ino)
+        keep_pages(ino, node.remote_version)  # same bytes: the kernel's pages stay valid
+        self.confirmed(ino)
+        fresh = self.meta.get(ino) or node
+        await self.reader.adopt_file(object_ref(fresh), handoff)
+        self.stats.adopted += 1
+        return True
+
+    async def objects_under(self, root: Inode) -> list[Inode]:
+        """Every remote file at or below `root` whose bytes are not on the local tier (for pins)."""
+        out, stack = [], [root.ino]
+        while stack:
+            node = self.meta.get(stack.pop())
+            if node is None:
+                continue
+            if node.is_dir:
+                await self.ensure_listed(node)
+                stack.extend(child for _, child in self.meta.children(node.ino))
+            elif node.is_reg and not node.has_local and node.remote is not None and node.remote_key is not None:
+                if not node.meta_loaded:
+                    node = await self._load_metadata(node)
+                out.append(node)
+        return out
+
+
+def _head_each(calls: list[tuple[ObjectStore, str]], deadline: float) -> list[ObjectInfo | RemoteError | None]:
+    """Worker thread: HEAD each key in turn; None for those not reached before `deadline`."""
+    out: list[ObjectInfo | RemoteError | None] = []
+    for store, key in calls:
+        if time.monotonic() > deadline:
+            out.append(None)
+            continue
+        try:
+            out.append(store.head(key))
+        except RemoteError as e:
+            out.append(e)
+    return out
