@@ -3,7 +3,9 @@
 A repository is described by a TOML file or by a bare remote URL (one remote at "/", defaults
 elsewhere). Every field has a default except the remotes. `load_config` turns any pydantic
 validation failure into one `ConfigError` whose message names the field (``remote[0].at``) and
-how to fix it, so the CLI can print it on one line.
+how to fix it, so the CLI can print it on one line. The `options` of each remote are checked
+there too, against what its cloud's client accepts (`mountd.backend.options`), so a misspelt or
+unknown option fails at load, naming the remote, and not inside the daemon.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from mountd.backend.options import option_problem
 from mountd.errors import ConfigError
 from mountd.units import parse_duration, parse_size
 
@@ -289,6 +292,16 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: invalid config field `{field}`: {msg}{more}")
 
 
+def _check_options(config: RepoConfig, source: str) -> RepoConfig:
+    """The config, if every remote's options can be given to its client; one line naming the first that cannot."""
+    for i, remote in enumerate(config.remote):
+        problem = option_problem(remote.scheme, remote.options)
+        if problem:
+            raise ConfigError(f"{source}: invalid config field `remote[{i}].options` (remote {remote.name!r}): "
+                              f"{problem}")
+    return config
+
+
 def config_from_url(url: str, **overrides: Any) -> RepoConfig:
     """A one-remote repository at "/" for a bare URL; its state dirs are named after the URL."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:10]
@@ -296,9 +309,10 @@ def config_from_url(url: str, **overrides: Any) -> RepoConfig:
     data: dict[str, Any] = {"name": f"{slug}-{digest}", "remote": [{"name": "default", "url": url, "at": "/"}]}
     data.update(overrides)
     try:
-        return RepoConfig.model_validate(data)
+        config = RepoConfig.model_validate(data)
     except ValidationError as e:
         raise _explain(e, url) from None
+    return _check_options(config, redact_url(url))
 
 
 def load_config(source: str | Path) -> RepoConfig:
@@ -317,9 +331,10 @@ def load_config(source: str | Path) -> RepoConfig:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     data.setdefault("name", path.stem)
     try:
-        return RepoConfig.model_validate(data)
+        config = RepoConfig.model_validate(data)
     except ValidationError as e:
         raise _explain(e, str(path)) from None
+    return _check_options(config, str(path))
 
 
 def normalize_mount_path(path: str) -> str:
