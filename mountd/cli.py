@@ -16,9 +16,9 @@ from mountd import __version__
 from mountd.config import load_config
 from mountd.control import ControlClientError, request
 from mountd.errors import MountdError
-from mountd.mount_helper import apply_mount_options, fuse_options
+from mountd.launch import run_foreground, start_background, take_ready_fd
+from mountd.mount_options import apply_mount_options
 
-READY_FD_ENV = "MOUNTD_READY_FD"
 log = logging.getLogger("mountd")
 
 
@@ -76,67 +76,19 @@ def mount(source: str, mountpoint: str, foreground: bool, require_remotes: bool,
     try:
         config = apply_mount_options(load_config(source), options)
         daemon.check_mountpoint(mountpoint)
+        if not foreground:
+            start_background(source, mountpoint, config.local_path, require_remotes=require_remotes,
+                             log_level=log_level, log_file=log_file, options=options)
+            return
     except MountdError as e:
         fail(str(e))
-    if not foreground:
-        _spawn_background(source, mountpoint, config.local_path, require_remotes, log_level, log_file, options)
-        return
     setup_logging(log_level)
-    _run_foreground(config, mountpoint, require_remotes, options)
-
-
-def _run_foreground(config: Any, mountpoint: str, require_remotes: bool, options: tuple[str, ...]) -> None:
-    import trio
-
-    from mountd import daemon
-
-    ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
-
-    def tell(msg: str) -> None:
-        nonlocal ready_fd
-        if ready_fd >= 0:
-            try:
-                os.write(ready_fd, msg.encode() + b"\n")
-                os.close(ready_fd)
-            except OSError:
-                pass
-            ready_fd = -1
-
-    extra = fuse_options(options)
     try:
-        left = trio.run(lambda: daemon.run(config, mountpoint, require_remotes=require_remotes,
-                                           on_ready=lambda m: tell("READY"), extra_options=extra))
+        left = run_foreground(config, mountpoint, require_remotes=require_remotes, options=options)
     except MountdError as e:
-        tell(f"ERROR {e}")
         fail(str(e))
-    except KeyboardInterrupt:
-        left = 0
     if left:
         click.echo(f"mountd: {left} write-back entries left pending; they resume at the next mount", err=True)
-
-
-def _spawn_background(source: str, mountpoint: str, local_path: Any, require_remotes: bool, log_level: str,
-                      log_file: str | None, options: tuple[str, ...]) -> None:
-    """Start the daemon detached and return once the mount answers (or print why it did not)."""
-    read_fd, write_fd = os.pipe()
-    log_path = log_file or os.path.join(str(local_path), "mountd.log")
-    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-    args = [sys.executable, "-m", "mountd", "mount", source, mountpoint, "--foreground", "--log-level", log_level]
-    if require_remotes:
-        args.append("--require-remotes")
-    for o in options:
-        args += ["-o", o]
-    with open(log_path, "ab") as logf:
-        subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
-                         pass_fds=(write_fd,), env={**os.environ, READY_FD_ENV: str(write_fd)}, close_fds=True)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as r:
-        line = r.readline().decode(errors="replace").strip()
-    if line == "READY":
-        return
-    if line.startswith("ERROR "):
-        fail(line[6:])
-    fail(f"the daemon exited before the mount was ready; see {log_path}")
 
 
 def _control(mountpoint: str, op: str, **args: Any) -> Any:
@@ -283,8 +235,7 @@ def docker_plugin(socket_path: str, config_dir: str, state_dir: str, log_level: 
 
     setup_logging(log_level)
     try:
-        serve(Path(socket_path), Path(config_dir), Path(state_dir),
-              ready_fd=int(os.environ.pop(READY_FD_ENV, "-1")))
+        serve(Path(socket_path), Path(config_dir), Path(state_dir), ready_fd=take_ready_fd())
     except OSError as e:
         fail(f"docker plugin: {socket_path}: {e.strerror or e}")
 

@@ -35,6 +35,10 @@ class ConfigError(MountdError):
     errno = errno.EINVAL
 
 
+class LaunchError(MountdError):
+    """A daemon did not come up: the message is its own reason, or where its log is."""
+
+
 class RemoteError(MountdError):
     """An object store failed. `remote` is the configured remote name."""
 

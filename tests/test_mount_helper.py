@@ -143,6 +143,22 @@ def test_bad_options_and_sources_are_one_line_errors(helper_installed, art):
     r = subprocess.run(["mount", "-t", "mountd", str(art.root / "missing.toml"), str(art.mp)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "no such config file" in r.stderr
+    # a cloud option its client does not take fails here, in one line, not inside the daemon (issue 21)
+    cloud = art.root / "cloud.toml"
+    cloud.write_text(art.config.read_text().replace(f'url = "file://{art.remote}"',
+                                                    'url = "s3://bucket"\noptions = { aws_access_key_id = "AKIAX" }'))
+    r = subprocess.run(["mount", "-t", "mountd", str(cloud), str(art.mp)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "unknown option 'aws_access_key_id' for s3://" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "AKIAX" not in r.stderr
+    # the daemon's own reason for not mounting comes back through the start-up handshake, as one line
+    cloud.write_text(art.config.read_text().replace(
+        f'url = "file://{art.remote}"', 'url = "s3://bucket"\noptions = { endpoint_url = "http://127.0.0.1:9", anon = true }'))
+    r = subprocess.run(["mount", "-t", "mountd", str(cloud), str(art.mp), "-o", "require_remotes"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 32 and r.stderr.startswith("mount.mountd: remote 'main'"), r.stderr
+    assert "unreachable" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not is_mounted(art.mp)
     (art.mp / "stray").write_text("x")
     r = subprocess.run(["mount", "-t", "mountd", str(art.config), str(art.mp)], capture_output=True, text=True,
                        timeout=60)
@@ -156,7 +172,8 @@ def test_bad_options_and_sources_are_one_line_errors(helper_installed, art):
 
 
 def test_option_classes():
-    from mountd.mount_helper import parse_argv, parse_options
+    from mountd.mount_helper import parse_argv
+    from mountd.mount_options import parse_options
 
     o = parse_options(["_netdev,x-systemd.requires=foo.service,ro,allow_other,uid=0,gid=0,noexec,"
                        "log_level=debug,require_remotes,comment=x"])
