@@ -293,12 +293,13 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
 
 
 def _check_options(config: RepoConfig, source: str) -> RepoConfig:
-    """The config, if every remote's options can be given to its client; one line naming the first that cannot."""
+    """The config, if every remote's options can be given to its client; else one line naming the
+    first remote and option that cannot."""
     for i, remote in enumerate(config.remote):
         problem = option_problem(remote.scheme, remote.options)
         if problem:
-            raise ConfigError(f"{source}: invalid config field `remote[{i}].options` (remote {remote.name!r}): "
-                              f"{problem}")
+            raise ConfigError(f"{source}: invalid config field `remote[{i}].options` "
+                              f"(remote {remote.name!r}): {problem}")
     return config
 
 

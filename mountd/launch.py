@@ -51,7 +51,8 @@ def start_background(source: str, mountpoint: str, local_path: Path, *, require_
     """Start `mountd mount --foreground` detached (own session, output to its log) and return once
     the mount answers; raises LaunchError with the daemon's own reason when it does not."""
     log_path = log_file or os.path.join(str(local_path), "mountd.log")
-    args = [sys.executable, "-m", "mountd", "mount", source, mountpoint, "--foreground", "--log-level", log_level]
+    args = [sys.executable, "-m", "mountd", "mount", source, mountpoint, "--foreground",
+            "--log-level", log_level]
     if require_remotes:
         args.append("--require-remotes")
     for o in options:
@@ -77,7 +78,8 @@ def start_background(source: str, mountpoint: str, local_path: Path, *, require_
     raise LaunchError(f"the daemon exited before the mount was ready; see {log_path}")
 
 
-def run_foreground(config: RepoConfig, mountpoint: str, *, require_remotes: bool, options: Sequence[str]) -> int:
+def run_foreground(config: RepoConfig, mountpoint: str, *, require_remotes: bool,
+                   options: Sequence[str]) -> int:
     """Serve the mount in this process until it is unmounted or signalled, telling a waiting
     starter when it is ready or why it failed; returns the write-back entries left pending."""
     import trio

@@ -46,7 +46,8 @@ def parse_argv(argv: Sequence[str]) -> HelperArgs:
         elif arg in ("-t", "-N"):
             value = next(it, "")
             if arg == "-N":
-                raise ConfigError(f"mount.mountd does not support -N {value} (mount from inside that namespace)")
+                raise ConfigError(f"mount.mountd does not support -N {value} "
+                                  "(mount from inside that namespace)")
         elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnvrw"):
             args.fake |= "f" in arg
             args.sloppy |= "s" in arg
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"mount.mountd: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILURE)
     if args.verbose:
-        print(f"mount.mountd: mounting {config.name} at {args.mountpoint} (ignored: {', '.join(opts.ignored) or '-'})",
+        ignored = ", ".join(opts.ignored) or "-"
+        print(f"mount.mountd: mounting {config.name} at {args.mountpoint} (ignored: {ignored})",
               file=sys.stderr)
     if args.fake:
         return

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from mountd.config import RepoConfig
 from mountd.errors import ConfigError
 
-IGNORED = {"_netdev", "auto", "noauto", "nofail", "defaults", "user", "nouser", "users", "owner", "group", "rw",
-           "loud", "silent"}
+IGNORED = {"_netdev", "auto", "noauto", "nofail", "defaults", "user", "nouser", "users", "owner", "group",
+           "rw", "loud", "silent"}
 FUSE_FLAGS = {"ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "dirsync", "atime",
               "noatime", "nodiratime", "relatime", "norelatime", "strictatime", "lazytime", "nolazytime"}
 CONFIG_FLAGS = {"allow_other", "default_permissions"}
@@ -78,9 +78,10 @@ def parse_options(options: Iterable[str], *, sloppy: bool = False) -> MountOptio
             out.ignored.append(opt)
             continue
         else:
-            raise ConfigError(f"unknown mount option {opt!r}: mountd takes ro, allow_other, default_permissions, "
-                              "uid=, gid=, log_level=, log_file=, require_remotes, the generic flags (nosuid, "
-                              "nodev, noexec, noatime, ...) and ignores _netdev, noauto, nofail and x-*")
+            raise ConfigError(f"unknown mount option {opt!r}: mountd takes ro, allow_other, "
+                              "default_permissions, uid=, gid=, log_level=, log_file=, require_remotes, "
+                              "the generic flags (nosuid, nodev, noexec, noatime, ...) and ignores _netdev, "
+                              "noauto, nofail and x-*")
         out.forward.append(opt)
     return out
 

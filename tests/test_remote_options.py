@@ -59,7 +59,8 @@ def load_error(path: Path) -> str:
 
 
 @pytest.mark.parametrize(("url", "option", "closest"), [
-    ("s3://bucket/models", "aws_access_key_id", "client_kwargs.aws_access_key_id"),  # issue 21: failed in the daemon
+    # issue 21: this one failed only inside the daemon
+    ("s3://bucket/models", "aws_access_key_id", "client_kwargs.aws_access_key_id"),
     ("s3://bucket", "regoin", "region"),
     ("gs://bucket", "tokne", "token"),
     ("az://container/runs", "account_nme", "account_name"),
@@ -84,12 +85,16 @@ def test_file_and_memory_remotes_take_no_options(tmp_path, url):
 @pytest.mark.parametrize(("url", "options", "expected"), [
     ("s3://bucket", {"anon": "yes"}, "option 'anon' for s3:// must be true or false, not a string"),
     ("s3://bucket", {"secret": 12345678}, "option 'secret' for s3:// must be a string, not a whole number"),
-    ("s3://bucket", {"client_kwargs": "verify"}, "option 'client_kwargs' for s3:// must be a table, not a string"),
+    ("s3://bucket", {"client_kwargs": "verify"},
+     "option 'client_kwargs' for s3:// must be a table, not a string"),
     ("s3://bucket", {"client_kwargs": {"aws_secret_access_key": SECRET, "verfy": False}},
      "unknown option 'client_kwargs.verfy' for s3:// (did you mean verify?); accepted: verify, "),
-    ("gs://bucket", {"token": 12345678}, "option 'token' for gs:// must be a string or a table, not a whole number"),
-    ("gs://bucket", {"requests_timeout": 5}, "option 'requests_timeout' cannot be set for gs://: mountd sets it"),
-    ("az://container", {"account_key": True}, "option 'account_key' for az:// must be a string, not true or false"),
+    ("gs://bucket", {"token": 12345678},
+     "option 'token' for gs:// must be a string or a table, not a whole number"),
+    ("gs://bucket", {"requests_timeout": 5},
+     "option 'requests_timeout' cannot be set for gs://: mountd sets it"),
+    ("az://container", {"account_key": True},
+     "option 'account_key' for az:// must be a string, not true or false"),
     ("az://container", {"read_timeout": 5}, "option 'read_timeout' cannot be set for az://: mountd sets it"),
 ])
 def test_a_value_the_client_cannot_take_is_named_not_quoted(tmp_path, url, options, expected):
@@ -129,20 +134,22 @@ def test_correct_options_of_each_cloud_load_and_the_store_answers(request, tmp_p
 def test_the_option_the_check_refuses_fails_in_the_client_too(s3_server):
     """The name is refused because s3fs hands it to AioSession, which has no such parameter (issue 21)."""
     options = {**s3_server.options(), "aws_access_key_id": "AKIAEXAMPLE"}
-    store = open_store(RemoteConfig(name="models", url=s3_server.url(s3_server.new_bucket()), options=options),
-                       tuning=StoreTuning(timeout=10))
+    remote = RemoteConfig(name="models", url=s3_server.url(s3_server.new_bucket()), options=options)
+    store = open_store(remote, tuning=StoreTuning(timeout=10))
     with pytest.raises(RemoteError, match="unexpected keyword argument 'aws_access_key_id'"):
         store.probe()
 
 
 def test_mountd_check_and_mount_fail_in_one_line_before_mounting(tmp_path):
-    config = config_file(tmp_path, "s3://bucket/models", {"aws_access_key_id": "AKIAEXAMPLE", "secret": SECRET})
+    options = {"aws_access_key_id": "AKIAEXAMPLE", "secret": SECRET}
+    config = config_file(tmp_path, "s3://bucket/models", options)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     for args in (("check", str(config)), ("mount", str(config), str(mountpoint))):
         r = mountd_cmd(*args, check=False)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-        assert lines[0].startswith("mountd: error: ") and "unknown option 'aws_access_key_id' for s3://" in lines[0]
+        assert lines[0].startswith("mountd: error: ")
+        assert "unknown option 'aws_access_key_id' for s3://" in lines[0], lines[0]
         assert SECRET not in r.stderr and "AKIAEXAMPLE" not in r.stderr
     assert not is_mounted(mountpoint) and not (tmp_path / "local").exists()

@@ -1,4 +1,4 @@
-"""`AzureStore`: az://, abfs:// and abfss://, Azure Blob Storage (and ADLS Gen2 accounts through their blob endpoint).
+"""`AzureStore`: az://, abfs:// and abfss://, Azure Blob Storage (and ADLS Gen2 through its blob endpoint).
 
 It runs the async BlobServiceClient that adlfs holds on adlfs's event loop, with the SDK's own
 retry policy switched off per request (it waits 15 s and more) and one quick retry of its own.
@@ -116,7 +116,8 @@ class AzureStore(BucketStore):
 
     def download(self, key: str, dest: Path) -> ObjectInfo:
         async def get() -> Any:
-            stream = await self._blob(key).download_blob(max_concurrency=self.tuning.concurrency, **self._opts())
+            stream = await self._blob(key).download_blob(max_concurrency=self.tuning.concurrency,
+                                                         **self._opts())
             with open(dest, "wb") as f:
                 await stream.readinto(f)
             return stream.properties

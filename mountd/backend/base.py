@@ -78,8 +78,8 @@ class FsspecStore:
 
     def statistics(self) -> dict[str, int]:
         with self._stats_lock:
-            out = {"requests": 0, "bytes_uploaded": 0, "bytes_downloaded": 0, "multipart_uploads": 0, "copies": 0,
-                   **self._stats}
+            out = {"requests": 0, "bytes_uploaded": 0, "bytes_downloaded": 0, "multipart_uploads": 0,
+                   "copies": 0, **self._stats}
         out["errors"] = self._translate.errors
         return out
 
@@ -109,7 +109,8 @@ class BucketStore(FsspecStore):
                 marker = True
             else:
                 objects.append(info)
-        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)), marker_exists=marker)
+        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)),
+                          marker_exists=marker)
 
     def _upload_parts(self, src: Path) -> bool:
         return src.stat().st_size >= self.tuning.multipart_threshold
@@ -147,5 +148,5 @@ class BucketStore(FsspecStore):
         try:
             self._probe()
         except ObjectNotFound:
-            raise RemoteError(self.name, f"the bucket/container {self.bucket!r} of {self.display_url} does not "
-                                         "exist (create it, or fix `url`)") from None
+            raise RemoteError(self.name, f"the bucket/container {self.bucket!r} of {self.display_url} "
+                                         "does not exist (create it, or fix `url`)") from None

@@ -20,13 +20,13 @@ _MISSING_BUCKET_CODES = ("nosuchbucket", "containernotfound", "bucket does not e
                          "the specified bucket does not exist", "no such container", "bucketnotfound")
 _DENIED_CODES = ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "authenticationfailed",
                  "authorizationfailure", "authorizationpermissionmismatch", "invalidauthenticationinfo",
-                 "forbidden", "unauthorized", "invalid credentials", "permission", "noauthenticationinformation",
-                 "expiredtoken", "invalidtoken", "accountisdisabled")
+                 "forbidden", "unauthorized", "invalid credentials", "permission",
+                 "noauthenticationinformation", "expiredtoken", "invalidtoken", "accountisdisabled")
 _TIMEOUT_WORDS = ("timeout", "timed out", "readtimeout", "connecttimeout")
 _UNREACHABLE_WORDS = ("could not connect", "connection refused", "cannot connect", "connectionerror",
                       "connection reset", "name or service not known", "temporary failure in name resolution",
-                      "endpointconnectionerror", "serverdisconnected", "connection aborted", "remotedisconnected",
-                      "clientconnectorerror", "nodename nor servname")
+                      "endpointconnectionerror", "serverdisconnected", "connection aborted",
+                      "remotedisconnected", "clientconnectorerror", "nodename nor servname")
 
 
 def _chain(e: BaseException) -> Iterator[BaseException]:
@@ -79,7 +79,8 @@ def _short(e: BaseException) -> str:
 class Translate:
     """Turns any exception of a backend call into the RemoteError family, naming the remote."""
 
-    def __init__(self, name: str, display_url: str, bucket: str = "", endpoint: str = "", timeout: float = 0) -> None:
+    def __init__(self, name: str, display_url: str, bucket: str = "", endpoint: str = "",
+                 timeout: float = 0) -> None:
         self.name = name
         self.display_url = display_url
         self.bucket = bucket
@@ -108,18 +109,19 @@ class Translate:
         detail = f"HTTP {status} {code}".strip() if status else (code or type(e).__name__)
         subject = f"{what} {key!r}" if key else what
         if any(s in texts for s in _MISSING_BUCKET_CODES):
-            return RemoteError(self.name, f"{subject}: the bucket/container {self.bucket!r} of {self.display_url} "
-                                          "does not exist (create it, or fix `url`)")
+            return RemoteError(self.name, f"{subject}: the bucket/container {self.bucket!r} of "
+                                          f"{self.display_url} does not exist (create it, or fix `url`)")
         if status == 404 or isinstance(e, FileNotFoundError) or code in ("NoSuchKey", "BlobNotFound", "404"):
             return ObjectNotFound(self.name, f"{subject}: not found in {self.display_url}")
         if status in (401, 403) or isinstance(e, PermissionError) or any(s in texts for s in _DENIED_CODES):
-            return RemoteDenied(self.name, f"{subject}: access denied by {self._where()} ({detail}); check the "
-                                           "credentials in `options` or the SDK's environment")
+            return RemoteDenied(self.name, f"{subject}: access denied by {self._where()} ({detail}); check "
+                                           "the credentials in `options` or the SDK's environment")
         if status is not None and (status >= 500 or status == 429):
             return RemoteUnavailable(self.name, f"{subject}: server error from {self._where()} ({detail})")
         if any(s in texts for s in _TIMEOUT_WORDS) or isinstance(e, TimeoutError):
             limit = f" within {self.timeout:g}s" if self.timeout else ""
-            return RemoteUnavailable(self.name, f"{subject}: no answer from {self._where()}{limit} (timed out)")
+            return RemoteUnavailable(self.name,
+                                     f"{subject}: no answer from {self._where()}{limit} (timed out)")
         if any(s in texts for s in _UNREACHABLE_WORDS) or isinstance(e, ConnectionError):
             return RemoteUnavailable(self.name, f"{subject}: {self._where()} unreachable ({_short(e)})")
         if isinstance(e, OSError) and e.errno in (errno.ENOENT,):

@@ -80,7 +80,7 @@ def _gcs_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str
 
 
 def _azure_filesystem(url: str, opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str, str]:
-    """The adlfs filesystem and the root `container/prefix`; abfs[s]://container@account.host/path works too."""
+    """The adlfs filesystem and the root `container/prefix` (abfs[s]://container@account.host/path too)."""
     import adlfs
 
     root = _split_root(url)

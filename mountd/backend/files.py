@@ -73,8 +73,8 @@ class FileStore(FsspecStore):
             if e.errno != errno.ENOTSUP:
                 raise
             self._xattr_ok = False
-            log.warning("remote %r: %s does not support extended attributes; POSIX attributes will not be stored",
-                        self.name, self.display_url)
+            log.warning("remote %r: %s does not support extended attributes; POSIX attributes will not be "
+                        "stored", self.name, self.display_url)
 
     def _object(self, key: str, st: os.stat_result, metadata: Mapping[str, str] | None) -> ObjectInfo:
         size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size  # a directory is a zero-byte marker
@@ -102,7 +102,8 @@ class FileStore(FsspecStore):
                         prefixes.append(name)
                     elif entry.is_file(follow_symlinks=False):
                         p = Path(entry.path)
-                        objects.append(self._object(prefix + name, entry.stat(follow_symlinks=False), self._getmeta(p)))
+                        st = entry.stat(follow_symlinks=False)
+                        objects.append(self._object(prefix + name, st, self._getmeta(p)))
         return DirListing(objects=tuple(objects), prefixes=tuple(prefixes), marker_exists=True)
 
     def _sweep_if_stale(self, entry: os.DirEntry[str]) -> None:
@@ -279,7 +280,8 @@ class MemoryStore(FsspecStore):
                 prefixes.append(rest.split("/", 1)[0])
             else:
                 objects.append(self._info(key, obj))
-        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)), marker_exists=marker)
+        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)),
+                          marker_exists=marker)
 
     def head(self, key: str) -> ObjectInfo:
         self._count(requests=1)

@@ -63,8 +63,8 @@ class GcsStore(BucketStore):
                 self._count(multipart_uploads=1, requests=1 + -(-size // chunk))
             else:
                 self._count(requests=1)
-            self.fs.put_file(str(src), f"{self.bucket}/{self._full(key)}", metadata=dict(metadata), chunksize=chunk,
-                             content_type="application/octet-stream")
+            self.fs.put_file(str(src), f"{self.bucket}/{self._full(key)}", metadata=dict(metadata),
+                             chunksize=chunk, content_type="application/octet-stream")
             self._count(bytes_uploaded=size)
             return self.head(key)
 
@@ -90,7 +90,8 @@ class GcsStore(BucketStore):
                 token = resp["rewriteToken"]
             info = self.head(dst_key)
             if metadata is not None and dict(info.metadata or {}) != dict(metadata):
-                return self.set_metadata(dst_key, metadata)  # a server that ignored the metadata of the rewrite
+                # a server that ignored the metadata of the rewrite
+                return self.set_metadata(dst_key, metadata)
             return info
 
     def delete(self, key: str) -> None:

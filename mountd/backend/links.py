@@ -60,7 +60,8 @@ def parse_links(text: str, remote: str) -> list[Link]:
         scheme, bucket, key = m.groups()
         name = key.rsplit("/", 1)[-1]
         if name in taken:
-            log.warning("remote %r: line %d: the name %r is taken by an earlier line; skipped", remote, n, name)
+            log.warning("remote %r: line %d: the name %r is taken by an earlier line; skipped",
+                        remote, n, name)
             continue
         taken.add(name)
         links.append(Link(name=name, url=line, scheme=scheme, bucket=bucket, key=key))
@@ -123,7 +124,8 @@ class LinksStore:
             scoped = opts.get(link.scheme)
             options = dict(scoped) if isinstance(scoped, Mapping) else {
                 k: v for k, v in opts.items() if not isinstance(v, Mapping)}
-            store = self._open_store(RemoteConfig(name=self.name, url=root, options=options), tuning=self._tuning)
+            store = self._open_store(RemoteConfig(name=self.name, url=root, options=options),
+                                     tuning=self._tuning)
             with self._lock:
                 store = self._stores.setdefault(sk, store)
         return store

@@ -7,9 +7,10 @@ ignored. The accepted names are read from the clients themselves: the parameters
 hands its other keyword arguments to (fsspec's `DirCache`, aiobotocore's `AioSession`, the
 keywords `DefaultAzureCredential` documents; botocore's `create_client` and `Config` for S3's
 `client_kwargs` and `config_kwargs`). On top come the names the factory reads itself, and out
-go the ones it sets itself. A value's type is checked where the client declares one (an
-annotation, or a bool, int or str default). The SDK of a scheme is imported only when a remote
-of that scheme is checked.
+go the ones it sets itself. A value's type is checked where the client declares one (in its
+docstring's parameters, else an annotation, else a bool, number or string default); inside
+`client_kwargs` and `config_kwargs` only names are checked. The SDK of a scheme is imported only
+when a remote of that scheme is checked, once per process.
 
 `mountd.config` imports this module, so it must never import another mountd module; and it must
 never quote an option's value: it may be a secret.
@@ -35,6 +36,7 @@ STR, BOOL, INT, TABLE = (frozenset({k}) for k in ("str", "bool", "int", "table")
 TYPE_WORDS = {"bool": "bool", "boolean": "bool", "int": "int", "integer": "int", "float": "number",
               "str": "str", "string": "str", "dict": "table"}
 
+FROM_READ_TIMEOUT = "mountd sets it from mount.read_timeout"
 # parameters that are no option of a remote: Python objects, or how mountd runs the client
 NOT_OPTIONS = frozenset({"self", "asynchronous", "loop", "session", "event_hooks", "request_session",
                          "http_session_cls", "skip_instance_cache", "use_listings_cache"})
@@ -66,22 +68,26 @@ def _kind_of_text(text: str) -> Kind:
     "Optional[bool]", "one of {'read_only', ...}"); None when it names none we know."""
     kinds = frozenset(TYPE_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in TYPE_WORDS)
     if not kinds and re.match(r"\s*(one of|\{|')", text):  # a choice of quoted words
-        return frozenset({"str"})
+        return STR
     return kinds or None
 
 
 def _kind_of_default(default: Any) -> Kind:
-    if isinstance(default, bool):
-        return frozenset({"bool"})
-    if isinstance(default, int | float | str):
-        return frozenset({"int" if isinstance(default, int) else "number" if isinstance(default, float) else "str"})
-    return None
+    if isinstance(default, bool | int | str):
+        return BOOL if isinstance(default, bool) else INT if isinstance(default, int) else STR
+    return frozenset({"number"}) if isinstance(default, float) else None
 
 
 def _documented_types(fn: Callable[..., Any]) -> dict[str, str]:
-    """`name : type` lines of the numpydoc "Parameters" of a class and of its `__init__`."""
-    docs = (fn.__doc__ or "") + (getattr(fn, "__init__", None).__doc__ or "" if isinstance(fn, type) else "")
-    return {m[1]: m[2] for m in re.finditer(r"^\s+(\w+) ?: ?(.*?)(?:\(.*)?$", docs, re.M)}
+    """`name : type` lines of the numpydoc "Parameters" of a class and of its `__init__` (the first
+    line for a name wins: later ones are prose)."""
+    docs = [fn.__doc__ or ""]
+    if isinstance(fn, type):
+        docs.append(fn.__init__.__doc__ or "")  # type: ignore[misc]
+    found: dict[str, str] = {}
+    for m in re.finditer(r"^\s+(\w+) ?: ?(.*?)(?:\(.*)?$", "\n".join(docs), re.M):
+        found.setdefault(m[1], m[2])
+    return found
 
 
 def _parameters(fn: Callable[..., Any]) -> dict[str, Kind]:
@@ -102,7 +108,8 @@ def _parameters(fn: Callable[..., Any]) -> dict[str, Kind]:
 
 def _documented_keywords(cls: type) -> dict[str, Kind]:
     """`:keyword <type> <name>:` entries of a docstring, for an SDK class that takes **kwargs."""
-    return {name: _kind_of_text(t) for t, name in re.findall(r":keyword (?:(\w+) )?(\w+):", cls.__doc__ or "")}
+    found = re.findall(r":keyword (?:(\w+) )?(\w+):", cls.__doc__ or "")
+    return {name: _kind_of_text(t) for t, name in found}
 
 
 def _s3() -> ClientOptions:
@@ -120,7 +127,8 @@ def _s3() -> ClientOptions:
                  client_kwargs=TABLE, config_kwargs=TABLE)
     client = set(_parameters(botocore.session.Session.create_client)) - {"service_name", "config"}
     config = set(botocore.config.Config.OPTION_DEFAULTS) | set(_parameters(AioConfig))
-    return ClientOptions("s3", names, {"client_kwargs": frozenset(client), "config_kwargs": frozenset(config)})
+    tables = {"client_kwargs": frozenset(client), "config_kwargs": frozenset(config)}
+    return ClientOptions("s3", names, tables)
 
 
 def _gcs() -> ClientOptions:
@@ -128,11 +136,11 @@ def _gcs() -> ClientOptions:
     from fsspec.dircache import DirCache
 
     # gcsfs hands every keyword it does not name to fsspec's AsyncFileSystem, which gives the rest to DirCache
-    names = {**_parameters(gcsfs_core().GCSFileSystem), **_parameters(AsyncFileSystem), **_parameters(DirCache)}
+    names = {**_parameters(gcsfs_core().GCSFileSystem), **_parameters(AsyncFileSystem),
+             **_parameters(DirCache)}
     names.update(service_account_file=STR, retries=INT)
-    timeout = "mountd sets it from mount.read_timeout"
     names.pop("requests_timeout", None)
-    return ClientOptions("gs", names, set_by_mountd={"requests_timeout": timeout})
+    return ClientOptions("gs", names, set_by_mountd={"requests_timeout": FROM_READ_TIMEOUT})
 
 
 def _azure() -> ClientOptions:
@@ -143,13 +151,14 @@ def _azure() -> ClientOptions:
     # adlfs hands the DirCache names to fsspec and every other keyword to DefaultAzureCredential
     names = {**_parameters(adlfs.AzureBlobFileSystem), **_parameters(DirCache),
              **_documented_keywords(DefaultAzureCredential)}
-    timeout = "mountd sets it from mount.read_timeout"
-    for name in ("connection_timeout", "read_timeout"):
+    set_by_mountd = dict.fromkeys(("connection_timeout", "read_timeout"), FROM_READ_TIMEOUT)
+    for name in set_by_mountd:
         names.pop(name, None)
-    return ClientOptions("az", names, set_by_mountd=dict.fromkeys(("connection_timeout", "read_timeout"), timeout))
+    return ClientOptions("az", names, set_by_mountd=set_by_mountd)
 
 
 def _no_client(scheme: str) -> Callable[[], ClientOptions]:
+    """file:// and memory:// build no client: any option would be silently ignored."""
     return lambda: ClientOptions(scheme, {})
 
 
@@ -211,7 +220,8 @@ def _problem(spec: ClientOptions, options: Mapping[str, Any]) -> str | None:
         kind = spec.names[name]
         if kind is not None and not _fits(kind, value):
             wanted = " or ".join(KIND_TEXT[k] for k in sorted(kind) if not (k == "int" and "number" in kind))
-            return f"option {name!r} for {spec.scheme}:// must be {wanted}, not {KIND_TEXT[_value_kind(value)]}"
+            got = KIND_TEXT[_value_kind(value)]
+            return f"option {name!r} for {spec.scheme}:// must be {wanted}, not {got}"
         inner = spec.tables.get(name, frozenset())
         for key in value if name in spec.tables else ():
             if key not in inner:
@@ -225,7 +235,8 @@ def _links_problem(options: Mapping[str, Any]) -> str | None:
         if not isinstance(value, Mapping):
             continue
         if scheme not in CLIENTS:
-            return f"option table {scheme!r} of a links:// remote must be named after a scheme: {', '.join(CLIENTS)}"
+            return f"option table {scheme!r} of a links:// remote must be named after a scheme: " \
+                   f"{', '.join(CLIENTS)}"
         if problem := _problem(client_options(scheme), value):
             return problem
     anywhere = {n for s in ("s3", "gs", "az") for n in client_options(s).names}

@@ -118,8 +118,8 @@ class S3Store(BucketStore):
 
         if s3.meta.config.signature_version == UNSIGNED:
             return None, probe[:-1]
-        auth = await s3._request_signer.get_auth_instance("s3", s3.meta.region_name or "us-east-1", "s3v4-query",
-                                                          expires=HEAD_URL_LIFETIME)
+        auth = await s3._request_signer.get_auth_instance("s3", s3.meta.region_name or "us-east-1",
+                                                          "s3v4-query", expires=HEAD_URL_LIFETIME)
         return auth, probe[:-1]
 
     def _presign(self, path: str, lifetime: int) -> str:
@@ -137,8 +137,8 @@ class S3Store(BucketStore):
                                                       ExpiresIn=lifetime))
             if "?" not in url or "X-Amz-Signature=" in url:
                 return url  # unsigned (anonymous) or already SigV4
-            auth = await s3._request_signer.get_auth_instance("s3", s3.meta.region_name or "us-east-1", "s3v4-query",
-                                                              expires=lifetime)
+            auth = await s3._request_signer.get_auth_instance("s3", s3.meta.region_name or "us-east-1",
+                                                              "s3v4-query", expires=lifetime)
             request = AWSRequest(method="GET", url=url.split("?", 1)[0], headers={})
             auth.add_auth(request)
             return str(request.url)
@@ -147,8 +147,8 @@ class S3Store(BucketStore):
 
     def _info(self, key: str, o: Mapping[str, Any], metadata: Mapping[str, str] | None) -> ObjectInfo:
         return ObjectInfo(key=key, size=int(o.get("Size", o.get("ContentLength", 0)) or 0),
-                          version=normalize_version(o.get("ETag")), mtime_ns=mtime_ns_of(o.get("LastModified")),
-                          metadata=metadata)
+                          version=normalize_version(o.get("ETag")),
+                          mtime_ns=mtime_ns_of(o.get("LastModified")), metadata=metadata)
 
     def list_dir(self, prefix: str) -> DirListing:
         full = self._full(prefix)
@@ -189,7 +189,8 @@ class S3Store(BucketStore):
                 running.result()
             except concurrent.futures.CancelledError:
                 self._abort_multipart(key)
-                raise UploadCancelled(self.name, f"upload of {key!r} stopped: the file changed or moved") from None
+                raise UploadCancelled(self.name,
+                                      f"upload of {key!r} stopped: the file changed or moved") from None
             finally:
                 with self._uploads_lock:
                     if self._uploads.get(key) is running:
@@ -213,7 +214,8 @@ class S3Store(BucketStore):
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         with self._translate("put", key):
-            r = self._call("put_object", Bucket=self.bucket, Key=self._full(key), Body=data, Metadata=dict(metadata))
+            r = self._call("put_object", Bucket=self.bucket, Key=self._full(key), Body=data,
+                           Metadata=dict(metadata))
             self._count(bytes_uploaded=len(data))
             return self.head(key) if not r.get("ETag") else ObjectInfo(
                 key=key, size=len(data), version=normalize_version(r["ETag"]),
@@ -226,7 +228,8 @@ class S3Store(BucketStore):
                 kwargs = {"Metadata": dict(metadata), "MetadataDirective": "REPLACE"}
             self._count(requests=1, copies=1)
             # s3fs copies objects over 5 GiB part by part (UploadPartCopy), still on the server
-            self.fs.copy(f"{self.bucket}/{self._full(src_key)}", f"{self.bucket}/{self._full(dst_key)}", **kwargs)
+            self.fs.copy(f"{self.bucket}/{self._full(src_key)}", f"{self.bucket}/{self._full(dst_key)}",
+                         **kwargs)
             return self.head(dst_key)
 
     def delete(self, key: str) -> None:
