@@ -1,9 +1,9 @@
 """`AzureStore`: az://, abfs:// and abfss://, Azure Blob Storage (and ADLS Gen2 through its blob endpoint).
 
-It runs the async BlobServiceClient that adlfs holds on adlfs's event loop, with the SDK's own
-retry policy switched off per request (it waits 15 s and more) and one quick retry of its own.
-Blobs flagged as folders count as directory markers; large uploads stage blocks in parallel and
-commit them with the metadata.
+It runs the async BlobServiceClient that adlfs holds on adlfs's event loop. Blobs flagged as
+folders count as directory markers; large uploads stage blocks in parallel and commit them with
+the metadata. No request may use the SDK's own retry policy (it waits 15 s and more): each one
+switches it off (`_opts`) and `_run` makes one quick retry instead.
 """
 
 from __future__ import annotations
