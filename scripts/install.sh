@@ -3,7 +3,8 @@
 #   system : fuse3 libfuse3-dev pkg-config gcc python3-venv (only what is missing)
 #   python : a virtual environment at $MOUNTD_VENV (default: .venv in the checkout) with mountd,
 #            and pyfuse3 rebuilt with FUSE passthrough (scripts/build-pyfuse3-passthrough.sh)
-#   --test : also the test tools (pytest, hypothesis, ruff) and the programs the tests drive
+#   --test : also the test tools (pytest, hypothesis, ruff) and the programs the tests drive,
+#            among them docker.io and busybox-static (a real dockerd for tests/test_docker_real.py)
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs="fuse3 libfuse3-dev pkg-config gcc"
 [ "$WITH_TEST" = 1 ] && pkgs="$pkgs rsync sqlite3 attr git zip tar systemd mount"
+# dockerd, containerd and runc, started by hand by the tests; busybox-static is their image (~15 s)
+[ "$WITH_TEST" = 1 ] && pkgs="$pkgs docker.io busybox-static"
 [ "$WITH_TEST" = 1 ] && { command -v npm >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"; }
 command -v "$PYTHON" >/dev/null 2>&1 || pkgs="$pkgs python3 python3-dev"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv python3-dev"

@@ -27,7 +27,7 @@ from mountd.backend.files import FileStore
 from mountd.cache import CacheInUse, ChunkCache, ObjectRef
 from mountd.cache.prefetch import ReadAhead
 from mountd.cache.routing import TierRule, route
-from mountd.cache.store import WAL_RESERVE
+from mountd.cache.tierdb import WAL_RESERVE
 from mountd.config import RepoConfig
 from mountd.errors import ConfigError, RemoteError
 from mountd.units import parse_size

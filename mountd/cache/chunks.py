@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from mountd.backend import ObjectStore
+from mountd.cache.chunkfile import Assembly, Entry, FileSource, Part
 from mountd.cache.pins import PinSet
 from mountd.cache.prefetch import ReadAhead
 from mountd.cache.reader import ObjectRef, WholeFile
@@ -49,7 +50,7 @@ from mountd.cache.routing import (
     rules_from_config,
     whole_key,
 )
-from mountd.cache.store import Assembly, Entry, FileSource, Part, TierStore
+from mountd.cache.store import TierStore
 from mountd.cache.warmup import WarmUp
 from mountd.config import RepoConfig
 from mountd.errors import MountdError, RemoteError, RemoteUnavailable
