@@ -3,7 +3,9 @@
 For each remote, in parallel, and each step bounded by a timeout (a stalled server fails the
 step, it does not hang the command): **list** the root (reachability, credentials, the bucket
 exists), **read** one byte of the first object found near the root, and, only when asked,
-**write** a temporary object and delete it again (never on a `read_only` remote). Results are
+**write** a temporary object and delete it again (never on a `read_only` remote), then write one
+create-only twice and once with a wrong if-match to see whether the server enforces **conditions**
+(what many hosts sharing the remote rely on). Results are
 plain dataclasses; the CLI prints them. Messages come from the `RemoteError` family, so they
 name the remote and never contain secrets.
 """
@@ -18,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mountd.backend import ObjectStore, StoreTuning
+from mountd.backend.conditions import probe_conditions
 from mountd.backend.factory import open_store
 from mountd.config import RemoteConfig, RepoConfig
-from mountd.errors import MountdError
+from mountd.errors import ConfigError, MountdError
 
 CHECK_PREFIX = ".mountd-check-"
 SEARCH_DEPTH = 3  # levels of prefixes searched for an object to read
@@ -30,7 +33,7 @@ SEARCH_DEPTH = 3  # levels of prefixes searched for an object to read
 class StepResult:
     remote: str
     url: str
-    step: str  # "list", "read" or "write"
+    step: str  # "list", "read", "write" or "conditions"
     ok: bool
     detail: str  # what was seen, or the error
     seconds: float
@@ -119,6 +122,12 @@ def check_remote(remote: RemoteConfig, *, tuning: StoreTuning, write: bool, time
         store.delete(key)
         return f"wrote and deleted {key!r}"
 
+    def conditions() -> str:
+        report = probe_conditions(store)
+        if not report.enforced and remote.require_conditional:
+            raise ConfigError(f"remote {remote.name!r}: require_conditional = true, but {report.describe()}")
+        return report.describe()
+
     results = [steps.run("list", list_root)]
     if not results[0].ok:
         return results
@@ -131,6 +140,8 @@ def check_remote(remote: RemoteConfig, *, tuning: StoreTuning, write: bool, time
                                   0.0, skipped=True))
     elif write:
         results.append(steps.run("write", write_temp))
+        if results[-1].ok:
+            results.append(steps.run("conditions", conditions))
     return results
 
 

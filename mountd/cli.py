@@ -209,6 +209,26 @@ def sync(path: str, wait: bool, timeout: float) -> None:
         fail(f"{res['left']} entries under {path} are not uploaded yet")
 
 
+@main.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def conflicts(mountpoint: str, as_json: bool) -> None:
+    """Every conflict this mount met: another host had changed a file first."""
+    res = _control(mountpoint, "conflicts")
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    if not res["conflicts"]:
+        click.echo(f"{mountpoint}: no conflicts")
+        return
+    for c in res["conflicts"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["detected_at"]))
+        ours = (f"this host's version kept as {c['copy_path']}" if c["copy_path"]
+                else f"this host's version not uploaded ({c['resolution']})")
+        click.echo(f"{when}  {c['path']}: another host's version {c['found_version'] or '(deleted)'} is at the "
+                   f"name (this host expected {c['expected_version'] or 'no object'}); {ours}")
+
+
 @main.command("log-level")
 @click.argument("mountpoint", type=click.Path())
 @click.argument("level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))

@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -121,6 +121,8 @@ class RemoteConfig(_Model):
     read_only: bool = False
     immutable: bool = False
     read_whole: tuple[str, ...] = ()
+    # refuse to mount unless the server enforces conditional writes (checked with a test object)
+    require_conditional: bool = False
 
     @field_validator("name")
     @classmethod
@@ -176,6 +178,12 @@ class WritebackConfig(_Model):
     multipart_threshold: Size = parse_size("64M")
     multipart_chunk: Size = parse_size("16M")
     yield_max: Duration = 10.0
+    # another host changed a key since this host last saw it: keep this host's bytes as a
+    # conflict copy beside it, overwrite (unsafe: the other host's bytes are lost), or keep them
+    # dirty here and report the entry as failing
+    on_conflict: Literal["keep-both", "overwrite", "fail"] = "keep-both"
+    # how this host names itself in conflict copies; "" takes the host name
+    host: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,32}$")
 
 
 class MountOptions(_Model):
@@ -336,8 +344,3 @@ def load_config(source: str | Path) -> RepoConfig:
     except ValidationError as e:
         raise _explain(e, str(path)) from None
     return _check_options(config, str(path))
-
-
-def normalize_mount_path(path: str) -> str:
-    """'/a/b' form of a path inside the mount."""
-    return str(PurePosixPath("/", path))

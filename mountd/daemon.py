@@ -9,7 +9,6 @@ thread on the network: remote probes run in worker threads with a timeout.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import gc
 import logging
@@ -24,6 +23,7 @@ import trio
 
 from mountd.activity import RequestActivity
 from mountd.backend import ObjectStore
+from mountd.backend.conditions import probe_conditions, warn_unconditional
 from mountd.backend.factory import open_store, store_tuning
 from mountd.cache import ChunkCache
 from mountd.config import RepoConfig
@@ -216,6 +216,30 @@ async def probe_remotes(m: Mount, names: list[str] | None = None) -> dict[str, s
     return failures
 
 
+async def _check_conditions(m: Mount) -> None:
+    """A remote with `require_conditional` mounts only when its server refuses a second create-only
+    write and a wrong if-match (asked with a temporary object); the others say once which writes
+    their client sends without a condition."""
+    for r in m.config.remote:
+        store = m.stores[r.name]
+        if not r.require_conditional:
+            if not r.read_only:
+                warn_unconditional(store)
+            continue
+        if r.name in m.unreachable:
+            raise StartupError(f"remote {r.name!r}: require_conditional = true, but it cannot be reached to "
+                               f"check ({m.unreachable[r.name]})")
+        try:
+            report = await trio.to_thread.run_sync(probe_conditions, store)
+        except RemoteError as e:
+            raise StartupError(f"remote {r.name!r}: require_conditional = true, and writing a test object "
+                               f"failed: {e}") from None
+        if not report.enforced:
+            raise StartupError(f"remote {r.name!r}: require_conditional = true, but {report.describe()}; use a "
+                               "store that enforces conditional writes, or remove require_conditional")
+        log.info("remote %r: %s", r.name, report.describe())
+
+
 async def watch_unreachable(m: Mount, interval: float = RECONNECT_INTERVAL) -> None:
     """Probe remotes that were unreachable until they answer; `status` follows (uploads retry on their own)."""
     delay = interval
@@ -272,6 +296,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
         if require_remotes:
             raise StartupError(reason)
         log.warning("%s; mounting anyway: cached and local data are served, writes are queued", reason)
+    await _check_conditions(m)
     m.ops = fuse_ops.MountdOperations(m.fs, m.kernel, m.activity)
     opts = fuse_ops.mount_options(fsname=f"mountd:{m.config.name}", allow_other=m.config.mount.allow_other,
                                   default_permissions=m.config.mount.default_permissions) | extra_options
@@ -304,7 +329,7 @@ async def _serve(m: Mount, *, require_remotes: bool, on_ready: Callable[[Mount],
             if notifier.enabled:
                 nursery.start_soon(notifier.run, lambda: systemd_status(m), m.shutdown)
             await m.shutdown.wait()
-            left = await _drain(m, m.config.writeback.drain_timeout, report=None)
+            left = await _drain(m, m.config.writeback.drain_timeout)
             notifier.send(f"STATUS=stopped; {left} uploads left pending (they resume at the next mount)")
             with trio.move_on_after(5):
                 while m.umount_replies:  # let `mountd umount` hear how it ended
@@ -334,7 +359,7 @@ def _unmount(m: Mount) -> None:
         fuse_ops.terminate()
 
 
-async def _drain(m: Mount, timeout: float, report: Callable[[int], None] | None) -> int:
+async def _drain(m: Mount, timeout: float) -> int:
     pending = m.uploader.pending()
     if pending:
         log.info("draining %d pending write-back entries (at most %gs)", pending, timeout)
@@ -382,6 +407,7 @@ def status(m: Mount) -> dict[str, Any]:
             for r in m.config.remote
         ],
         "pending_uploads": m.meta.journal_count(),
+        "conflicts": m.meta.conflict_count(),
         "in_flight": [f"{r}:{k}" for r, k in m.uploader.in_flight],
         # next_attempt: the entry's due time (epoch s); after a failure, when its back-off ends
         "pending": [{"remote": e.remote, "key": e.key, "attempts": e.attempts, "error": e.last_error,
@@ -429,12 +455,26 @@ async def _control(m: Mount, req: dict[str, Any]) -> AsyncIterator[dict[str, Any
     elif op in CACHE_OPS:
         async for reply in _cache_control(m, op, req):
             yield reply
+    elif op == "conflicts":
+        yield {"ok": True, "result": {"conflicts": [_conflict_view(m, c) for c in m.meta.conflicts()]}}
     elif op == "log_level":
         level = str(req.get("level", "INFO")).upper()
         logging.getLogger().setLevel(level)
         yield {"ok": True, "result": {"level": level}}
     else:
         yield {"ok": False, "error": f"unknown control operation {op!r}"}
+
+
+def _conflict_view(m: Mount, row: dict[str, Any]) -> dict[str, Any]:
+    """A conflicts-table row with the paths in the mount of its key and of the copy."""
+    at = {r.name: "/" + r.at.strip("/") for r in m.config.remote}
+
+    def path(key: str | None) -> str | None:
+        base = at.get(row["remote"])
+        return None if key is None or base is None else base.rstrip("/") + "/" + key
+
+    return {**row, "path": path(row["key"]), "copy_path": path(row["copy_key"]),
+            "local_mtime": row["local_mtime_ns"] / 1e9}
 
 
 CACHE_OPS = ("pin", "unpin", "cache_stats", "cache_prune", "cache_clear")
@@ -469,8 +509,7 @@ async def _cache_control(m: Mount, op: str, req: dict[str, Any]) -> AsyncIterato
         elif op == "cache_clear":
             yield {"ok": True, "result": {"removed": await m.reader.clear(req.get("tier") or None)}}
     except MountdError as e:
-        reason = os.strerror(e.errno) if str(e) == errno.errorcode.get(e.errno) else str(e)
-        yield {"ok": False, "error": f"{op} {path}: {reason}"}
+        yield {"ok": False, "error": f"{op} {path}: {e}"}
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ class RemoteDenied(RemoteError):
 
 
 class VersionMismatch(RemoteError):
-    """The object changed under us (ETag/generation differs from the one expected)."""
+    """A conditional write or delete found another version at the key than the one it expected
+    (or an object where it expected none): another writer got there first."""
 
     errno = errno.ESTALE
 

@@ -108,6 +108,9 @@ class MountCollector(Collector):
         yield self._one(CounterMetricFamily, "mountd_dedup_saved_bytes",
                         "Bytes not sent because the content was already stored (dedup by sha256)",
                         _num(st, "reconciler", "bytes_deduplicated"))
+        yield self._one(CounterMetricFamily, "mountd_conflicts",
+                        "Writes refused because another host had changed the key first (kept as conflict copies "
+                        "unless on_conflict says otherwise)", _num(st, "reconciler", "conflicts"))
         errors = CounterMetricFamily("mountd_remote_errors", "Failed remote operations, by kind",
                                      labels=["repository", "kind"])
         errors.add_metric([self.name, "read"], _num(st, "reader", "errors"))

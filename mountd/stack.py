@@ -20,6 +20,7 @@ from mountd.cache import ChunkCache
 from mountd.config import RepoConfig
 from mountd.local import LocalTier
 from mountd.meta import MetaStore
+from mountd.vfs.conflicts import ConflictCopies, default_host_id
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.handles import OpenFiles
 from mountd.vfs.ignored import IgnoredPaths
@@ -96,8 +97,11 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     files = OpenFiles(config, meta, paths, local, reader, journal, dirty, ignored, kernel)
     remote = RemoteView(config, meta, paths, stores, reader, local, dirty, kernel, remote_calls,
                         is_open=files.is_open, owner=owner)
+    conflicts = ConflictCopies(meta, kernel, host=config.writeback.host or default_host_id(),
+                               file_mode=config.mount.file_mode, owner=owner)
     reconciler = Reconciler(meta, stores, WritebackView(paths, ignored, files, remote, local, dirty), journal,
-                            remote_calls, sending, dedup=config.writeback.dedup)
+                            remote_calls, sending, conflicts, dedup=config.writeback.dedup,
+                            on_conflict=config.writeback.on_conflict)
     uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
                         retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
                         activity=activity, yield_max=config.writeback.yield_max)

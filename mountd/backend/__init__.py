@@ -35,6 +35,24 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Precondition:
+    """A write or delete as a compare-and-swap: it goes ahead only if the object at the key is
+    `version` now, or, for `version` "", if there is none (create-only). Failing, the store
+    raises `VersionMismatch` and changes nothing."""
+
+    version: str
+
+    @property
+    def create_only(self) -> bool:
+        return self.version == ""
+
+
+CREATE_ONLY = Precondition("")
+# the operations whose Precondition a store can pass to its server (`ObjectStore.conditional`)
+CONDITIONAL_OPS = ("put", "upload", "multipart", "copy", "delete")
+
+
+@dataclass(frozen=True, slots=True)
 class DirListing:
     """One level below a prefix, all pages gathered."""
 
@@ -47,6 +65,9 @@ class DirListing:
 class ObjectStore(Protocol):
     name: str  # the configured remote name, used in every error message
     display_url: str  # the URL with any secret removed
+    # the operations of CONDITIONAL_OPS whose `expect` reaches the server; for the others it is
+    # ignored (the write is unconditional, as on a store without conditions)
+    conditional: frozenset[str]
 
     def list_dir(self, prefix: str) -> DirListing:
         """Children of `prefix` ("" for the root, else ending in '/'). A missing prefix lists empty."""
@@ -64,7 +85,8 @@ class ObjectStore(Protocol):
         """The whole object into `dest` (created or truncated); returns what was fetched."""
         ...
 
-    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
+               expect: Precondition | None = None) -> ObjectInfo:
         """The local file `src` to `key` with user metadata, multipart when large."""
         ...
 
@@ -73,16 +95,20 @@ class ObjectStore(Protocol):
         False when there is none or the store cannot stop one."""
         ...
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
+                  expect: Precondition | None = None) -> ObjectInfo:
         """A small object (directory marker, symlink) in one request."""
         ...
 
-    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Server-side copy; with `metadata` the copy gets exactly that metadata."""
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
+             expect: Precondition | None = None) -> ObjectInfo:
+        """Server-side copy; with `metadata` the copy gets exactly that metadata; `expect` is
+        about `dst_key`."""
         ...
 
-    def delete(self, key: str) -> None:
-        """Remove one object (or marker); a missing object is not an error."""
+    def delete(self, key: str, *, expect: Precondition | None = None) -> None:
+        """Remove one object (or marker); a missing object is not an error (unless `expect`
+        names a version: then it is a `VersionMismatch`, as any other version there)."""
         ...
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:

@@ -9,7 +9,6 @@ switches it off (`_opts`) and `_run` makes one quick retry instead.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import time
 import uuid
@@ -17,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo
-from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
+from mountd.backend import CONDITIONAL_OPS, DirListing, ObjectInfo, Precondition
+from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
 from mountd.backend.errors import http_status
 from mountd.errors import RemoteUnavailable
 
@@ -31,6 +30,18 @@ class AzureStore(BucketStore):
     directory markers. Large uploads stage blocks in parallel and commit them with the metadata."""
 
     FOLDER_FLAGS = ("hdi_isfolder", "is_directory")
+    conditional = frozenset(CONDITIONAL_OPS)
+
+    @staticmethod
+    def _match(expect: Precondition | None) -> dict[str, Any]:
+        """The SDK's access conditions for a Precondition (If-None-Match: * or If-Match)."""
+        from azure.core import MatchConditions
+
+        if expect is None:
+            return {}
+        if expect.create_only:
+            return {"match_condition": MatchConditions.IfMissing}
+        return {"etag": f'"{expect.version}"', "match_condition": MatchConditions.IfNotModified}
 
     def _run(self, coro_fn: Any, *args: Any) -> Any:
         """Run one SDK coroutine on adlfs's loop; a network failure or 5xx is retried once.
@@ -62,7 +73,8 @@ class AzureStore(BucketStore):
 
     def _info(self, key: str, p: Any) -> ObjectInfo:
         meta = {k: v for k, v in lower_keys(p.metadata).items() if k not in self.FOLDER_FLAGS}
-        return ObjectInfo(key=key, size=int(p.size or 0), version=normalize_version(p.etag),
+        # the ETag as the service spells it (0x8DC...): an If-Match compares it byte for byte
+        return ObjectInfo(key=key, size=int(p.size or 0), version=str(p.etag or "").strip('"'),
                           mtime_ns=mtime_ns_of(p.last_modified), metadata=meta)
 
     def _is_folder_blob(self, p: Any) -> bool:
@@ -127,15 +139,17 @@ class AzureStore(BucketStore):
             self._count(bytes_downloaded=info.size)
             return info
 
-    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
+               expect: Precondition | None = None) -> ObjectInfo:
         size = src.stat().st_size
         chunk = self.tuning.multipart_chunk
         parts = self._upload_parts(src)
+        match = self._match(expect)
 
         async def single() -> None:
             with open(src, "rb") as f:
                 await self._blob(key).upload_blob(f, overwrite=True, metadata=dict(metadata), length=size,
-                                                  **self._opts())
+                                                  **match, **self._opts())
 
         async def blocks() -> None:
             import asyncio
@@ -153,7 +167,7 @@ class AzureStore(BucketStore):
                     await blob.stage_block(ids[i], data, length=len(data), **self._opts())
 
             await asyncio.gather(*(stage(i) for i in range(len(ids))))
-            await blob.commit_block_list(ids, metadata=dict(metadata), **self._opts())
+            await blob.commit_block_list(ids, metadata=dict(metadata), **match, **self._opts())
 
         with self._translate("upload", key):
             if parts:
@@ -162,16 +176,19 @@ class AzureStore(BucketStore):
             self._count(bytes_uploaded=size)
             return self.head(key)
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
+                  expect: Precondition | None = None) -> ObjectInfo:
         async def put() -> None:
-            await self._blob(key).upload_blob(data, overwrite=True, metadata=dict(metadata), **self._opts())
+            await self._blob(key).upload_blob(data, overwrite=True, metadata=dict(metadata), **self._match(expect),
+                                              **self._opts())
 
         with self._translate("put", key):
             self._run(put)
             self._count(bytes_uploaded=len(data))
             return self.head(key)
 
-    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
+             expect: Precondition | None = None) -> ObjectInfo:
         async def copy() -> None:
             import asyncio
 
@@ -179,7 +196,7 @@ class AzureStore(BucketStore):
             await src.get_blob_properties(**self._opts())  # a missing source: BlobNotFound, not a copy error
             dst = self._blob(dst_key)
             kw: dict[str, Any] = {"metadata": dict(metadata)} if metadata is not None else {}
-            result = await dst.start_copy_from_url(src.url, **kw, **self._opts())
+            result = await dst.start_copy_from_url(src.url, **kw, **self._match(expect), **self._opts())
             status = result.get("copy_status")
             while status == "pending":  # copies within one account usually finish at once
                 await asyncio.sleep(0.2)
@@ -192,12 +209,22 @@ class AzureStore(BucketStore):
             self._run(copy)
             return self.head(dst_key)
 
-    def delete(self, key: str) -> None:
-        async def delete() -> None:
-            from azure.core.exceptions import ResourceNotFoundError
+    def delete(self, key: str, *, expect: Precondition | None = None) -> None:
+        if expect is not None and expect.create_only:
+            return  # "delete what is not there": nothing to do
 
-            with contextlib.suppress(ResourceNotFoundError):
-                await self._blob(key).delete_blob(**self._opts())
+        async def delete() -> None:
+            from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+            blob = self._blob(key)
+            try:
+                await blob.delete_blob(**self._match(expect), **self._opts())
+            except ResourceNotFoundError:
+                pass
+            except ResourceModifiedError:
+                # Azurite answers an If-Match on a missing blob with 412: gone is gone
+                if await blob.exists(**self._opts()):
+                    raise
 
         with self._translate("delete", key):
             self._run(delete)

@@ -14,7 +14,7 @@ import errno
 from collections.abc import Iterator
 
 from mountd.backend.secrets import SECRETS
-from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable
+from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable, VersionMismatch
 
 _MISSING_BUCKET_CODES = ("nosuchbucket", "containernotfound", "bucket does not exist", "nosuchcontainer",
                          "the specified bucket does not exist", "no such container", "bucketnotfound")
@@ -22,6 +22,10 @@ _DENIED_CODES = ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", 
                  "authorizationfailure", "authorizationpermissionmismatch", "invalidauthenticationinfo",
                  "forbidden", "unauthorized", "invalid credentials", "permission",
                  "noauthenticationinformation", "expiredtoken", "invalidtoken", "accountisdisabled")
+# a precondition failed (412), or a create-only write met an object (Azure's 409), or S3's 409
+# for two conditional writes of one key at once
+_CONDITION_CODES = ("PreconditionFailed", "ConditionNotMet", "BlobAlreadyExists", "ConditionalRequestConflict",
+                    "conditionNotMet")
 _TIMEOUT_WORDS = ("timeout", "timed out", "readtimeout", "connecttimeout")
 _UNREACHABLE_WORDS = ("could not connect", "connection refused", "cannot connect", "connectionerror",
                       "connection reset", "name or service not known", "temporary failure in name resolution",
@@ -111,6 +115,8 @@ class Translate:
         if any(s in texts for s in _MISSING_BUCKET_CODES):
             return RemoteError(self.name, f"{subject}: the bucket/container {self.bucket!r} of "
                                           f"{self.display_url} does not exist (create it, or fix `url`)")
+        if status == 412 or code in _CONDITION_CODES:
+            return VersionMismatch(self.name, f"{subject}: another version is there now ({detail})")
         if status == 404 or isinstance(e, FileNotFoundError) or code in ("NoSuchKey", "BlobNotFound", "404"):
             return ObjectNotFound(self.name, f"{subject}: not found in {self.display_url}")
         if status in (401, 403) or isinstance(e, PermissionError) or any(s in texts for s in _DENIED_CODES):

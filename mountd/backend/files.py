@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -18,18 +19,21 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo
+from mountd.backend import CONDITIONAL_OPS, DirListing, ObjectInfo, Precondition
 from mountd.backend.base import FsspecStore, lower_keys
-from mountd.errors import ObjectNotFound
+from mountd.errors import ObjectNotFound, VersionMismatch
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".mountd-tmp-"
+# every conditional write of a local-directory remote takes this lock (flock: between processes,
+# and between threads, each of which opens it anew), so compare and replace are one step
+LOCK_NAME = TMP_PREFIX + "lock"
 # a temporary upload file of a local-directory remote that has not been written to for this long
 # was left by a writer that died; listing its directory removes it
 STALE_TMP_AGE = 3600.0
@@ -42,7 +46,11 @@ class FileStore(FsspecStore):
 
     Metadata lives in the `user.mountd.meta` extended attribute. Writes go to a temp file in
     the same directory and are renamed into place, so a reader never sees a half object.
-    Symlinks found in the tree are never followed (they could lead out of the root)."""
+    Symlinks found in the tree are never followed (they could lead out of the root). A write
+    with a Precondition compares and replaces under an flock of the root, so daemons sharing
+    the directory get the compare-and-swap of a bucket."""
+
+    conditional = frozenset(CONDITIONAL_OPS)
 
     def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
         super().__init__(name, url, fs, root)
@@ -93,7 +101,8 @@ class FileStore(FsspecStore):
                 for entry in it:
                     name = entry.name
                     if name.startswith(TMP_PREFIX):
-                        self._sweep_if_stale(entry)
+                        if name != LOCK_NAME:
+                            self._sweep_if_stale(entry)
                         continue
                     if entry.is_symlink():
                         log.debug("remote %r: ignoring symlink %r", self.name, prefix + name)
@@ -134,7 +143,30 @@ class FileStore(FsspecStore):
             finally:
                 os.close(fd)
 
-    def _atomic_write(self, key: str, fill: Any, metadata: Mapping[str, str]) -> ObjectInfo:
+    @contextlib.contextmanager
+    def _compared(self, key: str, expect: Precondition | None, missing_ok: bool = False) -> Iterator[None]:
+        """Hold the root's lock while the object at `key` is what `expect` says (else raise
+        VersionMismatch; `missing_ok`: no object at all is fine too, for a delete); without
+        `expect`, no lock and no comparison."""
+        if expect is None:
+            yield
+            return
+        fd = os.open(Path(self.root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                found = self.head(key).version
+            except ObjectNotFound:
+                found = ""
+            if found != expect.version and not (missing_ok and not found):
+                raise VersionMismatch(self.name, f"{key!r}: expected {expect.version or 'no object'}, "
+                                                 f"found {found or 'none'}")
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _atomic_write(self, key: str, fill: Any, metadata: Mapping[str, str],
+                      expect: Precondition | None = None) -> ObjectInfo:
         dest = self._p(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
@@ -142,10 +174,11 @@ class FileStore(FsspecStore):
             with open(tmp, "wb") as f:
                 fill(f)
             self._setmeta(tmp, metadata)
-            os.replace(tmp, dest)
+            with self._compared(key, expect):
+                os.replace(tmp, dest)
+                return self.head(key)
         finally:
             tmp.unlink(missing_ok=True)
-        return self.head(key)
 
     def download(self, key: str, dest: Path) -> ObjectInfo:
         with self._translate("download", key):
@@ -154,26 +187,29 @@ class FileStore(FsspecStore):
                 shutil.copyfileobj(src, out, COPY_BLOCK)
             return info
 
-    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
+               expect: Precondition | None = None) -> ObjectInfo:
         with self._translate("upload", key):
             with open(src, "rb") as s:
-                return self._atomic_write(key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), metadata)
+                return self._atomic_write(key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), metadata, expect)
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
+                  expect: Precondition | None = None) -> ObjectInfo:
         with self._translate("put", key):
             if key.endswith("/"):
                 p = self._p(key.rstrip("/"))
                 p.mkdir(parents=True, exist_ok=True)
                 self._setmeta(p, metadata)
                 return self.head(key)
-            return self._atomic_write(key, lambda f: f.write(data), metadata)
+            return self._atomic_write(key, lambda f: f.write(data), metadata, expect)
 
-    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
+             expect: Precondition | None = None) -> ObjectInfo:
         with self._translate("copy", src_key):
             src = self._p(src_key)
             meta = metadata if metadata is not None else (self._getmeta(src) or {})
             with open(src, "rb") as s:
-                return self._atomic_write(dst_key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), meta)
+                return self._atomic_write(dst_key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), meta, expect)
 
     def _is_marker(self, p: Path) -> bool:
         try:
@@ -193,8 +229,8 @@ class FileStore(FsspecStore):
                 return
             parent = parent.parent
 
-    def delete(self, key: str) -> None:
-        with self._translate("delete", key):
+    def delete(self, key: str, *, expect: Precondition | None = None) -> None:
+        with self._translate("delete", key), self._compared(key, expect, missing_ok=True):
             p = self._p(key.rstrip("/"))
             try:
                 if key.endswith("/"):
@@ -244,8 +280,9 @@ class MemoryStore(FsspecStore):
     store is."""
 
     _buckets: dict[str, dict[str, _MemObject]] = {}
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _counter = 0
+    conditional = frozenset(CONDITIONAL_OPS)
 
     def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
         super().__init__(name, url, fs, root)
@@ -296,25 +333,43 @@ class MemoryStore(FsspecStore):
         dest.write_bytes(obj.data)
         return self._info(key, obj)
 
-    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        return self.put_bytes(key, src.read_bytes(), metadata)
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
+               expect: Precondition | None = None) -> ObjectInfo:
+        return self.put_bytes(key, src.read_bytes(), metadata, expect=expect)
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+    def _check(self, key: str, expect: Precondition | None, missing_ok: bool = False) -> None:
+        """Called under `_lock`: the compare half of a compare-and-swap."""
+        if expect is not None:
+            obj = self._objects.get(key)
+            found = str(obj.version) if obj is not None else ""
+            if found != expect.version and not (missing_ok and not found):
+                raise VersionMismatch(self.name, f"{key!r}: expected {expect.version or 'no object'}, "
+                                                 f"found {found or 'none'}")
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
+                  expect: Precondition | None = None) -> ObjectInfo:
         obj = self._new(data, metadata)
-        self._objects[key] = obj
+        with self._lock:
+            self._check(key, expect)
+            self._objects[key] = obj
         self._count(requests=1, bytes_uploaded=len(data))
         return self._info(key, obj)
 
-    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
+             expect: Precondition | None = None) -> ObjectInfo:
         src = self._get(src_key)
         obj = self._new(src.data, src.metadata if metadata is None else metadata)
-        self._objects[dst_key] = obj
+        with self._lock:
+            self._check(dst_key, expect)
+            self._objects[dst_key] = obj
         self._count(requests=1, copies=1)
         return self._info(dst_key, obj)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, expect: Precondition | None = None) -> None:
         self._count(requests=1)
-        self._objects.pop(key, None)
+        with self._lock:
+            self._check(key, expect, missing_ok=True)
+            self._objects.pop(key, None)
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         src = self._get(key)

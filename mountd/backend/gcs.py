@@ -8,22 +8,35 @@ It never copies through the client: a copy is a server-side rewrite, repeated un
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from mountd.backend import DirListing, ObjectInfo
+from mountd.backend import CONDITIONAL_OPS, DirListing, ObjectInfo, Precondition
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
 from mountd.backend.errors import http_status
 
 GCS_CHUNK_ALIGN = 256 << 10  # resumable-upload chunks must be multiples of 256 KiB
+SIMPLE_UPLOAD_MAX = 5 << 20  # smaller files go in one multipart/related request (as gcsfs does)
+CONTENT_TYPE = "application/octet-stream"
+
+
+def generation_match(expect: Precondition | None) -> dict[str, str]:
+    """GCS's compare-and-swap: `ifGenerationMatch`, 0 for "no live object"."""
+    return {} if expect is None else {"ifGenerationMatch": expect.version or "0"}
 
 
 class GcsStore(BucketStore):
     """gs:// / gcs://: the JSON API through gcsfs's authenticated session (`call`).
 
     The version is the object generation. Custom metadata is returned by listings too. Uploads
-    of 5 MiB and more are resumable uploads in `multipart_chunk` pieces (gcsfs's threshold)."""
+    of 5 MiB and more are resumable uploads in `multipart_chunk` pieces (gcsfs's threshold).
+    gcsfs can send only `ifGenerationMatch=0`, so uploads are made here with the JSON API's
+    own upload requests, each carrying its generation condition."""
+
+    conditional = frozenset(CONDITIONAL_OPS)
 
     def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         self._count(requests=1)
@@ -56,27 +69,68 @@ class GcsStore(BucketStore):
         with self._translate("head", key):
             return self._info(key, self._call("GET", "b/{}/o/{}", self.bucket, self._full(key)))
 
-    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
+               expect: Precondition | None = None) -> ObjectInfo:
+        from fsspec.asyn import sync
+
         size = src.stat().st_size
         chunk = max(GCS_CHUNK_ALIGN, self.tuning.multipart_chunk // GCS_CHUNK_ALIGN * GCS_CHUNK_ALIGN)
         with self._translate("upload", key):
-            if size >= 5 << 20:
+            if size >= SIMPLE_UPLOAD_MAX:
                 self._count(multipart_uploads=1, requests=1 + -(-size // chunk))
+                sync(self.fs.loop, self._resumable, src, key, size, chunk, metadata, generation_match(expect))
             else:
                 self._count(requests=1)
-            self.fs.put_file(str(src), f"{self.bucket}/{self._full(key)}", metadata=dict(metadata),
-                             chunksize=chunk, content_type="application/octet-stream")
+                sync(self.fs.loop, self._simple, src.read_bytes(), key, metadata, generation_match(expect))
             self._count(bytes_uploaded=size)
             return self.head(key)
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+    async def _simple(self, data: bytes, key: str, metadata: Mapping[str, str], condition: Mapping[str, str]) -> None:
+        """One multipart/related upload request (gcsfs's `simple_upload`, with any generation)."""
+        part = json.dumps({"name": self._full(key), "metadata": dict(metadata), "contentType": CONTENT_TYPE})
+        body = (f"--==0==\nContent-Type: application/json; charset=UTF-8\n\n{part}\n--==0==\n"
+                f"Content-Type: {CONTENT_TYPE}\n\n").encode() + data + b"\n--==0==--"
+        await self.fs._call("POST", f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket)}/o",
+                            uploadType="multipart", headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+                            data=body, json_out=True, **condition)
+
+    async def _resumable(self, src: Path, key: str, size: int, chunk: int, metadata: Mapping[str, str],
+                         condition: Mapping[str, str]) -> None:
+        """A resumable upload in `chunk` pieces; the condition rides on its initiation and is
+        checked again by the server when the object is created."""
+        from gcsfs.core import upload_chunk
+
+        full = self._full(key)
+        headers, _ = await self.fs._call(
+            "POST", f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket)}/o?name={quote(full)}",
+            uploadType="resumable", json={"name": full, "metadata": dict(metadata)},
+            headers={"X-Upload-Content-Type": CONTENT_TYPE}, **condition)
+        location = headers["Location"]
+        location = location[0] if isinstance(location, list) else location
+        try:
+            with open(src, "rb") as f:
+                offset = 0
+                while bit := f.read(chunk):
+                    await upload_chunk(self.fs, location, bit, offset, size, CONTENT_TYPE)
+                    offset += len(bit)
+        except Exception:
+            try:
+                await self.fs._call("DELETE", location)
+            except Exception:  # the upload's own error is the one to report
+                pass
+            raise
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
+                  expect: Precondition | None = None) -> ObjectInfo:
+        from fsspec.asyn import sync
+
         with self._translate("put", key):
             self._count(requests=1, bytes_uploaded=len(data))
-            self.fs.pipe_file(f"{self.bucket}/{self._full(key)}", data, metadata=dict(metadata),
-                              content_type="application/octet-stream")
+            sync(self.fs.loop, self._simple, data, key, metadata, generation_match(expect))
             return self.head(key)
 
-    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
+             expect: Precondition | None = None) -> ObjectInfo:
         with self._translate("copy", src_key):
             body: dict[str, Any] | None = None
             if metadata is not None:
@@ -85,7 +139,8 @@ class GcsStore(BucketStore):
             self._count(copies=1)
             while True:  # a rewrite of a large object may take several calls
                 resp = self._call("POST", "b/{}/o/{}/rewriteTo/b/{}/o/{}", self.bucket, self._full(src_key),
-                                  self.bucket, self._full(dst_key), rewriteToken=token, json=body)
+                                  self.bucket, self._full(dst_key), rewriteToken=token, json=body,
+                                  **generation_match(expect))
                 if resp.get("done", True):
                     break
                 token = resp["rewriteToken"]
@@ -95,11 +150,13 @@ class GcsStore(BucketStore):
                 return self.set_metadata(dst_key, metadata)
             return info
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, expect: Precondition | None = None) -> None:
+        if expect is not None and expect.create_only:
+            return  # "delete what is not there": nothing to do
         with self._translate("delete", key):
             try:
                 self._count(requests=1)
-                self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self._full(key))
+                self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self._full(key), **generation_match(expect))
             except FileNotFoundError:
                 pass
             except Exception as e:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo, ObjectStore, StoreTuning
+from mountd.backend import DirListing, ObjectInfo, ObjectStore, Precondition, StoreTuning
 from mountd.config import RemoteConfig, redact_url
 from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError
 
@@ -69,6 +69,8 @@ def parse_links(text: str, remote: str) -> list[Link]:
 
 
 class LinksStore:
+    conditional: frozenset[str] = frozenset()  # read-only: it writes nothing
+
     def __init__(self, remote: RemoteConfig, tuning: StoreTuning, open_store: OpenStore) -> None:
         self.name = remote.name
         self.display_url = remote.display_url
@@ -172,16 +174,19 @@ class LinksStore:
     def _read_only(self, what: str, key: str) -> RemoteError:
         return RemoteDenied(self.name, f"{what} {key!r}: a links remote is read-only")
 
-    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
+               expect: Precondition | None = None) -> ObjectInfo:
         raise self._read_only("upload", key)
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
+                  expect: Precondition | None = None) -> ObjectInfo:
         raise self._read_only("put", key)
 
-    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
+             expect: Precondition | None = None) -> ObjectInfo:
         raise self._read_only("copy", dst_key)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, expect: Precondition | None = None) -> None:
         raise self._read_only("delete", key)
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:

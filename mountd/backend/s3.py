@@ -20,8 +20,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo, StoreTuning
+from mountd.backend import DirListing, ObjectInfo, Precondition, StoreTuning
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
+from mountd.backend.errors import http_status
 from mountd.backend.presigned import PresignedRanges
 from mountd.errors import UploadCancelled
 
@@ -29,6 +30,29 @@ S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
 S3_META = "x-amz-meta-"  # user metadata headers (lower case)
 HEAD_URL_LIFETIME = 900  # seconds a signed HEAD URL is valid (it is used at once)
 HEAD_SIGNER_REUSE = 300  # seconds before the HEAD signer takes up the credentials again
+# which request parameter of the S3 API carries a Precondition, per operation of CONDITIONAL_OPS
+_CONDITION_PARAMS = {"put": ("PutObject",), "upload": ("PutObject",), "multipart": ("CompleteMultipartUpload",),
+                     "copy": ("CopyObject",), "delete": ("DeleteObject",)}
+
+
+def _botocore_conditions() -> frozenset[str]:
+    """The operations whose conditional headers this botocore can send (If-None-Match and
+    If-Match on writes arrived in botocore 1.35; older ones refuse the parameters)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("s3")
+    ops = set()
+    for op, (api,) in _CONDITION_PARAMS.items():
+        members = model.operation_model(api).input_shape.members
+        if "IfMatch" in members and (op == "delete" or "IfNoneMatch" in members):
+            ops.add(op)
+    return frozenset(ops)
+
+
+def condition_params(expect: Precondition | None) -> dict[str, str]:
+    if expect is None:
+        return {}
+    return {"IfNoneMatch": "*"} if expect.create_only else {"IfMatch": f'"{expect.version}"'}
 
 
 class S3Store(BucketStore):
@@ -43,6 +67,16 @@ class S3Store(BucketStore):
         super().__init__(name, url, fs, root, tuning, endpoint)
         self._uploads: dict[str, concurrent.futures.Future[Any]] = {}  # key -> upload running
         self._uploads_lock = threading.Lock()
+
+    @property
+    def conditional(self) -> frozenset[str]:  # type: ignore[override]
+        ops = self.__dict__.get("_conditional")
+        if ops is None:
+            ops = self.__dict__["_conditional"] = _botocore_conditions()
+        return ops  # type: ignore[no-any-return]
+
+    def _condition(self, op: str, expect: Precondition | None) -> dict[str, str]:
+        return condition_params(expect) if op in self.conditional else {}
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         self._count(requests=1)
@@ -168,21 +202,29 @@ class S3Store(BucketStore):
         with self._translate("list", prefix):
             return self._listing(prefix, entries())
 
-    def upload(self, src: Path, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
+               expect: Precondition | None = None) -> ObjectInfo:
         size = src.stat().st_size
+        full = f"{self.bucket}/{self._full(key)}"
         with self._translate("upload", key):
             if self._upload_parts(src):
                 # s3fs goes multipart when size >= 2 * chunksize; parts of at least 5 MiB
                 chunk = max(S3_MIN_PART, min(self.tuning.multipart_chunk, size // 2))
                 self._count(multipart_uploads=1, requests=2 + -(-size // chunk))
+                condition = self._condition("multipart", expect)
             else:
                 chunk = max(size, S3_MIN_PART) + 1  # one PUT
                 self._count(requests=1)
-            # s3fs's coroutine run as a task on fsspec's loop, so that cancel_upload can stop it
-            running = asyncio.run_coroutine_threadsafe(
-                self.fs._put_file(str(src), f"{self.bucket}/{self._full(key)}", chunksize=chunk,
-                                  max_concurrency=self.tuning.concurrency, Metadata=dict(metadata),
-                                  ContentType="application/octet-stream"), self.fs.loop)
+                condition = self._condition("upload", expect)
+            if condition and chunk <= size:
+                # s3fs would pass the condition to CreateMultipartUpload, which refuses it
+                coro = self._put_parts(src, key, size, chunk, metadata, condition)
+            else:
+                coro = self.fs._put_file(str(src), full, chunksize=chunk, max_concurrency=self.tuning.concurrency,
+                                         Metadata=dict(metadata), ContentType="application/octet-stream",
+                                         **condition)
+            # a coroutine run as a task on fsspec's loop, so that cancel_upload can stop it
+            running = asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
             with self._uploads_lock:
                 self._uploads[key] = running
             try:
@@ -198,6 +240,36 @@ class S3Store(BucketStore):
             self._count(bytes_uploaded=size)
             return self.head(key)
 
+    async def _put_parts(self, src: Path, key: str, size: int, chunk: int, metadata: Mapping[str, str],
+                         condition: Mapping[str, str]) -> None:
+        """A multipart upload whose completion carries the condition (a failed one is aborted)."""
+        full = self._full(key)
+        mpu = await self.fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=full,
+                                     Metadata=dict(metadata), ContentType="application/octet-stream")
+        upload_id = mpu["UploadId"]
+        gate = asyncio.Semaphore(self.tuning.concurrency)
+
+        def read(i: int) -> bytes:
+            with open(src, "rb") as f:
+                f.seek(i * chunk)
+                return f.read(chunk)
+
+        async def part(i: int) -> dict[str, Any]:
+            async with gate:
+                data = await asyncio.to_thread(read, i)
+                r = await self.fs._call_s3("upload_part", Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                           PartNumber=i + 1, Body=data)
+                return {"PartNumber": i + 1, "ETag": r["ETag"]}
+
+        try:
+            parts = await asyncio.gather(*(part(i) for i in range(-(-size // chunk))))
+            await self.fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                   MultipartUpload={"Parts": list(parts)}, **condition)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
+
     def cancel_upload(self, key: str) -> bool:
         with self._uploads_lock:
             running = self._uploads.get(key)
@@ -212,29 +284,44 @@ class S3Store(BucketStore):
                 if u.get("Key") == full:
                     self._call("abort_multipart_upload", Bucket=self.bucket, Key=full, UploadId=u["UploadId"])
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
+                  expect: Precondition | None = None) -> ObjectInfo:
         with self._translate("put", key):
             r = self._call("put_object", Bucket=self.bucket, Key=self._full(key), Body=data,
-                           Metadata=dict(metadata))
+                           Metadata=dict(metadata), **self._condition("put", expect))
             self._count(bytes_uploaded=len(data))
             return self.head(key) if not r.get("ETag") else ObjectInfo(
                 key=key, size=len(data), version=normalize_version(r["ETag"]),
                 mtime_ns=self.head(key).mtime_ns, metadata=dict(metadata))
 
-    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
+             expect: Precondition | None = None) -> ObjectInfo:
         with self._translate("copy", src_key):
             kwargs: dict[str, Any] = {}
             if metadata is not None:
                 kwargs = {"Metadata": dict(metadata), "MetadataDirective": "REPLACE"}
             self._count(requests=1, copies=1)
-            # s3fs copies objects over 5 GiB part by part (UploadPartCopy), still on the server
-            self.fs.copy(f"{self.bucket}/{self._full(src_key)}", f"{self.bucket}/{self._full(dst_key)}",
-                         **kwargs)
+            condition = self._condition("copy", expect)
+            if condition:
+                self._call("copy_object", Bucket=self.bucket, Key=self._full(dst_key),
+                           CopySource={"Bucket": self.bucket, "Key": self._full(src_key)}, **kwargs, **condition)
+            else:
+                # s3fs copies objects over 5 GiB part by part (UploadPartCopy), still on the server
+                self.fs.copy(f"{self.bucket}/{self._full(src_key)}", f"{self.bucket}/{self._full(dst_key)}",
+                             **kwargs)
             return self.head(dst_key)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, expect: Precondition | None = None) -> None:
+        condition = self._condition("delete", expect)
         with self._translate("delete", key):
-            self._call("delete_object", Bucket=self.bucket, Key=self._full(key))
+            if condition.get("IfNoneMatch"):
+                return  # "delete what is not there": nothing to do
+            try:
+                self._call("delete_object", Bucket=self.bucket, Key=self._full(key), **condition)
+            except Exception as e:
+                if condition and http_status(e) == 404:
+                    return  # a conditional delete of a key that is gone: gone it is
+                raise
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         return self.copy(key, key, metadata)

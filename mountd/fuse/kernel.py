@@ -58,6 +58,7 @@ def _invalidate_quietly(ino: int, name: bytes | None) -> None:
         if name is None:
             pyfuse3.invalidate_inode(ino, attr_only=False)
         else:
-            pyfuse3.invalidate_entry_async(ino, name)
+            # not the _async variant: its queue logs a traceback for a name the kernel never looked up
+            pyfuse3.invalidate_entry(ino, name)
     except (FileNotFoundError, OSError) as e:  # the kernel no longer knows it: nothing to drop
         log.debug("invalidating %d %r: %s", ino, name, e)

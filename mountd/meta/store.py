@@ -19,8 +19,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from mountd.errors import MountdError
+
 ROOT_INODE = 1
-SCHEMA_VERSION = 1
+# the `user_version` of meta.db: 0 is a database from before versions were kept (schema 1), or a
+# new one; `_MIGRATIONS[n]` takes schema n to n + 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -77,8 +81,37 @@ CREATE TABLE IF NOT EXISTS hashes (
     version TEXT NOT NULL,
     PRIMARY KEY (remote, sha256, key)
 );
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT);
 """
+
+# Schema 2 (multi-host): `displaced` keeps the version of an object that no inode claims any more
+# (its file was unlinked, renamed away or replaced here) until its delete or an overwrite is sent,
+# so that write is still a compare-and-swap against what this host last saw; `conflicts` lists
+# the conflict copies made when another host had changed a key first.
+_SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS displaced (
+    remote TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (remote, key)
+);
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY,
+    remote TEXT NOT NULL,
+    key TEXT NOT NULL,
+    copy_key TEXT,
+    expected_version TEXT,
+    found_version TEXT,
+    local_mtime_ns INTEGER NOT NULL,
+    detected_at REAL NOT NULL,
+    resolution TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conflicts_copy ON conflicts(remote, copy_key);
+"""
+_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2}
+
+
+class SchemaTooNew(MountdError):
+    """meta.db was written by a newer mountd: its tables may mean things this one does not know."""
 
 
 @dataclass(slots=True)
@@ -166,6 +199,8 @@ class Row:
     CTIME_NS: Final = 10
     RDEV: Final = 11
     META_LOADED: Final = 12
+
+
 _ATTR_COLUMNS = ("i.ino, i.mode, i.nlink, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns, i.rdev,"
                  " i.meta_loaded")
 
@@ -192,13 +227,35 @@ class MetaStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.execute("PRAGMA cache_size=-65536")
-        self._db.executescript(_SCHEMA)
+        self._open_schema()
         self._depth = 0
         self.statements = 0
         self._seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM journal") or 0)
 
     def close(self) -> None:
         self._db.close()
+
+    def _open_schema(self) -> None:
+        """Create a new database at SCHEMA_VERSION, or migrate an older one step by step, each step
+        in one transaction; refuse one from a newer mountd before touching it."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise SchemaTooNew(f"{self.path} has metadata schema {version}, and this mountd knows up to "
+                               f"{SCHEMA_VERSION}: run the newer mountd that wrote it, or give this one "
+                               "another local.path")
+        fresh = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='inodes'").fetchone() is None
+        if version == 0:
+            version = SCHEMA_VERSION if fresh else 1
+            self._db.executescript("BEGIN;" + _SCHEMA + (_SCHEMA_2 if fresh else "")
+                                   + f"PRAGMA user_version={version}; COMMIT;")
+        while version < SCHEMA_VERSION:
+            self._db.executescript(f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version={version + 1}; COMMIT;")
+            version += 1
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     # --- transactions -------------------------------------------------------------------------
     @contextmanager
@@ -225,14 +282,6 @@ class MetaStore:
     def _scalar(self, sql: str, args: Iterable[object] = ()) -> Any:
         row = self._exec(sql, args).fetchone()
         return row[0] if row else None
-
-    # --- settings -----------------------------------------------------------------------------
-    def get_setting(self, name: str) -> str | None:
-        v = self._scalar("SELECT value FROM settings WHERE name=?", (name,))
-        return str(v) if v is not None else None
-
-    def set_setting(self, name: str, value: str) -> None:
-        self._exec("INSERT OR REPLACE INTO settings(name, value) VALUES (?, ?)", (name, value))
 
     # --- inodes -------------------------------------------------------------------------------
     def get(self, ino: int) -> Inode | None:
@@ -262,8 +311,22 @@ class MetaStore:
     def update(self, ino: int, **values: object) -> None:
         if not values:
             return
+        if "remote_key" in values:
+            self._displace(ino, values["remote_key"])
         cols = ", ".join(f"{k}=?" for k in values)
         self._exec(f"UPDATE inodes SET {cols} WHERE ino=?", (*values.values(), ino))
+
+    def _displace(self, ino: int, new_key: object = None) -> None:
+        """An inode stops claiming its key: remember the version it had there, for the delete or
+        overwrite of that key that follows (a compare-and-swap needs it), unless another inode
+        still claims the key."""
+        row = self._exec("SELECT remote, remote_key, remote_version FROM inodes WHERE ino=?", (ino,)).fetchone()
+        if row is None or row[1] is None or row[1] == new_key or not row[2]:
+            return
+        others = self._scalar("SELECT 1 FROM inodes WHERE remote=? AND remote_key=? AND ino != ? LIMIT 1",
+                              (row[0], row[1], ino))
+        if others is None:
+            self._exec("INSERT OR REPLACE INTO displaced (remote, key, version) VALUES (?, ?, ?)", row)
 
     def bump(self, ino: int, column: str, by: int = 1) -> None:
         """Atomically add to a counter column (content_gen, attr_gen, nlink)."""
@@ -271,7 +334,52 @@ class MetaStore:
         self._exec(f"UPDATE inodes SET {column}={column}+? WHERE ino=?", (by, ino))
 
     def delete_inode(self, ino: int) -> None:
+        self._displace(ino)
         self._exec("DELETE FROM inodes WHERE ino=?", (ino,))
+
+    # --- what this host last saw at a key (compare-and-swap) --------------------------------------
+    def known_version(self, remote: str, key: str, ino: int | None = None) -> str | None:
+        """The version of the object at `key` as this host last saw it: that of inode `ino` when it
+        takes its bytes from `key`, else of any inode that does, else of one displaced from it;
+        None when this host knows of no object there."""
+        if ino is not None:
+            row = self._exec("SELECT remote_version FROM inodes WHERE ino=? AND remote=? AND remote_key=?",
+                             (ino, remote, key)).fetchone()
+            if row is not None and row[0]:
+                return str(row[0])
+        v = self._scalar("SELECT remote_version FROM inodes WHERE remote=? AND remote_key=?"
+                         " AND remote_version IS NOT NULL AND remote_version != '' LIMIT 1", (remote, key))
+        if v is None:
+            v = self._scalar("SELECT version FROM displaced WHERE remote=? AND key=?", (remote, key))
+        return str(v) if v is not None else None
+
+    def displaced_forget(self, remote: str, key: str) -> None:
+        """The key was written or deleted: what was displaced from it is gone."""
+        self._exec("DELETE FROM displaced WHERE remote=? AND key=?", (remote, key))
+
+    # --- conflicts ----------------------------------------------------------------------------
+    def conflict_add(self, remote: str, key: str, *, copy_key: str | None, expected: str | None,
+                     found: str | None, local_mtime_ns: int, resolution: str) -> int:
+        cur = self._exec("INSERT INTO conflicts (remote, key, copy_key, expected_version, found_version,"
+                         " local_mtime_ns, detected_at, resolution) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (remote, key, copy_key, expected, found, local_mtime_ns, time.time(), resolution))
+        return int(cur.lastrowid or 0)
+
+    def conflict_of_copy(self, remote: str, copy_key: str) -> dict[str, Any] | None:
+        rows = self._conflict_rows("WHERE remote=? AND copy_key=? ORDER BY id DESC LIMIT 1", (remote, copy_key))
+        return rows[0] if rows else None
+
+    def conflicts(self, limit: int = 10000) -> list[dict[str, Any]]:
+        return self._conflict_rows("ORDER BY id LIMIT ?", (limit,))
+
+    def conflict_count(self) -> int:
+        return int(self._scalar("SELECT COUNT(*) FROM conflicts") or 0)
+
+    def _conflict_rows(self, where: str, args: tuple[object, ...]) -> list[dict[str, Any]]:
+        cur = self._exec("SELECT id, remote, key, copy_key, expected_version, found_version, local_mtime_ns,"
+                         " detected_at, resolution FROM conflicts " + where, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def orphans(self) -> list[int]:
         """Inodes no directory entry refers to (unlinked while open when the daemon stopped)."""
@@ -326,9 +434,6 @@ class MetaStore:
 
     def has_children(self, parent: int) -> bool:
         return self._scalar("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)) is not None
-
-    def link_count(self, ino: int) -> int:
-        return int(self._scalar("SELECT COUNT(*) FROM dentries WHERE ino=?", (ino,)) or 0)
 
     def parent_of(self, ino: int) -> tuple[int, bytes] | None:
         """One (parent, name) of an inode: for directories the only one."""
@@ -417,5 +522,6 @@ class MetaStore:
         return {
             "inodes": int(self._scalar("SELECT COUNT(*) FROM inodes") or 0),
             "journal_entries": self.journal_count(),
+            "conflicts": self.conflict_count(),
             "statements": self.statements,
         }

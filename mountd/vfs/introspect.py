@@ -1,7 +1,8 @@
 """`Introspection`: what a file's `user.mountd.*` extended attributes say about it.
 
 It owns no state: it reads the namespace, the journal, the uploads in flight and the read path,
-and answers `getxattr`/`listxattr` with the file's state (local, dirty, uploading, clean, error),
+and answers `getxattr`/`listxattr` with the file's state (local, dirty, uploading, clean, conflict,
+error),
 its remote URL and version, its sha256, and where its bytes are (local tier, a cache tier, and how
 much of it is cached). These attributes are read-only; other namespaces are refused here too.
 """
@@ -41,13 +42,16 @@ class Introspection:
         return node
 
     async def file_state(self, node: Inode) -> str:
-        """local, dirty, uploading, clean or error: what `user.mountd.state` shows."""
+        """local, dirty, uploading, clean, conflict or error: what `user.mountd.state` shows."""
         if node.remote is None:
             return "local"
         key = self.paths.key_of(node.ino, node)
         if key is None or await self.ignored.is_ignored(node):
             return "local"
         entry = self.meta.journal_get(*key)
+        if self.meta.conflict_of_copy(*key) is not None or (entry is not None and
+                                                            (entry.last_error or "").startswith("conflict:")):
+            return "conflict"  # a conflict copy, or a file another host changed first (on_conflict = fail)
         if entry is not None and entry.last_error:
             return "error"
         if key in self.uploading:

@@ -28,6 +28,15 @@ Order: `_copying_from` must be zero before `_writing` is taken; `_writing` is ta
 evacuation copies (which read from the key being overwritten, as its owner: `own_key`). Every
 wait on another key's reservation ends after `KEY_WAIT` seconds with `Retry` (the entry runs
 again 0.2 s later), so two entries that wait on each other cannot hang: one gives way.
+
+## Compare-and-swap (many hosts on one bucket)
+
+Every write of a file's key (upload, rename copy, dedup copy, symlink) and every delete carries
+a `Precondition`: the version this host last saw at that key (`MetaStore.known_version`), or
+create-only when it saw none. A refusal (`VersionMismatch`) means another host changed the key
+first: `_refused` asks the store what is there now and lets `ConflictCopies` keep both (the
+default), or keeps the file dirty (`on_conflict = "fail"`); a delete that is refused leaves the
+new object alone. `on_conflict = "overwrite"` sends no conditions (last writer wins).
 """
 
 from __future__ import annotations
@@ -38,13 +47,15 @@ import logging
 import stat
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 
 import trio
 
-from mountd.backend import ObjectInfo, ObjectStore
-from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled
+from mountd.backend import CREATE_ONLY, ObjectInfo, ObjectStore, Precondition
+from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled, VersionMismatch
 from mountd.meta import Inode, JournalEntry, MetaStore
+from mountd.vfs.conflicts import ConflictCopies
 from mountd.vfs.namespace import metadata_for
 from mountd.vfs.remote_calls import RemoteCalls
 from mountd.vfs.writeback_view import WritebackView
@@ -68,8 +79,11 @@ def sha256_file(path: Path) -> str:
 
 class Reconciler:
     def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: WritebackView, journal: Journal,
-                 remote: RemoteCalls, sending: UploadsSending, *, dedup: bool) -> None:
+                 remote: RemoteCalls, sending: UploadsSending, conflicts: ConflictCopies, *, dedup: bool,
+                 on_conflict: str = "keep-both") -> None:
         self.meta = meta
+        self.conflicts = conflicts
+        self.on_conflict = on_conflict
         self.stores = stores
         self.view = view
         self.journal = journal
@@ -83,7 +97,14 @@ class Reconciler:
         self._keys_changed = trio.Event()
         self.stats = {"uploads": 0, "uploads_cancelled": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
                       "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0,
-                      "ignored": 0, "verify_failures": 0, "evacuated": 0}
+                      "ignored": 0, "verify_failures": 0, "evacuated": 0, "conflicts": 0, "delete_conflicts": 0}
+
+    def _expect(self, remote: str, key: str, ino: int | None = None) -> Precondition | None:
+        """The compare-and-swap of a write to `key`: what this host last saw there."""
+        if self.on_conflict == "overwrite":
+            return None
+        version = self.meta.known_version(remote, key, ino)
+        return CREATE_ONLY if version is None else Precondition(version)
 
     async def apply(self, entry: JournalEntry) -> None:
         store = self.stores[entry.remote]
@@ -121,9 +142,19 @@ class Reconciler:
             now = self.view.key_of(other.ino, other)
             if now is not None and now[1] != entry.key and not (other.has_local and other.content_dirty):
                 raise Retry(f"waiting for {entry.key!r} to be copied to {now[1]!r}")
-        await self.remote.call(store, store.delete, entry.key)
+        expect = self._expect(entry.remote, entry.key)
+        try:
+            await self.remote.call(store, partial(store.delete, expect=expect), entry.key, what=f"delete {entry.key}")
+        except VersionMismatch:
+            # another host wrote the key after this host last saw it: its object stays
+            self.stats["delete_conflicts"] += 1
+            log.warning("not deleting %s:%s: another host wrote a new version there after this host last "
+                        "saw it (%s); it stays, and shows here at the next listing", entry.remote, entry.key,
+                        expect.version if expect else "")
+            self.view.forget_listing(entry.remote, entry.key)
         with self.meta.transaction():
             self.meta.hash_forget(entry.remote, entry.key)
+            self.meta.displaced_forget(entry.remote, entry.key)
         self.stats["deletes"] += 1
 
     async def _put_marker(self, store: ObjectStore, node: Inode, key: str) -> None:
@@ -142,17 +173,23 @@ class Reconciler:
             node = self.meta.get(node.ino) or node
             gen = node.attr_gen
             target = node.target or b""
-            info = await self.remote.call(store, store.put_bytes, key, target, self._meta_of(node, None))
+            expect = self._expect(node.remote or "", key, node.ino)
+            info = await self.remote.call(store, partial(store.put_bytes, expect=expect), key, target,
+                                          self._meta_of(node, None), what=f"put of {key}")
         self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
 
     async def _sync_file(self, store: ObjectStore, node: Inode, key: str) -> None:
         if self.view.is_open_for_write(node.ino):
             raise Retry("the file is open for writing; it uploads after the last close")
-        if (node.has_local and node.content_dirty) or (node.remote_key not in (key, None)):
-            async with self._overwriting(store, node, key):
-                uploaded = await self._write_file(store, await self._stable_source(node, key), key)
-        else:
-            uploaded = await self._write_file(store, node, key)
+        try:
+            if (node.has_local and node.content_dirty) or (node.remote_key not in (key, None)):
+                async with self._overwriting(store, node, key):
+                    uploaded = await self._write_file(store, await self._stable_source(node, key), key)
+            else:
+                uploaded = await self._write_file(store, node, key)
+        except VersionMismatch as e:
+            await self._refused(store, node, key, e)
+            return
         if uploaded is not None:
             # only now that `key` is released: others waiting to copy from it go on meanwhile
             await self.view.adopt_uploaded(node.ino, uploaded)
@@ -168,7 +205,8 @@ class Reconciler:
                 return None
             meta = self._meta_of(node, node.sha256)
             try:
-                info = await self._copy(store, node.remote or "", node.remote_key, key, meta, size=node.size)
+                info = await self._copy(store, node.remote or "", node.remote_key, key, meta, size=node.size,
+                                        expect=self._expect(node.remote or "", key, node.ino))
             except ObjectNotFound:
                 if node.has_local:
                     await self._upload(store, node, key, content_gen, attr_gen)
@@ -182,6 +220,33 @@ class Reconciler:
             self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
         return None
 
+    async def _refused(self, store: ObjectStore, node: Inode, key: str, refusal: VersionMismatch) -> None:
+        """A write of `key` found another version there than this host last saw (another host
+        wrote it meanwhile, or deleted it)."""
+        remote = node.remote or ""
+        expected = self.meta.known_version(remote, key, node.ino)
+        try:
+            winner = await self.remote.call(store, store.head, key)
+        except ObjectNotFound:
+            # deleted by another host: nothing to lose by writing ours as a new object
+            with self.meta.transaction():
+                self.meta.displaced_forget(remote, key)
+                fresh = self.meta.get(node.ino)
+                if fresh is not None and fresh.remote_key == key:
+                    self.meta.update(node.ino, remote_version=None)
+            raise Retry(f"{key!r} was deleted by another host; writing it again as a new object") from None
+        fresh = self.meta.get(node.ino)
+        if fresh is None or self.view.key_of(fresh.ino, fresh) != (remote, key):
+            raise Retry("the file moved while its upload was refused") from None
+        self.stats["conflicts"] += 1
+        if self.on_conflict == "fail":
+            self.conflicts.record_refusal(fresh, remote, key, winner.version, expected)
+            raise Retry(f"conflict: another host wrote {key!r} (version {winner.version}) after this host last "
+                        f"saw it; on_conflict = fail keeps this host's file dirty here ({refusal})")
+        # ours (local bytes, or the object a rename copies from) goes to a conflict copy
+        copy_key = self.conflicts.set_aside(fresh, remote, key, winner, expected)
+        self.journal.put(remote, copy_key)
+
     def _signal_keys(self) -> None:
         self._keys_changed.set()
         self._keys_changed = trio.Event()
@@ -193,13 +258,13 @@ class Reconciler:
         raise Retry(why)
 
     async def _copy(self, store: ObjectStore, remote: str, src: str, dst: str, meta: dict[str, str] | None,
-                    *, size: int, own_key: bool = False) -> ObjectInfo:
+                    *, size: int, own_key: bool = False, expect: Precondition | None = None) -> ObjectInfo:
         """A server-side copy; `src` is not overwritten while it runs (`own_key`: the caller holds
-        `src` already, by `_overwriting` or `_reading_from`)."""
+        `src` already, by `_overwriting` or `_reading_from`); `expect` is about `dst`."""
         while not own_key and (remote, src) in self._writing:
             await self._wait_keys(f"{src!r} is being overwritten")
         with self._reading_from(remote, src):
-            return await self.remote.call(store, store.copy, src, dst, meta,
+            return await self.remote.call(store, partial(store.copy, expect=expect), src, dst, meta,
                                           timeout=self.remote.transfer_timeout(size), what=f"copy of {src} to {dst}")
 
     @contextlib.contextmanager
@@ -294,7 +359,8 @@ class Reconciler:
                 try:
                     with self.sending.sending(remote, key, store, lambda: self._still_wanted(node.ino, content_gen,
                                                                                            remote, key)):
-                        info = await self.remote.upload(store, path, key, meta, key=key, size=size)
+                        info = await self.remote.upload(store, path, key, meta, key=key, size=size,
+                                                        expect=self._expect(remote, key, node.ino))
                 except UploadCancelled as e:
                     self.stats["uploads_cancelled"] += 1
                     raise Retry(str(e)) from None
@@ -355,7 +421,8 @@ class Reconciler:
                         head = await self.remote.call(store, store.set_metadata, key, meta)
                     self.stats["dedup_skipped"] += 1
                     return head
-                info = await self._copy(store, remote, src_key, key, meta, size=size, own_key=True)
+                info = await self._copy(store, remote, src_key, key, meta, size=size, own_key=True,
+                                        expect=self._expect(remote, key))
             self.stats["dedup_copied"] += 1
             return info
         return None
@@ -382,6 +449,7 @@ class Reconciler:
         if values:
             with self.meta.transaction():
                 self.meta.update(ino, **values)
+                self.meta.displaced_forget(node.remote or "", key)
             fresh = self.meta.get(ino)
             if fresh is not None:
                 self.view.recorded(node, fresh)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from mountd.backend import ObjectStore
+from mountd.backend import ObjectStore, Precondition
 from mountd.errors import RemoteUnavailable
 
 T = TypeVar("T")
@@ -49,11 +49,12 @@ class RemoteCalls:
             what = f"{getattr(fn, '__name__', 'call')} {args[0] if args else ''}".strip()
         raise RemoteUnavailable(store.name, f"{what}: no answer within {limit:g}s")
 
-    async def upload(self, store: ObjectStore, *args: Any, key: str, size: int) -> Any:
-        """`store.upload(*args)`, stopped if it outlives its deadline."""
+    async def upload(self, store: ObjectStore, *args: Any, key: str, size: int,
+                     expect: Precondition | None = None) -> Any:
+        """`store.upload(*args, expect=expect)`, stopped if it outlives its deadline."""
         try:
-            return await self.call(store, store.upload, *args, timeout=self.transfer_timeout(size),
-                                   what=f"upload of {key}")
+            return await self.call(store, partial(store.upload, expect=expect), *args,
+                                   timeout=self.transfer_timeout(size), what=f"upload of {key}")
         except RemoteUnavailable:
             store.cancel_upload(key)
             raise

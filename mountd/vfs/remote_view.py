@@ -332,6 +332,16 @@ class RemoteView:
                     m.delete_inode(ino)
             m.update(d.ino, listed_at=time.time())
 
+    def forget_listing(self, remote: str, key: str) -> None:
+        """The remote holds something at `key` this host does not show: the directory of `key`
+        is listed again at its next lookup or readdir, and the kernel forgets its pages."""
+        folder = key.rstrip("/").rpartition("/")[0]
+        d = self.paths.resolve_key(remote, folder + "/" if folder else "")
+        if d is not None and d.is_dir:
+            with self.meta.transaction():
+                self.meta.update(d.ino, listed_at=None)
+            self.kernel.invalidate_inode(d.ino)
+
     def _keeps_local_state(self, node: Inode, remote: str, key: str) -> bool:
         """An entry missing from a listing stays when it has anything not yet in the remote."""
         if node.remote != remote or self.paths.is_attach_point(node.ino):

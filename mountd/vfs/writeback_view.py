@@ -56,5 +56,9 @@ class WritebackView:
         """An upload's result was recorded: rules parsed from the file stay valid under its new stamp."""
         self._ignored.restamp(after.ino, before, after)
 
+    def forget_listing(self, remote: str, key: str) -> None:
+        """Another host's object at `key` must show: list its directory again."""
+        self._remote.forget_listing(remote, key)
+
     async def adopt_uploaded(self, ino: int, content_gen: int) -> bool:
         return await self._remote.adopt_uploaded(ino, content_gen, keep_pages=self._files.keep_pages)

@@ -1,0 +1,210 @@
+"""Several daemons, each with its own local tier and cache, on one remote: nothing a host wrote and
+closed is lost to another host's write, delete or rename (issue 18).
+
+Each "host" is a real `mountd mount` process; the remote is a local directory (file://, whose
+conditional writes take an flock), moto (S3: it enforces If-None-Match / If-Match on PutObject)
+or Azurite (If-Match / If-None-Match on Put Blob and Delete Blob). What is at each key is read
+at the server, never through a mount.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MountedRepo, mountd_cmd, remote_files
+from tests.servers import cloud_remote
+
+REMOTE_KINDS = ("file", "s3", "azure")
+LISTING_TTL = 'listing_ttl = "1h"'  # the hosts do not relist: each acts on what it saw last
+
+
+@pytest.fixture
+def hosts(make_repo, request: pytest.FixtureRequest, remote_kind: str):
+    """`hosts(n, **kw)` -> n started daemons named a, b, c... on one shared remote."""
+
+    def make(n: int, writeback_toml: str = "") -> list[MountedRepo]:
+        first_kw: dict = {}
+        if remote_kind != "file":
+            toml, bucket = cloud_remote(request, remote_kind)
+            first_kw["remote_toml"] = toml
+        out: list[MountedRepo] = []
+        for i in range(n):
+            name = chr(ord("a") + i)
+            kw = dict(first_kw)
+            if remote_kind == "file" and out:
+                kw["remote_url"] = out[0].remote_url
+            repo = make_repo(name, writeback_toml=f'host = "{name}"\n{writeback_toml}', **kw)
+            if remote_kind != "file":
+                repo.remote_dir = bucket  # type: ignore[assignment]
+            elif out:
+                repo.remote_dir = out[0].remote_dir
+            repo.expected_log_errors.append("conflict")
+            repo.start()
+            out.append(repo)
+        return out
+
+    return make
+
+
+def server_objects(repo: MountedRepo) -> dict[str, bytes]:
+    """Every object of the shared remote, read at the server (the file:// lock file left out)."""
+    if isinstance(repo.remote_dir, Path):
+        files = remote_files(repo.remote_dir)
+    else:
+        files = repo.remote_dir.files()
+    return {k: v for k, v in files.items() if not os.path.basename(k).startswith(".mountd-tmp-")}
+
+
+def conflict_copies(objects: dict[str, bytes], name: str) -> dict[str, bytes]:
+    stem, ext = os.path.splitext(name)
+    pattern = re.compile(re.escape(stem) + r"\.conflict-[a-z]-\d{8}T\d{6}Z(-\d+)?" + re.escape(ext) + "$")
+    return {k: v for k, v in objects.items() if pattern.match(k)}
+
+
+def stale_edit(a: MountedRepo, b: MountedRepo, name: str, first: bytes, second: bytes, edit: bytes) -> None:
+    """b reads `first` from a, a replaces it with `second`, then b (not knowing) writes `edit`."""
+    (a.data / name).write_bytes(first)
+    a.sync()
+    assert (b.data / name).read_bytes() == first  # b knows the first version now
+    (a.data / name).write_bytes(second)
+    a.sync()
+    (b.data / name).write_bytes(edit)
+
+
+def test_a_stale_write_becomes_a_conflict_copy_and_the_other_hosts_version_stays(hosts):
+    a, b = hosts(2)
+    stale_edit(a, b, "model.bin", b"version 1 from a", b"version 2 from a", b"b's edit of version 1")
+    b.sync()
+
+    objects = server_objects(a)
+    assert objects["model.bin"] == b"version 2 from a"
+    copies = conflict_copies(objects, "model.bin")
+    assert list(copies.values()) == [b"b's edit of version 1"], objects
+    (copy_key,) = copies
+    # b shows both: the winner at the name, its own bytes under the copy's name, marked
+    assert (b.data / "model.bin").read_bytes() == b"version 2 from a"
+    assert (b.data / copy_key).read_bytes() == b"b's edit of version 1"
+    assert os.getxattr(b.data / copy_key, "user.mountd.state") == b"conflict"
+    assert b.status()["conflicts"] == 1
+    listed = json.loads(mountd_cmd("conflicts", str(b.mp), "--json").stdout)["conflicts"]
+    assert [(c["path"], c["copy_path"], c["resolution"]) for c in listed] == [
+        ("/data/model.bin", f"/data/{copy_key}", "keep-both")]
+    assert listed[0]["found_version"] and listed[0]["expected_version"] != listed[0]["found_version"]
+    assert "another host wrote version" in b.log()
+    assert a.status()["conflicts"] == 0
+
+
+def test_two_hosts_creating_one_new_name_keep_both(hosts):
+    a, b = hosts(2)
+    assert os.listdir(b.data) == []  # b has listed the directory: empty
+    (a.data / "run.log").write_bytes(b"a's log")
+    a.sync()
+    (b.data / "run.log").write_bytes(b"b's log")  # create-only: a's object is there already
+    b.sync()
+    objects = server_objects(a)
+    assert objects["run.log"] == b"a's log"
+    assert list(conflict_copies(objects, "run.log").values()) == [b"b's log"]
+
+
+def test_a_delete_does_not_destroy_a_newer_version_from_another_host(hosts):
+    a, b = hosts(2)
+    (a.data / "shard-0").write_bytes(b"old")
+    a.sync()
+    assert (b.data / "shard-0").read_bytes() == b"old"
+    (a.data / "shard-0").write_bytes(b"new, written after b looked")
+    a.sync()
+    (b.data / "shard-0").unlink()
+    b.sync()
+    assert server_objects(a)["shard-0"] == b"new, written after b looked"
+    assert "not deleting" in b.log()
+    # b lists the directory again: the new version shows there
+    assert (b.data / "shard-0").read_bytes() == b"new, written after b looked"
+
+
+@pytest.mark.remote_kinds("file", "azure")  # moto ignores If-None-Match on CopyObject (see docs/multihost.md)
+def test_a_rename_onto_a_name_another_host_wrote_keeps_both(hosts):
+    a, b = hosts(2)
+    (b.data / "draft").write_bytes(b"b's draft")
+    b.sync()
+    assert os.listdir(b.data) == ["draft"]
+    (a.data / "final").write_bytes(b"a's final")
+    a.sync()
+    os.rename(b.data / "draft", b.data / "final")  # b believes "final" is free
+    b.sync()
+    objects = server_objects(a)
+    assert objects["final"] == b"a's final"
+    assert list(conflict_copies(objects, "final").values()) == [b"b's draft"]
+    assert "draft" not in objects
+
+
+@pytest.mark.remote_kinds("file")
+def test_on_conflict_fail_keeps_the_file_dirty_and_says_so(hosts):
+    a, b = hosts(2, writeback_toml='on_conflict = "fail"')
+    stale_edit(a, b, "cfg.json", b"{}", b'{"from": "a"}', b'{"from": "b"}')
+    r = mountd_cmd("sync", str(b.data), "--wait", "--timeout", "10s", check=False)
+    assert r.returncode != 0 and "conflict: another host wrote" in r.stderr, r.stderr
+    assert server_objects(a) == {"cfg.json": b'{"from": "a"}'}
+    assert os.getxattr(b.data / "cfg.json", "user.mountd.state") == b"conflict"
+    assert (b.data / "cfg.json").read_bytes() == b'{"from": "b"}'  # still b's, dirty
+    (c,) = json.loads(mountd_cmd("conflicts", str(b.mp), "--json").stdout)["conflicts"]
+    assert c["resolution"] == "failed" and c["copy_path"] is None
+
+
+@pytest.mark.remote_kinds("file")
+def test_on_conflict_overwrite_is_last_writer_wins(hosts):
+    a, b = hosts(2, writeback_toml='on_conflict = "overwrite"')
+    stale_edit(a, b, "x", b"a", b"a2", b"b2")
+    b.sync()
+    assert server_objects(a) == {"x": b"b2"}
+
+
+@pytest.mark.slow
+@pytest.mark.remote_kinds("file", "s3")
+def test_four_hosts_racing_on_twenty_keys_lose_nothing(hosts):
+    """4 daemons x ROUNDS rounds, each writing its own content to the same 20 keys at once, then
+    syncing. Every byte string any host closed is, at the end, at its name or in a conflict copy."""
+    rounds = int(os.environ.get("MOUNTD_RACE_ROUNDS", "50"))
+    repos = hosts(4)
+    keys = [f"k{i:02d}" for i in range(20)]
+    written: set[bytes] = set()
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def host_round(repo: MountedRepo, r: int) -> None:
+        try:
+            for k in keys:
+                data = f"{repo.root.name}:{r}:{k}".encode()
+                (repo.data / k).write_bytes(data)
+                with lock:
+                    written.add(data)
+            repo.sync()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    for r in range(rounds):
+        before = set(written)
+        threads = [threading.Thread(target=host_round, args=(repo, r)) for repo in repos]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        if isinstance(repos[0].remote_dir, Path) or r == rounds - 1:
+            # the writes of one round race each other, and none of them saw another: every one is
+            # at its name or in a conflict copy (a later round may replace them knowingly: a host
+            # shows the winner after a conflict, and edits that)
+            stored = set(server_objects(repos[0]).values())
+            missing = (written - before) - stored
+            assert not missing, (r, sorted(missing)[:10])
+    objects = server_objects(repos[0])
+    for k in keys:
+        assert objects[k] in written
+    copies = sum(len(conflict_copies(objects, k)) for k in keys)
+    total = sum(repo.status()["conflicts"] for repo in repos)
+    assert copies == total > 0, (copies, total)
