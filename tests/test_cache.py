@@ -139,7 +139,7 @@ def test_read_serves_bytes_and_second_read_hits_disk(tmp_path):
             await settle(cache)
             gets = env.store.gets
             assert gets == 4
-            cache._recent.clear()
+            cache.memory.clear_recent()
             for off in range(0, len(data), 4 * K):
                 assert await cache.read(obj, off, 4 * K) == data[off:off + 4 * K]
             assert env.store.gets == gets
@@ -218,7 +218,7 @@ def test_expired_entries_are_never_served_and_are_swept(tmp_path):
         async with env.cache() as cache:
             await cache.read(obj, 0, 10)
             await settle(cache)
-            cache._recent.clear()
+            cache.memory.clear_recent()
             env.clock.now += 599
             assert await cache.read(obj, 100, 10) == data[100:110]
             assert env.store.gets == 1
@@ -245,7 +245,7 @@ def test_corrupt_or_truncated_chunk_is_a_miss_and_is_fetched_again(tmp_path):
         async with env.cache() as cache:
             await cache.read(obj, 0, len(data))
             await settle(cache)
-            cache._recent.clear()
+            cache.memory.clear_recent()
             assert await cache.read(obj, 0, 10) == data[:10]  # opened and verified
             first = chunk_files(cache)
             assert len(first) == 2
@@ -285,7 +285,7 @@ def test_merged_objects_serve_reads_are_handed_out_whole_and_keep_the_cap(tmp_pa
             assert cache.statistics()["merged"] == 1
             assert [e.length for e in tier.entries.values()] == [len(data)]  # one file, no chunk left
             assert tier.on_disk <= tier.max_size
-            cache._recent.clear()
+            cache.memory.clear_recent()
             gets = env.store.gets
             for off in (0, CHUNK - 3, 2 * CHUNK + 11, len(data) - 5):
                 assert await cache.read(obj, off, 100) == data[off:off + 100]
@@ -353,7 +353,7 @@ def test_a_damaged_merged_file_is_never_handed_out_nor_served(tmp_path):
             # a writer moves the mtime; set it apart explicitly, as the clock's tick may not have moved
             os.utime(merged, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
             assert cache.open_whole(obj) is None
-            cache._recent.clear()
+            cache.memory.clear_recent()
             gets = env.store.gets
             assert await cache.read(obj, 0, len(data)) == data
             assert cache.tiers["small"].statistics()["corrupt"] == 1 and env.store.gets > gets

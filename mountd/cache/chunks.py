@@ -1,8 +1,11 @@
 """`ChunkCache`: the read path for remote data that is not on the local tier.
 
-It owns the named disk tiers and the pinned store (`TierStore`s), the pin records (`PinSet`),
-the fetches in flight, a small memory of chunks not (yet) on disk, and the read-ahead state of
-each object. It serves `read(obj, offset, size)` in chunks of `chunk_size`:
+It owns the named disk tiers and the pinned store (`TierStore`s), the pin records (`PinSet`) and
+the read-ahead state of each object (`Ident`), and hands parts of the work to collaborators it
+makes: the fetches in flight (`Fetches`, fetch.py), the chunks held in memory (`ChunkMemory`,
+memory.py), merged objects for the kernel (`WholeObjects`, whole.py) and the moves into the
+pinned store (`Pinning`, pinning.py). It serves `read(obj, offset, size)` in chunks of
+`chunk_size`:
 
 1. a chunk fetched moments ago and still being written, or one no tier can hold, is served from
    memory;
@@ -28,14 +31,18 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from mountd.backend import ObjectStore
-from mountd.cache.chunkfile import Assembly, Entry, FileSource, Part
+from mountd.cache.chunkfile import Entry, FileSource
+from mountd.cache.fetch import Fetches
+from mountd.cache.ident import Ident
+from mountd.cache.memory import ChunkMemory, Write
+from mountd.cache.pinning import Pinning
 from mountd.cache.pins import PinSet
 from mountd.cache.prefetch import ReadAhead
 from mountd.cache.reader import ObjectRef, WholeFile
@@ -51,9 +58,9 @@ from mountd.cache.routing import (
     whole_key,
 )
 from mountd.cache.store import TierStore
-from mountd.cache.warmup import WarmUp
+from mountd.cache.whole import WholeObjects
 from mountd.config import RepoConfig
-from mountd.errors import MountdError, RemoteError, RemoteUnavailable
+from mountd.errors import MountdError, RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -66,45 +73,13 @@ class CacheInUse(MountdError):
     """Another daemon uses the same cache directory (its caps could not be kept)."""
 
 
-@dataclass(slots=True, eq=False)
-class _Ident:
-    """What the cache derived from one ObjectRef."""
-
-    obj: ObjectRef
-    base: str
-    chunks: int
-    tier: TierStore | None  # where its new chunks go (None: not cached on disk)
-    pinned: bool
-    read_ahead: ReadAhead | None = None
-    whole: bool = False  # a read_whole fetch was started
-
-
-@dataclass(slots=True, eq=False)
-class _Flight:
-    done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
-    error: MountdError | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Write:
-    data: bytes
-    done: trio.Event = field(default_factory=trio.Event)
-
-
 @dataclass(slots=True)
 class _Stats:
-    gets: int = 0
-    bytes_fetched: int = 0
-    errors: int = 0
     hits: int = 0
     memory_hits: int = 0
-    misses: int = 0
     prefetched: int = 0
     prefetch_errors: int = 0
     read_whole: int = 0
-    merged: int = 0
-    passthrough_opens: int = 0
 
 
 class ChunkCache:
@@ -113,16 +88,11 @@ class ChunkCache:
                  on_fetching: Callable[[bool], None] = lambda busy: None) -> None:
         cfg = config.cache
         self.chunk_size = cfg.chunk_size
-        self._stores = stores
-        self._timeout = config.mount.read_timeout
         self._clock = clock
         self._rules = rules_from_config(cfg.tiers)
         self._read_whole = {r.name: r.read_whole for r in config.remote if r.read_whole}
         self._max_ahead = max(1, cfg.prefetch // cfg.chunk_size)
-        self._get_limiter = trio.CapacityLimiter(cfg.fetch_concurrency)
         self._parallel = cfg.fetch_concurrency
-        self._passthrough = cfg.passthrough
-        self._merging: set[str] = set()  # bases whose chunks are being merged into one file
         self._lock_fd = self._lock(config.cache_path)
         try:
             self.tiers = {name: TierStore(name, config.cache_path / "tiers" / name, max_size=t.max_size,
@@ -136,17 +106,15 @@ class ChunkCache:
         self._search = [self.pinned, *self.tiers.values()]
         expiries = [t.expires for t in cfg.tiers.values() if t.expires]
         self._sweep_interval = max(1.0, min([MAX_SWEEP_INTERVAL, *(e / 4 for e in expiries)]))
-        self._idents: OrderedDict[ObjectRef, _Ident] = OrderedDict()
-        self._inflight: dict[str, _Flight] = {}
-        # told True when the first GET starts and False when the last ends (the FUSE layer stops
-        # polling its device meanwhile: a polling CPU is one that the download threads lack)
-        self._on_fetching = on_fetching
-        self._writes: dict[str, _Write] = {}  # fetched, being admitted
-        self._write_bytes = 0
-        self._max_write_bytes = 8 * cfg.chunk_size
-        self._recent: OrderedDict[str, bytes] = OrderedDict()  # chunks no store took
-        self._recent_bytes = 0
-        self._max_recent_bytes = 4 * cfg.chunk_size
+        self._idents: OrderedDict[ObjectRef, Ident] = OrderedDict()
+        self._fetches = Fetches(stores, timeout=config.mount.read_timeout, concurrency=cfg.fetch_concurrency,
+                                on_fetching=on_fetching)
+        self.memory = ChunkMemory(cfg.chunk_size)
+        self._whole = WholeObjects(self.tiers.values(), passthrough=cfg.passthrough, clock=clock)
+        self._pinning = Pinning(self.pinned, self.pins, self.tiers, self.memory, chunk_size=cfg.chunk_size,
+                                parallel=cfg.fetch_concurrency,
+                                find=lambda key: self._find(key, pinned=False),
+                                fetch=lambda ident, index: self._fetch(ident, index, background=True))
         self._nursery: trio.Nursery | None = None
         self._busy = 0  # background tasks spawned and not finished
         self._idle = trio.Event()
@@ -196,8 +164,8 @@ class ChunkCache:
             for store in self._search:
                 n.start_soon(one, store)
         self._ready.set()
-        log.info("cache loaded: %s in %.3fs", ", ".join(f"{s.name} {len(s.entries)} chunks" for s in self._search),
-                 time.monotonic() - start)
+        loaded = ", ".join(f"{s.name} {len(s.entries)} chunks" for s in self._search)
+        log.info("cache loaded: %s in %.3fs", loaded, time.monotonic() - start)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -218,11 +186,11 @@ class ChunkCache:
 
     async def wait_idle(self) -> None:
         """Until no fetch, prefetch or chunk write is under way."""
-        while self._busy or self._inflight:
+        while self._busy or len(self._fetches):
             if self._busy:
                 await self._idle.wait()
             else:
-                await next(iter(self._inflight.values())).done.wait()
+                await self._fetches.wait_one()
 
     def close(self) -> None:
         for store in self._search:
@@ -233,20 +201,22 @@ class ChunkCache:
     # ------------------------------------------------------------------------------------------
     # identities
     # ------------------------------------------------------------------------------------------
-    def _ident(self, obj: ObjectRef) -> _Ident:
+    def _ident(self, obj: ObjectRef) -> Ident:
         ident = self._idents.get(obj)
         if ident is not None:
             self._idents.move_to_end(obj)
             return ident
         tier_name = route(self._rules, obj.key, obj.size)
-        ident = _Ident(obj=obj, base=object_base(obj, self.chunk_size), chunks=chunk_count(obj.size, self.chunk_size),
-                       tier=self.tiers[tier_name] if tier_name else None, pinned=self.pins.covers(obj.remote, obj.key))
+        ident = Ident(obj=obj, base=object_base(obj, self.chunk_size),
+                      chunks=chunk_count(obj.size, self.chunk_size),
+                      tier=self.tiers[tier_name] if tier_name else None,
+                      pinned=self.pins.covers(obj.remote, obj.key))
         self._idents[obj] = ident
         if len(self._idents) > MAX_IDENTS:
             self._idents.popitem(last=False)
         return ident
 
-    def _target(self, ident: _Ident) -> TierStore | None:
+    def _target(self, ident: Ident) -> TierStore | None:
         return self.pinned if ident.pinned else ident.tier
 
     # ------------------------------------------------------------------------------------------
@@ -291,19 +261,10 @@ class ChunkCache:
                 return store, e, int(index) * self.chunk_size
         return None
 
-    def _in_memory(self, key: str) -> bytes | None:
-        w = self._writes.get(key)
-        if w is not None:
-            return w.data
-        data = self._recent.get(key)
-        if data is not None:
-            self._recent.move_to_end(key)
-        return data
-
-    async def _read_chunk(self, ident: _Ident, index: int, offset: int, size: int) -> bytes:
+    async def _read_chunk(self, ident: Ident, index: int, offset: int, size: int) -> bytes:
         key = chunk_key(ident.base, index)
         for _ in range(len(self._search) + 1):
-            data = self._in_memory(key)
+            data = self.memory.get(key)
             if data is not None:
                 self._stats.memory_hits += 1
                 return data[offset:offset + size]
@@ -321,76 +282,33 @@ class ChunkCache:
         data = await self._fetch(ident, index)
         return data[offset:offset + size]
 
-    async def _fetch(self, ident: _Ident, index: int, *, background: bool = False) -> bytes:
-        """One GET per missing chunk however many callers want it; the chunk is then admitted.
-        Background fetches (prefetch, read_whole, pins) share `fetch_concurrency` GETs; a reader's
-        own fetch never queues behind them."""
+    async def _fetch(self, ident: Ident, index: int, *, background: bool = False) -> bytes:
+        """The chunk from the remote (`Fetches`: one GET however many callers want it), then
+        admitted where its object's chunks go."""
         key = chunk_key(ident.base, index)
-        while (flight := self._inflight.get(key)) is not None:
-            await flight.done.wait()
-            if flight.data is not None:
-                return flight.data
-            if flight.error is not None:
-                raise flight.error
-        flight = self._inflight[key] = _Flight()
-        if len(self._inflight) == 1:
-            self._on_fetching(True)
-        try:
-            if background:
-                async with self._get_limiter:
-                    data = await self._get(ident, index)
-            else:
-                data = await self._get(ident, index)
-            flight.data = data
-        except MountdError as e:
-            flight.error = e
-            raise
-        finally:
-            del self._inflight[key]
-            if not self._inflight:
-                self._on_fetching(False)
-            flight.done.set()
-        await self._admit_fetched(ident, index, key, data)
-        return data
-
-    async def _get(self, ident: _Ident, index: int) -> bytes:
-        obj = ident.obj
         start = index * self.chunk_size
-        stop = min(start + self.chunk_size, obj.size)
-        store = self._stores[obj.remote]
-        target = self._target(ident)
-        if target is not None:
-            target.stats.misses += 1
-        self._stats.misses += 1
-        try:
-            with trio.move_on_after(self._timeout) as scope:
-                data = await trio.to_thread.run_sync(store.read_range, obj.key, start, stop, abandon_on_cancel=True)
-        except RemoteError:
-            self._stats.errors += 1
-            raise
-        if scope.cancelled_caught:
-            self._stats.errors += 1
-            raise RemoteUnavailable(obj.remote, f"read of {obj.key!r} timed out after {self._timeout:g}s")
-        self._stats.gets += 1
-        self._stats.bytes_fetched += len(data)
+        stop = min(start + self.chunk_size, ident.obj.size)
+        data, fetched = await self._fetches.fetch(key, ident.obj, start, stop, self._target(ident),
+                                                  background=background)
+        if fetched:
+            await self._admit_fetched(ident, index, key, data)
         return data
 
-    async def _admit_fetched(self, ident: _Ident, index: int, key: str, data: bytes) -> None:
+    async def _admit_fetched(self, ident: Ident, index: int, key: str, data: bytes) -> None:
         target = self._target(ident)
         if target is None or len(data) != chunk_length(ident.obj.size, self.chunk_size, index) \
                 or not target.fits(len(data)):
-            self._remember(key, data)  # no tier takes it, or the object is not what its listing said
+            self.memory.remember(key, data)  # no tier takes it, or the object is not what its listing said
             return
-        if key in self._writes:
+        write = self.memory.begin_write(key, data)
+        if write is None:
             return
-        write = self._writes[key] = _Write(data)
-        self._write_bytes += len(data)
-        if self._nursery is not None and self._write_bytes <= self._max_write_bytes:
+        if self._nursery is not None and not self.memory.lagging:
             self._spawn(self._write_chunk, target, ident, key, write)
         else:  # writes lag behind fetches: this reader waits for its own write
             await self._write_chunk(target, ident, key, write)
 
-    async def _write_chunk(self, target: TierStore, ident: _Ident, key: str, write: _Write) -> None:
+    async def _write_chunk(self, target: TierStore, ident: Ident, key: str, write: Write) -> None:
         try:
             if await target.admit(key, write.data, len(write.data)):
                 if target is self.pinned:
@@ -398,25 +316,14 @@ class ChunkCache:
                 else:
                     self._maybe_merge(ident, target)
             else:
-                self._remember(key, write.data)
+                self.memory.remember(key, write.data)
         finally:
-            del self._writes[key]
-            self._write_bytes -= len(write.data)
-            write.done.set()
-
-    def _remember(self, key: str, data: bytes) -> None:
-        if key in self._recent:
-            return
-        self._recent[key] = data
-        self._recent_bytes += len(data)
-        while self._recent_bytes > self._max_recent_bytes and len(self._recent) > 1:
-            _, old = self._recent.popitem(last=False)
-            self._recent_bytes -= len(old)
+            self.memory.end_write(key, write)
 
     # ------------------------------------------------------------------------------------------
     # prefetch and whole-object fetches
     # ------------------------------------------------------------------------------------------
-    def _read_ahead(self, ident: _Ident, offset: int, end: int) -> None:
+    def _read_ahead(self, ident: Ident, offset: int, end: int) -> None:
         if ident.chunks <= 1:
             return
         if ident.read_ahead is None:
@@ -425,9 +332,9 @@ class ChunkCache:
             self._spawn_prefetch(ident, index)
 
     def _cached(self, key: str) -> bool:
-        return key in self._inflight or self._in_memory(key) is not None or self._find(key) is not None
+        return key in self._fetches or self.memory.get(key) is not None or self._find(key) is not None
 
-    def _spawn_prefetch(self, ident: _Ident, index: int, *, count: bool = True) -> None:
+    def _spawn_prefetch(self, ident: Ident, index: int, *, count: bool = True) -> None:
         if self._nursery is None:
             return
         key = chunk_key(ident.base, index)
@@ -435,11 +342,11 @@ class ChunkCache:
         if found is not None:  # on disk: the kernel reads it ahead of the reader
             found[0].prepare(found[1], found[2])
             return
-        if key in self._inflight or self._in_memory(key) is not None:
+        if key in self._fetches or self.memory.get(key) is not None:
             return
         self._spawn(self._prefetch_one, ident, index, count)
 
-    async def _prefetch_one(self, ident: _Ident, index: int, count: bool) -> None:
+    async def _prefetch_one(self, ident: Ident, index: int, count: bool) -> None:
         if self._cached(chunk_key(ident.base, index)):
             return
         try:
@@ -472,7 +379,7 @@ class ChunkCache:
         self._stats.read_whole += 1
         self._spawn(self._fetch_all, ident)
 
-    async def _fetch_all(self, ident: _Ident, limit: int | None = None) -> None:
+    async def _fetch_all(self, ident: Ident, limit: int | None = None) -> None:
         limiter = trio.CapacityLimiter(limit or self._parallel)
 
         async def one(index: int) -> None:
@@ -487,76 +394,19 @@ class ChunkCache:
     # ------------------------------------------------------------------------------------------
     # whole objects in one file, for the kernel to read directly
     # ------------------------------------------------------------------------------------------
-    def _maybe_merge(self, ident: _Ident, tier: TierStore) -> None:
-        """Once every chunk of an object of several chunks is in `tier`, merge them into one file
-        (`open_whole` hands that to the kernel: FUSE passthrough reads it with ext4's page cache
-        and its large folios, which FUSE's own page cache lacks). The merge needs room for the
-        object twice until its chunks go, so objects over half the tier's cap stay in chunks."""
-        if (not self._passthrough or ident.chunks < 2 or self._nursery is None or ident.base in self._merging
-                or tier.max_size is not None and ident.obj.size > tier.max_size // 2):
-            return
-        now = self._clock()
-        # from the last chunk back: while a sequential reader fills the object, the check costs
-        # one lookup per chunk written, not one per chunk already there
-        if whole_key(ident.base) in tier.entries or any(
-                tier.get(chunk_key(ident.base, i), now) is None for i in reversed(range(ident.chunks))):
-            return
-        self._merging.add(ident.base)
-        self._spawn(self._merge, ident, tier)
-
-    async def _merge(self, ident: _Ident, tier: TierStore) -> None:
-        try:
-            now = self._clock()
-            found = [tier.get(chunk_key(ident.base, i), now) for i in range(ident.chunks)]
-            entries = [e for e in found if e is not None]
-            if len(entries) < ident.chunks:
-                return  # one was evicted meanwhile
-            tier.hold(entries)
-            start = time.monotonic()
-            try:
-                parts = tuple(Part(tier.directory / e.filename, e.length, e.crcs, e.castagnoli,
-                                   e.signature if e.fully_checked else None) for e in entries)
-                merged = await tier.admit(whole_key(ident.base), Assembly(parts), ident.obj.size)
-            finally:
-                tier.release(entries)
-            if merged:
-                log.debug("merged %d chunks of %s:%s in %.3fs", len(entries), ident.obj.remote, ident.obj.key,
-                          time.monotonic() - start)
-                self._stats.merged += 1
-                await tier.remove([e.key for e in entries])
-        finally:
-            self._merging.discard(ident.base)
+    def _maybe_merge(self, ident: Ident, tier: TierStore) -> None:
+        if self._nursery is not None and self._whole.claim(ident, tier):
+            self._spawn(self._whole.merge, ident, tier)
 
     def open_whole(self, obj: ObjectRef) -> WholeFile | None:
-        """The merged file of `obj`, opened for the kernel to read directly, when it exists and all
-        of it has been checked; it is not evicted until `WholeFile.close`. None: read through
-        `read` instead."""
-        if not self._passthrough or not self._ready.is_set():
+        """The merged file of `obj`, opened for the kernel to read directly (`WholeObjects.open`).
+        None: read through `read` instead."""
+        if not self._whole.passthrough or not self._ready.is_set():
             return None
-        ident = self._ident(obj)
-        if ident.chunks < 2:
-            return None
-        key = whole_key(ident.base)
-        now = self._clock()
-        for store in self.tiers.values():
-            e = store.get(key, now)
-            if e is None or e.length != obj.size or (fd := store.open_trusted(e)) is None:
-                continue
-            store.hold([e])
-            store.touch(e, now)
-            store.stats.hits += 1
+        opened = self._whole.open(self._ident(obj))
+        if opened is not None:
             self._stats.hits += 1
-            self._stats.passthrough_opens += 1
-
-            warm_up = WarmUp(fd, e.length)  # the kernel's readahead alone keeps too little in flight
-
-            def close(store: TierStore = store, e: Entry = e, fd: int = fd, warm_up: WarmUp = warm_up) -> None:
-                warm_up.stop()
-                os.close(fd)
-                store.release([e])
-
-            return WholeFile(fd=fd, close=close)
-        return None
+        return opened
 
     # ------------------------------------------------------------------------------------------
     # what the vfs asks besides reads
@@ -569,9 +419,7 @@ class ChunkCache:
             return  # chunks keyed by content stay valid for any key that holds that content
         keys = [chunk_key(base, i) for i in range(chunk_count(obj.size, self.chunk_size))]
         keys.append(whole_key(base))
-        for key in keys:
-            if key in self._recent:
-                self._recent_bytes -= len(self._recent.pop(key))
+        self.memory.forget(keys)
         stores = self._search if base not in self.pins.needed_bases() else self._search[1:]
         for store in stores:
             if self._nursery is not None and any(k in store.entries for k in keys):
@@ -621,12 +469,7 @@ class ChunkCache:
     # pins
     # ------------------------------------------------------------------------------------------
     def _note_pinned(self, obj: ObjectRef, base: str) -> None:
-        old = self.pins.note_object(obj.remote, obj.key, base)
-        if old is not None and old not in self.pins.needed_bases():
-            self._drop_pinned_bases({old})
-
-    def _drop_pinned_bases(self, bases: set[str]) -> None:
-        keys = [k for k in self.pinned.entries if base_of(k) in bases]
+        keys = self._pinning.note(obj, base)
         if keys and self._nursery is not None:
             self._spawn(self.pinned.remove, keys)
 
@@ -641,7 +484,7 @@ class ChunkCache:
         done_bytes, failed, last_report = 0, [], 0.0
         for number, obj in enumerate(objects, 1):
             ident = self._ident(obj)
-            ok = await self._pin_object(ident)
+            ok = await self._pinning.pin_object(ident)
             if ok:
                 self._note_pinned(obj, ident.base)
                 done_bytes += obj.size
@@ -652,58 +495,6 @@ class ChunkCache:
                 last_report = now
                 yield {"files": number, "of": len(objects), "bytes": done_bytes, "total": total}
         yield {"path": path, "files": len(objects) - len(failed), "bytes": done_bytes, "failed": failed[:20]}
-
-    async def _pin_object(self, ident: _Ident) -> bool:
-        results: list[bool] = []
-        limiter = trio.CapacityLimiter(self._parallel)
-
-        async def one(index: int) -> None:
-            async with limiter:
-                results.append(await self._pin_chunk(ident, index))
-
-        async with trio.open_nursery() as n:
-            for index in range(ident.chunks):
-                n.start_soon(one, index)
-        if all(results):  # every chunk is in the pinned store now: a merged copy in a tier is not needed
-            for store in self.tiers.values():
-                if whole_key(ident.base) in store.entries:
-                    await store.remove([whole_key(ident.base)])
-        return all(results)
-
-    async def _pin_chunk(self, ident: _Ident, index: int) -> bool:
-        key = chunk_key(ident.base, index)
-        length = chunk_length(ident.obj.size, self.chunk_size, index)
-        for _ in range(4):
-            if key in self.pinned.entries:
-                return True
-            write = self._writes.get(key)
-            if write is not None:
-                await write.done.wait()
-                continue
-            found = self._find(key, pinned=False)
-            data = self._in_memory(key)
-            if found is not None:  # move it from its tier
-                store, e, start = found
-                if e.key != key:  # a merged object's file: copy the chunk out of it (it goes once all are pinned)
-                    data = await store.read_part(e, start, length)
-                    if data is not None:
-                        await self.pinned.admit(key, data, length)
-                    continue
-                data = await store.read_whole(e)
-                if data is None:
-                    continue
-                if await self.pinned.admit(key, data, length):
-                    await store.remove([key])
-                continue
-            if data is not None:
-                await self.pinned.admit(key, data, length)
-                continue
-            try:
-                await self._fetch(ident, index, background=True)
-            except RemoteError as e:
-                log.warning("pin: cannot fetch %s:%s: %s", ident.obj.remote, ident.obj.key, e)
-                return False
-        return key in self.pinned.entries
 
     async def unpin(self, path: str) -> dict[str, Any]:
         await self._ready.wait()
@@ -732,18 +523,18 @@ class ChunkCache:
         for name, store in self.tiers.items():
             if tier is None or name == tier:
                 out[name] = await store.clear()
-        self._recent.clear()
-        self._recent_bytes = 0
+        self.memory.clear_recent()
         return out
 
     def statistics(self) -> dict[str, Any]:
         """Counters of the read path (GETs, hits, prefetches)."""
-        s = self._stats
-        return {"gets": s.gets, "bytes_fetched": s.bytes_fetched, "errors": s.errors, "hits": s.hits,
-                "memory_hits": s.memory_hits, "misses": s.misses, "prefetched": s.prefetched,
-                "prefetch_errors": s.prefetch_errors, "read_whole": s.read_whole, "merged": s.merged,
-                "passthrough_opens": s.passthrough_opens, "inflight": len(self._inflight),
-                "writing": len(self._writes), "ready": self._ready.is_set()}
+        s, f = self._stats, self._fetches
+        return {"gets": f.gets, "bytes_fetched": f.bytes_fetched, "errors": f.errors, "hits": s.hits,
+                "memory_hits": s.memory_hits, "misses": f.misses, "prefetched": s.prefetched,
+                "prefetch_errors": s.prefetch_errors, "read_whole": s.read_whole,
+                "merged": self._whole.merged,
+                "passthrough_opens": self._whole.passthrough_opens, "inflight": len(f),
+                "writing": self.memory.writes, "ready": self._ready.is_set()}
 
     def cache_statistics(self) -> dict[str, Any]:
         """Per tier: entries, bytes, cap, hits, misses, evictions, expirations; the pinned store; pins."""

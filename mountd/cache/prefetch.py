@@ -3,9 +3,9 @@
 Reads that continue where the previous ones ended (give or take `slack`, because the kernel's
 read-ahead requests are served concurrently and may arrive slightly out of order) are a
 stream: its second read opens a window of one chunk, and each time the stream enters a new
-chunk the window doubles, up to `max_chunks`; and the chunks ahead of the reader inside the window are to be fetched. A read
-anywhere else is a seek: the window drops to zero. Each chunk is proposed at most once per
-stream.
+chunk the window doubles, up to `max_chunks`; and the chunks ahead of the reader inside the
+window are to be fetched. A read anywhere else is a seek: the window drops to zero. Each chunk is
+proposed at most once per stream.
 """
 
 from __future__ import annotations

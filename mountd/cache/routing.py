@@ -8,8 +8,8 @@ Keys: a chunk is keyed by its object's content identity: ``s:<chunk_size>:<sha25
 the object's metadata carries its sha256 (so identical content under several keys or remotes
 shares its chunks), else ``o:<chunk_size>:<remote>:<version>:<size>:<key>``. The chunk index is
 appended after a '#'; an object whose chunks were all cached may be merged into one file, keyed
-with ``#whole`` (the kernel can read it directly, see `ChunkCache.open_whole`). The chunk size is part of the key, so changing `chunk_size` never serves a
-chunk cut at other boundaries.
+with ``#whole`` (the kernel can read it directly, see `ChunkCache.open_whole`). The chunk size
+is part of the key, so changing `chunk_size` never serves a chunk cut at other boundaries.
 """
 
 from __future__ import annotations
