@@ -9,7 +9,8 @@ rest to the rooms it was built with (see docs/architecture.md):
 - `RemoteView` (remote_view.py): listings, the background metadata pass, revalidation,
   fetching a remote file onto the local tier;
 - `Introspection` (introspect.py): the `user.mountd.*` extended attributes;
-- `IgnoredPaths` (ignored.py): which paths stay local-only.
+- `IgnoredPaths` (ignored.py): which paths stay local-only;
+- `Renames` (rename.py): the namespace change of a rename and the keys it journals.
 
 ## What runs on the trio thread (read this before adding an await or a blocking call)
 
@@ -45,24 +46,20 @@ from mountd.vfs.introspect import Introspection
 from mountd.vfs.namespace import NAME_MAX, object_ref
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_view import RemoteView
+from mountd.vfs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Renames
 from mountd.vfs.types import Attr, Ctx, FsStats, Opened, SetAttr
 from mountd.writeback import Journal
 from mountd.writeback.backpressure import DirtyBytes
 
 log = logging.getLogger(__name__)
 
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 READDIR_PAGE = 1000
 
 
-def _err(code: int, message: str = "") -> PosixError:
-    return PosixError(code, message)
-
-
 class Filesystem:
-    def __init__(self, config: RepoConfig, meta: MetaStore, local: LocalTier, journal: Journal, dirty: DirtyBytes,
-                 paths: PathMap, files: OpenFiles, remote: RemoteView, introspect: Introspection) -> None:
+    def __init__(self, config: RepoConfig, meta: MetaStore, local: LocalTier, journal: Journal,
+                 dirty: DirtyBytes, paths: PathMap, files: OpenFiles, remote: RemoteView,
+                 introspect: Introspection) -> None:
         self.config = config
         self.meta = meta
         self.local = local
@@ -73,6 +70,7 @@ class Filesystem:
         self.remote = remote
         self.introspect = introspect
         self._remote_cfg = {r.name: r for r in config.remote}
+        self.renames = Renames(meta, paths, journal, self._drop_link)
 
     # ------------------------------------------------------------------------------------------
     # start-up
@@ -102,27 +100,28 @@ class Filesystem:
     def _inode(self, ino: int) -> Inode:
         node = self.meta.get(ino)
         if node is None:
-            raise _err(errno.ENOENT)
+            raise PosixError(errno.ENOENT)
         return node
 
     def _writable_area(self, inode: Inode) -> None:
         if inode.remote is not None and self._remote_cfg[inode.remote].read_only:
-            raise _err(errno.EROFS, f"remote {inode.remote!r} is read-only")
+            raise PosixError(errno.EROFS, f"remote {inode.remote!r} is read-only")
 
     def _check_immutable(self, node: Inode, *, deleting: bool = False) -> None:
         if node.remote is None or not self._remote_cfg[node.remote].immutable:
             return
         if node.is_dir and not deleting:
             return
-        if node.remote_key is not None and node.synced_gen > 0 or (node.remote_version and not node.has_local):
-            raise _err(errno.EPERM, f"remote {node.remote!r} is immutable")
+        if (node.remote_key is not None and node.synced_gen > 0
+                or (node.remote_version and not node.has_local)):
+            raise PosixError(errno.EPERM, f"remote {node.remote!r} is immutable")
 
     @staticmethod
     def _check_name(name: bytes) -> None:
         if len(name) > NAME_MAX:
-            raise _err(errno.ENAMETOOLONG)
+            raise PosixError(errno.ENAMETOOLONG)
         if name in (b"", b".", b"..") or b"/" in name:
-            raise _err(errno.EINVAL)
+            raise PosixError(errno.EINVAL)
 
     @staticmethod
     def _check_remote_name(d: Inode, name: bytes) -> None:
@@ -132,7 +131,7 @@ class Filesystem:
         try:
             name.decode("utf-8")
         except UnicodeDecodeError:
-            raise _err(errno.EILSEQ, "names under a remote must be valid UTF-8") from None
+            raise PosixError(errno.EILSEQ, "names under a remote must be valid UTF-8") from None
 
     def _queue(self, ino: int) -> None:
         """Journal the inode's key (caller holds a transaction)."""
@@ -157,9 +156,9 @@ class Filesystem:
         values: dict[str, object] = {}
         if changes.size is not None:
             if inode.is_dir:
-                raise _err(errno.EISDIR)
+                raise PosixError(errno.EISDIR)
             if not inode.is_reg:
-                raise _err(errno.EINVAL)
+                raise PosixError(errno.EINVAL)
             self._writable_area(inode)
             self._check_immutable(inode)
             self.files.no_cache_readers(ino)
@@ -186,7 +185,8 @@ class Filesystem:
             self._writable_area(inode)
             values["mtime_ns"] = changes.mtime_ns
         mtime = values.get("mtime_ns")
-        self.files.after_setattr(ino, int(mtime) if mtime is not None else None,  # type: ignore[call-overload]
+        self.files.after_setattr(ino,
+                                 int(mtime) if mtime is not None else None,  # type: ignore[call-overload]
                                  passthrough_writer)
         values["ctime_ns"] = changes.ctime_ns if changes.ctime_ns is not None else now
         remote_visible = any(k in values for k in ("mode", "uid", "gid", "mtime_ns"))
@@ -220,12 +220,12 @@ class Filesystem:
     async def _dir(self, ino: int) -> Inode:
         d = self._inode(ino)
         if not d.is_dir:
-            raise _err(errno.ENOTDIR)
+            raise PosixError(errno.ENOTDIR)
         return self._inode(ino) if await self.remote.ensure_listed(d) else d
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         if len(name) > NAME_MAX:
-            raise _err(errno.ENAMETOOLONG)
+            raise PosixError(errno.ENAMETOOLONG)
         if name == b".":
             return await self.getattr(parent)
         if name == b"..":
@@ -236,7 +236,7 @@ class Filesystem:
         # when its attributes are not final (an open file, metadata not loaded yet)
         row = self.meta.lookup_attr(parent, name)
         if row is None:
-            raise _err(errno.ENOENT)
+            raise PosixError(errno.ENOENT)
         if row.meta_loaded and not self.files.is_open(row.ino):
             return Attr(*row[:10])
         return self.files.attr(await self.remote.with_metadata(self._inode(row.ino)))
@@ -256,8 +256,8 @@ class Filesystem:
                 return
             self.remote.load_metadata_later([row[Row.INO] for row in page if not row[Row.META_LOADED]])
             if self.files.any_open():
-                page = [self.files.listing_row(row, self._inode(row[Row.INO])) if self.files.is_open(row[Row.INO])
-                        else row for row in page]
+                page = [self.files.listing_row(row, self._inode(row[Row.INO]))
+                        if self.files.is_open(row[Row.INO]) else row for row in page]
             yield page
             if len(page) < READDIR_PAGE:
                 return
@@ -278,7 +278,7 @@ class Filesystem:
         self._writable_area(d)
         self._check_remote_name(d, name)
         if self.meta.lookup(parent, name) is not None:
-            raise _err(errno.EEXIST)
+            raise PosixError(errno.EEXIST)
         return d
 
     async def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Attr:
@@ -287,7 +287,8 @@ class Filesystem:
         now = time.time_ns()
         with self.meta.transaction():
             node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, nlink=2, marker=1,
-                                          attr_gen=1, listed_at=time.time() if d.remote else None, mtime_ns=now)
+                                          attr_gen=1, listed_at=time.time() if d.remote else None,
+                                          mtime_ns=now)
             self.meta.add_entry(parent, name, node.ino)
             self.meta.bump(parent, "nlink")
             self._touch_dir(parent, now)
@@ -298,16 +299,16 @@ class Filesystem:
         d = await self._dir(parent)
         ino = self.meta.lookup(parent, name)
         if ino is None:
-            raise _err(errno.ENOENT)
+            raise PosixError(errno.ENOENT)
         node = self._inode(ino)
         if not node.is_dir:
-            raise _err(errno.ENOTDIR)
+            raise PosixError(errno.ENOTDIR)
         if self.paths.is_attach_point(ino):
-            raise _err(errno.EBUSY, "a remote is attached here")
+            raise PosixError(errno.EBUSY, "a remote is attached here")
         self._writable_area(d)
         await self.remote.ensure_listed(node)
         if self.meta.has_children(ino):
-            raise _err(errno.ENOTEMPTY)
+            raise PosixError(errno.ENOTEMPTY)
         self._check_immutable(node, deleting=True)
         key = self.paths.key_of(ino, node)
         now = time.time_ns()
@@ -346,7 +347,7 @@ class Filesystem:
             return attr
         d = await self._prepare_new_entry(parent, name)
         if d.remote is not None:
-            raise _err(errno.EPERM, "special files exist only in local-only paths")
+            raise PosixError(errno.EPERM, "special files exist only in local-only paths")
         uid, gid, mode = self._new_child_owner(d, ctx, mode)
         now = time.time_ns()
         with self.meta.transaction():
@@ -358,12 +359,12 @@ class Filesystem:
     async def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Attr:
         d = await self._prepare_new_entry(parent, name)
         if len(target) > 4095:
-            raise _err(errno.ENAMETOOLONG)
+            raise PosixError(errno.ENAMETOOLONG)
         uid, gid, _ = self._new_child_owner(d, ctx, stat.S_IFLNK)
         now = time.time_ns()
         with self.meta.transaction():
-            node = self.meta.create_inode(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, remote=d.remote, target=target,
-                                          size=len(target), attr_gen=1, mtime_ns=now)
+            node = self.meta.create_inode(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, remote=d.remote,
+                                          target=target, size=len(target), attr_gen=1, mtime_ns=now)
             self.meta.add_entry(parent, name, node.ino)
             self._touch_dir(parent, now)
             self._queue(node.ino)
@@ -372,7 +373,7 @@ class Filesystem:
     async def readlink(self, ino: int) -> bytes:
         node = self._inode(ino)
         if not node.is_symlink:
-            raise _err(errno.EINVAL)
+            raise PosixError(errno.EINVAL)
         if node.target is not None:
             return node.target
         return await self.remote.read_link_target(node)
@@ -380,12 +381,13 @@ class Filesystem:
     async def link(self, ino: int, new_parent: int, new_name: bytes, ctx: Ctx) -> Attr:
         node = self._inode(ino)
         if node.is_dir:
-            raise _err(errno.EPERM)
+            raise PosixError(errno.EPERM)
         d = await self._prepare_new_entry(new_parent, new_name)
         if node.remote != d.remote:
-            raise _err(errno.EXDEV, "hard link between a remote and a local-only path or across remotes")
+            raise PosixError(errno.EXDEV,
+                             "hard link between a remote and a local-only path or across remotes")
         if node.remote is not None:
-            raise _err(errno.EPERM, "hard links exist only in local-only paths")
+            raise PosixError(errno.EPERM, "hard links exist only in local-only paths")
         now = time.time_ns()
         with self.meta.transaction():
             self.meta.add_entry(new_parent, new_name, ino)
@@ -398,10 +400,10 @@ class Filesystem:
         d = await self._dir(parent)
         ino = self.meta.lookup(parent, name)
         if ino is None:
-            raise _err(errno.ENOENT)
+            raise PosixError(errno.ENOENT)
         node = self._inode(ino)
         if node.is_dir:
-            raise _err(errno.EISDIR)
+            raise PosixError(errno.EISDIR)
         self._writable_area(d)
         self._check_immutable(node, deleting=True)
         key = self.paths.key_of(ino, node)
@@ -429,7 +431,7 @@ class Filesystem:
     async def open(self, ino: int, flags: int, ctx: Ctx) -> Opened:
         node = self._inode(ino)
         if node.is_dir:
-            raise _err(errno.EISDIR)
+            raise PosixError(errno.EISDIR)
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         if writable:
             self.files.no_cache_readers(ino)
@@ -478,39 +480,27 @@ class Filesystem:
     # ------------------------------------------------------------------------------------------
     # rename
     # ------------------------------------------------------------------------------------------
-    def _mark_subtree_moved(self, ino: int) -> None:
-        """After a directory moved, its marker and every descendant must be re-put at new keys."""
-        stack = [ino]
-        while stack:
-            cur = stack.pop()
-            node = self.meta.get(cur)
-            if node is None:
-                continue
-            if node.is_dir:
-                self.meta.update(cur, marker=1)
-                self.meta.bump(cur, "attr_gen")
-                stack.extend(child for _, child in self.meta.children(cur))
-
     async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, flags: int,
                      ctx: Ctx) -> None:
         self._check_name(name_new)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
-            raise _err(errno.EINVAL)
+            raise PosixError(errno.EINVAL)
         d_old = await self._dir(parent_old)
         d_new = await self._dir(parent_new)
         self._check_remote_name(d_new, name_new)
         ino = self.meta.lookup(parent_old, name_old)
         if ino is None:
-            raise _err(errno.ENOENT)
+            raise PosixError(errno.ENOENT)
         node = self._inode(ino)
         target_ino = self.meta.lookup(parent_new, name_new)
         if target_ino == ino:
             return
         if (d_old.remote or None) != (d_new.remote or None):
-            raise _err(errno.EXDEV, "rename across remotes or between a remote and a local-only path")
+            raise PosixError(errno.EXDEV, "rename across remotes or between a remote and a local-only path")
         self._writable_area(d_old)
-        if self.paths.is_attach_point(ino) or (target_ino is not None and self.paths.is_attach_point(target_ino)):
-            raise _err(errno.EBUSY)
+        if self.paths.is_attach_point(ino) or (target_ino is not None
+                                               and self.paths.is_attach_point(target_ino)):
+            raise PosixError(errno.EBUSY)
         self._check_immutable(node, deleting=True)
         target = self.meta.get(target_ino) if target_ino is not None else None
         await self._check_rename_target(node, target, flags)
@@ -522,77 +512,39 @@ class Filesystem:
         if not node.is_dir:
             await self.remote.with_metadata(node)  # the copy at the new key carries the stored attributes
         # re-read everything after the awaits above
-        if self.meta.lookup(parent_old, name_old) != ino or self.meta.lookup(parent_new, name_new) != target_ino:
-            raise _err(errno.EAGAIN, "the directory changed during the rename; try again")
+        if (self.meta.lookup(parent_old, name_old) != ino
+                or self.meta.lookup(parent_new, name_new) != target_ino):
+            raise PosixError(errno.EAGAIN, "the directory changed during the rename; try again")
         node = self._inode(ino)
         target = self.meta.get(target_ino) if target_ino is not None else None
         with self.meta.transaction():
-            self._apply_rename(parent_old, name_old, parent_new, name_new, node, target, exchange=bool(
-                flags & RENAME_EXCHANGE))
+            self.renames.apply(parent_old, name_old, parent_new, name_new, node, target,
+                               exchange=bool(flags & RENAME_EXCHANGE))
 
     async def _check_rename_target(self, node: Inode, target: Inode | None, flags: int) -> None:
         if flags & RENAME_NOREPLACE and target is not None:
-            raise _err(errno.EEXIST)
+            raise PosixError(errno.EEXIST)
         if flags & RENAME_EXCHANGE and target is None:
-            raise _err(errno.ENOENT)
+            raise PosixError(errno.ENOENT)
         if target is not None and not flags & RENAME_EXCHANGE:
             if node.is_dir and not target.is_dir:
-                raise _err(errno.ENOTDIR)
+                raise PosixError(errno.ENOTDIR)
             if not node.is_dir and target.is_dir:
-                raise _err(errno.EISDIR)
+                raise PosixError(errno.EISDIR)
             if target.is_dir:
                 await self.remote.ensure_listed(target)
                 if self.meta.has_children(target.ino):
-                    raise _err(errno.ENOTEMPTY)
+                    raise PosixError(errno.ENOTEMPTY)
             self._check_immutable(target, deleting=True)
-
-    def _apply_rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, node: Inode,
-                      target: Inode | None, *, exchange: bool) -> None:
-        """The namespace change of a rename and its journal rows (caller holds a transaction)."""
-        now = time.time_ns()
-        ino = node.ino
-        old_keys = self.paths.subtree_keys(ino)
-        if target is not None:
-            old_keys += self.paths.subtree_keys(target.ino)
-        if exchange and target is not None:
-            self.meta.set_entry_ino(parent_old, name_old, target.ino)
-            self.meta.set_entry_ino(parent_new, name_new, ino)
-            if node.is_dir != target.is_dir and parent_old != parent_new:
-                delta = 1 if node.is_dir else -1
-                self.meta.bump(parent_new, "nlink", delta)
-                self.meta.bump(parent_old, "nlink", -delta)
-            self.meta.update(target.ino, ctime_ns=now)
-            self._mark_subtree_moved(target.ino)
-        else:
-            if target is not None:
-                self.meta.remove_entry(parent_new, name_new)
-                if target.is_dir:
-                    self.meta.bump(parent_new, "nlink", -1)
-                    self.meta.delete_inode(target.ino)
-                else:
-                    self._drop_link(target, now)
-            self.meta.move_entry(parent_old, name_old, parent_new, name_new)
-            if node.is_dir and parent_old != parent_new:
-                self.meta.bump(parent_old, "nlink", -1)
-                self.meta.bump(parent_new, "nlink", 1)
-        self.meta.update(ino, ctime_ns=now)
-        self._mark_subtree_moved(ino)
-        self._touch_dir(parent_old, now)
-        if parent_new != parent_old:
-            self._touch_dir(parent_new, now)
-        new_keys = self.paths.subtree_keys(ino)
-        if exchange and target is not None:
-            new_keys += self.paths.subtree_keys(target.ino)
-        for key in dict.fromkeys(old_keys + new_keys):
-            self.journal.put(*key)
 
     # ------------------------------------------------------------------------------------------
     # the rest of the kernel's calls, and what the control socket asks
     # ------------------------------------------------------------------------------------------
     def statfs(self) -> FsStats:
         st = os.statvfs(self.local.root)
-        return FsStats(block_size=st.f_frsize, blocks=st.f_blocks, blocks_free=st.f_bfree, blocks_avail=st.f_bavail,
-                       files=max(st.f_files, 1 << 20), files_free=max(st.f_ffree, 1 << 19), name_max=NAME_MAX)
+        return FsStats(block_size=st.f_frsize, blocks=st.f_blocks, blocks_free=st.f_bfree,
+                       blocks_avail=st.f_bavail, files=max(st.f_files, 1 << 20),
+                       files_free=max(st.f_ffree, 1 << 19), name_max=NAME_MAX)
 
     async def getxattr(self, ino: int, name: str) -> bytes:
         return await self.introspect.getxattr(ino, name)

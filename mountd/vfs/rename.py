@@ -1,0 +1,82 @@
+"""`Renames`: the namespace change of a rename, and the journal rows of every key it moves.
+
+`Filesystem.rename` checks the POSIX rules and awaits the listings the rename needs; `apply` runs
+after, inside its transaction and with no await, so what it was checked against cannot change
+under it. A directory that moves takes its whole subtree to new keys, so every key under the old
+and the new name is journaled: the reconciler copies what now lives at a new key and deletes what
+no longer lives at an old one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from mountd.meta import Inode, MetaStore
+from mountd.vfs.paths import PathMap
+from mountd.writeback import Journal
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+class Renames:
+    def __init__(self, meta: MetaStore, paths: PathMap, journal: Journal,
+                 drop_link: Callable[[Inode, int], None]) -> None:
+        self.meta = meta
+        self.paths = paths
+        self.journal = journal
+        self._drop_link = drop_link  # a replaced file lost one link; freed when it was the last
+
+    def apply(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, node: Inode,
+              target: Inode | None, *, exchange: bool) -> None:
+        """The caller holds a transaction."""
+        now = time.time_ns()
+        ino = node.ino
+        old_keys = self.paths.subtree_keys(ino)
+        if target is not None:
+            old_keys += self.paths.subtree_keys(target.ino)
+        if exchange and target is not None:
+            self.meta.set_entry_ino(parent_old, name_old, target.ino)
+            self.meta.set_entry_ino(parent_new, name_new, ino)
+            if node.is_dir != target.is_dir and parent_old != parent_new:
+                delta = 1 if node.is_dir else -1
+                self.meta.bump(parent_new, "nlink", delta)
+                self.meta.bump(parent_old, "nlink", -delta)
+            self.meta.update(target.ino, ctime_ns=now)
+            self._mark_subtree_moved(target.ino)
+        else:
+            if target is not None:
+                self.meta.remove_entry(parent_new, name_new)
+                if target.is_dir:
+                    self.meta.bump(parent_new, "nlink", -1)
+                    self.meta.delete_inode(target.ino)
+                else:
+                    self._drop_link(target, now)
+            self.meta.move_entry(parent_old, name_old, parent_new, name_new)
+            if node.is_dir and parent_old != parent_new:
+                self.meta.bump(parent_old, "nlink", -1)
+                self.meta.bump(parent_new, "nlink", 1)
+        self.meta.update(ino, ctime_ns=now)
+        self._mark_subtree_moved(ino)
+        self.meta.update(parent_old, mtime_ns=now, ctime_ns=now)
+        if parent_new != parent_old:
+            self.meta.update(parent_new, mtime_ns=now, ctime_ns=now)
+        new_keys = self.paths.subtree_keys(ino)
+        if exchange and target is not None:
+            new_keys += self.paths.subtree_keys(target.ino)
+        for key in dict.fromkeys(old_keys + new_keys):
+            self.journal.put(*key)
+
+    def _mark_subtree_moved(self, ino: int) -> None:
+        """After a directory moved, its marker and every descendant must be re-put at new keys."""
+        stack = [ino]
+        while stack:
+            cur = stack.pop()
+            node = self.meta.get(cur)
+            if node is None:
+                continue
+            if node.is_dir:
+                self.meta.update(cur, marker=1)
+                self.meta.bump(cur, "attr_gen")
+                stack.extend(child for _, child in self.meta.children(cur))
