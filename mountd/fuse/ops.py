@@ -168,7 +168,7 @@ class MountdOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else now,
         )
-        return self._entry(await self.fs.setattr(inode, changes, fh, _ctx(ctx)))
+        return self._entry(await self.fs.setattr(inode, changes, _ctx(ctx)))
 
     @_mapped
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -199,12 +199,12 @@ class MountdOperations(pyfuse3.Operations):
     @_mapped
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
-        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, _ctx(ctx))
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     @_mapped
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.fs.link(inode, new_parent_inode, new_name, _ctx(ctx)))
+        return self._entry(await self.fs.link(inode, new_parent_inode, new_name))
 
     @_mapped
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -213,7 +213,7 @@ class MountdOperations(pyfuse3.Operations):
     @_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        opened, attr = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
+        opened, attr = await self.fs.create(parent_inode, name, mode, _ctx(ctx))
         return _file_info(opened), self._entry(attr)
 
     @_mapped

@@ -148,7 +148,7 @@ class Filesystem:
     async def getattr(self, ino: int) -> Attr:
         return self.files.attr(await self.remote.with_metadata(self._inode(ino)))
 
-    async def setattr(self, ino: int, changes: SetAttr, fh: int | None, ctx: Ctx) -> Attr:
+    async def setattr(self, ino: int, changes: SetAttr, ctx: Ctx) -> Attr:
         # the object's stored attributes first: the fields not changed here are written back with it
         inode = await self.remote.with_metadata(self._inode(ino))
         passthrough_writer = self.files.before_setattr(ino)  # writes made before this call come first
@@ -323,7 +323,7 @@ class Filesystem:
     # ------------------------------------------------------------------------------------------
     # files
     # ------------------------------------------------------------------------------------------
-    async def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[Opened, Attr]:
+    async def create(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> tuple[Opened, Attr]:
         d = await self._prepare_new_entry(parent, name)
         uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFREG | stat.S_IMODE(mode))
         now = time.time_ns()
@@ -342,7 +342,7 @@ class Filesystem:
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Attr:
         if stat.S_ISREG(mode):
-            opened, attr = await self.create(parent, name, mode, os.O_WRONLY, ctx)
+            opened, attr = await self.create(parent, name, mode, ctx)
             await self.release(opened.fh)
             return attr
         d = await self._prepare_new_entry(parent, name)
@@ -378,7 +378,7 @@ class Filesystem:
             return node.target
         return await self.remote.read_link_target(node)
 
-    async def link(self, ino: int, new_parent: int, new_name: bytes, ctx: Ctx) -> Attr:
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
         node = self._inode(ino)
         if node.is_dir:
             raise PosixError(errno.EPERM)
@@ -480,8 +480,8 @@ class Filesystem:
     # ------------------------------------------------------------------------------------------
     # rename
     # ------------------------------------------------------------------------------------------
-    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, flags: int,
-                     ctx: Ctx) -> None:
+    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes,
+                     flags: int) -> None:
         self._check_name(name_new)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise PosixError(errno.EINVAL)

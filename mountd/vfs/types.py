@@ -15,9 +15,6 @@ class Ctx:
     umask: int = 0o022
 
 
-ROOT_CTX = Ctx(uid=0, gid=0)
-
-
 # Not frozen: a frozen dataclass's __init__ took 1.3 us against 0.12, once per entry of a readdir
 # page and per stat; nothing mutates an Attr after it is made.
 @dataclass(slots=True)
