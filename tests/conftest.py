@@ -183,6 +183,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "remote_kinds(*kinds): run this repo test only on these kinds of remote")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The in-process tier (tests/inprocess: no kernel, no root) runs first; the order is kept otherwise."""
+    inprocess = REPO / "tests" / "inprocess"
+    items.sort(key=lambda item: inprocess not in item.path.parents)  # a stable sort
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize_remote_kinds(metafunc)  # modules with REMOTE_KINDS run repo tests on S3, Azure, GCS too
 
