@@ -27,18 +27,32 @@ class GatedStore:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.gate = threading.Event()
-        self.arrived = threading.Event()  # an upload is waiting at the gate
         self.uploads: list[str] = []
+        self._arrived = threading.Condition()
 
     def upload(self, src: Path, key: str, metadata: Any, **kw: Any) -> Any:
-        self.uploads.append(key)
-        self.arrived.set()
+        with self._arrived:
+            self.uploads.append(key)
+            self._arrived.notify_all()
         if not self.gate.wait(GATE_TIMEOUT):
             raise TimeoutError(f"the test never opened the gate for {key}")
         return self.inner.upload(src, key, metadata, **kw)
 
+    def wait_uploads(self, n: int, timeout: float = 10.0) -> bool:
+        """Whether `n` uploads reached the gate within `timeout` (from the test thread)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self.uploads) >= n, timeout)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def gated(stores: list[GatedStore]) -> Any:
+    """A `wrap` for make_mount that keeps the GatedStore it made in `stores`."""
+    def wrap(inner: Any) -> GatedStore:
+        stores.append(GatedStore(inner))
+        return stores[-1]
+    return wrap
 
 
 def _remote(tmp_path: Path, name: str = "repo") -> Path:
@@ -50,21 +64,25 @@ def _reconciler(m: InProcessMount) -> dict[str, int]:
 
 
 def test_rename_and_rewrite_while_the_upload_is_in_flight(make_mount, tmp_path):
-    """`f` is renamed to `g` and rewritten while its first bytes are being sent to key `f`, and a
-    new `f` is made: the first upload's result must not be taken for either key."""
-    gated: list[GatedStore] = []
-    m = make_mount(wrap=lambda s: gated.append(GatedStore(s)) or gated[-1])
-    store = gated[0]
-    m.create("/data/f", b"first version")
-    assert store.arrived.wait(10), "the upload of f did not start"
+    """While the first bytes of `f` and of `h` are being sent: `f` is renamed to `g` and a new `f`
+    is written (the upload in flight succeeds, for a key that no longer means that file), and `h`
+    is renamed to `k` and rewritten (the upload in flight sends bytes nobody wants at `h`). Each
+    key must end with the bytes its name holds now, and nothing at `h`."""
+    stores: list[GatedStore] = []
+    m = make_mount(wrap=gated(stores))
+    m.create("/data/f", b"f, first version")
+    m.create("/data/h", b"h, first version")
+    assert stores[0].wait_uploads(2), "the uploads of f and h did not start"
     m.rename("/data/f", "/data/g")
-    m.create("/data/g", b"second version, longer")
     m.create("/data/f", b"a new f")
-    store.gate.set()
+    m.rename("/data/h", "/data/k")
+    m.create("/data/k", b"h renamed to k and rewritten, longer")
+    stores[0].gate.set()
     m.drain()
-    assert remote_files(_remote(tmp_path)) == {"f": b"a new f", "g": b"second version, longer"}
+    want = {"f": b"a new f", "g": b"f, first version", "k": b"h renamed to k and rewritten, longer"}
+    assert remote_files(_remote(tmp_path)) == want
     assert remote_hidden(_remote(tmp_path)) == []
-    assert (m.read_file("/data/f"), m.read_file("/data/g")) == (b"a new f", b"second version, longer")
+    assert {name: m.read_file(f"/data/{name}") for name in want} == want
     assert m.stack.meta.journal_count() == 0
 
 
@@ -93,13 +111,13 @@ def test_evacuation_of_a_key_that_holds_another_inodes_bytes(make_mount, tmp_pat
 def test_identical_content_written_twice_at_once_is_sent_once(make_mount, tmp_path):
     """Two files with the same bytes, closed together: one upload, then one server-side copy
     (the second waits for the first instead of sending the same bytes again)."""
-    gated: list[GatedStore] = []
-    m = make_mount(wrap=lambda s: gated.append(GatedStore(s)) or gated[-1])
-    store = gated[0]
+    stores: list[GatedStore] = []
+    m = make_mount(wrap=gated(stores))
+    store = stores[0]
     data = os.urandom(200_000)
     m.create("/data/x", data)
     m.create("/data/y", data)
-    assert store.arrived.wait(10), "no upload started"
+    assert store.wait_uploads(1), "no upload started"
     reconciler = m.stack.reconciler
 
     def second_waits_or_uploads() -> bool:
@@ -166,6 +184,9 @@ def test_crash_at_every_await_point_of_one_upload(make_mount, tmp_path):
         crash = _run_until_crash(make_mount, name, k)
         assert crash.steps == k
         again = make_mount(name)
+        # what the crash left half done on the local tier (a download, a hand-over to the cache)
+        # is swept when the tier is opened again
+        assert list((tmp_path / name / "local" / "tmp").iterdir()) == [], k
         left_pending.append(again.stack.meta.journal_count())
         again.drain()
         assert remote_files(_remote(tmp_path, name)) == {"f": b"version two, closed before the crash"}, k
