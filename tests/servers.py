@@ -656,6 +656,11 @@ class CountingProxy:
                 client, _ = ls.accept()
             except OSError:
                 return
+            if self._listener is not ls:
+                # refused meanwhile: a close() does not wake an accept() blocked in another thread,
+                # so one connection could slip through (and carry a whole keep-alive pool)
+                client.close()
+                return
             try:
                 upstream = socket.create_connection((LOOPBACK, self.upstream_port), timeout=5)
                 upstream.settimeout(None)

@@ -19,12 +19,11 @@ from mountd.backend import ObjectStore, StoreTuning
 from mountd.backend.factory import open_store
 from mountd.config import RemoteConfig
 from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable
-from tests.servers import CountingProxy, ErrorServer, Server, free_port
+from tests.servers import REMOTE_KIND_FIXTURE, CountingProxy, ErrorServer, Server, free_port
 
 KINDS = ["file", "memory", "s3", "azure", "gcs"]
 CLOUDS = ["s3", "azure", "gcs"]
-SERVER_FIXTURE = {"s3": "s3_server", "s3-rclone": "s3_persistent_server", "azure": "azurite_server",
-                  "gcs": "gcs_server"}
+SERVER_FIXTURE = REMOTE_KIND_FIXTURE
 MiB = 1 << 20
 META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1600000000.123456789",
         "sha256": hashlib.sha256(b"payload").hexdigest()}

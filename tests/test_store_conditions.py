@@ -29,6 +29,10 @@ ENFORCED = {
     "s3": {"put:create", "put:match", "upload:create", "upload:match", "multipart:create", "delete:match"},
     "azure": ALL,
     "gcs": set(),  # gcp-storage-emulator ignores ifGenerationMatch
+    # fake-gcs-server: on multipart/related uploads (puts, files under 5 MiB), not on resumable
+    # uploads, rewrites or deletes
+    "gcs-fake": {"put:create", "put:match", "upload:create", "upload:match"},
+    "s3-seaweedfs": ALL,
 }
 
 

@@ -24,7 +24,7 @@ from mountd.backend import DirListing, ObjectInfo, Precondition, StoreTuning
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
 from mountd.backend.errors import http_status
 from mountd.backend.presigned import PresignedRanges
-from mountd.errors import UploadCancelled
+from mountd.errors import ObjectNotFound, UploadCancelled
 
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
 S3_META = "x-amz-meta-"  # user metadata headers (lower case)
@@ -319,9 +319,17 @@ class S3Store(BucketStore):
             try:
                 self._call("delete_object", Bucket=self.bucket, Key=self._full(key), **condition)
             except Exception as e:
-                if condition and http_status(e) == 404:
-                    return  # a conditional delete of a key that is gone: gone it is
+                # a conditional delete of a key that is gone: gone it is (moto answers 404, SeaweedFS 412)
+                if condition and (http_status(e) == 404 or (http_status(e) == 412 and not self._exists(key))):
+                    return
                 raise
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+            return True
+        except ObjectNotFound:
+            return False
 
     def set_metadata(self, key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         return self.copy(key, key, metadata)

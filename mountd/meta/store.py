@@ -353,6 +353,16 @@ class MetaStore:
             v = self._scalar("SELECT version FROM displaced WHERE remote=? AND key=?", (remote, key))
         return str(v) if v is not None else None
 
+    def note_written(self, remote: str, key: str, version: str) -> None:
+        """This host just wrote `version` at `key`: the next write there compares against it, even
+        when the inode that wrote it has moved or gone meanwhile."""
+        if not version or self._scalar("SELECT 1 FROM inodes WHERE remote=? AND remote_key=? AND remote_version=?"
+                                       " LIMIT 1", (remote, key, version)) is not None:
+            self.displaced_forget(remote, key)
+        else:
+            self._exec("INSERT OR REPLACE INTO displaced (remote, key, version) VALUES (?, ?, ?)",
+                       (remote, key, version))
+
     def displaced_forget(self, remote: str, key: str) -> None:
         """The key was written or deleted: what was displaced from it is gone."""
         self._exec("DELETE FROM displaced WHERE remote=? AND key=?", (remote, key))

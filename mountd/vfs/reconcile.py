@@ -142,7 +142,8 @@ class Reconciler:
             now = self.view.key_of(other.ino, other)
             if now is not None and now[1] != entry.key and not (other.has_local and other.content_dirty):
                 raise Retry(f"waiting for {entry.key!r} to be copied to {now[1]!r}")
-        expect = self._expect(entry.remote, entry.key)
+        # a marker holds no data and its version is not kept: deleted as before, unconditionally
+        expect = None if entry.key.endswith("/") else self._expect(entry.remote, entry.key)
         try:
             await self.remote.call(store, partial(store.delete, expect=expect), entry.key, what=f"delete {entry.key}")
         except VersionMismatch:
@@ -164,7 +165,8 @@ class Reconciler:
         meta = self._meta_of(node, None)
         info = await self.remote.call(store, store.put_bytes, key, b"", meta)
         self.stats["markers"] += 1
-        self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
+        self._done(node.ino, remote=node.remote or "", content_gen=None, attr_gen=gen, key=key, info=info,
+                   sha256=None)
 
     async def _put_symlink(self, store: ObjectStore, node: Inode, key: str) -> None:
         if node.remote_key == key and not node.attrs_dirty:
@@ -176,7 +178,9 @@ class Reconciler:
             expect = self._expect(node.remote or "", key, node.ino)
             info = await self.remote.call(store, partial(store.put_bytes, expect=expect), key, target,
                                           self._meta_of(node, None), what=f"put of {key}")
-        self._done(node.ino, content_gen=None, attr_gen=gen, key=key, info=info, sha256=None)
+            self._wrote(node.remote or "", key, info)
+        self._done(node.ino, remote=node.remote or "", content_gen=None, attr_gen=gen, key=key, info=info,
+                   sha256=None)
 
     async def _sync_file(self, store: ObjectStore, node: Inode, key: str) -> None:
         if self.view.is_open_for_write(node.ino):
@@ -213,11 +217,13 @@ class Reconciler:
                     return content_gen
                 raise
             self.stats["copies"] += 1
-            self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
+            self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
+                       info=info, sha256=node.sha256)
         elif node.attrs_dirty:
             info = await self.remote.call(store, store.set_metadata, key, self._meta_of(node, node.sha256))
             self.stats["metadata_updates"] += 1
-            self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=node.sha256)
+            self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
+                       info=info, sha256=node.sha256)
         return None
 
     async def _refused(self, store: ObjectStore, node: Inode, key: str, refusal: VersionMismatch) -> None:
@@ -238,6 +244,13 @@ class Reconciler:
         fresh = self.meta.get(node.ino)
         if fresh is None or self.view.key_of(fresh.ino, fresh) != (remote, key):
             raise Retry("the file moved while its upload was refused") from None
+        if await self._is_ours(fresh, winner):
+            # our own earlier write, whose result was never recorded (a crash, a failed check)
+            with self.meta.transaction():
+                self.meta.note_written(remote, key, winner.version)
+                if fresh.remote_key == key:
+                    self.meta.update(fresh.ino, remote_version=winner.version)
+            raise Retry(f"{key!r} holds this host's own earlier upload; writing again over it")
         self.stats["conflicts"] += 1
         if self.on_conflict == "fail":
             self.conflicts.record_refusal(fresh, remote, key, winner.version, expected)
@@ -246,6 +259,16 @@ class Reconciler:
         # ours (local bytes, or the object a rename copies from) goes to a conflict copy
         copy_key = self.conflicts.set_aside(fresh, remote, key, winner, expected)
         self.journal.put(remote, copy_key)
+
+    async def _is_ours(self, node: Inode, found: ObjectInfo) -> bool:
+        """Whether the object found at the key holds this file's bytes (by the sha256 it carries)."""
+        stored = (found.metadata or {}).get("sha256")
+        if not stored or not node.has_local:
+            return False
+        try:
+            return await trio.to_thread.run_sync(sha256_file, self.view.local_path(node.ino)) == stored
+        except FileNotFoundError:
+            return False
 
     def _signal_keys(self) -> None:
         self._keys_changed.set()
@@ -264,8 +287,16 @@ class Reconciler:
         while not own_key and (remote, src) in self._writing:
             await self._wait_keys(f"{src!r} is being overwritten")
         with self._reading_from(remote, src):
-            return await self.remote.call(store, partial(store.copy, expect=expect), src, dst, meta,
+            info = await self.remote.call(store, partial(store.copy, expect=expect), src, dst, meta,
                                           timeout=self.remote.transfer_timeout(size), what=f"copy of {src} to {dst}")
+        self._wrote(remote, dst, info)
+        return info
+
+    def _wrote(self, remote: str, key: str, info: ObjectInfo) -> None:
+        """A write of ours landed: whatever happens next (the file moved, a verification fails, a
+        crash before `_done`), the next write of `key` compares against this version."""
+        with self.meta.transaction():
+            self.meta.note_written(remote, key, info.version)
 
     @contextlib.contextmanager
     def _reading_from(self, remote: str, key: str) -> Iterator[None]:
@@ -361,6 +392,7 @@ class Reconciler:
                                                                                            remote, key)):
                         info = await self.remote.upload(store, path, key, meta, key=key, size=size,
                                                         expect=self._expect(remote, key, node.ino))
+                    self._wrote(remote, key, info)
                 except UploadCancelled as e:
                     self.stats["uploads_cancelled"] += 1
                     raise Retry(str(e)) from None
@@ -377,7 +409,8 @@ class Reconciler:
             # only content that did not change during the upload may feed the dedup index
             with self.meta.transaction():
                 self.meta.hash_put(remote, sha, key, info.version)
-        self._done(node.ino, content_gen=content_gen, attr_gen=attr_gen, key=key, info=info, sha256=sha)
+        self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
+                   info=info, sha256=sha)
 
     def _still_wanted(self, ino: int, content_gen: int, remote: str, key: str) -> bool:
         """Whether an upload of this content generation is still what `key` must hold."""
@@ -427,11 +460,13 @@ class Reconciler:
             return info
         return None
 
-    def _done(self, ino: int, *, content_gen: int | None, attr_gen: int, key: str, info: ObjectInfo,
-              sha256: str | None) -> None:
+    def _done(self, ino: int, *, remote: str, content_gen: int | None, attr_gen: int, key: str,
+              info: ObjectInfo, sha256: str | None) -> None:
         """Record what the remote now holds, unless the inode changed while we worked."""
         node = self.meta.get(ino)
         if node is None:
+            with self.meta.transaction():
+                self.meta.note_written(remote, key, info.version)
             return
         current = self.view.key_of(ino, node)
         values: dict[str, object] = {}
@@ -446,10 +481,11 @@ class Reconciler:
                 values.update(remote_key=key, remote_version=info.version)
             if node.attr_gen == attr_gen:
                 values["synced_attr_gen"] = attr_gen
-        if values:
-            with self.meta.transaction():
+        with self.meta.transaction():
+            if values:
                 self.meta.update(ino, **values)
-                self.meta.displaced_forget(node.remote or "", key)
+            self.meta.note_written(remote, key, info.version)
+        if values:
             fresh = self.meta.get(ino)
             if fresh is not None:
                 self.view.recorded(node, fresh)
