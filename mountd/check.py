@@ -94,7 +94,8 @@ class _Steps:
         return StepResult(self.remote.name, self.store.display_url, step, ok, detail, time.monotonic() - t0)
 
 
-def check_remote(remote: RemoteConfig, *, tuning: StoreTuning, write: bool, timeout: float) -> list[StepResult]:
+def check_remote(remote: RemoteConfig, *, tuning: StoreTuning, write: bool,
+                 timeout: float) -> list[StepResult]:
     try:
         store = open_store(remote, tuning=tuning)
     except MountdError as e:
@@ -136,8 +137,8 @@ def check_remote(remote: RemoteConfig, *, tuning: StoreTuning, write: bool, time
         results[-1] = StepResult(remote.name, store.display_url, "read", True, results[-1].detail,
                                  results[-1].seconds, skipped=True)
     if write and remote.read_only:
-        results.append(StepResult(remote.name, store.display_url, "write", True, "read_only remote: not written",
-                                  0.0, skipped=True))
+        results.append(StepResult(remote.name, store.display_url, "write", True,
+                                  "read_only remote: not written", 0.0, skipped=True))
     elif write:
         results.append(steps.run("write", write_temp))
         if results[-1].ok:

@@ -12,9 +12,11 @@ class _DroppedConnectionNoise(logging.Filter):
     fails and is reported (and retried) by the caller, so this copy goes to DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and record.getMessage().startswith("Task exception was never retrieved"):
+        if (record.levelno >= logging.ERROR
+                and record.getMessage().startswith("Task exception was never retrieved")):
             text = repr(getattr(record, "future", "")) + str(record.exc_info[1] if record.exc_info else "")
-            if "ClientConnection" in text or "closing transport" in text or "write_bytes" in record.getMessage():
+            if ("ClientConnection" in text or "closing transport" in text
+                    or "write_bytes" in record.getMessage()):
                 record.levelno, record.levelname = logging.DEBUG, "DEBUG"
                 return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True

@@ -57,8 +57,10 @@ class MountCollector(Collector):
 
     def _fuse(self, fuse: dict[str, Any]) -> Iterator[Metric]:
         labels = ["repository", "op"]
-        calls = CounterMetricFamily("mountd_fuse_requests", "FUSE requests handled, by operation", labels=labels)
-        errors = CounterMetricFamily("mountd_fuse_errors", "FUSE requests answered with an error", labels=labels)
+        calls = CounterMetricFamily("mountd_fuse_requests", "FUSE requests handled, by operation",
+                                    labels=labels)
+        errors = CounterMetricFamily("mountd_fuse_errors", "FUSE requests answered with an error",
+                                     labels=labels)
         latency = HistogramMetricFamily("mountd_fuse_request_duration_seconds",
                                         "Time to answer a FUSE request, by operation", labels=labels)
         for op, n in sorted((fuse.get("calls") or {}).items()):
@@ -72,7 +74,8 @@ class MountCollector(Collector):
     def _cache(self, st: dict[str, Any]) -> Iterator[Metric]:
         labels = ["repository", "tier"]
         hits = CounterMetricFamily("mountd_cache_hits", "Chunk reads served by a cache tier", labels=labels)
-        misses = CounterMetricFamily("mountd_cache_misses", "Chunk reads a cache tier could not serve", labels=labels)
+        misses = CounterMetricFamily("mountd_cache_misses", "Chunk reads a cache tier could not serve",
+                                     labels=labels)
         evictions = CounterMetricFamily("mountd_cache_evictions", "Entries evicted from a cache tier to stay "
                                         "under its cap", labels=labels)
         expirations = CounterMetricFamily("mountd_cache_expirations", "Entries dropped from a cache tier "
@@ -109,8 +112,9 @@ class MountCollector(Collector):
                         "Bytes not sent because the content was already stored (dedup by sha256)",
                         _num(st, "reconciler", "bytes_deduplicated"))
         yield self._one(CounterMetricFamily, "mountd_conflicts",
-                        "Writes refused because another host had changed the key first (kept as conflict copies "
-                        "unless on_conflict says otherwise)", _num(st, "reconciler", "conflicts"))
+                        "Writes refused because another host had changed the key first "
+                        "(kept as conflict copies unless on_conflict says otherwise)",
+                        _num(st, "reconciler", "conflicts"))
         errors = CounterMetricFamily("mountd_remote_errors", "Failed remote operations, by kind",
                                      labels=["repository", "kind"])
         errors.add_metric([self.name, "read"], _num(st, "reader", "errors"))
@@ -119,13 +123,16 @@ class MountCollector(Collector):
         yield errors
 
     def _uploads(self, st: dict[str, Any]) -> Iterator[Metric]:
-        yield self._one(GaugeMetricFamily, "mountd_pending_uploads", "Journal entries not yet applied to their remote",
+        yield self._one(GaugeMetricFamily, "mountd_pending_uploads",
+                        "Journal entries not yet applied to their remote",
                         _num(st, "uploader", "pending"))
         yield self._one(GaugeMetricFamily, "mountd_uploads_in_flight", "Journal entries being applied now",
                         _num(st, "uploader", "in_flight"))
-        yield self._one(CounterMetricFamily, "mountd_uploads_applied", "Journal entries applied to their remote",
+        yield self._one(CounterMetricFamily, "mountd_uploads_applied",
+                        "Journal entries applied to their remote",
                         _num(st, "uploader", "applied"))
-        yield self._one(GaugeMetricFamily, "mountd_local_free_bytes", "Free bytes on the local tier's filesystem",
+        yield self._one(GaugeMetricFamily, "mountd_local_free_bytes",
+                        "Free bytes on the local tier's filesystem",
                         _num(st, "local", "free_bytes"))
 
 

@@ -93,7 +93,8 @@ def render(st: dict[str, Any], done: int, sent: int, rate: float) -> Group:
         parts.append(queue)
     tiers = (stats.get("cache") or {}).get("tiers") or {}
     if tiers:
-        cache = Table("cache tier", "used", "cap", "hits", "misses", "evictions", box=None, header_style="bold")
+        cache = Table("cache tier", "used", "cap", "hits", "misses", "evictions", box=None,
+                      header_style="bold")
         for name, t in tiers.items():
             cache.add_row(name, _size(t.get("bytes", 0)), _size(t.get("cap", 0)), str(t.get("hits", 0)),
                           str(t.get("misses", 0)), str(t.get("evictions", 0)))
@@ -101,7 +102,8 @@ def render(st: dict[str, Any], done: int, sent: int, rate: float) -> Group:
     reader = stats.get("reader") or {}
     fuse = stats.get("fuse") or {}
     calls = sorted((fuse.get("calls") or {}).items(), key=lambda kv: -kv[1])[:6]
-    parts.append(Text(f"reads: {reader.get('memory_hits', 0)} from memory, {reader.get('gets', 0)} remote GETs "
+    parts.append(Text(f"reads: {reader.get('memory_hits', 0)} from memory, "
+                      f"{reader.get('gets', 0)} remote GETs "
                       f"({_size(reader.get('bytes_fetched', 0))});  requests: "
                       + ", ".join(f"{op} {n}" for op, n in calls), "dim"))
     for e in st["last_errors"][-3:]:
@@ -119,7 +121,8 @@ def watch(mountpoint: str, interval: float, console: Console | None = None) -> i
         click.echo(f"mountd: error: {e}", err=True)
         return 1
     try:
-        with Live(render(st, *progress.update(st, time.monotonic())), console=console, auto_refresh=False) as live:
+        with Live(render(st, *progress.update(st, time.monotonic())), console=console,
+                  auto_refresh=False) as live:
             while True:
                 time.sleep(interval)  # the refresh period the user asked for
                 try:

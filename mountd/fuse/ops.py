@@ -125,7 +125,8 @@ class MountdOperations(pyfuse3.Operations):
             log.info("FUSE passthrough is on: local-tier files are read and written by the kernel")
         elif self.enable_passthrough:
             log.info("FUSE passthrough is off (%s)", "not granted by the kernel" if passthrough_available()
-                     else "this pyfuse3 lacks it; scripts/build-pyfuse3-passthrough.sh builds one that has it")
+                     else "this pyfuse3 lacks it; "
+                          "scripts/build-pyfuse3-passthrough.sh builds one that has it")
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -148,7 +149,8 @@ class MountdOperations(pyfuse3.Operations):
         return e
 
     @_mapped
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(await self.fs.lookup(parent_inode, name))
 
     @_mapped
@@ -180,7 +182,8 @@ class MountdOperations(pyfuse3.Operations):
         return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
 
     @_mapped
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(await self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
 
     @_mapped
@@ -246,8 +249,8 @@ class MountdOperations(pyfuse3.Operations):
             if self._reply_rows(token, page, self.attr_timeout, self.attr_timeout, BLKSIZE) < len(page):
                 break
 
-    def _reply_rows_one_by_one(self, token: pyfuse3.ReaddirToken, rows: list[ListingRow], entry_timeout: float,
-                               attr_timeout: float, blksize: int) -> int:
+    def _reply_rows_one_by_one(self, token: pyfuse3.ReaddirToken, rows: list[ListingRow],
+                               entry_timeout: float, attr_timeout: float, blksize: int) -> int:
         """`readdir_reply_rows` for a pyfuse3 built without scripts/pyfuse3-passthrough.patch."""
         for done, row in enumerate(rows):
             attr = Attr(*row[Row.INO:Row.META_LOADED], exact=row[Row.META_LOADED] != 0)  # type: ignore[misc]
@@ -321,7 +324,8 @@ def _file_info(opened: Opened) -> pyfuse3.FileInfo:
     return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
 
-def mount_options(*, fsname: str, allow_other: bool, default_permissions: bool, read_only: bool = False) -> set[str]:
+def mount_options(*, fsname: str, allow_other: bool, default_permissions: bool,
+                  read_only: bool = False) -> set[str]:
     # read size comes from max_pages (libfuse negotiates 256 pages = 1 MiB) and bdi read_ahead_kb;
     # max_read here would conflict with libfuse's own init (it aborts the session)
     opts = {f"fsname={fsname}", "subtype=mountd"}
@@ -351,7 +355,8 @@ def init(ops: MountdOperations, mountpoint: str, options: set[str]) -> None:
             os.dup2(saved, 2)
             os.close(saved)
         said.seek(0)
-        text = "; ".join(line.strip() for line in said.read().decode(errors="replace").splitlines() if line.strip())
+        text = "; ".join(line.strip() for line in said.read().decode(errors="replace").splitlines()
+                         if line.strip())
     if failure is None:
         if text:
             log.warning("libfuse: %s", text)

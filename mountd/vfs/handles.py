@@ -83,8 +83,9 @@ class Handle:
 
 
 class OpenFiles:
-    def __init__(self, config: RepoConfig, meta: MetaStore, paths: PathMap, local: LocalTier, reader: RemoteReader,
-                 journal: Journal, dirty: DirtyBytes, ignored: IgnoredPaths, kernel: Kernel) -> None:
+    def __init__(self, config: RepoConfig, meta: MetaStore, paths: PathMap, local: LocalTier,
+                 reader: RemoteReader, journal: Journal, dirty: DirtyBytes, ignored: IgnoredPaths,
+                 kernel: Kernel) -> None:
         self.config = config
         self.meta = meta
         self.paths = paths
@@ -131,9 +132,9 @@ class OpenFiles:
                 self.take_in_passthrough_writes(op)
             size = op.size if op.size is not None else size
             mtime = op.mtime_ns if op.mtime_ns is not None else mtime
-        return Attr(ino=inode.ino, mode=inode.mode, nlink=inode.nlink, uid=inode.uid, gid=inode.gid, size=size,
-                    atime_ns=inode.atime_ns, mtime_ns=mtime, ctime_ns=inode.ctime_ns, rdev=inode.rdev,
-                    exact=bool(inode.meta_loaded))
+        return Attr(ino=inode.ino, mode=inode.mode, nlink=inode.nlink, uid=inode.uid, gid=inode.gid,
+                    size=size, atime_ns=inode.atime_ns, mtime_ns=mtime, ctime_ns=inode.ctime_ns,
+                    rdev=inode.rdev, exact=bool(inode.meta_loaded))
 
     def listing_row(self, row: ListingRow, inode: Inode) -> ListingRow:
         """A readdir row with an open file's size and mtime, which may be newer than the db's."""
@@ -154,7 +155,8 @@ class OpenFiles:
         writer could not join them, and a reader opening after the change would."""
         op = self._open.get(ino)
         if op is not None and op.cached is not None:
-            raise PosixError(errno.ETXTBSY, "open for reading from the cache by the kernel; close those first")
+            raise PosixError(errno.ETXTBSY,
+                             "open for reading from the cache by the kernel; close those first")
 
     # ------------------------------------------------------------------------------------------
     # opening
@@ -224,7 +226,8 @@ class OpenFiles:
             return opened
         st = os.fstat(fd)
         op.seen = (st.st_size, st.st_mtime_ns)
-        self._page_cache_version.pop(node.ino, None)  # the kernel's own pages of this inode may be stale after
+        # the kernel's own pages of this inode may be stale after
+        self._page_cache_version.pop(node.ino, None)
         return replace(opened, backing_id=op.backing_id, keep_cache=False)
 
     def _maybe_cache_passthrough(self, opened: Opened, node: Inode) -> Opened:

@@ -118,8 +118,8 @@ class PathMap:
         at or below the path. Empty for a local-only path."""
         parts = tuple(p for p in path.split("/") if p)
         out = [(a.name, "") for a in self.attachments if a.parts[: len(parts)] == parts]
-        holder = next((a for a in self.attachments if len(parts) > len(a.parts) and parts[: len(a.parts)] == a.parts),
-                      None)
+        holder = next((a for a in self.attachments
+                       if len(parts) > len(a.parts) and parts[: len(a.parts)] == a.parts), None)
         if holder is not None:
             out.append((holder.name, "/".join(parts[len(holder.parts):])))
         return out

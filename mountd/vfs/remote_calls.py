@@ -40,7 +40,8 @@ class RemoteCalls:
 
     async def call(self, store: ObjectStore, fn: Callable[..., T], *args: Any, timeout: float | None = None,
                    what: str = "") -> T:
-        """`fn(*args)` (a method of `store`) in a worker thread, within `timeout` (default: the read timeout)."""
+        """`fn(*args)` (a method of `store`) in a worker thread, within `timeout`
+        (default: the read timeout)."""
         limit = self.timeout if timeout is None else timeout
         with trio.move_on_after(limit):
             return await trio.to_thread.run_sync(partial(fn, *args), abandon_on_cancel=True)

@@ -24,7 +24,8 @@ class UploadsSending:
         self.stopped = 0
 
     @contextmanager
-    def sending(self, remote: str, key: str, store: ObjectStore, still_wanted: Callable[[], bool]) -> Iterator[None]:
+    def sending(self, remote: str, key: str, store: ObjectStore,
+                still_wanted: Callable[[], bool]) -> Iterator[None]:
         """While held, a re-queue of `key` stops this upload unless `still_wanted()`."""
         self._now[(remote, key)] = (store, still_wanted)
         try:

@@ -135,7 +135,8 @@ class Uploader:
                 # at most one attempt per retry_initial
                 wait = min(max(self._retry_initial, RETRY_WAIT), RETRY_WAIT * 2 ** min(entry.attempts, 20))
                 log.debug("write-back of %s:%s runs again in %.1fs: %s", entry.remote, entry.key, wait, e)
-                self._meta.journal_failed(entry.remote, entry.key, entry.seq, str(e), self._journal.clock() + wait)
+                self._meta.journal_failed(entry.remote, entry.key, entry.seq, str(e),
+                                          self._journal.clock() + wait)
             except MountdError as e:
                 self._fail(entry, str(e))
             except sqlite3.OperationalError as e:  # e.g. the local disk is full: the entry stays queued
@@ -174,7 +175,8 @@ class Uploader:
         return scope.count(self._meta)
 
     async def wait_drained(self, timeout: float, select: Scope | None = None) -> int:
-        """Make matching entries due now and wait until none is left or `timeout` passes; returns what is left.
+        """Make matching entries due now and wait until none is left or `timeout` passes;
+        returns what is left.
 
         Entries that failed keep their back-off: callers wait in steps (an unmount, every 0.5 s), and
         each step used to make a failing entry due again at once."""
