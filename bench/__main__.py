@@ -19,11 +19,13 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="small sizes (16 MiB files, 200 small files), 1 repetition")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (16 MiB files, 200 small files), 1 repetition")
     p.add_argument("--targets", default=",".join(TARGET_ORDER),
                    help=f"comma-separated subset of {','.join(TARGET_ORDER)} (default: all)")
     p.add_argument("--suites", default="write,small,reads,list,dedup",
-                   help="comma-separated subset of write,small,reads,list,dedup; a partial run writes no docs")
+                   help="comma-separated subset of write,small,reads,list,dedup; "
+                        "a partial run writes no docs")
     p.add_argument("--reps", type=int, help="repetitions per scenario (default: 3, quick: 1)")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("BENCH_WORK", "/var/tmp/mountd-bench")),
                    help="work directory: server data, mounts, caches, logs (default /var/tmp/mountd-bench)")
@@ -31,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
                    help="write docs/benchmarks.md and docs/benchmarks.png (default: on for a full run)")
     p.add_argument("--mountd-commit", metavar="REV",
-                   help="benchmark mountd as of this git commit (exported under WORK) instead of the working tree")
-    p.add_argument("--report", type=Path, metavar="RESULTS", help="only regenerate the docs from a results file")
+                   help="benchmark mountd as of this git commit (exported under WORK) "
+                        "instead of the working tree")
+    p.add_argument("--report", type=Path, metavar="RESULTS",
+                   help="only regenerate the docs from a results file")
     a = p.parse_args(argv)
 
     md, png = DOCS / "benchmarks.md", DOCS / "benchmarks.png"
@@ -45,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown target(s) {', '.join(bad)}; choose from {', '.join(TARGET_ORDER)}")
     if os.geteuid() != 0:
-        print("bench: error: run as root (it mounts FUSE file systems and drops the page cache)", file=sys.stderr)
+        print("bench: error: run as root (it mounts FUSE file systems and drops the page cache)",
+              file=sys.stderr)
         return 2
     if not os.path.exists("/dev/fuse"):
         print("bench: error: /dev/fuse is missing (load the fuse module or run with --device /dev/fuse)",
@@ -64,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.runner import run
 
     res = run(a.work, sizes, names, out, "quick" if a.quick else "full",
-              log=lambda s: print(s, file=sys.stderr, flush=True), mountd_commit=a.mountd_commit, suites=suites)
+              log=lambda s: print(s, file=sys.stderr, flush=True), mountd_commit=a.mountd_commit,
+              suites=suites)
     if a.docs if a.docs is not None else not a.quick and set(suites) == set(SUITES):
         write_docs(res, md, png)
         print(f"bench: wrote {md} and {png}", file=sys.stderr)

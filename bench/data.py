@@ -60,7 +60,8 @@ def safetensors_layout(size: int) -> list[Tensor]:
     tensors, pos, layer = [], 0, 0
     while True:
         for part, nbytes in (("attn.qkv.weight", 3), ("attn.out.weight", 1), ("mlp.up.weight", 4),
-                             ("mlp.down.weight", 4), ("norm1.weight", 0), ("norm2.weight", 0), ("mlp.up.bias", 0)):
+                             ("mlp.down.weight", 4), ("norm1.weight", 0), ("norm2.weight", 0),
+                             ("mlp.up.bias", 0)):
             n = nbytes * max(1, size // 600) if nbytes else rng.choice((4096, 8192, 16384))
             if pos + n > size:
                 return tensors
@@ -72,7 +73,8 @@ def safetensors_layout(size: int) -> list[Tensor]:
 def write_safetensors(path: Path, size: int) -> list[Tensor]:
     """A real safetensors file (8-byte header length, JSON header, data) of exactly `size` bytes."""
     tensors = safetensors_layout(size - 64 * 1024)
-    header = {t.name: {"dtype": "U8", "shape": [t.end - t.start], "data_offsets": [t.start, t.end]} for t in tensors}
+    header = {t.name: {"dtype": "U8", "shape": [t.end - t.start], "data_offsets": [t.start, t.end]}
+              for t in tensors}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     data_size = size - 8 - len(raw)  # the tail after the last tensor is padding

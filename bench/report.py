@@ -59,7 +59,8 @@ def figures_table(res: Results) -> str:
     rows = []
     for m in METRICS:
         note = " ¹" if m.local_note and "local" in ts else ""
-        rows.append(f"| {label(m, res.sizes)}{note} | {m.unit} | {'higher' if m.higher_is_better else 'lower'} | "
+        rows.append(f"| {label(m, res.sizes)}{note} | {m.unit} | "
+                    f"{'higher' if m.higher_is_better else 'lower'} | "
                     + " | ".join(_cell(res, m, t) for t in ts) + " |")
     return head + "\n".join(rows) + "\n"
 
@@ -73,9 +74,11 @@ def _ratio_of(res: Results, key: str, a: str, b: str) -> float | None:
 
 def ratios_table(res: Results) -> str:
     ts = _targets(res)
-    pairs = [("mountd", o) for o in ts if o != "mountd"] + [(p, "local") for p in ts if p not in ("mountd", "local")]
+    pairs = ([("mountd", o) for o in ts if o != "mountd"]
+             + [(p, "local") for p in ts if p not in ("mountd", "local")])
     pairs = [(a, b) for a, b in pairs if a in ts and b in ts]
-    head = "| scenario | " + " | ".join(f"{a} ÷ {b}" for a, b in pairs) + " |\n|---|" + "---|" * len(pairs) + "\n"
+    head = ("| scenario | " + " | ".join(f"{a} ÷ {b}" for a, b in pairs) + " |\n|---|"
+            + "---|" * len(pairs) + "\n")
     rows = []
     for m in METRICS:
         cells = []
@@ -106,15 +109,18 @@ def goal_status(res: Results, g: Goal) -> tuple[str, str, str]:
     if met:
         return needed, measured, "met"
     if m.higher_is_better:
-        return needed, measured, f"missed: {r / g.factor:.0%} of the target (short by {1 - r / g.factor:.0%})"
-    return needed, measured, f"missed: {r / g.factor:.2f} × the allowed value (over by {r / g.factor - 1:.0%})"
+        return needed, measured, (f"missed: {r / g.factor:.0%} of the target "
+                                  f"(short by {1 - r / g.factor:.0%})")
+    return needed, measured, (f"missed: {r / g.factor:.2f} × the allowed value "
+                              f"(over by {r / g.factor - 1:.0%})")
 
 
 def goals_table(res: Results) -> str:
     rows = ["| target | from | needed | mountd | verdict |", "|---|---|---|---|---|"]
     for g in GOALS:
         needed, measured, verdict = goal_status(res, g)
-        rows.append(f"| {label(METRIC_BY_KEY[g.metric], res.sizes)} | {g.source} | {needed} | {measured} | {verdict} |")
+        rows.append(f"| {label(METRIC_BY_KEY[g.metric], res.sizes)} | {g.source} | {needed} | {measured} "
+                    f"| {verdict} |")
     return "\n".join(rows) + "\n"
 
 
@@ -122,7 +128,8 @@ def machine_table(res: Results) -> str:
     rows = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res.machine.items()]
     if res.loadavg:
         rows.append("| load average (1 min) at the start of each round | " + "; ".join(
-            f"{t} {', '.join(f'{v:g}' for v in res.loadavg[t])}" for t in _targets(res) if t in res.loadavg) + " |")
+            f"{t} {', '.join(f'{v:g}' for v in res.loadavg[t])}"
+            for t in _targets(res) if t in res.loadavg) + " |")
     rows.append(f"| run | {res.mode} mode, {res.sizes['reps']} repetition(s), started {res.started}, "
                 f"took {res.duration_s / 60:.1f} min |")
     return "\n".join(rows) + "\n"
@@ -135,8 +142,8 @@ def markdown(res: Results, png_name: str | None) -> str:
         parts += [f"- **{t}**: `{e[:400]}`\n" for t, e in res.errors.items()]
     parts += ["\n### Figures (median, with min–max of the repetitions)\n", figures_table(res)]
     parts.append("\n¹ Local column: for the write, the time of a direct fsspec upload of the written file "
-                 "(`s3fs.S3FileSystem.put_file`, the library mountd uploads with); for the cold and cache reads "
-                 "and model loads, the local file read from disk after dropping the page cache.\n")
+                 "(`s3fs.S3FileSystem.put_file`, the library mountd uploads with); for the cold and cache "
+                 "reads and model loads, the local file read from disk after dropping the page cache.\n")
     parts += ["\n### Ratios (of the medians)\n", ratios_table(res)]
     parts += ["\n### Targets of the issues\n", goals_table(res)]
     if png_name:

