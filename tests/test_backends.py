@@ -367,8 +367,8 @@ def test_wrong_credentials_are_denied(request, tmp_path, kind):
         bucket = server.new_bucket()
         bad_key = "A" * 86 + "=="
         store = make_store(request, tmp_path, kind, bucket=bucket, options={
-            "connection_string": server.connection_string.replace(server.connection_string.split("AccountKey=")[1]
-                                                                  .split(";")[0], bad_key)},
+            "connection_string": server.connection_string.replace(
+                server.connection_string.split("AccountKey=")[1].split(";")[0], bad_key)},
             tuning=StoreTuning(timeout=3))
     with pytest.raises(RemoteDenied) as e:
         store.probe()

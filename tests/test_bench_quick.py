@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(240)
 def test_quick_mode_measures_every_scenario_on_every_target(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--work", str(tmp_path / "work"), "--out", str(out),
-                        "--no-docs"], cwd=REPO, capture_output=True, text=True, timeout=220)
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--work", str(tmp_path / "work"),
+                        "--out", str(out), "--no-docs"],
+                       cwd=REPO, capture_output=True, text=True, timeout=220)
     assert out.exists(), f"no results file; bench said:\n{r.stderr[-4000:]}"
     res = Results.load(out)
     assert res.errors == {}, f"targets failed: {res.errors}\n{r.stderr[-4000:]}"
@@ -37,7 +38,8 @@ def test_quick_mode_measures_every_scenario_on_every_target(tmp_path: Path) -> N
             assert len(values) == res.sizes["reps"] == 1, (target, key, values)
             # a kernel CPU time is counted in clock ticks: a 16 MiB read may add none
             may_be_zero = key == "read_cache_sys"
-            assert all(math.isfinite(v) and (v > 0 or may_be_zero and v == 0) for v in values), (target, key, values)
+            assert all(math.isfinite(v) and (v > 0 or may_be_zero and v == 0) for v in values), (
+                target, key, values)
     # the counting proxy saw every byte of the peers' copies (neither deduplicates)
     content_mib = res.sizes["dedup_copies"] * res.sizes["dedup"] / 2**20
     for peer in ("rclone", "s3fs"):

@@ -397,8 +397,9 @@ def test_every_tier_is_searched_before_the_remote(tmp_path):
             await settle(cache)
             assert cache.describe(obj) == ("first", CHUNK)
         # the rules change: *.bin now belongs to "second", but "first" still holds the data
-        rerouted = make_config(tmp_path, tiers={"first": {"max_size": "1M", "expires": "1h", "globs": ["*.txt"]},
-                                                "second": {"max_size": "1M", "expires": "1h"}})
+        rerouted = make_config(tmp_path, tiers={
+            "first": {"max_size": "1M", "expires": "1h", "globs": ["*.txt"]},
+            "second": {"max_size": "1M", "expires": "1h"}})
         async with env.cache(rerouted) as cache:
             assert await cache.read(obj, 0, len(data)) == data
             assert cache.describe(obj) == ("second", CHUNK)
@@ -408,7 +409,8 @@ def test_every_tier_is_searched_before_the_remote(tmp_path):
 
 
 def test_routing_rules_first_match_wins():
-    rules = [TierRule("previews", max_object_size=4 << 20), TierRule("images", globs=("*.png", "shots/*.jpg")),
+    rules = [TierRule("previews", max_object_size=4 << 20),
+             TierRule("images", globs=("*.png", "shots/*.jpg")),
              TierRule("big", min_object_size=1 << 30), TierRule("rest")]
     assert route(rules, "a/b.png", 1 << 20) == "previews"
     assert route(rules, "a/b.png", 5 << 20) == "images"
@@ -537,7 +539,8 @@ def test_chunks_of_an_older_cache_with_zlib_crc32_tags_are_still_verified(tmp_pa
         assert len(rows) == 2 and all(tag.split()[1].startswith("crc32c:") for _, tag, _ in rows)
         for rowid, tag, filename in rows:
             block = (tier / filename).read_bytes()
-            db.execute("UPDATE Cache SET tag = ? WHERE rowid = ?", (f"{tag.split()[0]} {zlib.crc32(block):08x}", rowid))
+            db.execute("UPDATE Cache SET tag = ? WHERE rowid = ?",
+                       (f"{tag.split()[0]} {zlib.crc32(block):08x}", rowid))
     run(read_back)
     assert corrupt == [0]  # the old chunks pass their zlib checksums
     for f in tier.glob("*.val"):

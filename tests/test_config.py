@@ -10,7 +10,8 @@ from mountd.units import parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("512", 512), ("8M", 8 << 20), ("10G", 10 << 30), ("1.5K", 1536), ("4MiB", 4 << 20), ("2gb", 2 << 30), (7, 7),
+    ("512", 512), ("8M", 8 << 20), ("10G", 10 << 30), ("1.5K", 1536), ("4MiB", 4 << 20), ("2gb", 2 << 30),
+    (7, 7),
 ])
 def test_sizes(text, expected):
     assert parse_size(text) == expected

@@ -58,7 +58,8 @@ def test_a_new_database_starts_at_the_current_schema(tmp_path):
         assert meta.schema_version == SCHEMA_VERSION
     finally:
         meta.close()
-    assert {"inodes", "dentries", "journal", "hashes", "displaced", "conflicts"} <= tables(tmp_path / "meta.db")
+    assert ({"inodes", "dentries", "journal", "hashes", "displaced", "conflicts"}
+            <= tables(tmp_path / "meta.db"))
 
 
 def test_a_database_of_a_newer_mountd_is_refused_untouched(tmp_path):
