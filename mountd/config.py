@@ -190,6 +190,8 @@ class MountOptions(_Model):
     """Kernel-facing options and metadata freshness."""
 
     listing_ttl: Duration = 60.0
+    # how often each remote's change log is read for other hosts' changes (0: never; vfs/feed.py)
+    poll_interval: Duration = 1.0
     attr_timeout: Duration = 1.0
     allow_other: bool = False
     default_permissions: bool = True

@@ -448,7 +448,11 @@ async def _control(m: Mount, req: dict[str, Any]) -> AsyncIterator[dict[str, Any
             m.journal.notify()
             yield {"ok": True, "result": {"left": m.uploader.pending(select)}}
             return
+        started = trio.current_time()
         left = await m.uploader.wait_drained(timeout, select)
+        if not left:
+            # other hosts learn of the changes from the change log: it is part of "synced"
+            await m.stack.feed.wait_logged(max(0.0, timeout - (trio.current_time() - started)))
         errors = [{"remote": e.remote, "key": e.key, "error": e.last_error} for e in m.meta.journal_all(100000)
                   if select(e.remote, e.key) and e.last_error]
         yield {"ok": True, "result": {"left": left, "errors": errors}}

@@ -21,6 +21,7 @@ from mountd.config import RepoConfig
 from mountd.local import LocalTier
 from mountd.meta import MetaStore
 from mountd.vfs.conflicts import ConflictCopies, default_host_id
+from mountd.vfs.feed import ChangeFeed
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.handles import OpenFiles
 from mountd.vfs.ignored import IgnoredPaths
@@ -48,6 +49,7 @@ class Stack:
     fs: Filesystem
     reconciler: Reconciler
     uploader: Uploader
+    feed: ChangeFeed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The background work of the stack (cache admissions, spares and discards, the metadata
@@ -56,6 +58,9 @@ class Stack:
             await nursery.start(self.reader.run)
             await nursery.start(self.local.run)
             await nursery.start(self.fs.remote.run)
+            # the change logs are caught up with before the first upload (a host back from
+            # offline compares its queued changes against the newest versions)
+            await nursery.start(self.feed.run)
             await nursery.start(self.uploader.run)
             task_status.started()
 
@@ -73,6 +78,7 @@ class Stack:
             "meta": self.meta.statistics(),
             "local": self.local.statistics(),
             "dirty": self.fs.dirty.statistics(),
+            "feed": self.feed.statistics(),
         }
 
 
@@ -97,11 +103,15 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     files = OpenFiles(config, meta, paths, local, reader, journal, dirty, ignored, kernel)
     remote = RemoteView(config, meta, paths, stores, reader, local, dirty, kernel, remote_calls,
                         is_open=files.is_open, owner=owner)
-    conflicts = ConflictCopies(meta, kernel, host=config.writeback.host or default_host_id(),
-                               file_mode=config.mount.file_mode, owner=owner)
+    host = config.writeback.host or default_host_id()
+    conflicts = ConflictCopies(meta, kernel, host=host, file_mode=config.mount.file_mode, owner=owner)
+    followed = [r.name for r in config.remote if r.scheme != "links"]
+    feed = ChangeFeed(meta, stores, remote, remote_calls, host=host, poll_interval=config.mount.poll_interval,
+                      writable=[r.name for r in config.remote if not r.read_only and r.name in followed],
+                      followed=followed)
     reconciler = Reconciler(meta, stores, WritebackView(paths, ignored, files, remote, local, dirty), journal,
                             remote_calls, sending, conflicts, dedup=config.writeback.dedup,
-                            on_conflict=config.writeback.on_conflict)
+                            on_conflict=config.writeback.on_conflict, on_remote_change=feed.changed)
     uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
                         retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
                         activity=activity, yield_max=config.writeback.yield_max)
@@ -110,4 +120,4 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     fs = Filesystem(config, meta, local, journal, dirty, paths, files, remote, introspect)
     fs.bootstrap()
     return Stack(config=config, meta=meta, local=local, stores=stores, reader=reader, journal=journal, fs=fs,
-                 reconciler=reconciler, uploader=uploader)
+                 reconciler=reconciler, uploader=uploader, feed=feed)

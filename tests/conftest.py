@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mountd.vfs.namespace import FEED_DIR
 from tests.servers import (  # noqa: F401
     azurite_server,
     cloud_remote,
@@ -51,11 +52,13 @@ def mountd_cmd(*args: str, check: bool = True, timeout: float = 120, **kw) -> su
 def remote_files(root) -> dict[str, bytes]:
     """Every file under a remote, by relative path: a file:// remote's directory, or a bucket view
     with `files()`. Upload temporaries cut by a kill -9 are left out: they are invisible, like an
-    open multipart upload."""
+    open multipart upload; so is the change log of the hosts (`.mountd-log/`)."""
     if hasattr(root, "files"):
-        return root.files()
+        return {k: v for k, v in root.files().items() if not k.startswith(FEED_DIR + "/")}
     out = {}
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        if os.path.samefile(dirpath, root) and FEED_DIR in dirs:
+            dirs.remove(FEED_DIR)  # the hosts' change log (docs/multihost.md), not a file anyone wrote
         for f in files:
             if f.startswith(".mountd-tmp-"):
                 continue

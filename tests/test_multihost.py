@@ -147,6 +147,30 @@ def test_a_rename_onto_a_name_another_host_wrote_keeps_both(hosts):
     assert "draft" not in objects
 
 
+@pytest.mark.remote_kinds("file", "s3", "azure")
+def test_changes_reach_the_other_host_through_the_change_log(hosts):
+    """With listing_ttl at an hour, b sees a's rewrite, new file and delete only because it follows
+    the change log (mount.poll_interval, 1 s by default): not by listing again."""
+    a, b = hosts(2)
+    (a.data / "metrics.json").write_bytes(b'{"step": 1}')
+    a.sync()
+    assert (b.data / "metrics.json").read_bytes() == b'{"step": 1}'
+    assert not (b.data / "best.ckpt").exists()  # looked up: the kernel may cache "no such file"
+    (a.data / "metrics.json").write_bytes(b'{"step": 2, "loss": 0.1}')
+    (a.data / "best.ckpt").write_bytes(b"weights")
+    a.sync()
+    wait_until(lambda: (b.data / "metrics.json").read_bytes() == b'{"step": 2, "loss": 0.1}', timeout=15)
+    wait_until(lambda: (b.data / "best.ckpt").exists(), timeout=15)
+    assert (b.data / "best.ckpt").read_bytes() == b"weights"
+    (a.data / "metrics.json").unlink()
+    a.sync()
+    wait_until(lambda: not (b.data / "metrics.json").exists(), timeout=15)
+    assert sorted(os.listdir(b.data)) == ["best.ckpt"]
+    feed = b.status()["statistics"]["feed"]
+    assert feed["changes_applied"] >= 3 and feed["relists"] == 0, feed
+    assert ".mountd-log" not in os.listdir(a.mp / "data")
+
+
 @pytest.mark.remote_kinds("s3", "azure")
 def test_a_host_that_was_offline_cannot_overwrite_newer_work(make_repo, request, remote_kind, counting_proxy):
     """b loses the server (its own proxy refuses) while a rewrites 10 files; b writes 5 of those

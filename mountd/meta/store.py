@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import stat
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -86,7 +87,8 @@ CREATE TABLE IF NOT EXISTS hashes (
 # Schema 2 (multi-host): `displaced` keeps the version of an object that no inode claims any more
 # (its file was unlinked, renamed away or replaced here) until its delete or an overwrite is sent,
 # so that write is still a compare-and-swap against what this host last saw; `conflicts` lists
-# the conflict copies made when another host had changed a key first.
+# the conflict copies made when another host had changed a key first; `feed` the last entry of
+# each remote's change log this host has applied.
 _SCHEMA_2 = """
 CREATE TABLE IF NOT EXISTS displaced (
     remote TEXT NOT NULL,
@@ -106,6 +108,8 @@ CREATE TABLE IF NOT EXISTS conflicts (
     resolution TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conflicts_copy ON conflicts(remote, copy_key);
+CREATE TABLE IF NOT EXISTS feed (remote TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS instance (id TEXT NOT NULL);
 """
 _MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2}
 
@@ -367,6 +371,22 @@ class MetaStore:
         """The key was written or deleted: what was displaced from it is gone."""
         self._exec("DELETE FROM displaced WHERE remote=? AND key=?", (remote, key))
 
+    # --- change log -----------------------------------------------------------------------------
+    def feed_last(self, remote: str) -> int | None:
+        v = self._scalar("SELECT last FROM feed WHERE remote=?", (remote,))
+        return int(v) if v is not None else None  # type: ignore[arg-type]
+
+    def instance_id(self) -> str:
+        """This local tier's identity, made once: how a host knows its own change-log entries."""
+        v = self._scalar("SELECT id FROM instance LIMIT 1")
+        if v is None:
+            v = uuid.uuid4().hex
+            self._exec("INSERT INTO instance (id) VALUES (?)", (v,))
+        return str(v)
+
+    def feed_set_last(self, remote: str, last: int) -> None:
+        self._exec("INSERT OR REPLACE INTO feed (remote, last) VALUES (?, ?)", (remote, last))
+
     # --- conflicts ----------------------------------------------------------------------------
     def conflict_add(self, remote: str, key: str, *, copy_key: str | None, expected: str | None,
                      found: str | None, local_mtime_ns: int, resolution: str) -> int:
@@ -390,6 +410,10 @@ class MetaStore:
                          " detected_at, resolution FROM conflicts " + where, args)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def remote_dirs(self, remote: str) -> list[int]:
+        return [r[0] for r in self._exec("SELECT ino FROM inodes WHERE remote=? AND (mode & 61440) = 16384",
+                                         (remote,)).fetchall()]
 
     def orphans(self) -> list[int]:
         """Inodes no directory entry refers to (unlinked while open when the daemon stopped)."""

@@ -39,6 +39,10 @@ def attachments_for(remotes: tuple[RemoteConfig, ...]) -> list[Attachment]:
     return sorted(atts, key=lambda a: -len(a.parts))
 
 
+# the change log of the hosts sharing a remote, at the remote's root (vfs/feed.py); not shown
+FEED_DIR = ".mountd-log"
+
+
 def key_for(parts_below_attach: tuple[str, ...], *, directory: bool = False) -> str:
     """The object key of a path below its attach point; directories (markers) end in '/'."""
     key = "/".join(parts_below_attach)

@@ -46,7 +46,7 @@ import hashlib
 import logging
 import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -80,8 +80,10 @@ def sha256_file(path: Path) -> str:
 class Reconciler:
     def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: WritebackView, journal: Journal,
                  remote: RemoteCalls, sending: UploadsSending, conflicts: ConflictCopies, *, dedup: bool,
-                 on_conflict: str = "keep-both") -> None:
+                 on_conflict: str = "keep-both",
+                 on_remote_change: Callable[[str, str, str | None], None] = lambda remote, key, version: None) -> None:
         self.meta = meta
+        self.on_remote_change = on_remote_change  # the change log (ChangeFeed.changed)
         self.conflicts = conflicts
         self.on_conflict = on_conflict
         self.stores = stores
@@ -153,6 +155,8 @@ class Reconciler:
                         "saw it (%s); it stays, and shows here at the next listing", entry.remote, entry.key,
                         expect.version if expect else "")
             self.view.forget_listing(entry.remote, entry.key)
+        else:
+            self.on_remote_change(entry.remote, entry.key, None)
         with self.meta.transaction():
             self.meta.hash_forget(entry.remote, entry.key)
             self.meta.displaced_forget(entry.remote, entry.key)
@@ -164,6 +168,7 @@ class Reconciler:
         gen = node.attr_gen
         meta = self._meta_of(node, None)
         info = await self.remote.call(store, store.put_bytes, key, b"", meta)
+        self.on_remote_change(node.remote or "", key, info.version)
         self.stats["markers"] += 1
         self._done(node.ino, remote=node.remote or "", content_gen=None, attr_gen=gen, key=key, info=info,
                    sha256=None)
@@ -297,6 +302,7 @@ class Reconciler:
         crash before `_done`), the next write of `key` compares against this version."""
         with self.meta.transaction():
             self.meta.note_written(remote, key, info.version)
+        self.on_remote_change(remote, key, info.version)
 
     @contextlib.contextmanager
     def _reading_from(self, remote: str, key: str) -> Iterator[None]:

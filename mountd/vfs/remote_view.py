@@ -31,7 +31,7 @@ from mountd.errors import ObjectNotFound, PosixError, RemoteError
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
 from mountd.vfs.kernel import Kernel
-from mountd.vfs.namespace import META_SHA256, attrs_from_metadata, invalid_name_reason, object_ref
+from mountd.vfs.namespace import FEED_DIR, META_SHA256, attrs_from_metadata, invalid_name_reason, object_ref
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_calls import RemoteCalls
 from mountd.writeback.backpressure import DirtyBytes
@@ -281,6 +281,8 @@ class RemoteView:
         dir_names = set()
         with m.transaction():
             for name in listing.prefixes:
+                if not prefix and name == FEED_DIR:
+                    continue  # the change log of the hosts sharing the remote (vfs/feed.py)
                 reason = invalid_name_reason(name)
                 if reason:
                     self._skip_key(remote, prefix + name + "/", reason)
@@ -331,6 +333,69 @@ class RemoteView:
                 if not self._is_open(ino):
                     m.delete_inode(ino)
             m.update(d.ino, listed_at=time.time())
+
+    async def apply_remote_change(self, remote: str, key: str, version: str | None) -> bool:
+        """Another host wrote `version` at `key` (None: deleted it), as its change log says: the
+        names and inodes this host shows for that key follow now, without waiting for
+        listing_ttl, and the kernel forgets what it cached of them. A file with changes of this
+        host not yet uploaded is left alone (its compare-and-swap decides), and so is an open one
+        (it keeps reading the version it opened). True when something here changed."""
+        if key.endswith("/"):
+            self.forget_listing(remote, key.rstrip("/"))  # a directory marker: list its parent again
+            return True
+        node = self.paths.resolve_key(remote, key)
+        if node is not None:
+            if node.is_dir or node.remote != remote or node.content_dirty or node.attrs_dirty \
+                    or self.meta.journal_has(remote, key) or self._is_open(node.ino):
+                return False
+            if version is not None and node.remote_key == key and node.remote_version == version:
+                return False  # known already (our own change, or a listing saw it)
+        folder = key.rpartition("/")[0]
+        d = self.paths.resolve_key(remote, folder + "/" if folder else "")
+        if d is None or not d.is_dir or (node is None and d.listed_at is None):
+            return False  # never listed here: the first listing will show it
+        store = self.stores[remote]
+        # the entry only says "look at this key": what is there now decides (entries may be old)
+        try:
+            info: ObjectInfo | None = await self.remote.call(store, store.head, key)
+        except ObjectNotFound:
+            info = None
+        bname = key.rpartition("/")[2].encode("utf-8", "surrogateescape")
+        node = self.paths.resolve_key(remote, key)  # again: the HEAD was an await
+        with self.meta.transaction():
+            if node is not None:
+                if node.content_dirty or node.attrs_dirty or self._is_open(node.ino) or (
+                        info is not None and node.remote_key == key and node.remote_version == info.version):
+                    return False
+                if info is None:
+                    self.meta.remove_entry(d.ino, bname)
+                    self.meta.delete_inode(node.ino)
+                    if node.has_local:
+                        self.local.discard(node.ino)
+                else:
+                    if node.has_local:  # a clean local copy of the old bytes: the new ones are remote
+                        self.meta.update(node.ino, has_local=0)
+                        self.local.discard(node.ino)
+                    self._refresh_from_listing(node, info)
+                    self.confirmed(node.ino)
+            elif info is not None and invalid_name_reason(bname.decode("utf-8", "surrogateescape")) is None:
+                self._create_from_listing(d.ino, bname, remote, info)
+            else:
+                return False
+        self.kernel.invalidate_entry(d.ino, bname)
+        self.kernel.invalidate_inode(d.ino)
+        return True
+
+    def forget_all_listings(self, remote: str) -> int:
+        """The change log of `remote` was compacted past what this host read: every directory of
+        the remote is listed again when next visited. Returns how many."""
+        dirs = self.meta.remote_dirs(remote)
+        with self.meta.transaction():
+            for ino in dirs:
+                self.meta.update(ino, listed_at=None)
+        for ino in dirs:
+            self.kernel.invalidate_inode(ino)
+        return len(dirs)
 
     def forget_listing(self, remote: str, key: str) -> None:
         """The remote holds something at `key` this host does not show: the directory of `key`
