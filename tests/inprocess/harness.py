@@ -83,9 +83,12 @@ def repo_config(root: Path, *, delay: str = "0s", extra: str = "", writeback: st
 
 
 def remote_files(root: Path) -> dict[str, bytes]:
-    """Every object of a file:// remote by key, upload temporaries left out (they are invisible)."""
+    """Every object of a file:// remote by key, upload temporaries left out (they are invisible),
+    and the hosts' change log too (it is not a file anyone wrote)."""
     out = {}
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        if Path(dirpath) == root and ".mountd-log" in dirs:
+            dirs.remove(".mountd-log")
         for name in files:
             if not name.startswith(".mountd-tmp-"):
                 p = Path(dirpath, name)
