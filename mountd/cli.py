@@ -62,12 +62,14 @@ def main() -> None:
 @click.argument("source")
 @click.argument("mountpoint", type=click.Path())  # checked by daemon.check_mountpoint, in one line
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (logs to stderr).")
-@click.option("--require-remotes", is_flag=True, help="Fail instead of mounting when a remote is unreachable.")
+@click.option("--require-remotes", is_flag=True,
+              help="Fail instead of mounting when a remote is unreachable.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Where a background daemon logs.")
 @click.option("-o", "options", multiple=True,
-              help="Mount options as in fstab: ro, allow_other, uid=, gid=, nosuid, ... (see docs/operations.md).")
+              help="Mount options as in fstab: ro, allow_other, uid=, gid=, nosuid, ... "
+                   "(see docs/operations.md).")
 def mount(source: str, mountpoint: str, foreground: bool, require_remotes: bool, log_level: str,
           log_file: str | None, options: tuple[str, ...]) -> None:
     """Mount SOURCE (a TOML config file or a remote URL) at MOUNTPOINT."""
@@ -118,7 +120,8 @@ def umount(mountpoint: str, timeout: float | None) -> None:
         with Progress(TextColumn("draining uploads"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=Console(stderr=True), transient=True) as bar:
             task = None
-            for msg in request(mountpoint, "umount", {"timeout": timeout} if timeout else {}, socket_timeout=None):
+            for msg in request(mountpoint, "umount", {"timeout": timeout} if timeout else {},
+                               socket_timeout=None):
                 if "progress" in msg:
                     pending = int(msg["progress"]["pending"])
                     if task is None:
@@ -157,7 +160,8 @@ def status(mountpoint: str, as_json: bool, watch: bool, interval: float) -> None
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    click.echo(f"repository {st['name']} at {st['mountpoint']} (pid {st['pid']}, local tier {st['local_path']})")
+    click.echo(f"repository {st['name']} at {st['mountpoint']} "
+               f"(pid {st['pid']}, local tier {st['local_path']})")
     click.echo("remotes:")
     for r in st["remotes"]:
         state = "ok" if r["reachable"] else f"UNREACHABLE: {r['error']}"
@@ -225,8 +229,8 @@ def conflicts(mountpoint: str, as_json: bool) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["detected_at"]))
         ours = (f"this host's version kept as {c['copy_path']}" if c["copy_path"]
                 else f"this host's version not uploaded ({c['resolution']})")
-        click.echo(f"{when}  {c['path']}: another host's version {c['found_version'] or '(deleted)'} is at the "
-                   f"name (this host expected {c['expected_version'] or 'no object'}); {ours}")
+        click.echo(f"{when}  {c['path']}: another host's version {c['found_version'] or '(deleted)'} "
+                   f"is at the name (this host expected {c['expected_version'] or 'no object'}); {ours}")
 
 
 @main.command("log-level")
@@ -292,8 +296,8 @@ def pin(path: str) -> None:
         fail(str(e))
     click.echo("", err=True)
     if result.get("failed"):
-        fail(f"{len(result['failed'])} files under {path} could not be fetched (first: {result['failed'][0]}); "
-             f"the pin stays, run mountd pin again when the remote answers")
+        fail(f"{len(result['failed'])} files under {path} could not be fetched "
+             f"(first: {result['failed'][0]}); the pin stays, run mountd pin again when the remote answers")
     click.echo(f"pinned {path}: {result.get('files', 0)} files, {result.get('bytes', 0)} bytes")
 
 
@@ -347,8 +351,10 @@ def cache_clear(mountpoint: str, tier: str | None) -> None:
 
 @main.command()
 @click.argument("source")
-@click.option("--write", is_flag=True, help="Also write a temporary object to each writable remote and delete it.")
-@click.option("--timeout", type=DURATION, default="15s", show_default=True, help="Limit of each step, e.g. 10s.")
+@click.option("--write", is_flag=True,
+              help="Also write a temporary object to each writable remote and delete it.")
+@click.option("--timeout", type=DURATION, default="15s", show_default=True,
+              help="Limit of each step, e.g. 10s.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def check(source: str, write: bool, timeout: float, as_json: bool) -> None:
     """Validate SOURCE (a config file or URL) and probe each remote: list, read, and with --write, write.

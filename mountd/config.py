@@ -73,7 +73,8 @@ class TierConfig(_Model):
 
 def _default_tiers() -> dict[str, TierConfig]:
     return {
-        "previews": TierConfig(max_size=parse_size("1G"), expires=parse_duration("12h"), max_object_size=parse_size("4M")),
+        "previews": TierConfig(max_size=parse_size("1G"), expires=parse_duration("12h"),
+                               max_object_size=parse_size("4M")),
         "storage": TierConfig(max_size=parse_size("10G"), expires=parse_duration("7d")),
     }
 
@@ -128,7 +129,8 @@ class RemoteConfig(_Model):
     @classmethod
     def _name_ok(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
-            raise ValueError("name must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+            raise ValueError("name must be 1-64 letters, digits, '_', '.' or '-', "
+                             "starting with a letter or digit")
         return v
 
     @field_validator("url")
@@ -136,9 +138,11 @@ class RemoteConfig(_Model):
     def _url_ok(cls, v: str) -> str:
         m = re.match(r"^([a-z0-9]+)://", v)
         if not m:
-            raise ValueError(f"url must start with a scheme such as s3://, gs://, az://, file:// (got {redact_url(v)!r})")
+            raise ValueError("url must start with a scheme such as s3://, gs://, az://, file:// "
+                             f"(got {redact_url(v)!r})")
         if m.group(1) not in SUPPORTED_SCHEMES:
-            raise ValueError(f"unsupported scheme {m.group(1)}://; use one of " + ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES))
+            raise ValueError(f"unsupported scheme {m.group(1)}://; use one of "
+                             + ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES))
         return v
 
     @field_validator("at")
@@ -256,9 +260,11 @@ class RepoConfig(_Model):
     @model_validator(mode="after")
     def _fill_paths(self) -> RepoConfig:
         if self.local.path is None:
-            object.__setattr__(self, "local", self.local.model_copy(update={"path": _state_home() / self.name}))
+            object.__setattr__(self, "local",
+                               self.local.model_copy(update={"path": _state_home() / self.name}))
         if self.cache.path is None:
-            object.__setattr__(self, "cache", self.cache.model_copy(update={"path": _cache_home() / self.name}))
+            object.__setattr__(self, "cache",
+                               self.cache.model_copy(update={"path": _cache_home() / self.name}))
         return self
 
     @property
@@ -317,7 +323,8 @@ def config_from_url(url: str, **overrides: Any) -> RepoConfig:
     """A one-remote repository at "/" for a bare URL; its state dirs are named after the URL."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", redact_url(url).split("://", 1)[-1]).strip("-")[-40:] or "repo"
-    data: dict[str, Any] = {"name": f"{slug}-{digest}", "remote": [{"name": "default", "url": url, "at": "/"}]}
+    data: dict[str, Any] = {"name": f"{slug}-{digest}",
+                            "remote": [{"name": "default", "url": url, "at": "/"}]}
     data.update(overrides)
     try:
         config = RepoConfig.model_validate(data)

@@ -81,8 +81,8 @@ def check_mountpoint(mountpoint: str) -> None:
     if not awaited and os.listdir(mountpoint):
         raise StartupError(f"mountpoint {mountpoint} is not empty (choose an empty directory)")
     if not os.path.exists("/dev/fuse"):
-        raise StartupError("/dev/fuse does not exist: load the fuse module (modprobe fuse) or, in a container, "
-                           "pass --device /dev/fuse")
+        raise StartupError("/dev/fuse does not exist: load the fuse module (modprobe fuse) or, "
+                           "in a container, pass --device /dev/fuse")
     if os.geteuid() == 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise StartupError("no permission to open /dev/fuse")
     if os.geteuid() != 0 and not any(os.access(os.path.join(p, "fusermount3"), os.X_OK)
@@ -152,7 +152,8 @@ def _lock_state_dir(path: Path) -> int:
     except BlockingIOError:
         other = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise StartupError(f"the local tier {path} is in use by another mountd (pid {other or '?'})") from None
+        raise StartupError(f"the local tier {path} is in use by another mountd "
+                           f"(pid {other or '?'})") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -235,13 +236,14 @@ async def _check_conditions(m: Mount) -> None:
             raise StartupError(f"remote {r.name!r}: require_conditional = true, and writing a test object "
                                f"failed: {e}") from None
         if not report.enforced:
-            raise StartupError(f"remote {r.name!r}: require_conditional = true, but {report.describe()}; use a "
-                               "store that enforces conditional writes, or remove require_conditional")
+            raise StartupError(f"remote {r.name!r}: require_conditional = true, but {report.describe()}; "
+                               "use a store that enforces conditional writes, or remove require_conditional")
         log.info("remote %r: %s", r.name, report.describe())
 
 
 async def watch_unreachable(m: Mount, interval: float = RECONNECT_INTERVAL) -> None:
-    """Probe remotes that were unreachable until they answer; `status` follows (uploads retry on their own)."""
+    """Probe remotes that were unreachable until they answer; `status` follows
+    (uploads retry on their own)."""
     delay = interval
     while True:
         await trio.sleep(delay)
@@ -269,12 +271,14 @@ def _set_read_ahead(mountpoint: str, kb: int) -> None:
 
 
 async def run(config: RepoConfig, mountpoint: str, *, require_remotes: bool = False,
-              on_ready: Callable[[Mount], None] = lambda m: None, extra_options: set[str] | None = None) -> int:
+              on_ready: Callable[[Mount], None] = lambda m: None,
+              extra_options: set[str] | None = None) -> int:
     """Mount and serve until unmounted or signalled; returns the number of entries left pending."""
     check_mountpoint(mountpoint)
     m = build(config, mountpoint)
     try:
-        return await _serve(m, require_remotes=require_remotes, on_ready=on_ready, extra_options=extra_options or set())
+        return await _serve(m, require_remotes=require_remotes, on_ready=on_ready,
+                            extra_options=extra_options or set())
     finally:
         m.stack.close()
         os.close(m.lock_fd)
@@ -453,8 +457,8 @@ async def _control(m: Mount, req: dict[str, Any]) -> AsyncIterator[dict[str, Any
         if not left:
             # other hosts learn of the changes from the change log: it is part of "synced"
             await m.stack.feed.wait_logged(max(0.0, timeout - (trio.current_time() - started)))
-        errors = [{"remote": e.remote, "key": e.key, "error": e.last_error} for e in m.meta.journal_all(100000)
-                  if select(e.remote, e.key) and e.last_error]
+        errors = [{"remote": e.remote, "key": e.key, "error": e.last_error}
+                  for e in m.meta.journal_all(100000) if select(e.remote, e.key) and e.last_error]
         yield {"ok": True, "result": {"left": left, "errors": errors}}
     elif op in CACHE_OPS:
         async for reply in _cache_control(m, op, req):
@@ -491,7 +495,8 @@ async def _cache_control(m: Mount, op: str, req: dict[str, Any]) -> AsyncIterato
         if op == "pin":
             targets = m.fs.paths.scope(path)
             if not targets:
-                yield {"ok": False, "error": f"{path} is not under a remote: local-only paths are always local"}
+                yield {"ok": False,
+                       "error": f"{path} is not under a remote: local-only paths are always local"}
                 return
             objects = await m.fs.remote_files_under(path)
             async for step in m.reader.pin(path, targets, objects):

@@ -42,7 +42,8 @@ def is_mounted(path: Path) -> bool:
         return any(line.split()[4] == real for line in f)
 
 
-def mountd_cmd(*args: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+def mountd_cmd(*args: str, check: bool = True, timeout: float = 120,
+               **kw) -> subprocess.CompletedProcess[str]:
     r = subprocess.run([PYTHON, "-m", "mountd", *args], capture_output=True, text=True, timeout=timeout, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"mountd {' '.join(args)} failed ({r.returncode}): {r.stderr}")
@@ -124,8 +125,9 @@ class MountedRepo:
         env = {**os.environ, "MOUNTD_READY_FD": str(write_fd)}
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "mountd", "mount", str(self.config), str(self.mp), "--foreground", "--log-level", "DEBUG",
-             *extra], stdout=logf, stderr=logf, pass_fds=(write_fd,), env=env, cwd=REPO)
+            [PYTHON, "-m", "mountd", "mount", str(self.config), str(self.mp), "--foreground",
+             "--log-level", "DEBUG", *extra],
+            stdout=logf, stderr=logf, pass_fds=(write_fd,), env=env, cwd=REPO)
         logf.close()
         os.close(write_fd)
         deadline = time.monotonic() + timeout
@@ -183,7 +185,8 @@ class MountedRepo:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "remote_kinds(*kinds): run this repo test only on these kinds of remote")
+    config.addinivalue_line("markers",
+                            "remote_kinds(*kinds): run this repo test only on these kinds of remote")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

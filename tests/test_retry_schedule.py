@@ -35,7 +35,8 @@ def test_backoff_doubles_with_jitter_and_never_exceeds_the_maximum():
 
 
 async def _run_failing_entry(tmp_path, error: Exception, *, seconds: float, drain_steps: bool,
-                             retry_initial: float = 1.0, retry_max: float = 16.0) -> tuple[list[float], list[float]]:
+                             retry_initial: float = 1.0,
+                             retry_max: float = 16.0) -> tuple[list[float], list[float]]:
     """Run one entry whose apply always raises `error` for `seconds` of (mock) time; returns the
     times of its attempts and the `due` the journal held after each (the announced next attempt)."""
     attempts: list[float] = []

@@ -56,7 +56,8 @@ CONDITIONAL_OPS = ("put", "upload", "multipart", "copy", "delete")
 class DirListing:
     """One level below a prefix, all pages gathered."""
 
-    objects: tuple[ObjectInfo, ...]  # direct children that are objects (markers of the prefix itself excluded)
+    # direct children that are objects (markers of the prefix itself excluded)
+    objects: tuple[ObjectInfo, ...]
     prefixes: tuple[str, ...]  # names (no '/') of direct children that are directories or markers
     marker_exists: bool = False  # the prefix itself has a marker object
     extra: dict[str, int] = field(default_factory=dict)

@@ -179,8 +179,8 @@ class AzureStore(BucketStore):
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
                   expect: Precondition | None = None) -> ObjectInfo:
         async def put() -> None:
-            await self._blob(key).upload_blob(data, overwrite=True, metadata=dict(metadata), **self._match(expect),
-                                              **self._opts())
+            await self._blob(key).upload_blob(data, overwrite=True, metadata=dict(metadata),
+                                              **self._match(expect), **self._opts())
 
         with self._translate("put", key):
             self._run(put)

@@ -32,11 +32,11 @@ class ConditionReport:
 
     def describe(self) -> str:
         if self.enforced:
-            return "conditional writes enforced (create-only and if-match): hosts sharing it cannot overwrite " \
-                   "each other's changes"
+            return ("conditional writes enforced (create-only and if-match): hosts sharing it cannot "
+                    "overwrite each other's changes")
         missing = [n for n, ok in (("create-only", self.create_only), ("if-match", self.if_match)) if not ok]
-        return (f"the server ignores {' and '.join(missing)} writes: hosts sharing this remote overwrite each "
-                "other (last writer wins)")
+        return (f"the server ignores {' and '.join(missing)} writes: hosts sharing this remote "
+                "overwrite each other (last writer wins)")
 
 
 def probe_conditions(store: ObjectStore) -> ConditionReport:

@@ -24,8 +24,8 @@ _DENIED_CODES = ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", 
                  "noauthenticationinformation", "expiredtoken", "invalidtoken", "accountisdisabled")
 # a precondition failed (412), or a create-only write met an object (Azure's 409), or S3's 409
 # for two conditional writes of one key at once
-_CONDITION_CODES = ("PreconditionFailed", "ConditionNotMet", "BlobAlreadyExists", "ConditionalRequestConflict",
-                    "conditionNotMet")
+_CONDITION_CODES = ("PreconditionFailed", "ConditionNotMet", "BlobAlreadyExists",
+                    "ConditionalRequestConflict", "conditionNotMet")
 _TIMEOUT_WORDS = ("timeout", "timed out", "readtimeout", "connecttimeout")
 _UNREACHABLE_WORDS = ("could not connect", "connection refused", "cannot connect", "connectionerror",
                       "connection reset", "name or service not known", "temporary failure in name resolution",

@@ -191,7 +191,8 @@ class FileStore(FsspecStore):
                expect: Precondition | None = None) -> ObjectInfo:
         with self._translate("upload", key):
             with open(src, "rb") as s:
-                return self._atomic_write(key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), metadata, expect)
+                return self._atomic_write(key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK),
+                                          metadata, expect)
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
                   expect: Precondition | None = None) -> ObjectInfo:
@@ -209,7 +210,8 @@ class FileStore(FsspecStore):
             src = self._p(src_key)
             meta = metadata if metadata is not None else (self._getmeta(src) or {})
             with open(src, "rb") as s:
-                return self._atomic_write(dst_key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK), meta, expect)
+                return self._atomic_write(dst_key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK),
+                                          meta, expect)
 
     def _is_marker(self, p: Path) -> bool:
         try:

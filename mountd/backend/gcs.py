@@ -85,13 +85,15 @@ class GcsStore(BucketStore):
             self._count(bytes_uploaded=size)
             return self.head(key)
 
-    async def _simple(self, data: bytes, key: str, metadata: Mapping[str, str], condition: Mapping[str, str]) -> None:
+    async def _simple(self, data: bytes, key: str, metadata: Mapping[str, str],
+                      condition: Mapping[str, str]) -> None:
         """One multipart/related upload request (gcsfs's `simple_upload`, with any generation)."""
         part = json.dumps({"name": self._full(key), "metadata": dict(metadata), "contentType": CONTENT_TYPE})
         body = (f"--==0==\nContent-Type: application/json; charset=UTF-8\n\n{part}\n--==0==\n"
                 f"Content-Type: {CONTENT_TYPE}\n\n").encode() + data + b"\n--==0==--"
         await self.fs._call("POST", f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket)}/o",
-                            uploadType="multipart", headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+                            uploadType="multipart",
+                            headers={"Content-Type": 'multipart/related; boundary="==0=="'},
                             data=body, json_out=True, **condition)
 
     async def _resumable(self, src: Path, key: str, size: int, chunk: int, metadata: Mapping[str, str],

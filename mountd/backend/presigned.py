@@ -38,7 +38,8 @@ _Conn = http.client.HTTPConnection
 
 
 class PresignedRanges:
-    def __init__(self, presign: Callable[[str, int], str], *, timeout: float, verify: bool | str | None = None) -> None:
+    def __init__(self, presign: Callable[[str, int], str], *, timeout: float,
+                 verify: bool | str | None = None) -> None:
         self._presign = presign  # (bucket/key path, lifetime seconds) -> URL
         self._timeout = timeout
         self._verify = verify
@@ -110,7 +111,8 @@ class PresignedRanges:
         # 200 for a range further in (a whole object): not read as a range here; 416: past the end
         return (0 if status == 200 else status), b""
 
-    def _request(self, method: str, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes] | None:
+    def _request(self, method: str, url: str,
+                 headers: dict[str, str]) -> tuple[int, dict[str, str], bytes] | None:
         """(status, headers with lower-case names, body) over a kept-alive connection; None when
         no answer came."""
         u = urllib.parse.urlsplit(url)
@@ -143,7 +145,8 @@ class PresignedRanges:
                 return idle.pop(), True
         scheme, host, port = where
         if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._context()), False
+            return http.client.HTTPSConnection(host, port, timeout=self._timeout,
+                                               context=self._context()), False
         return http.client.HTTPConnection(host, port, timeout=self._timeout), False
 
     def _give(self, where: tuple[str, str, int], conn: _Conn) -> None:

@@ -31,8 +31,9 @@ S3_META = "x-amz-meta-"  # user metadata headers (lower case)
 HEAD_URL_LIFETIME = 900  # seconds a signed HEAD URL is valid (it is used at once)
 HEAD_SIGNER_REUSE = 300  # seconds before the HEAD signer takes up the credentials again
 # which request parameter of the S3 API carries a Precondition, per operation of CONDITIONAL_OPS
-_CONDITION_PARAMS = {"put": ("PutObject",), "upload": ("PutObject",), "multipart": ("CompleteMultipartUpload",),
-                     "copy": ("CopyObject",), "delete": ("DeleteObject",)}
+_CONDITION_PARAMS = {"put": ("PutObject",), "upload": ("PutObject",),
+                     "multipart": ("CompleteMultipartUpload",), "copy": ("CopyObject",),
+                     "delete": ("DeleteObject",)}
 
 
 def _botocore_conditions() -> frozenset[str]:
@@ -220,7 +221,8 @@ class S3Store(BucketStore):
                 # s3fs would pass the condition to CreateMultipartUpload, which refuses it
                 coro = self._put_parts(src, key, size, chunk, metadata, condition)
             else:
-                coro = self.fs._put_file(str(src), full, chunksize=chunk, max_concurrency=self.tuning.concurrency,
+                coro = self.fs._put_file(str(src), full, chunksize=chunk,
+                                         max_concurrency=self.tuning.concurrency,
                                          Metadata=dict(metadata), ContentType="application/octet-stream",
                                          **condition)
             # a coroutine run as a task on fsspec's loop, so that cancel_upload can stop it
@@ -263,11 +265,12 @@ class S3Store(BucketStore):
 
         try:
             parts = await asyncio.gather(*(part(i) for i in range(-(-size // chunk))))
-            await self.fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                   MultipartUpload={"Parts": list(parts)}, **condition)
+            await self.fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=full,
+                                   UploadId=upload_id, MultipartUpload={"Parts": list(parts)}, **condition)
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full, UploadId=upload_id)
+                await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full,
+                                       UploadId=upload_id)
             raise
 
     def cancel_upload(self, key: str) -> bool:
@@ -304,7 +307,8 @@ class S3Store(BucketStore):
             condition = self._condition("copy", expect)
             if condition:
                 self._call("copy_object", Bucket=self.bucket, Key=self._full(dst_key),
-                           CopySource={"Bucket": self.bucket, "Key": self._full(src_key)}, **kwargs, **condition)
+                           CopySource={"Bucket": self.bucket, "Key": self._full(src_key)},
+                           **kwargs, **condition)
             else:
                 # s3fs copies objects over 5 GiB part by part (UploadPartCopy), still on the server
                 self.fs.copy(f"{self.bucket}/{self._full(src_key)}", f"{self.bucket}/{self._full(dst_key)}",

@@ -254,7 +254,8 @@ class MetaStore:
             self._db.executescript("BEGIN;" + _SCHEMA + (_SCHEMA_2 if fresh else "")
                                    + f"PRAGMA user_version={version}; COMMIT;")
         while version < SCHEMA_VERSION:
-            self._db.executescript(f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version={version + 1}; COMMIT;")
+            self._db.executescript(f"BEGIN; {_MIGRATIONS[version]} "
+                                   f"PRAGMA user_version={version + 1}; COMMIT;")
             version += 1
 
     @property
@@ -301,11 +302,12 @@ class MetaStore:
         now = time.time_ns()
         mtime_ns = now if mtime_ns is None else mtime_ns
         cur = self._exec(
-            "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target,"
-            " remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key, remote_version,"
-            " sha256, meta_loaded, listed_at, marker) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (ino, mode, uid, gid, size, mtime_ns, mtime_ns, mtime_ns if ino != ROOT_INODE else now, nlink, rdev,
-             target, remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key,
+            "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev,"
+            " target, remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key,"
+            " remote_version, sha256, meta_loaded, listed_at, marker)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ino, mode, uid, gid, size, mtime_ns, mtime_ns, mtime_ns if ino != ROOT_INODE else now, nlink,
+             rdev, target, remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key,
              remote_version, sha256, meta_loaded, listed_at, marker),
         )
         got = self.get(int(cur.lastrowid or ino or 0))
@@ -324,7 +326,8 @@ class MetaStore:
         """An inode stops claiming its key: remember the version it had there, for the delete or
         overwrite of that key that follows (a compare-and-swap needs it), unless another inode
         still claims the key."""
-        row = self._exec("SELECT remote, remote_key, remote_version FROM inodes WHERE ino=?", (ino,)).fetchone()
+        row = self._exec("SELECT remote, remote_key, remote_version FROM inodes WHERE ino=?",
+                         (ino,)).fetchone()
         if row is None or row[1] is None or row[1] == new_key or not row[2]:
             return
         others = self._scalar("SELECT 1 FROM inodes WHERE remote=? AND remote_key=? AND ino != ? LIMIT 1",
@@ -360,8 +363,9 @@ class MetaStore:
     def note_written(self, remote: str, key: str, version: str) -> None:
         """This host just wrote `version` at `key`: the next write there compares against it, even
         when the inode that wrote it has moved or gone meanwhile."""
-        if not version or self._scalar("SELECT 1 FROM inodes WHERE remote=? AND remote_key=? AND remote_version=?"
-                                       " LIMIT 1", (remote, key, version)) is not None:
+        if not version or self._scalar("SELECT 1 FROM inodes"
+                                       " WHERE remote=? AND remote_key=? AND remote_version=? LIMIT 1",
+                                       (remote, key, version)) is not None:
             self.displaced_forget(remote, key)
         else:
             self._exec("INSERT OR REPLACE INTO displaced (remote, key, version) VALUES (?, ?, ?)",
@@ -396,7 +400,8 @@ class MetaStore:
         return int(cur.lastrowid or 0)
 
     def conflict_of_copy(self, remote: str, copy_key: str) -> dict[str, Any] | None:
-        rows = self._conflict_rows("WHERE remote=? AND copy_key=? ORDER BY id DESC LIMIT 1", (remote, copy_key))
+        rows = self._conflict_rows("WHERE remote=? AND copy_key=? ORDER BY id DESC LIMIT 1",
+                                   (remote, copy_key))
         return rows[0] if rows else None
 
     def conflicts(self, limit: int = 10000) -> list[dict[str, Any]]:
@@ -418,14 +423,16 @@ class MetaStore:
     def orphans(self) -> list[int]:
         """Inodes no directory entry refers to (unlinked while open when the daemon stopped)."""
         rows = self._exec(
-            "SELECT ino FROM inodes WHERE ino != ? AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.ino = inodes.ino)",
+            "SELECT ino FROM inodes WHERE ino != ?"
+            " AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.ino = inodes.ino)",
             (ROOT_INODE,),
         ).fetchall()
         return [r[0] for r in rows]
 
     def dirty_without_journal(self) -> list[Inode]:
         """Inodes with unsynced local content; the caller re-journals them after a crash."""
-        rows = self._exec(_INODE_SELECT + " WHERE remote IS NOT NULL AND has_local=1 AND content_gen != synced_gen").fetchall()
+        rows = self._exec(_INODE_SELECT + " WHERE remote IS NOT NULL AND has_local=1"
+                          " AND content_gen != synced_gen").fetchall()
         return [Inode(*r) for r in rows]
 
     def inodes_with_remote_key(self, remote: str, key: str) -> list[Inode]:
@@ -440,7 +447,8 @@ class MetaStore:
     def lookup_attr(self, parent: int, name: bytes) -> AttrRow | None:
         """The attributes of the inode that `name` in `parent` names, in one query (a lookup)."""
         row = self._exec(
-            f"SELECT {_ATTR_COLUMNS} FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND d.name=?",
+            f"SELECT {_ATTR_COLUMNS} FROM dentries d JOIN inodes i ON i.ino = d.ino"
+            " WHERE d.parent=? AND d.name=?",
             (parent, name)).fetchone()
         return AttrRow._make(row) if row is not None else None
 
@@ -451,7 +459,8 @@ class MetaStore:
         self._exec("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
 
     def move_entry(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
-        self._exec("UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?", (new_parent, new_name, parent, name))
+        self._exec("UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",
+                   (new_parent, new_name, parent, name))
 
     def set_entry_ino(self, parent: int, name: bytes, ino: int) -> None:
         self._exec("UPDATE dentries SET ino=? WHERE parent=? AND name=?", (ino, parent, name))
@@ -485,13 +494,14 @@ class MetaStore:
         )
 
     def journal_get(self, remote: str, key: str) -> JournalEntry | None:
-        row = self._exec("SELECT remote, key, due, seq, attempts, last_error FROM journal WHERE remote=? AND key=?",
-                         (remote, key)).fetchone()
+        row = self._exec("SELECT remote, key, due, seq, attempts, last_error FROM journal"
+                         " WHERE remote=? AND key=?", (remote, key)).fetchone()
         return JournalEntry(*row) if row else None
 
     def journal_due(self, now: float, limit: int) -> list[JournalEntry]:
         rows = self._exec(
-            "SELECT remote, key, due, seq, attempts, last_error FROM journal WHERE due <= ? ORDER BY due, seq LIMIT ?",
+            "SELECT remote, key, due, seq, attempts, last_error FROM journal"
+            " WHERE due <= ? ORDER BY due, seq LIMIT ?",
             (now, limit),
         ).fetchall()
         return [JournalEntry(*r) for r in rows]
@@ -506,12 +516,12 @@ class MetaStore:
         return cur.rowcount > 0
 
     def journal_failed(self, remote: str, key: str, seq: int, error: str, retry_at: float) -> None:
-        self._exec("UPDATE journal SET attempts=attempts+1, last_error=?, due=? WHERE remote=? AND key=? AND seq=?",
-                   (error, retry_at, remote, key, seq))
+        self._exec("UPDATE journal SET attempts=attempts+1, last_error=?, due=?"
+                   " WHERE remote=? AND key=? AND seq=?", (error, retry_at, remote, key, seq))
 
     def journal_all(self, limit: int = 1000) -> list[JournalEntry]:
-        rows = self._exec("SELECT remote, key, due, seq, attempts, last_error FROM journal ORDER BY due, seq LIMIT ?",
-                          (limit,)).fetchall()
+        rows = self._exec("SELECT remote, key, due, seq, attempts, last_error FROM journal"
+                          " ORDER BY due, seq LIMIT ?", (limit,)).fetchall()
         return [JournalEntry(*r) for r in rows]
 
     def journal_count(self) -> int:
@@ -526,7 +536,8 @@ class MetaStore:
         if key is None:
             return int(self._scalar("SELECT COUNT(*) FROM journal WHERE remote=?", (remote,)) or 0)
         below = key + "/"
-        return int(self._scalar("SELECT COUNT(*) FROM journal WHERE remote=? AND (key=? OR (key>=? AND key<?))",
+        return int(self._scalar("SELECT COUNT(*) FROM journal"
+                                " WHERE remote=? AND (key=? OR (key>=? AND key<?))",
                                 (remote, key, below, key + "0")) or 0)  # "0" follows "/"
 
     def journal_keys_under(self, remote: str, prefix: str) -> set[str]:
@@ -546,7 +557,8 @@ class MetaStore:
                    (remote, sha256, key, version))
 
     def hash_lookup(self, remote: str, sha256: str) -> list[tuple[str, str]]:
-        return self._exec("SELECT key, version FROM hashes WHERE remote=? AND sha256=?", (remote, sha256)).fetchall()
+        return self._exec("SELECT key, version FROM hashes WHERE remote=? AND sha256=?",
+                          (remote, sha256)).fetchall()
 
     def hash_forget(self, remote: str, key: str) -> None:
         self._exec("DELETE FROM hashes WHERE remote=? AND key=?", (remote, key))

@@ -52,7 +52,8 @@ def conflict_name(name: str, host: str, when: float, attempt: int = 1) -> str:
 
 
 class ConflictCopies:
-    def __init__(self, meta: MetaStore, kernel: Kernel, *, host: str, file_mode: int, owner: tuple[int, int]) -> None:
+    def __init__(self, meta: MetaStore, kernel: Kernel, *, host: str, file_mode: int,
+                 owner: tuple[int, int]) -> None:
         self.meta = meta
         self.kernel = kernel
         self.host = host
@@ -102,7 +103,8 @@ class ConflictCopies:
                     expected or "(no object)", copy_key)
         return copy_key
 
-    def record_refusal(self, node: Inode, remote: str, key: str, found: str | None, expected: str | None) -> bool:
+    def record_refusal(self, node: Inode, remote: str, key: str, found: str | None,
+                       expected: str | None) -> bool:
         """on_conflict = fail: note the conflict once per version found; True when it is new."""
         for row in reversed(self.meta.conflicts()):
             if row["remote"] == remote and row["key"] == key and row["found_version"] == found:

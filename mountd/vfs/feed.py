@@ -56,8 +56,9 @@ def is_log_key(key: str) -> bool:
 
 
 class ChangeFeed:
-    def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: RemoteView, remote: RemoteCalls,
-                 *, host: str, poll_interval: float, writable: Collection[str], followed: Collection[str]) -> None:
+    def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: RemoteView,
+                 remote: RemoteCalls, *, host: str, poll_interval: float, writable: Collection[str],
+                 followed: Collection[str]) -> None:
         self.meta = meta
         self.stores = stores
         self.view = view
@@ -82,7 +83,8 @@ class ChangeFeed:
     # --- what this host changed ---------------------------------------------------------------
     def changed(self, remote: str, key: str, version: str | None) -> None:
         """The write-back wrote `version` at `key` (None: deleted it). Quick; on the trio thread."""
-        if not self.enabled or remote not in self._writable or is_log_key(key) or "/.mountd-tmp-" in "/" + key:
+        if (not self.enabled or remote not in self._writable or is_log_key(key)
+                or "/.mountd-tmp-" in "/" + key):
             return
         self._pending.setdefault(remote, {})[key] = version
         self._wake.set()
@@ -148,8 +150,8 @@ class ChangeFeed:
             while True:
                 n = (self.meta.feed_last(name) or 0) + 1
                 try:
-                    await self.remote.call(store, partial(store.put_bytes, expect=CREATE_ONLY), entry_key(n), body, {},
-                                           what=f"change log entry {n}")
+                    await self.remote.call(store, partial(store.put_bytes, expect=CREATE_ONLY), entry_key(n),
+                                           body, {}, what=f"change log entry {n}")
                 except VersionMismatch:
                     await self._poll(name)  # someone else took n: read the newcomers, then try after them
                     continue

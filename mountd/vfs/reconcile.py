@@ -78,10 +78,11 @@ def sha256_file(path: Path) -> str:
 
 
 class Reconciler:
-    def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: WritebackView, journal: Journal,
-                 remote: RemoteCalls, sending: UploadsSending, conflicts: ConflictCopies, *, dedup: bool,
-                 on_conflict: str = "keep-both",
-                 on_remote_change: Callable[[str, str, str | None], None] = lambda remote, key, version: None) -> None:
+    def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: WritebackView,
+                 journal: Journal, remote: RemoteCalls, sending: UploadsSending, conflicts: ConflictCopies,
+                 *, dedup: bool, on_conflict: str = "keep-both",
+                 on_remote_change: Callable[[str, str, str | None], None] = (
+                     lambda remote, key, version: None)) -> None:
         self.meta = meta
         self.on_remote_change = on_remote_change  # the change log (ChangeFeed.changed)
         self.conflicts = conflicts
@@ -97,9 +98,10 @@ class Reconciler:
         self._copying_from: dict[tuple[str, str], int] = {}  # (remote, key) read by copies now
         self._writing: set[tuple[str, str]] = set()  # (remote, key) about to be overwritten
         self._keys_changed = trio.Event()
-        self.stats = {"uploads": 0, "uploads_cancelled": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0, "markers": 0,
-                      "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0, "bytes_deduplicated": 0,
-                      "ignored": 0, "verify_failures": 0, "evacuated": 0, "conflicts": 0, "delete_conflicts": 0}
+        self.stats = {"uploads": 0, "uploads_cancelled": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0,
+                      "markers": 0, "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0,
+                      "bytes_deduplicated": 0, "ignored": 0, "verify_failures": 0, "evacuated": 0,
+                      "conflicts": 0, "delete_conflicts": 0}
 
     def _expect(self, remote: str, key: str, ino: int | None = None) -> Precondition | None:
         """The compare-and-swap of a write to `key`: what this host last saw there."""
@@ -147,7 +149,8 @@ class Reconciler:
         # a marker holds no data and its version is not kept: deleted as before, unconditionally
         expect = None if entry.key.endswith("/") else self._expect(entry.remote, entry.key)
         try:
-            await self.remote.call(store, partial(store.delete, expect=expect), entry.key, what=f"delete {entry.key}")
+            await self.remote.call(store, partial(store.delete, expect=expect), entry.key,
+                                   what=f"delete {entry.key}")
         except VersionMismatch:
             # another host wrote the key after this host last saw it: its object stays
             self.stats["delete_conflicts"] += 1
@@ -222,13 +225,13 @@ class Reconciler:
                     return content_gen
                 raise
             self.stats["copies"] += 1
-            self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
-                       info=info, sha256=node.sha256)
+            self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen,
+                       key=key, info=info, sha256=node.sha256)
         elif node.attrs_dirty:
             info = await self.remote.call(store, store.set_metadata, key, self._meta_of(node, node.sha256))
             self.stats["metadata_updates"] += 1
-            self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
-                       info=info, sha256=node.sha256)
+            self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen,
+                       key=key, info=info, sha256=node.sha256)
         return None
 
     async def _refused(self, store: ObjectStore, node: Inode, key: str, refusal: VersionMismatch) -> None:
@@ -259,8 +262,8 @@ class Reconciler:
         self.stats["conflicts"] += 1
         if self.on_conflict == "fail":
             self.conflicts.record_refusal(fresh, remote, key, winner.version, expected)
-            raise Retry(f"conflict: another host wrote {key!r} (version {winner.version}) after this host last "
-                        f"saw it; on_conflict = fail keeps this host's file dirty here ({refusal})")
+            raise Retry(f"conflict: another host wrote {key!r} (version {winner.version}) after this host "
+                        f"last saw it; on_conflict = fail keeps this host's file dirty here ({refusal})")
         # ours (local bytes, or the object a rename copies from) goes to a conflict copy
         copy_key = self.conflicts.set_aside(fresh, remote, key, winner, expected)
         self.journal.put(remote, copy_key)
@@ -293,7 +296,8 @@ class Reconciler:
             await self._wait_keys(f"{src!r} is being overwritten")
         with self._reading_from(remote, src):
             info = await self.remote.call(store, partial(store.copy, expect=expect), src, dst, meta,
-                                          timeout=self.remote.transfer_timeout(size), what=f"copy of {src} to {dst}")
+                                          timeout=self.remote.transfer_timeout(size),
+                                          what=f"copy of {src} to {dst}")
         self._wrote(remote, dst, info)
         return info
 
@@ -371,7 +375,8 @@ class Reconciler:
             self.stats["evacuated"] += 1
             log.debug("saved %r of inode %d at %r before overwriting it", key, other.ino, hidden)
 
-    async def _upload(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int) -> None:
+    async def _upload(self, store: ObjectStore, node: Inode, key: str, content_gen: int,
+                      attr_gen: int) -> None:
         path = self.view.local_path(node.ino)
         remote = node.remote or ""
         try:
@@ -394,8 +399,8 @@ class Reconciler:
             done = self._uploading[(remote, sha)] = trio.Event()
             try:
                 try:
-                    with self.sending.sending(remote, key, store, lambda: self._still_wanted(node.ino, content_gen,
-                                                                                           remote, key)):
+                    with self.sending.sending(remote, key, store,
+                                              lambda: self._still_wanted(node.ino, content_gen, remote, key)):
                         info = await self.remote.upload(store, path, key, meta, key=key, size=size,
                                                         expect=self._expect(remote, key, node.ino))
                     self._wrote(remote, key, info)
@@ -421,7 +426,8 @@ class Reconciler:
     def _still_wanted(self, ino: int, content_gen: int, remote: str, key: str) -> bool:
         """Whether an upload of this content generation is still what `key` must hold."""
         node = self.meta.get(ino)
-        return node is not None and node.content_gen == content_gen and self.view.key_of(ino, node) == (remote, key)
+        return (node is not None and node.content_gen == content_gen
+                and self.view.key_of(ino, node) == (remote, key))
 
     def _verify(self, key: str, info: ObjectInfo, size: int, sha: str) -> None:
         """The object as the remote reports it after the upload must be what we sent."""

@@ -55,8 +55,8 @@ class _Stats:
 
 class RemoteView:
     def __init__(self, config: RepoConfig, meta: MetaStore, paths: PathMap, stores: Mapping[str, ObjectStore],
-                 reader: RemoteReader, local: LocalTier, dirty: DirtyBytes, kernel: Kernel, remote: RemoteCalls,
-                 *, is_open: Callable[[int], bool], owner: tuple[int, int]) -> None:
+                 reader: RemoteReader, local: LocalTier, dirty: DirtyBytes, kernel: Kernel,
+                 remote: RemoteCalls, *, is_open: Callable[[int], bool], owner: tuple[int, int]) -> None:
         self.config = config
         self.meta = meta
         self.paths = paths
@@ -157,7 +157,8 @@ class RemoteView:
             return
         calls = [(self.stores[n.remote or ""], n.remote_key or "") for n in nodes]
         deadline = time.monotonic() + self.remote.timeout
-        answers = await self.remote.call(calls[0][0], _head_each, calls, deadline, what=f"HEAD of {len(calls)} objects")
+        answers = await self.remote.call(calls[0][0], _head_each, calls, deadline,
+                                         what=f"HEAD of {len(calls)} objects")
         with self.meta.transaction():
             for node, answer in zip(nodes, answers, strict=True):
                 self._take_head_answer(node, answer)
@@ -168,7 +169,8 @@ class RemoteView:
             return inode
         store = self.stores[inode.remote]
         try:
-            answer: ObjectInfo | RemoteError | None = await self.remote.call(store, store.head, inode.remote_key)
+            answer: ObjectInfo | RemoteError | None = await self.remote.call(store, store.head,
+                                                                             inode.remote_key)
         except RemoteError as e:
             answer = e
         return self._take_head_answer(inode, answer)
@@ -203,8 +205,8 @@ class RemoteView:
             if not inode.has_local:
                 values["size"] = info.size
         if info.metadata is not None:
-            values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns, meta_loaded=1,
-                          sha256=info.metadata.get(META_SHA256) or None)
+            values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
+                          meta_loaded=1, sha256=info.metadata.get(META_SHA256) or None)
             if info.metadata.get(META_SHA256):
                 self.meta.hash_put(inode.remote or "", info.metadata[META_SHA256], info.key, info.version)
         with self.meta.transaction():
@@ -223,7 +225,8 @@ class RemoteView:
         if not force and d.listed_at is not None and now - d.listed_at < self.config.mount.listing_ttl:
             return False
         failed = self._listing_failed_at.get(d.ino)
-        if not force and failed is not None and time.monotonic() - failed < LISTING_RETRY and d.listed_at is not None:
+        if (not force and failed is not None and time.monotonic() - failed < LISTING_RETRY
+                and d.listed_at is not None):
             return False
         event = self._listing_inflight.get(d.ino)
         if event is not None:
@@ -241,7 +244,8 @@ class RemoteView:
             except RemoteError as e:
                 self.stats.listing_errors += 1
                 self._listing_failed_at[d.ino] = time.monotonic()
-                log.warning("listing %s of remote %r failed, serving what is known: %s", prefix or "/", remote, e)
+                log.warning("listing %s of remote %r failed, serving what is known: %s",
+                            prefix or "/", remote, e)
                 return True
             self._listing_failed_at.pop(d.ino, None)
             self.stats.listings += 1
@@ -319,13 +323,15 @@ class RemoteView:
                 if listed is None or listed.remote != remote or not (listed.is_reg or listed.is_symlink):
                     continue
                 self._checked_at[ino] = now
-                if listed.remote_key == info.key and listed.remote_version != info.version and not listed.has_local:
+                if (listed.remote_key == info.key and listed.remote_version != info.version
+                        and not listed.has_local):
                     self._refresh_from_listing(listed, info)
             for bname, ino in existing.items():
                 if bname in seen:
                     continue
                 gone = m.get(ino)
-                if gone is None or self._keeps_local_state(gone, remote, prefix + bname.decode("utf-8", "surrogateescape")):
+                if gone is None or self._keeps_local_state(
+                        gone, remote, prefix + bname.decode("utf-8", "surrogateescape")):
                     continue
                 m.remove_entry(d.ino, bname)
                 if gone.is_dir:
@@ -418,12 +424,14 @@ class RemoteView:
         return self.meta.journal_has(remote, key)
 
     def _create_from_listing(self, parent: int, bname: bytes, remote: str, info: ObjectInfo) -> None:
-        attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self._owner[0],
-                                    gid=self._owner[1], mtime_ns=info.mtime_ns, kind=stat.S_IFREG)
+        attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode,
+                                    uid=self._owner[0], gid=self._owner[1], mtime_ns=info.mtime_ns,
+                                    kind=stat.S_IFREG)
         sha = (info.metadata or {}).get(META_SHA256) or None
-        node = self.meta.create_inode(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, remote=remote, size=info.size,
-                                      mtime_ns=attrs.mtime_ns, remote_key=info.key, remote_version=info.version,
-                                      sha256=sha, meta_loaded=int(info.metadata is not None))
+        node = self.meta.create_inode(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, remote=remote,
+                                      size=info.size, mtime_ns=attrs.mtime_ns, remote_key=info.key,
+                                      remote_version=info.version, sha256=sha,
+                                      meta_loaded=int(info.metadata is not None))
         self.meta.add_entry(parent, bname, node.ino)
         if sha:
             self.meta.hash_put(remote, sha, info.key, info.version)
@@ -434,10 +442,12 @@ class RemoteView:
         if node.remote_key is not None:
             self.reader.forget(object_ref(node))
         self.kernel.invalidate_inode(node.ino)
-        values: dict[str, object] = {"size": info.size, "remote_version": info.version, "mtime_ns": info.mtime_ns}
+        values: dict[str, object] = {"size": info.size, "remote_version": info.version,
+                                     "mtime_ns": info.mtime_ns}
         if info.metadata is not None:
-            attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode, uid=self._owner[0],
-                                        gid=self._owner[1], mtime_ns=info.mtime_ns, kind=stat.S_IFMT(node.mode))
+            attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode,
+                                        uid=self._owner[0], gid=self._owner[1], mtime_ns=info.mtime_ns,
+                                        kind=stat.S_IFMT(node.mode))
             values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
                           sha256=info.metadata.get(META_SHA256) or None, meta_loaded=1)
         else:
@@ -485,7 +495,8 @@ class RemoteView:
                                       what=f"download of {key}")
         self.stats.materialized += 1
         with self.meta.transaction():
-            self.meta.update(node.ino, has_local=1, size=self.local.size_of(node.ino), remote_version=info.version)
+            self.meta.update(node.ino, has_local=1, size=self.local.size_of(node.ino),
+                             remote_version=info.version)
 
     async def read_link_target(self, node: Inode) -> bytes:
         """The target of a symlink known only from a listing: its object's body."""
@@ -496,7 +507,8 @@ class RemoteView:
             self.meta.update(node.ino, target=data, size=len(data))
         return data
 
-    async def adopt_uploaded(self, ino: int, content_gen: int, *, keep_pages: Callable[[int, str], None]) -> bool:
+    async def adopt_uploaded(self, ino: int, content_gen: int, *,
+                             keep_pages: Callable[[int, str], None]) -> bool:
         """Hand the local copy of a file that is now clean in its remote over to the cache.
 
         The inode is marked remote-backed and its file renamed out of the local tier in one step
@@ -537,14 +549,16 @@ class RemoteView:
             if node.is_dir:
                 await self.ensure_listed(node)
                 stack.extend(child for _, child in self.meta.children(node.ino))
-            elif node.is_reg and not node.has_local and node.remote is not None and node.remote_key is not None:
+            elif (node.is_reg and not node.has_local and node.remote is not None
+                  and node.remote_key is not None):
                 if not node.meta_loaded:
                     node = await self._load_metadata(node)
                 out.append(node)
         return out
 
 
-def _head_each(calls: list[tuple[ObjectStore, str]], deadline: float) -> list[ObjectInfo | RemoteError | None]:
+def _head_each(calls: list[tuple[ObjectStore, str]],
+               deadline: float) -> list[ObjectInfo | RemoteError | None]:
     """Worker thread: HEAD each key in turn; None for those not reached before `deadline`."""
     out: list[ObjectInfo | RemoteError | None] = []
     for store, key in calls:
