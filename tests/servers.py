@@ -2,8 +2,8 @@
 
 Owns the server processes (moto, `rclone serve s3`, SeaweedFS, Azurite, gcp-storage-emulator,
 fake-gcs-server) and small in-process helpers around them: a counting/stalling TCP proxy and an
-HTTP server that answers 500. Nothing here binds or dials anything but 127.0.0.1, and every client is given explicit
-credentials so no SDK falls back to instance-metadata or cloud credential lookups.
+HTTP server that answers 500. Nothing here binds or dials anything but 127.0.0.1, and every client
+is given explicit credentials so no SDK falls back to instance-metadata or cloud credential lookups.
 
 Fixtures (session scoped, started on first use; import them in a conftest or test module):
 
@@ -27,7 +27,8 @@ Each yields a server object with `endpoint_url`, credentials, `new_bucket()`, `o
 dedup tests), can stall (accept but never answer) and can refuse new connections.
 
 Run `python -m tests.servers start KIND DIR [PORT]` (KIND: s3, s3-rclone, s3-seaweedfs, azurite,
-gcs, gcs-fake) to start one by hand (scripts/servers/*.sh do that); it prints KEY='VALUE' lines and leaves the server running.
+gcs, gcs-fake) to start one by hand (scripts/servers/*.sh do that); it prints KEY='VALUE' lines
+and leaves the server running.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def toml_inline(d: dict[str, Any]) -> str:
 
 def remote_block(name: str, url: str, at: str, options: dict[str, Any] | None = None, **extra: Any) -> str:
     """One `[[remote]]` table for a mountd config."""
-    lines = ["", "[[remote]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}", f"at = {json.dumps(at)}"]
+    lines = ["", "[[remote]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}",
+             f"at = {json.dumps(at)}"]
     for k, v in extra.items():
         lines.append(f"{k} = {toml_value(v)}")
     if options:
@@ -172,7 +174,8 @@ class Server:
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.kind} did not answer on {self.endpoint_url} within {timeout:g}s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.kind} did not answer on {self.endpoint_url} within {timeout:g}s:\n"
+                           f"{self.log_tail()}")
 
     def _answers_http(self) -> bool:
         try:
@@ -257,7 +260,8 @@ class S3Server(Server):
     def env(self) -> dict[str, str]:
         # moto spills objects over ~5 MiB to unlinked temp files in TMPDIR; rclone reads its key from
         # the environment (not argv, which `ps` shows)
-        return {**super().env(), "TMPDIR": str(self.workdir), "RCLONE_AUTH_KEY": f'"{self.key},{self.secret}"'}
+        return {**super().env(), "TMPDIR": str(self.workdir),
+                "RCLONE_AUTH_KEY": f'"{self.key},{self.secret}"'}
 
     def options(self) -> dict[str, Any]:
         return {"endpoint_url": self.endpoint_url, "key": self.key, "secret": self.secret}
@@ -307,7 +311,8 @@ class S3Server(Server):
     def env_lines(self) -> dict[str, str]:
         return {"S3_SERVER": "rclone" if self.persistent else "moto", "S3_ENDPOINT_URL": self.endpoint_url,
                 "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret,
-                "AWS_DEFAULT_REGION": "us-east-1", **LOOPBACK_ENV, "S3_PID": str(self.proc.pid if self.proc else "")}
+                "AWS_DEFAULT_REGION": "us-east-1", **LOOPBACK_ENV,
+                "S3_PID": str(self.proc.pid if self.proc else "")}
 
 
 @dataclass
@@ -317,12 +322,14 @@ class AzuriteServer(Server):
     def argv(self) -> list[str]:
         exe = NPM_DIR / "node_modules" / ".bin" / "azurite-blob"
         if not exe.exists():
-            raise RuntimeError(f"{exe} is missing: run `bash scripts/install.sh --test` (installs Azurite with npm)")
+            raise RuntimeError(f"{exe} is missing: "
+                               "run `bash scripts/install.sh --test` (installs Azurite with npm)")
         (self.workdir / "data").mkdir(exist_ok=True)
         # --skipApiVersionCheck: azure-storage-blob 12.31 speaks a newer API version than Azurite 3.35 knows;
         # --disableTelemetry: Azurite otherwise posts telemetry off the machine
         return [str(exe), "--blobHost", LOOPBACK, "--blobPort", str(self.port), "--location",
-                str(self.workdir / "data"), "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"]
+                str(self.workdir / "data"), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
+                "--silent"]
 
     @property
     def blob_endpoint(self) -> str:
@@ -365,11 +372,13 @@ class AzuriteServer(Server):
         return self.client().get_blob_client(bucket, key).download_blob().readall()
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        return [b.name for b in self.client().get_container_client(bucket).list_blobs(name_starts_with=prefix or None)]
+        blobs = self.client().get_container_client(bucket).list_blobs(name_starts_with=prefix or None)
+        return [b.name for b in blobs]
 
     def env_lines(self) -> dict[str, str]:
         return {"AZURITE_BLOB_ENDPOINT": self.blob_endpoint, "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
-                "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY, "AZURE_STORAGE_CONNECTION_STRING": self.connection_string,
+                "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+                "AZURE_STORAGE_CONNECTION_STRING": self.connection_string,
                 "AZURITE_PID": str(self.proc.pid if self.proc else "")}
 
 
@@ -437,7 +446,8 @@ class GcsServer(Server):
 
     def env_lines(self) -> dict[str, str]:
         return {"GCS_ENDPOINT_URL": self.endpoint_url, "STORAGE_EMULATOR_HOST": self.endpoint_url,
-                "GOOGLE_CLOUD_PROJECT": "test", **LOOPBACK_ENV, "GCS_PID": str(self.proc.pid if self.proc else "")}
+                "GOOGLE_CLOUD_PROJECT": "test", **LOOPBACK_ENV,
+                "GCS_PID": str(self.proc.pid if self.proc else "")}
 
 
 @dataclass
@@ -471,7 +481,8 @@ class SeaweedS3Server(S3Server):
                 f"-ip.bind={LOOPBACK}", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
                 "-volume.max=0", "-volume.preStopSeconds=0", "-filer", "-s3", f"-s3.port={self.port}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
-                f"-filer.localSocket={self.workdir / 'filer.sock'}", f"-s3.localSocket={self.workdir / 's3.sock'}",
+                f"-filer.localSocket={self.workdir / 'filer.sock'}",
+                f"-s3.localSocket={self.workdir / 's3.sock'}",
                 *(f"-{flag}={port}" for flag, port in self.ports.items())]
 
     def env(self) -> dict[str, str]:
@@ -487,14 +498,16 @@ class SeaweedS3Server(S3Server):
         c = self.client()
         while True:
             try:
-                with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou, c.exceptions.BucketAlreadyExists):
+                with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou,
+                                         c.exceptions.BucketAlreadyExists):
                     c.create_bucket(Bucket="mountd-ready")
                 c.put_object(Bucket="mountd-ready", Key="ready", Body=b"ready")
                 break
             except Exception:
                 if time.monotonic() - t0 > timeout:
                     self.stop()
-                    raise RuntimeError(f"{self.kind}: no PutObject within {timeout:g}s:\n{self.log_tail()}") from None
+                    raise RuntimeError(f"{self.kind}: no PutObject within {timeout:g}s:\n"
+                                       f"{self.log_tail()}") from None
                 time.sleep(0.1)
         self.start_seconds[-1] = time.monotonic() - t0
 
@@ -575,8 +588,8 @@ class BucketPath:
     def files(self) -> dict[str, bytes]:
         """Every object below (keys relative to this prefix), directory markers left out."""
         prefix = self.key + "/" if self.key else ""
-        return {k[len(prefix):]: self.server.get(self.bucket, k) for k in self.server.keys(self.bucket, prefix)
-                if not k.endswith("/")}
+        return {k[len(prefix):]: self.server.get(self.bucket, k)
+                for k in self.server.keys(self.bucket, prefix) if not k.endswith("/")}
 
 
 # --- in-process helpers: a counting / stalling proxy and a 500 server -----------------------------
@@ -792,7 +805,8 @@ def counting_proxy() -> Iterator[Any]:
 # --- mount tests over every kind of remote ---------------------------------------------------------
 
 REMOTE_KIND_FIXTURE = {"s3": "s3_server", "s3-rclone": "s3_persistent_server", "azure": "azurite_server",
-                       "gcs": "gcs_server", "s3-seaweedfs": "s3_seaweedfs_server", "gcs-fake": "gcs_fake_server"}
+                       "gcs": "gcs_server", "s3-seaweedfs": "s3_seaweedfs_server",
+                       "gcs-fake": "gcs_fake_server"}
 
 
 @pytest.fixture
@@ -835,7 +849,8 @@ SERVER_KINDS: dict[str, Any] = {
 def main(argv: list[str]) -> int:
     """`start KIND DIR [PORT]`: start a server detached, print KEY='VALUE' lines and its PID file."""
     if len(argv) < 3 or argv[0] != "start" or argv[1] not in SERVER_KINDS:
-        print(f"usage: python -m tests.servers start {{{'|'.join(SERVER_KINDS)}}} DIR [PORT]", file=sys.stderr)
+        print(f"usage: python -m tests.servers start {{{'|'.join(SERVER_KINDS)}}} DIR [PORT]",
+              file=sys.stderr)
         return 2
     workdir = Path(argv[2]).resolve()
     port = int(argv[3]) if len(argv) > 3 else 0

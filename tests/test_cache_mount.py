@@ -135,7 +135,8 @@ def test_tier_stays_under_its_cap_while_processes_read_three_times_its_size(make
             order = names[i * 3:] + names[:i * 3]
             if i % 2:
                 order.reverse()
-            procs.append(subprocess.Popen([sys.executable, "-c", READER, *(str(repo.data / n) for n in order * 2)],
+            procs.append(subprocess.Popen([sys.executable, "-c", READER,
+                                           *(str(repo.data / n) for n in order * 2)],
                                           stdout=subprocess.PIPE, text=True))
         outputs = [p.communicate(timeout=240)[0] for p in procs]
     finally:
@@ -237,7 +238,8 @@ def test_read_whole_objects_are_fetched_on_open_and_served_to_mmap_from_disk(mak
 
 
 def test_a_changed_object_is_never_served_from_its_old_chunks(make_repo):
-    repo = configure(make_repo(), tiers='[cache.tiers.t]\nmax_size = "16M"\nexpires = "1h"\n', listing_ttl="0s")
+    repo = configure(make_repo(), tiers='[cache.tiers.t]\nmax_size = "16M"\nexpires = "1h"\n',
+                     listing_ttl="0s")
     old, new = os.urandom(2 * CHUNK), os.urandom(2 * CHUNK)
     (repo.remote_dir / "f.bin").write_bytes(old)
     repo.start()

@@ -298,8 +298,8 @@ def test_no_permission_to_mount(tmp_path):
     mp.mkdir()
     drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
     for args in (("--foreground",), ()):
-        r = subprocess.run([*drop, PYTHON, "-m", "mountd", "mount", str(cfg), str(mp), *args], capture_output=True,
-                           text=True, timeout=120, cwd=REPO)
+        r = subprocess.run([*drop, PYTHON, "-m", "mountd", "mount", str(cfg), str(mp), *args],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
         line = one_error_line(r)
         assert f"cannot mount {mp}" in line and "not permitted" in line and "CAP_SYS_ADMIN" in line, line
         assert not is_mounted(mp)
@@ -315,8 +315,8 @@ def test_status_output(make_repo):
     r = mountd_cmd("status", str(repo.mp))
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"repository test at {repo.mp}")
-    assert any(line.split()[:2] == ["main", "/data"] and f"file://{repo.remote_dir}" in line and "[ok]" in line
-               for line in lines), r.stdout
+    assert any(line.split()[:2] == ["main", "/data"] and f"file://{repo.remote_dir}" in line
+               and "[ok]" in line for line in lines), r.stdout
     assert "pending uploads: 1" in r.stdout and "main:waiting.bin" in r.stdout
     st = json.loads(mountd_cmd("status", str(repo.mp), "--json").stdout)
     assert st["pending_uploads"] == 1 and st["remotes"][0]["name"] == "main" and st["remotes"][0]["reachable"]

@@ -56,7 +56,8 @@ def test_s3_mount_write_upload_read_back_list(make_repo, s3_server: S3Server):
     with open(repo.data / "models" / "ckpt.pt", "rb") as f:
         f.seek(1 << 20)
         assert f.read(4096) == blob[1 << 20 : (1 << 20) + 4096]
-    assert hashlib.sha256((repo.data / "models" / "ckpt.pt").read_bytes()).digest() == hashlib.sha256(blob).digest()
+    assert (hashlib.sha256((repo.data / "models" / "ckpt.pt").read_bytes()).digest()
+            == hashlib.sha256(blob).digest())
 
 
 AWKWARD = {
@@ -103,8 +104,10 @@ def test_awkward_keys_and_a_large_directory(make_repo, request, kind):
     assert sorted(os.listdir(repo.data)) == top  # a second listing agrees
 
 
-def test_several_clouds_in_one_mount_with_a_read_only_remote(make_repo, s3_server, azurite_server, gcs_server):
-    s3_bucket, az_bucket, gcs_bucket = s3_server.new_bucket(), azurite_server.new_bucket(), gcs_server.new_bucket()
+def test_several_clouds_in_one_mount_with_a_read_only_remote(make_repo, s3_server, azurite_server,
+                                                             gcs_server):
+    s3_bucket, az_bucket, gcs_bucket = (s3_server.new_bucket(), azurite_server.new_bucket(),
+                                        gcs_server.new_bucket())
     gcs_server.put(gcs_bucket, "datasets/val.csv", b"id,label\n1,cat\n")
     remotes = (s3_server.remote_toml("models", s3_bucket, "/models")
                + azurite_server.remote_toml("runs", az_bucket, "/runs", prefix="team")
@@ -127,7 +130,8 @@ def test_several_clouds_in_one_mount_with_a_read_only_remote(make_repo, s3_serve
     assert azurite_server.objects(az_bucket) == {"team/r1.log": b"loss=0.1"}
     assert gcs_server.objects(gcs_bucket) == {"datasets/val.csv": b"id,label\n1,cat\n"}
     st = repo.status()
-    assert {r["name"]: r["read_only"] for r in st["remotes"]} == {"models": False, "runs": False, "data": True}
+    assert ({r["name"]: r["read_only"] for r in st["remotes"]}
+            == {"models": False, "runs": False, "data": True})
 
 
 # --- errors at mount time and from `mountd check` ---------------------------------------------------
@@ -194,7 +198,8 @@ def s3_server_keys_unchanged(r) -> bool:
 def test_mount_refuses_broken_remotes_with_require_remotes_and_mounts_without(make_repo, broken_remotes):
     repo = make_repo(remote_toml=broken_remotes)
     # probes are bounded by 2.5 x read_timeout: room for a 500 to come back (with one retry) on a busy machine
-    repo.config.write_text(repo.config.read_text().replace('listing_ttl = "1h"', 'listing_ttl = "1h"\nread_timeout = "3s"'))
+    repo.config.write_text(repo.config.read_text().replace('listing_ttl = "1h"',
+                                                           'listing_ttl = "1h"\nread_timeout = "3s"'))
     r = mountd_cmd("mount", str(repo.config), str(repo.mp), "--foreground", "--require-remotes", check=False,
                    timeout=120)
     assert r.returncode != 0
@@ -219,7 +224,8 @@ def test_mount_refuses_broken_remotes_with_require_remotes_and_mounts_without(ma
 
 
 def _fast_timeouts(repo) -> None:
-    repo.config.write_text(repo.config.read_text().replace('listing_ttl = "1h"', 'listing_ttl = "1h"\nread_timeout = "2s"'))
+    repo.config.write_text(repo.config.read_text().replace('listing_ttl = "1h"',
+                                                           'listing_ttl = "1h"\nread_timeout = "2s"'))
 
 
 def _wait_status(repo, pred, timeout: float = 60) -> dict:
@@ -267,7 +273,8 @@ def test_stalled_remote_reads_fail_eio_and_writes_queue(make_repo, s3_server, co
     bucket = s3_server.new_bucket()
     s3_server.put(bucket, "cold.bin", os.urandom(100_000))
     proxy = counting_proxy(s3_server)
-    repo = make_repo(remote_toml=s3_server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
+    repo = make_repo(remote_toml=s3_server.remote_toml("main", bucket, "/data",
+                                                       endpoint_url=proxy.endpoint_url))
     _fast_timeouts(repo)
     repo.start()
     assert os.listdir(repo.data) == ["cold.bin"]

@@ -63,7 +63,8 @@ GCS_TABLE: dict[str, dict[str, str]] = {
     "ranged_get_if_generation_match_wrong": {"gcs-fake": IGNORED, "gcp-storage-emulator": IGNORED},
     "ranged_get_generation_replaced": {"gcs-fake": "404", "gcp-storage-emulator": IGNORED},
     "ranged_get_generation_current": {"gcs-fake": OK, "gcp-storage-emulator": OK},
-    "rewrite_if_generation_match_0_existing_destination": {"gcs-fake": IGNORED, "gcp-storage-emulator": IGNORED},
+    "rewrite_if_generation_match_0_existing_destination": {"gcs-fake": IGNORED,
+                                                           "gcp-storage-emulator": IGNORED},
 }
 
 AZURE_TABLE: dict[str, str] = {  # Azurite only
@@ -257,7 +258,8 @@ class Gcs:
                               params={"uploadType": "media", "name": key, **params}, data=data)
 
     def multipart(self, key: str, data: bytes, **params: str) -> Any:
-        body = (b"--XX\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n" + json.dumps({"name": key}).encode()
+        body = (b"--XX\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+                + json.dumps({"name": key}).encode()
                 + b"\r\n--XX\r\nContent-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--XX--")
         return self.http.post(f"{self.base}/upload/storage/v1/b/{self.bucket}/o",
                               params={"uploadType": "multipart", **params}, data=body,
@@ -300,7 +302,8 @@ def _gcs_probe(g: Gcs, cond: str) -> tuple[int, bool | None]:
         status = upload(key, b"new", ifGenerationMatch=match).status_code
         return status, g.body(key) == b"new"
     if cond.startswith("delete_"):
-        status = g.http.delete(f"{g.base}/storage/v1/b/{g.bucket}/o/{key}", params={"ifGenerationMatch": match}).status_code
+        status = g.http.delete(f"{g.base}/storage/v1/b/{g.bucket}/o/{key}",
+                               params={"ifGenerationMatch": match}).status_code
         return status, g.body(key) == b"<missing>"
     if cond == "ranged_get_if_generation_match_wrong":
         return g.ranged_get(key, ifGenerationMatch=match).status_code, None
@@ -325,13 +328,15 @@ def test_gcs(request: pytest.FixtureRequest, gcs_buckets: dict[str, Gcs], server
 
 
 @pytest.mark.parametrize(("server", "winners"), [("gcs-fake", 1), ("gcp-storage-emulator", 8)])
-def test_gcs_create_only_multipart_upload_race(request: pytest.FixtureRequest, server: str, winners: int) -> None:
+def test_gcs_create_only_multipart_upload_race(request: pytest.FixtureRequest, server: str,
+                                               winners: int) -> None:
     """8 racers, multipart upload ifGenerationMatch=0: fake-gcs-server lets exactly one through;
     gcp-storage-emulator ignores the condition."""
     gcs: GcsServer = request.getfixturevalue(GCS_FIXTURES[server])
     bucket = Gcs(gcs).bucket
     racers = [Gcs(gcs, bucket) for _ in range(8)]
-    assert _race(8, lambda i: racers[i].multipart("k", bytes([65 + i]) * 1000, ifGenerationMatch="0").ok) == winners
+    assert _race(8, lambda i: racers[i].multipart("k", bytes([65 + i]) * 1000,
+                                                  ifGenerationMatch="0").ok) == winners
 
 
 # --- Azure (azure-storage-blob against Azurite) --------------------------------------------------
@@ -377,7 +382,8 @@ def _azure_probe(cc: Any, cond: str) -> tuple[int, bool | None]:
 
         block_id = base64.b64encode(uuid.uuid4().bytes).decode()
         blob.stage_block(block_id, b"blocks")
-        return status(lambda: blob.commit_block_list([BlobBlock(block_id=block_id)], **kw)), body() == b"blocks"
+        return (status(lambda: blob.commit_block_list([BlobBlock(block_id=block_id)], **kw)),
+                body() == b"blocks")
     if cond.startswith("delete_"):
         return status(lambda: blob.delete_blob(**kw)), body() == b"<missing>"
     if cond.startswith("ranged_get_"):
@@ -385,24 +391,28 @@ def _azure_probe(cc: Any, cond: str) -> tuple[int, bool | None]:
     if cond.startswith("copy_"):
         src = cc.get_blob_client(key + "-src")
         src.upload_blob(b"copied")
-        return status(lambda: blob.start_copy_from_url(src.url, requires_sync=True, **kw)), body() == b"copied"
+        return (status(lambda: blob.start_copy_from_url(src.url, requires_sync=True, **kw)),
+                body() == b"copied")
     raise AssertionError(cond)
 
 
 @pytest.mark.parametrize(("cond", "expected"), [
-    pytest.param(cond, exp, id=f"azurite-{_verb(exp)}-{cond}" + (f"-{exp}" if exp not in (OK, IGNORED, "412") else ""))
+    pytest.param(cond, exp,
+                 id=f"azurite-{_verb(exp)}-{cond}" + (f"-{exp}" if exp not in (OK, IGNORED, "412") else ""))
     for cond, exp in AZURE_TABLE.items()])
 def test_azure(azure_container: Any, cond: str, expected: str) -> None:
     check(expected, *_azure_probe(azure_container, cond))
 
 
-def test_azurite_create_only_put_is_atomic_under_race(azure_container: Any, azurite_server: AzuriteServer) -> None:
+def test_azurite_create_only_put_is_atomic_under_race(azure_container: Any,
+                                                      azurite_server: AzuriteServer) -> None:
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
 
     clients = [BlobServiceClient.from_connection_string(
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint={azurite_server.blob_endpoint};").get_blob_client(azure_container.container_name, "race")
+        f"BlobEndpoint={azurite_server.blob_endpoint};"
+    ).get_blob_client(azure_container.container_name, "race")
         for _ in range(8)]
 
     def put(i: int) -> bool:

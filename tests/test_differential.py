@@ -226,10 +226,11 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
             repo.sync()
             files, dirs = remote_tree(remote_root)
             want = snapshot(plain_root)
-            links = {k: os.fsencode(os.readlink(plain_root / k)) for k, v in want.items() if v[0] == stat.S_IFLNK}
+            links = {k: os.fsencode(os.readlink(plain_root / k))
+                     for k, v in want.items() if v[0] == stat.S_IFLNK}
             assert files == {k: v[3] for k, v in want.items() if v[0] == stat.S_IFREG} | links
             assert dirs == {k for k, v in want.items() if v[0] == stat.S_IFDIR}
 
     run_state_machine_as_test(MountVersusPlain, settings=settings(
-        max_examples=int(os.environ.get("DIFF_EXAMPLES", "25")), stateful_step_count=30, deadline=None, derandomize=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]))
+        max_examples=int(os.environ.get("DIFF_EXAMPLES", "25")), stateful_step_count=30, deadline=None,
+        derandomize=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]))

@@ -57,8 +57,8 @@ def test_counters_move_during_a_workload(make_repo):
     assert not (repo.mp / "missing").exists()
     during = scrape(url)
     # (writes of files on the local tier go from the kernel to the local file: FUSE passthrough)
-    assert value(during, "mountd_fuse_requests_total", op="create") > value(before, "mountd_fuse_requests_total",
-                                                                           op="create")
+    assert (value(during, "mountd_fuse_requests_total", op="create")
+            > value(before, "mountd_fuse_requests_total", op="create"))
     assert value(during, "mountd_fuse_errors_total", op="lookup") >= 1  # "missing" is ENOENT
     assert value(during, "mountd_remote_download_bytes_total") >= 50_000
 

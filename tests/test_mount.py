@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import is_mounted, mountd_cmd, remote_files, wait_until
 
-# every test here also runs on a bucket of each test server (tests/servers.py); remote_dir is then a BucketPath
+# every test here also runs on a bucket of each test server (tests/servers.py);
+# remote_dir is then a BucketPath
 REMOTE_KINDS = ("file", "s3", "azure", "gcs")
 NOT_GCS = pytest.mark.remote_kinds("file", "s3", "azure")  # the GCS emulator serves one request at a time
 

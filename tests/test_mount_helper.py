@@ -118,7 +118,8 @@ def test_mount_t_mountd_with_fstab_options_then_umount_drains(helper_installed, 
 def test_fstab_entry_read_only(helper_installed, art, tmp_path):
     fstab = tmp_path / "fstab"
     fstab.write_text(f"# test fstab\n{art.config} {art.mp} mountd ro,_netdev,noauto 0 0\n")
-    r = subprocess.run(["mount", "--fstab", str(fstab), str(art.mp)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["mount", "--fstab", str(fstab), str(art.mp)], capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     assert "ro" in mount_line(art.mp)[0].split(",")
     with pytest.raises(OSError) as e:
@@ -145,29 +146,30 @@ def test_bad_options_and_sources_are_one_line_errors(helper_installed, art):
     assert r.returncode != 0 and "no such config file" in r.stderr
     # a cloud option its client does not take fails here, in one line, not inside the daemon (issue 21)
     cloud = art.root / "cloud.toml"
-    cloud.write_text(art.config.read_text().replace(f'url = "file://{art.remote}"',
-                                                    'url = "s3://bucket"\noptions = { aws_access_key_id = "AKIAX" }'))
+    cloud.write_text(art.config.read_text().replace(
+        f'url = "file://{art.remote}"', 'url = "s3://bucket"\noptions = { aws_access_key_id = "AKIAX" }'))
     r = subprocess.run(["mount", "-t", "mountd", str(cloud), str(art.mp)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "unknown option 'aws_access_key_id' for s3://" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "AKIAX" not in r.stderr
     # the daemon's own reason for not mounting comes back through the start-up handshake, as one line
     cloud.write_text(art.config.read_text().replace(
-        f'url = "file://{art.remote}"', 'url = "s3://bucket"\noptions = { endpoint_url = "http://127.0.0.1:9", anon = true }'))
+        f'url = "file://{art.remote}"',
+        'url = "s3://bucket"\noptions = { endpoint_url = "http://127.0.0.1:9", anon = true }'))
     r = subprocess.run(["mount", "-t", "mountd", str(cloud), str(art.mp), "-o", "require_remotes"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 32 and r.stderr.startswith("mount.mountd: remote 'main'"), r.stderr
     assert "unreachable" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not is_mounted(art.mp)
     (art.mp / "stray").write_text("x")
-    r = subprocess.run(["mount", "-t", "mountd", str(art.config), str(art.mp)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(["mount", "-t", "mountd", str(art.config), str(art.mp)], capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 32 and "is not empty" in r.stderr
     assert not is_mounted(art.mp)
     # -f (fake) checks everything and mounts nothing
     (art.mp / "stray").unlink()
-    r = subprocess.run(["mount", "-f", "-v", "-t", "mountd", str(art.config), str(art.mp), "-o", "ro,_netdev"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["mount", "-f", "-v", "-t", "mountd", str(art.config), str(art.mp),
+                        "-o", "ro,_netdev"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and not is_mounted(art.mp), r.stderr
 
 

@@ -412,7 +412,8 @@ def test_times_of_files_and_parents(area):
     assert s.st_mtime_ns > OLD and s.st_ctime_ns > fc and s.st_size == 1
 
     # chmod, chown, utime: ctime only
-    for change in (lambda: os.chmod(f, 0o600), lambda: os.chown(f, ALICE, -1), lambda: os.utime(f, ns=(OLD, OLD))):
+    for change in (lambda: os.chmod(f, 0o600), lambda: os.chown(f, ALICE, -1),
+                   lambda: os.utime(f, ns=(OLD, OLD))):
         _age(f)
         fc = os.stat(f).st_ctime_ns
         tick()
@@ -910,7 +911,8 @@ SEMANTICS_CASES: dict[str, Callable[[Path, MountedRepo], object]] = {
     "getxattr-security": lambda d, r: os.getxattr(_file(d), "security.selinux"),
     "rmdir-attach-point": lambda d, r: os.rmdir(r.mp / "other"),
     "name-256": lambda d, r: os.mkdir(d / ("n" * 256)),
-    "name-not-utf8": lambda d, r: os.close(os.open(os.fsencode(d) + b"/bad-\xff", os.O_CREAT | os.O_WRONLY, 0o644)),
+    "name-not-utf8": lambda d, r: os.close(os.open(os.fsencode(d) + b"/bad-\xff",
+                                                   os.O_CREAT | os.O_WRONLY, 0o644)),
     "open-o-direct": lambda d, r: os.close(os.open(_file(d), os.O_RDONLY | os.O_DIRECT)),
     "fallocate": lambda d, r: _fallocate(_file(d)),
     "o-tmpfile": lambda d, r: os.close(os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600)),

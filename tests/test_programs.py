@@ -47,7 +47,8 @@ def make_source_tree(root: Path) -> None:
     os.chmod(root / "a" / "b" / "c" / "secret", 0o600)
     os.symlink("../top.txt", root / "a" / "link")
     for i, p in enumerate(sorted(root.rglob("*"))):
-        os.utime(p, ns=(1_500_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i * 1_000_003), follow_symlinks=False)
+        os.utime(p, ns=(1_500_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i * 1_000_003),
+                 follow_symlinks=False)
 
 
 def remote_view(repo) -> tuple[dict[str, bytes], set[str]]:
@@ -123,9 +124,10 @@ def test_tar_create_and_extract(mounted, tmp_path):
         subprocess.run(["tar", "--format=posix", "-cf", str(base / "t.tar"), "-C", str(src), "."], check=True)
         reference = tmp_path / f"ref-{area}.tar"
         subprocess.run(["tar", "--format=posix", "-cf", str(reference), "-C", str(src), "."], check=True)
-        listing = subprocess.run(["tar", "-tvf", str(base / "t.tar")], check=True, capture_output=True, text=True)
-        assert listing.stdout == subprocess.run(["tar", "-tvf", str(reference)], check=True, capture_output=True,
-                                                text=True).stdout
+        listing = subprocess.run(["tar", "-tvf", str(base / "t.tar")], check=True, capture_output=True,
+                                 text=True)
+        assert listing.stdout == subprocess.run(["tar", "-tvf", str(reference)], check=True,
+                                                capture_output=True, text=True).stdout
         (base / "x").mkdir()
         subprocess.run(["tar", "-xpf", str(base / "t.tar"), "-C", str(base / "x")], check=True)
         assert tree(base / "x") == tree(src)
@@ -183,11 +185,12 @@ def test_sqlite3_cli_and_python(mounted):
         # the sqlite3 program, rollback journal
         cli_db = base / "cli.db"
         subprocess.run(["sqlite3", str(cli_db)], input=SQL_SETUP, check=True, text=True)
-        out = subprocess.run(["sqlite3", str(cli_db), "SELECT name FROM runs WHERE loss < 0.3 ORDER BY loss;"],
+        out = subprocess.run(["sqlite3", str(cli_db),
+                              "SELECT name FROM runs WHERE loss < 0.3 ORDER BY loss;"],
                              check=True, capture_output=True, text=True).stdout
         assert out.split() == ["c", "b"]
-        out = subprocess.run(["sqlite3", str(cli_db), "PRAGMA integrity_check;"], check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(["sqlite3", str(cli_db), "PRAGMA integrity_check;"], check=True,
+                             capture_output=True, text=True).stdout
         assert out.strip() == "ok"
         # Python's sqlite3, many transactions, then WAL mode (shared memory file, mmap)
         db = base / "py.db"

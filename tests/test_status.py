@@ -22,7 +22,8 @@ class Terminal:
     def __init__(self, *args: str) -> None:
         self.master, slave = pty.openpty()
         self.proc = subprocess.Popen([PYTHON, "-m", "mountd", *args], stdin=slave, stdout=slave, stderr=slave,
-                                     cwd=REPO, env={**os.environ, "COLUMNS": "160", "LINES": "50", "TERM": "xterm"})
+                                     cwd=REPO,
+                                     env={**os.environ, "COLUMNS": "160", "LINES": "50", "TERM": "xterm"})
         os.close(slave)
         self.seen = ""
 

@@ -164,8 +164,8 @@ def test_service_unit_is_notify_with_watchdog_and_drain_budget():
 
 def test_install_system_links_entry_points_and_units(tmp_path):
     root = tmp_path / "root"
-    r = subprocess.run(["bash", str(REPO / "scripts/install-system.sh")], env={**os.environ, "ROOT": str(root)},
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["bash", str(REPO / "scripts/install-system.sh")],
+                       env={**os.environ, "ROOT": str(root)}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     venv_bin = Path(os.environ.get("MOUNTD_VENV", REPO / ".venv")) / "bin"
     assert os.readlink(root / "usr/local/bin/mountd") == str(venv_bin / "mountd")

@@ -280,7 +280,8 @@ class RequestBurst:
     def __init__(self, directory: Path) -> None:
         self.stop = threading.Event()
         self.lookups = 0
-        self._threads = [threading.Thread(target=self._run, args=(directory / f"missing-{i}",)) for i in range(2)]
+        self._threads = [threading.Thread(target=self._run, args=(directory / f"missing-{i}",))
+                         for i in range(2)]
 
     def _run(self, missing: Path) -> None:
         while not self.stop.is_set():

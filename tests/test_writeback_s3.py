@@ -32,8 +32,8 @@ def repo_behind_proxy(make_repo, server: S3Server, bucket_name: str, **repo_kw) 
     bucket = server.new_bucket(bucket_name)
     proxy = CountingProxy(server.port)
     try:
-        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url),
-                         **repo_kw)
+        repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data",
+                                                        endpoint_url=proxy.endpoint_url), **repo_kw)
         repo.start()
         yield repo, proxy, bucket
         repo.stop()
