@@ -54,6 +54,8 @@ from typing import Any
 
 import pytest
 
+from mountd.vfs.namespace import FEED_DIR
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 NPM_DIR = Path(os.environ.get("MOUNTD_NPM_DIR", REPO / ".npm"))
@@ -120,6 +122,11 @@ def remote_block(name: str, url: str, at: str, options: dict[str, Any] | None = 
     if options:
         lines.append(f"options = {toml_inline(options)}")
     return "\n".join(lines) + "\n"
+
+
+def _is_log(key: str) -> bool:
+    """A key of the hosts' change log, at the root of a remote (which may be a prefix)."""
+    return f"/{FEED_DIR}/" in "/" + key
 
 
 @dataclass
@@ -208,6 +215,21 @@ class Server:
         except OSError:
             return ""
 
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
+        """Every object under `prefix` (keys relative to it), markers included (as b""); the change
+        log the mount hosts keep at the root (`.mountd-log/`) is no one's file and is left out."""
+        return {k: v for k, v in self._all_objects(bucket, prefix).items() if not _is_log(prefix + k)}
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The keys under `prefix`, the change log left out."""
+        return [k for k in self._all_keys(bucket, prefix) if not _is_log(k)]
+
+    def _all_objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
+        raise NotImplementedError
+
+    def _all_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
     def new_bucket(self, prefix: str = "b") -> str:
         name = f"{prefix}{next(_names)}-{uuid.uuid4().hex[:8]}"
         self.make_bucket(name)
@@ -289,7 +311,7 @@ class S3Server(Server):
     def make_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
 
-    def objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    def _all_objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
         """Every object under `prefix` (keys relative to it), markers included (as b"")."""
         c = self.client()
         out = {}
@@ -304,7 +326,7 @@ class S3Server(Server):
     def get(self, bucket: str, key: str) -> bytes:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
-    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+    def _all_keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
@@ -360,7 +382,7 @@ class AzuriteServer(Server):
     def make_bucket(self, name: str) -> None:
         self.client().create_container(name)
 
-    def objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    def _all_objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
         cc = self.client().get_container_client(bucket)
         return {b.name[len(prefix):]: cc.download_blob(b.name).readall()
                 for b in cc.list_blobs(name_starts_with=prefix or None)}
@@ -371,7 +393,7 @@ class AzuriteServer(Server):
     def get(self, bucket: str, key: str) -> bytes:
         return self.client().get_blob_client(bucket, key).download_blob().readall()
 
-    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+    def _all_keys(self, bucket: str, prefix: str = "") -> list[str]:
         blobs = self.client().get_container_client(bucket).list_blobs(name_starts_with=prefix or None)
         return [b.name for b in blobs]
 
@@ -419,7 +441,7 @@ class GcsServer(Server):
     def make_bucket(self, name: str) -> None:
         self.fs().mkdir(name)
 
-    def objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    def _all_objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
         fs = self.fs()
         root = f"{bucket}/{prefix}".rstrip("/")
         out = {}
@@ -434,7 +456,7 @@ class GcsServer(Server):
     def get(self, bucket: str, key: str) -> bytes:
         return self.fs().cat_file(f"{bucket}/{key}")
 
-    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+    def _all_keys(self, bucket: str, prefix: str = "") -> list[str]:
         fs = self.fs()
         out, token = [], None
         while True:

@@ -179,9 +179,12 @@ def test_check_names_each_failing_remote(tmp_path, broken_remotes):
     for line in lines[1:]:
         parts = line.split()
         by_remote.setdefault(parts[1], []).append(line)
-    assert [ln.split()[0] for ln in by_remote["good"]] == ["ok", "ok", "ok"]  # list, read, write
+    # list, read, write, conditions (moto and Azurite refuse a second create-only write)
+    assert [ln.split()[0] for ln in by_remote["good"]] == ["ok", "ok", "ok", "ok"]
     assert "read 1 byte of 'models/w.bin'" in "\n".join(by_remote["good"])
-    assert [ln.split()[0] for ln in by_remote["azgood"]] == ["ok", "skip", "ok"]  # empty: nothing to read
+    assert "conditional writes enforced" in by_remote["good"][3]
+    # azgood is empty: nothing to read
+    assert [ln.split()[0] for ln in by_remote["azgood"]] == ["ok", "skip", "ok", "ok"]
     for name, text in EXPECTED_FAILURES.items():
         assert len(by_remote[name]) == 1 and by_remote[name][0].split()[0] == "FAIL", by_remote[name]
         assert f"remote '{name}'" in by_remote[name][0] and text in by_remote[name][0], by_remote[name][0]

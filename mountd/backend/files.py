@@ -31,9 +31,6 @@ from mountd.errors import ObjectNotFound, VersionMismatch
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".mountd-tmp-"
-# every conditional write of a local-directory remote takes this lock (flock: between processes,
-# and between threads, each of which opens it anew), so compare and replace are one step
-LOCK_NAME = TMP_PREFIX + "lock"
 # a temporary upload file of a local-directory remote that has not been written to for this long
 # was left by a writer that died; listing its directory removes it
 STALE_TMP_AGE = 3600.0
@@ -47,8 +44,9 @@ class FileStore(FsspecStore):
     Metadata lives in the `user.mountd.meta` extended attribute. Writes go to a temp file in
     the same directory and are renamed into place, so a reader never sees a half object.
     Symlinks found in the tree are never followed (they could lead out of the root). A write
-    with a Precondition compares and replaces under an flock of the root, so daemons sharing
-    the directory get the compare-and-swap of a bucket."""
+    with a Precondition compares and replaces under an flock of the root directory (between
+    processes, and between threads, each of which opens it anew), so daemons sharing the
+    directory get the compare-and-swap of a bucket."""
 
     conditional = frozenset(CONDITIONAL_OPS)
 
@@ -101,8 +99,7 @@ class FileStore(FsspecStore):
                 for entry in it:
                     name = entry.name
                     if name.startswith(TMP_PREFIX):
-                        if name != LOCK_NAME:
-                            self._sweep_if_stale(entry)
+                        self._sweep_if_stale(entry)
                         continue
                     if entry.is_symlink():
                         log.debug("remote %r: ignoring symlink %r", self.name, prefix + name)
@@ -151,7 +148,7 @@ class FileStore(FsspecStore):
         if expect is None:
             yield
             return
-        fd = os.open(Path(self.root, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:

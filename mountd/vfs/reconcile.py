@@ -489,7 +489,9 @@ class Reconciler:
                 self.view.not_dirty(ino)
                 if sha256:
                     values["sha256"] = sha256
-            elif node.is_symlink:
+            elif node.is_symlink or (content_gen is not None and not node.is_dir):
+                # a file that changed during its upload stays dirty, but the object at `key` is the
+                # one just written: its next upload compares against this version, not the old one
                 values.update(remote_key=key, remote_version=info.version)
             if node.attr_gen == attr_gen:
                 values["synced_attr_gen"] = attr_gen
