@@ -17,6 +17,8 @@
 # PYFUSE3_PT_BUILD_DIR); a re-run with the same inputs only checks the installed version.
 # Network use on a cold run: deb.debian.org (libfuse source) and PyPI (pyfuse3 sdist,
 # meson, ninja, and the sdist's build requirements setuptools, setuptools_scm, Cython).
+# Only libfuse and pyfuse3 are compiled here; meson, ninja and the build requirements come
+# as wheels.
 set -euo pipefail
 
 PY=${1:?usage: $0 /path/to/python (the interpreter of the venv to install pyfuse3 into)}
@@ -125,7 +127,10 @@ if [[ -z $wheel ]]; then
     if [[ ! -f $sdist ]] || ! echo "$PYFUSE3_SHA256  $sdist" | sha256sum -c --status; then
         log "downloading pyfuse3 $PYFUSE3_VERSION sdist from PyPI"
         rm -rf "$BUILD/dl"
-        "$PY" -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps \
+        # --no-binary names pyfuse3 alone: pip prepares the sdist's metadata, and a
+        # `--no-binary :all:` would also compile its build requirements (Cython, setuptools,
+        # setuptools_scm, flit_core...) from source, minutes on a fresh machine.
+        "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary pyfuse3 \
             -d "$BUILD/dl" "pyfuse3==$PYFUSE3_VERSION"
         echo "$PYFUSE3_SHA256  $BUILD/dl/pyfuse3-$PYFUSE3_VERSION.tar.gz" | sha256sum -c --status \
             || { log "sha256 mismatch for the pyfuse3 sdist"; exit 1; }

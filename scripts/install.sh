@@ -35,11 +35,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-extra=""; [ "$WITH_TEST" = 1 ] && extra="[test]"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e ".$extra"
-# pyfuse3 with FUSE passthrough (static libfuse 3.17 from Debian's source; ~35 s once, cached in .build/)
+# pyfuse3 with FUSE passthrough (static libfuse 3.17 from Debian's source; ~35 s once, cached in .build/),
+# before mountd: it then satisfies mountd's pyfuse3 requirement and PyPI's pyfuse3 (an sdist only)
+# is not compiled just to be replaced. It is the only Python package built from source; the rest
+# comes as wheels.
 bash scripts/build-pyfuse3-passthrough.sh "$VENV/bin/python" ||
   log "warning: pyfuse3 with passthrough did not build; mountd works without it, writes are slower"
+extra=""; [ "$WITH_TEST" = 1 ] && extra="[test]"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e ".$extra"
 # test servers: Azurite (Azure Blob emulator) from npm into .npm/ of the checkout (git-ignored)
 if [ "$WITH_TEST" = 1 ]; then bash scripts/servers/install.sh; fi
 # benchmark harness (its quick mode is part of the tests): s3fs-fuse, fio, matplotlib
