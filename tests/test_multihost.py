@@ -82,6 +82,7 @@ def stale_edit(a: MountedRepo, b: MountedRepo, name: str, first: bytes, second: 
     (b.data / name).write_bytes(edit)
 
 
+@pytest.mark.remote_kinds("file", "azure", "s3-seaweedfs", "gcs-fake")  # S3: moto in the offline test
 def test_a_stale_write_becomes_a_conflict_copy_and_the_other_hosts_version_stays(hosts):
     a, b = hosts(2, feed=False)
     stale_edit(a, b, "model.bin", b"version 1 from a", b"version 2 from a", b"b's edit of version 1")
@@ -105,6 +106,7 @@ def test_a_stale_write_becomes_a_conflict_copy_and_the_other_hosts_version_stays
     assert a.status()["conflicts"] == 0
 
 
+@pytest.mark.remote_kinds("file", "s3", "gcs-fake")
 def test_two_hosts_creating_one_new_name_keep_both(hosts):
     a, b = hosts(2, feed=False)
     assert os.listdir(b.data) == []  # b has listed the directory: empty
@@ -117,7 +119,7 @@ def test_two_hosts_creating_one_new_name_keep_both(hosts):
     assert list(conflict_copies(objects, "run.log").values()) == [b"b's log"]
 
 
-@pytest.mark.remote_kinds("file", "s3", "azure", "s3-seaweedfs")  # fake-gcs-server ignores it on deletes
+@pytest.mark.remote_kinds("file", "azure", "s3-seaweedfs")  # fake-gcs-server ignores it on deletes
 def test_a_delete_does_not_destroy_a_newer_version_from_another_host(hosts):
     a, b = hosts(2, feed=False)
     (a.data / "shard-0").write_bytes(b"old")
@@ -215,7 +217,7 @@ def test_a_host_that_was_offline_cannot_overwrite_newer_work(make_repo, request,
 def test_on_conflict_fail_keeps_the_file_dirty_and_says_so(hosts):
     a, b = hosts(2, writeback_toml='on_conflict = "fail"', feed=False)
     stale_edit(a, b, "cfg.json", b"{}", b'{"from": "a"}', b'{"from": "b"}')
-    r = mountd_cmd("sync", str(b.data), "--wait", "--timeout", "10s", check=False)
+    r = mountd_cmd("sync", str(b.data), "--wait", "--timeout", "3s", check=False)
     assert r.returncode != 0 and "conflict: another host wrote" in r.stderr, r.stderr
     assert server_objects(a) == {"cfg.json": b'{"from": "a"}'}
     assert os.getxattr(b.data / "cfg.json", "user.mountd.state") == b"conflict"
