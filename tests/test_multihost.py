@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mountd.vfs.namespace import FEED_DIR
 from tests.conftest import MountedRepo, mountd_cmd, remote_files, wait_until
 from tests.servers import REMOTE_KIND_FIXTURE, BucketPath, cloud_remote
 
@@ -173,6 +174,30 @@ def test_changes_reach_the_other_host_through_the_change_log(hosts):
     feed = b.status()["statistics"]["feed"]
     assert feed["changes_applied"] >= 3 and feed["relists"] == 0, feed
     assert ".mountd-log" not in os.listdir(a.mp / "data")
+
+
+@pytest.mark.remote_kinds("file")
+def test_a_host_back_after_the_log_was_compacted_lists_again(hosts):
+    """b is down while a rewrites a file; the entry that said so is compacted away before b comes
+    back (as if b had been away for more than 1,000 entries): b finds the gap in the log and lists
+    again, instead of serving the old bytes for listing_ttl (an hour here)."""
+    a, b = hosts(2)
+    (a.data / "weights.bin").write_bytes(b"old weights")
+    a.sync()
+    assert (b.data / "weights.bin").read_bytes() == b"old weights"
+    b.stop()
+    (a.data / "weights.bin").write_bytes(b"new weights, longer")
+    a.sync()
+    log_dir = Path(str(a.remote_dir)) / FEED_DIR
+    entries = sorted(log_dir.iterdir())
+    entries[-1].unlink()  # compacted: b never read it
+    (log_dir / f"{int(entries[-1].name) + 1:012d}").write_text(
+        json.dumps({"host": "z", "writer": "someone else", "time": 0, "changes": []}))
+    b.start()
+    assert os.stat(b.data / "weights.bin").st_size == len(b"new weights, longer")  # listed again
+    assert (b.data / "weights.bin").read_bytes() == b"new weights, longer"
+    assert b.status()["statistics"]["feed"]["relists"] == 1
+    assert "compacted past entry" in b.log()
 
 
 @pytest.mark.remote_kinds("s3", "azure")

@@ -193,9 +193,9 @@ class ChangeFeed:
             self._set_last(name, numbers[-1] if numbers else 0)
             return
         new = [n for n in numbers if n > last]
-        if not new:
-            return
-        if new[0] != last + 1:
+        if new and new != list(range(last + 1, last + 1 + len(new))):
+            # entries this host never read are gone (compacted while it was away): what they said
+            # is unknown, so every directory is listed again
             dirs = self.view.forget_all_listings(name)
             self.stats["relists"] += 1
             log.info("remote %r: the change log was compacted past entry %d that this host read last: %d "
