@@ -115,8 +115,8 @@ class Translate:
         if any(s in texts for s in _MISSING_BUCKET_CODES):
             return RemoteError(self.name, f"{subject}: the bucket/container {self.bucket!r} of "
                                           f"{self.display_url} does not exist (create it, or fix `url`)")
-        # gcsfs raises a 412 as FileExistsError, without the status
-        if status == 412 or code in _CONDITION_CODES or isinstance(e, FileExistsError):
+        # gcsfs raises a 412 as a FileExistsError without errno or status (an OS-level one has EEXIST)
+        if status == 412 or code in _CONDITION_CODES or (isinstance(e, FileExistsError) and e.errno is None):
             return VersionMismatch(self.name, f"{subject}: another version is there now ({detail})")
         if status == 404 or isinstance(e, FileNotFoundError) or code in ("NoSuchKey", "BlobNotFound", "404"):
             return ObjectNotFound(self.name, f"{subject}: not found in {self.display_url}")

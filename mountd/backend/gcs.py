@@ -1,7 +1,8 @@
 """`GcsStore`: gs:// and gcs://, Google Cloud Storage through the JSON API.
 
-It calls gcsfs's authenticated session (`call`) for listings, metadata, rewrites and deletes,
-and lets gcsfs run uploads (resumable ones in chunks from 5 MiB on). The version of an object
+It calls gcsfs's authenticated session (`call`) for listings, metadata, rewrites, deletes and
+uploads (made here, not by gcsfs, which can send only `ifGenerationMatch=0`: resumable ones in
+chunks from 5 MiB on). The version of an object
 is its generation. A metadata change is a PATCH where `null` removes a key no longer wanted.
 It never copies through the client: a copy is a server-side rewrite, repeated until done.
 """

@@ -1,10 +1,11 @@
 """`S3Store`: s3:// on AWS and S3-compatible servers (MinIO, Ceph, R2, rclone serve s3).
 
 It calls the botocore client that s3fs holds (`call_s3`) for listings, metadata, copies and
-deletes, lets s3fs run multipart uploads (as a task on fsspec's loop, so one can be cancelled),
-and sends ranged GETs and HEADs as URLs it signs itself over plain keep-alive HTTP
-(`PresignedRanges`), falling back to botocore for any answer but success. It must never log or
-return a presigned URL: it carries a signature.
+deletes. Uploads run as a task on fsspec's loop, so one can be cancelled: s3fs's own, or, when
+the upload carries a condition and goes in parts, its own multipart upload (s3fs would hand the
+condition to CreateMultipartUpload, which refuses it). Ranged GETs and HEADs go as URLs it signs
+itself over plain keep-alive HTTP (`PresignedRanges`), falling back to botocore for any answer
+but success. It must never log or return a presigned URL: it carries a signature.
 """
 
 from __future__ import annotations

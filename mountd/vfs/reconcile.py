@@ -171,7 +171,7 @@ class Reconciler:
         gen = node.attr_gen
         meta = self._meta_of(node, None)
         info = await self.remote.call(store, store.put_bytes, key, b"", meta)
-        self.on_remote_change(node.remote or "", key, info.version)
+        self._wrote(node.remote or "", key, info)
         self.stats["markers"] += 1
         self._done(node.ino, remote=node.remote or "", content_gen=None, attr_gen=gen, key=key, info=info,
                    sha256=None)
