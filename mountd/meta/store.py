@@ -362,10 +362,14 @@ class MetaStore:
 
     def note_written(self, remote: str, key: str, version: str) -> None:
         """This host just wrote `version` at `key`: the next write there compares against it, even
-        when the inode that wrote it has moved or gone meanwhile."""
-        if not version or self._scalar("SELECT 1 FROM inodes"
-                                       " WHERE remote=? AND remote_key=? AND remote_version=? LIMIT 1",
-                                       (remote, key, version)) is not None:
+        when the inode that wrote it has moved, changed or gone meanwhile, or the upload's own
+        check failed. Inodes that still take their bytes from `key` are the writer itself (others
+        were evacuated before the overwrite) or unlinked open files, which read `key` as it is."""
+        if not version:
+            return
+        claimed = self._exec("UPDATE inodes SET remote_version=? WHERE remote=? AND remote_key=?",
+                             (version, remote, key)).rowcount
+        if claimed:
             self.displaced_forget(remote, key)
         else:
             self._exec("INSERT OR REPLACE INTO displaced (remote, key, version) VALUES (?, ?, ?)",
