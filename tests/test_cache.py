@@ -47,7 +47,7 @@ class CountingStore(FileStore):
         self.gate: threading.Event | None = None
         self._lock = threading.Lock()
 
-    def read_range(self, key: str, start: int, end: int) -> bytes:
+    def read_range(self, key: str, start: int, end: int, *, version: str = "") -> bytes:
         with self._lock:
             self.gets += 1
             self.active += 1
@@ -55,7 +55,7 @@ class CountingStore(FileStore):
         try:
             if self.gate is not None:
                 self.gate.wait(10)
-            return super().read_range(key, start, end)
+            return super().read_range(key, start, end, version=version)
         finally:
             with self._lock:
                 self.active -= 1

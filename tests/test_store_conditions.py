@@ -19,19 +19,20 @@ from mountd.errors import VersionMismatch
 from tests.test_backends import MiB, make_store
 
 ALL = {f"{op}:{cond}" for op in ("put", "upload", "multipart", "copy") for cond in ("create", "match")} | {
-    "delete:match"}
+    "delete:match", "read:match"}
 # "op:create" the server refuses a create-only write over an object; "op:match" a wrong version
 ENFORCED = {
     "file": ALL,
     "memory": ALL,
     # moto: If-None-Match and If-Match on PutObject, If-None-Match (not If-Match) on the multipart
     # completion, If-Match on DeleteObject, nothing on CopyObject
-    "s3": {"put:create", "put:match", "upload:create", "upload:match", "multipart:create", "delete:match"},
+    "s3": {"put:create", "put:match", "upload:create", "upload:match", "multipart:create", "delete:match",
+           "read:match"},
     "azure": ALL,
-    "gcs": set(),  # gcp-storage-emulator ignores ifGenerationMatch
+    "gcs": set(),  # gcp-storage-emulator ignores ifGenerationMatch and serves any generation asked
     # fake-gcs-server: on multipart/related uploads (puts, files under 5 MiB), not on resumable
-    # uploads, rewrites or deletes
-    "gcs-fake": {"put:create", "put:match", "upload:create", "upload:match"},
+    # uploads, rewrites or deletes; a read of a replaced generation answers 404
+    "gcs-fake": {"put:create", "put:match", "upload:create", "upload:match", "read:match"},
     "s3-seaweedfs": ALL,
 }
 
@@ -102,6 +103,23 @@ def test_a_delete_is_a_compare_and_swap_where_the_server_enforces_it(store, kind
     with pytest.raises(Exception, match="not found"):
         store.head("d")
     store.delete("d", expect=Precondition(info.version))  # gone already: nothing to refuse
+
+
+def test_a_read_pinned_to_a_version_never_returns_another_versions_bytes(store, kind):
+    old = store.put_bytes("r", b"version one, as the reader opened it", {})
+    assert store.read_range("r", 8, 11, version=old.version) == b"one"
+    new = store.put_bytes("r", b"VERSION TWO, written by another host", {})
+    assert new.version != old.version
+    try:
+        data = store.read_range("r", 8, 11, version=old.version)
+    except VersionMismatch:
+        data = None
+    if "read:match" in ENFORCED[kind]:
+        assert data is None
+    else:
+        assert data == b"TWO"  # the server ignores the condition: what is there now
+    assert store.read_range("r", 8, 11, version=new.version) == b"TWO"
+    assert store.read_range("r", 100, 200, version=new.version) == b""  # past the end
 
 
 def test_the_probe_reports_what_the_server_does(store, kind):

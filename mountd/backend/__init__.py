@@ -78,8 +78,12 @@ class ObjectStore(Protocol):
         """Size, version and user metadata of one object; raises ObjectNotFound."""
         ...
 
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of an object (shorter at its end); raises ObjectNotFound."""
+    def read_range(self, key: str, start: int, end: int, *, version: str = "") -> bytes:
+        """Bytes [start, end) of an object (shorter at its end); raises ObjectNotFound.
+
+        With `version`, bytes of that version only: when the key holds another one now (or
+        none), `VersionMismatch`, so a reader that opened one version never gets a mix. Where
+        the server ignores the condition (docs/multihost.md), the bytes are whatever is there."""
         ...
 
     def download(self, key: str, dest: Path) -> ObjectInfo:

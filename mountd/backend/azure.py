@@ -108,12 +108,14 @@ class AzureStore(BucketStore):
         with self._translate("head", key):
             return self._info(key, self._run(props))
 
-    def read_range(self, key: str, start: int, end: int) -> bytes:
+    def read_range(self, key: str, start: int, end: int, *, version: str = "") -> bytes:
         if end <= start:
             return b""
+        pin = self._match(Precondition(version)) if version else {}
 
         async def get() -> bytes:
-            stream = await self._blob(key).download_blob(offset=start, length=end - start, **self._opts())
+            stream = await self._blob(key).download_blob(offset=start, length=end - start, **pin,
+                                                         **self._opts())
             return await stream.readall()
 
         with self._translate("read", key):

@@ -132,10 +132,14 @@ class FileStore(FsspecStore):
                 raise FileNotFoundError(key)
             return self._object(key, st, self._getmeta(p) or {})
 
-    def read_range(self, key: str, start: int, end: int) -> bytes:
+    def read_range(self, key: str, start: int, end: int, *, version: str = "") -> bytes:
         with self._translate("read", key):
             fd = os.open(self._p(key), os.O_RDONLY | os.O_NOFOLLOW)
             try:
+                # a replaced file is a new inode (writes are renames over the name), so the open
+                # descriptor's version is the version of every byte read through it
+                if version and (found := self._object(key, os.fstat(fd), None).version) != version:
+                    raise VersionMismatch(self.name, f"{key!r}: expected {version}, found {found}")
                 return os.pread(fd, max(0, end - start), start)
             finally:
                 os.close(fd)
@@ -323,9 +327,12 @@ class MemoryStore(FsspecStore):
         self._count(requests=1)
         return self._info(key, self._get(key))
 
-    def read_range(self, key: str, start: int, end: int) -> bytes:
+    def read_range(self, key: str, start: int, end: int, *, version: str = "") -> bytes:
         self._count(requests=1)
-        return self._get(key).data[start:max(start, end)]
+        obj = self._get(key)
+        if version and str(obj.version) != version:
+            raise VersionMismatch(self.name, f"{key!r}: expected {version}, found {obj.version}")
+        return obj.data[start:max(start, end)]
 
     def download(self, key: str, dest: Path) -> ObjectInfo:
         obj = self._get(key)

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from mountd.backend import CONDITIONAL_OPS, DirListing, ObjectInfo, Precondition
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
 from mountd.backend.errors import http_status
+from mountd.errors import ObjectNotFound, VersionMismatch
 
 GCS_CHUNK_ALIGN = 256 << 10  # resumable-upload chunks must be multiples of 256 KiB
 SIMPLE_UPLOAD_MAX = 5 << 20  # smaller files go in one multipart/related request (as gcsfs does)
@@ -65,6 +66,20 @@ class GcsStore(BucketStore):
 
         with self._translate("list", prefix):
             return self._listing(prefix, entries())
+
+    def _pinned(self, version: str) -> dict[str, str]:
+        return {"generation": version} if version else {}
+
+    def read_range(self, key: str, start: int, end: int, *, version: str = "") -> bytes:
+        """A `version` is read as `generation=N` (not `ifGenerationMatch`, which fake-gcs-server
+        ignores on reads): once that generation is replaced the server answers 404, and on a
+        bucket that keeps old generations it still serves the version the reader opened."""
+        try:
+            return super().read_range(key, start, end, version=version)
+        except ObjectNotFound:
+            if not version:
+                raise
+            raise VersionMismatch(self.name, f"{key!r}: generation {version} is not there any more") from None
 
     def head(self, key: str) -> ObjectInfo:
         with self._translate("head", key):

@@ -159,9 +159,9 @@ class LinksStore:
         return ObjectInfo(key=key, size=info.size, version=info.version, mtime_ns=info.mtime_ns,
                           metadata={k: v for k, v in (info.metadata or {}).items() if k == "sha256"})
 
-    def read_range(self, key: str, start: int, end: int) -> bytes:
+    def read_range(self, key: str, start: int, end: int, *, version: str = "") -> bytes:
         link = self._link(key)
-        data = self._store(link).read_range(self._inner_key(link), start, end)
+        data = self._store(link).read_range(self._inner_key(link), start, end, version=version)
         self._stats["requests"] += 1
         self._stats["bytes_downloaded"] += len(data)
         return data

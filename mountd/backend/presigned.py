@@ -50,15 +50,16 @@ class PresignedRanges:
         # a proxy is the SDK's business (it honours NO_PROXY and friends): no fast path then
         self.enabled = not any(os.environ.get(v) for v in PROXY_VARS)
 
-    def read(self, path: str, start: int, end: int) -> bytes | None:
-        """Bytes [start, end) of the object at `path` (bucket/key), b"" past its end; None: ask the SDK."""
+    def read(self, path: str, start: int, end: int, *, if_match: str | None = None) -> bytes | None:
+        """Bytes [start, end) of the object at `path` (bucket/key), b"" past its end; None: ask the
+        SDK (also when `if_match`, an ETag with its quotes, is not the object's now: a 412)."""
         if not self.enabled:
             return None
         for fresh in (False, True):
             url = self._url(path, fresh)
             if url is None:
                 return None
-            status, data = self._get(url, start, end)
+            status, data = self._get(url, start, end, if_match)
             if status in (206, 416):
                 return data
             if status != 403:
@@ -99,8 +100,11 @@ class PresignedRanges:
             return None
         return answer[1]
 
-    def _get(self, url: str, start: int, end: int) -> tuple[int, bytes]:
-        answer = self._request("GET", url, {"Range": f"bytes={start}-{end - 1}"})
+    def _get(self, url: str, start: int, end: int, if_match: str | None) -> tuple[int, bytes]:
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        answer = self._request("GET", url, headers)
         if answer is None:
             return 0, b""
         status, headers, body = answer

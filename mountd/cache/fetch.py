@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -87,7 +88,9 @@ class Fetches:
         self.misses += 1
         try:
             with trio.move_on_after(self._timeout) as scope:
-                data = await trio.to_thread.run_sync(store.read_range, obj.key, start, stop,
+                # only bytes of the version the reader opened: never a mix of two versions
+                data = await trio.to_thread.run_sync(partial(store.read_range, obj.key, start, stop,
+                                                             version=obj.version),
                                                      abandon_on_cancel=True)
         except RemoteError:
             self.errors += 1
