@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,11 +119,15 @@ class BucketStore(FsspecStore):
         """A ranged GET through the fsspec filesystem (s3fs, gcsfs); past the end reads empty."""
         if end <= start:
             return b""
+        path, pin = f"{self.bucket}/{self._full(key)}", self._pinned(version)
+        return self._ranged(key, lambda: bytes(self.fs.cat_file(path, start=start, end=end, **pin)))
+
+    def _ranged(self, key: str, get: Callable[[], bytes]) -> bytes:
+        """One ranged GET made by `get`, counted, its errors translated; past the end reads empty."""
         with self._translate("read", key):
             self._count(requests=1)
             try:
-                data = bytes(self.fs.cat_file(f"{self.bucket}/{self._full(key)}", start=start, end=end,
-                                              **self._pinned(version)))
+                data = get()
             except Exception as e:
                 if "InvalidRange" in str(e) or http_status(e) == 416:
                     return b""

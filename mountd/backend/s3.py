@@ -112,16 +112,7 @@ class S3Store(BucketStore):
             finally:
                 resp["Body"].close()
 
-        with self._translate("read", key):
-            self._count(requests=1)
-            try:
-                data = sync(self.fs.loop, get)
-            except Exception as e:
-                if "InvalidRange" in str(e) or http_status(e) == 416:
-                    return b""
-                raise
-            self._count(bytes_downloaded=len(data))
-            return data
+        return self._ranged(key, lambda: bytes(sync(self.fs.loop, get)))
 
     def _fast(self) -> PresignedRanges:
         fast = self.__dict__.get("_presigned")
