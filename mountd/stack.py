@@ -102,7 +102,7 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     ignored = IgnoredPaths(IgnoreRules(config.writeback.ignore), meta, paths, local, reader)
     files = OpenFiles(config, meta, paths, local, reader, journal, dirty, ignored, kernel)
     remote = RemoteView(config, meta, paths, stores, reader, local, dirty, kernel, remote_calls,
-                        is_open=files.is_open, owner=owner)
+                        is_open=files.is_open, is_writing=files.is_open_for_write, owner=owner)
     host = config.writeback.host or default_host_id()
     conflicts = ConflictCopies(meta, kernel, host=host, file_mode=config.mount.file_mode, owner=owner)
     followed = [r.name for r in config.remote if r.scheme != "links"]

@@ -11,6 +11,7 @@ is read at the server, never through a mount.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -174,6 +175,44 @@ def test_changes_reach_the_other_host_through_the_change_log(hosts):
     feed = b.status()["statistics"]["feed"]
     assert feed["changes_applied"] >= 3 and feed["relists"] == 0, feed
     assert ".mountd-log" not in os.listdir(a.mp / "data")
+
+
+@pytest.mark.remote_kinds(*REMOTE_KINDS)
+def test_a_reader_open_on_b_while_a_replaces_the_file_reads_only_the_version_it_opened(hosts):
+    """b opens a 40 MiB file (five 8 MiB chunks) and reads its first bytes; a rewrites it. A new
+    open on b sees a's bytes one poll later, while the reader that was open reads only the old
+    version to the end: old bytes where its chunks are cached, ESTALE where they are not (the
+    old version is gone from the store), never a byte of the new one."""
+    a, b = hosts(2)
+    size = 40 << 20
+    old, new = b"old." * (size // 4), b"NEW!" * (size // 4)
+    (a.data / "shard.bin").write_bytes(old)
+    a.sync()
+    fd = os.open(b.data / "shard.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4, 0) == b"old."
+        (a.data / "shard.bin").write_bytes(new)
+        a.sync()
+
+        def first_bytes() -> bytes:
+            with open(b.data / "shard.bin", "rb") as f:
+                return f.read(4)
+
+        wait_until(lambda: first_bytes() == b"NEW!", timeout=15)
+        stale = 0
+        for offset in range(0, size, 1 << 20):
+            try:
+                data = os.pread(fd, 1 << 20, offset)
+            except OSError as e:
+                assert e.errno == errno.ESTALE, e
+                stale += 1
+                continue
+            assert data == old[offset:offset + len(data)], offset  # never a byte of a's new version
+    finally:
+        os.close(fd)
+    assert stale > 0  # most of the old version was never cached on b, and it is gone
+    assert (b.data / "shard.bin").read_bytes() == new
+    assert os.path.getsize(b.data / "shard.bin") == size
 
 
 @pytest.mark.remote_kinds("file")

@@ -354,8 +354,10 @@ class MetaStore:
                              (ino, remote, key)).fetchone()
             if row is not None and row[0]:
                 return str(row[0])
+        # a linked inode first: an unlinked open one may still read a version replaced since
         v = self._scalar("SELECT remote_version FROM inodes WHERE remote=? AND remote_key=?"
-                         " AND remote_version IS NOT NULL AND remote_version != '' LIMIT 1", (remote, key))
+                         " AND remote_version IS NOT NULL AND remote_version != ''"
+                         " ORDER BY nlink > 0 DESC LIMIT 1", (remote, key))
         if v is None:
             v = self._scalar("SELECT version FROM displaced WHERE remote=? AND key=?", (remote, key))
         return str(v) if v is not None else None
@@ -363,11 +365,12 @@ class MetaStore:
     def note_written(self, remote: str, key: str, version: str) -> None:
         """This host just wrote `version` at `key`: the next write there compares against it, even
         when the inode that wrote it has moved, changed or gone meanwhile, or the upload's own
-        check failed. Inodes that still take their bytes from `key` are the writer itself (others
-        were evacuated before the overwrite) or unlinked open files, which read `key` as it is."""
+        check failed. Linked inodes that still take their bytes from `key` are the writer itself
+        (others were evacuated before the overwrite); unlinked open ones keep the version their
+        readers opened (their reads are pinned to it)."""
         if not version:
             return
-        claimed = self._exec("UPDATE inodes SET remote_version=? WHERE remote=? AND remote_key=?",
+        claimed = self._exec("UPDATE inodes SET remote_version=? WHERE remote=? AND remote_key=? AND nlink > 0",
                              (version, remote, key)).rowcount
         if claimed:
             self.displaced_forget(remote, key)

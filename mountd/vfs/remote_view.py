@@ -56,7 +56,8 @@ class _Stats:
 class RemoteView:
     def __init__(self, config: RepoConfig, meta: MetaStore, paths: PathMap, stores: Mapping[str, ObjectStore],
                  reader: RemoteReader, local: LocalTier, dirty: DirtyBytes, kernel: Kernel,
-                 remote: RemoteCalls, *, is_open: Callable[[int], bool], owner: tuple[int, int]) -> None:
+                 remote: RemoteCalls, *, is_open: Callable[[int], bool], is_writing: Callable[[int], bool],
+                 owner: tuple[int, int]) -> None:
         self.config = config
         self.meta = meta
         self.paths = paths
@@ -67,6 +68,7 @@ class RemoteView:
         self.kernel = kernel
         self.remote = remote
         self._is_open = is_open  # whether the kernel holds the inode open (OpenFiles.is_open)
+        self._is_writing = is_writing  # ... open for writing (OpenFiles.is_open_for_write)
         self._owner = owner
         self._listing_inflight: dict[int, trio.Event] = {}
         self._listing_failed_at: dict[int, float] = {}
@@ -344,15 +346,19 @@ class RemoteView:
         """Another host wrote `version` at `key` (None: deleted it), as its change log says: the
         names and inodes this host shows for that key follow now, without waiting for
         listing_ttl, and the kernel forgets what it cached of them. A file with changes of this
-        host not yet uploaded is left alone (its compare-and-swap decides), and so is an open one
-        (it keeps reading the version it opened). True when something here changed."""
+        host not yet uploaded is left alone (its compare-and-swap decides), and so is one open
+        for writing (checked again at its next open). A file open only for reading is replaced,
+        as a rename over it would on a disk: the name gets a new inode, and the open one keeps
+        reading the version it opened (its reads are pinned to it) until its last close.
+        True when something here changed."""
         if key.endswith("/"):
             self.forget_listing(remote, key.rstrip("/"))  # a directory marker: list its parent again
             return True
         node = self.paths.resolve_key(remote, key)
         if node is not None:
             if node.is_dir or node.remote != remote or node.content_dirty or node.attrs_dirty \
-                    or self.meta.journal_has(remote, key) or self._is_open(node.ino):
+                    or self.meta.journal_has(remote, key) or self._is_writing(node.ino):
+                self.forget_inode(node.ino)  # its next open asks the remote
                 return False
             if version is not None and node.remote_key == key and node.remote_version == version:
                 return False  # known already (our own change, or a listing saw it)
@@ -370,10 +376,12 @@ class RemoteView:
         node = self.paths.resolve_key(remote, key)  # again: the HEAD was an await
         with self.meta.transaction():
             if node is not None:
-                if node.content_dirty or node.attrs_dirty or self._is_open(node.ino) or (
+                if node.content_dirty or node.attrs_dirty or self._is_writing(node.ino) or (
                         info is not None and node.remote_key == key and node.remote_version == info.version):
                     return False
-                if info is None:
+                if self._is_open(node.ino):
+                    self._replace_open(d.ino, bname, node, info)
+                elif info is None:
                     self.meta.remove_entry(d.ino, bname)
                     self.meta.delete_inode(node.ino)
                     if node.has_local:
@@ -391,6 +399,16 @@ class RemoteView:
         self.kernel.invalidate_entry(d.ino, bname)
         self.kernel.invalidate_inode(d.ino)
         return True
+
+    def _replace_open(self, parent: int, bname: bytes, node: Inode, info: ObjectInfo | None) -> None:
+        """The object of an inode open for reading changed on the remote: the name gets a new
+        inode of `info` (none when it was deleted), and the open one, unlinked, keeps its version
+        for its readers and goes at its last release. A change in place would let the kernel's
+        page cache and the fetches of chunks give one reader bytes of two versions."""
+        self.meta.remove_entry(parent, bname)
+        self.meta.bump(node.ino, "nlink", -1)
+        if info is not None and node.remote is not None:
+            self._create_from_listing(parent, bname, node.remote, info)
 
     def forget_all_listings(self, remote: str) -> int:
         """The change log of `remote` was compacted past what this host read: every directory of
@@ -474,11 +492,29 @@ class RemoteView:
         fresh = self.meta.get(node.ino)
         if fresh is None or fresh.has_local:
             return fresh or node
+        if info.version != fresh.remote_version and self._is_open(fresh.ino):
+            self._replace_while_open(fresh, info)
         if info.version != fresh.remote_version:
             self.reader.forget(object_ref(fresh))
             self.kernel.invalidate_inode(fresh.ino)
         self.apply_object_info(fresh, info)
         return self.meta.get(node.ino) or fresh
+
+    def _replace_while_open(self, node: Inode, info: ObjectInfo) -> None:
+        """An open of a file that other handles hold open found a new version: the name gets a
+        new inode (`_replace_open`) and this open fails with ESTALE, which makes the kernel look
+        the path up again (LOOKUP_REVAL) and open the new inode, while the old readers go on."""
+        key = node.remote_key
+        assert node.remote is not None and key is not None
+        folder, _, name = key.rpartition("/")
+        d = self.paths.resolve_key(node.remote, folder + "/" if folder else "")
+        bname = name.encode("utf-8", "surrogateescape")
+        if d is None or self.meta.lookup(d.ino, bname) != node.ino:
+            return  # not at its key's name (moved here meanwhile): the old version is served
+        with self.meta.transaction():
+            self._replace_open(d.ino, bname, node, info)
+        self.kernel.invalidate_entry(d.ino, bname)
+        raise PosixError(errno.ESTALE, "replaced on the remote while open here; the kernel looks it up again")
 
     async def materialize(self, node: Inode) -> None:
         """Fetch a remote file whole onto the local tier before it is changed in place."""
