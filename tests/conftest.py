@@ -80,7 +80,7 @@ def wait_until(predicate, timeout: float = 120.0, interval: float = 0.05) -> Non
 class MountedRepo:
     def __init__(self, root: Path, *, remote_url: str | None = None, extra_toml: str = "", delay: str = "0s",
                  remote_toml: str | None = None, writeback_toml: str = "", local_toml: str = "",
-                 local_path: Path | None = None) -> None:
+                 local_path: Path | None = None, listing_ttl: str = "1h") -> None:
         self.root = root
         self.mp = root / "mnt"
         self.remote_dir = root / "remote"
@@ -111,7 +111,7 @@ class MountedRepo:
             drain_timeout = "60s"
             {writeback_toml}
             [mount]
-            listing_ttl = "1h"
+            listing_ttl = "{listing_ttl}"
             """) + textwrap.dedent(extra_toml) + remotes)
         self.proc: subprocess.Popen[bytes] | None = None
         self.expected_log_errors: list[str] = []

@@ -33,7 +33,8 @@ LISTING_TTL = 'listing_ttl = "1h"'  # the hosts do not relist: each acts on what
 def hosts(make_repo, request: pytest.FixtureRequest, remote_kind: str):
     """`hosts(n, **kw)` -> n started daemons named a, b, c... on one shared remote."""
 
-    def make(n: int, writeback_toml: str = "", *, feed: bool = True) -> list[MountedRepo]:
+    def make(n: int, writeback_toml: str = "", *, feed: bool = True,
+             listing_ttl: str = "1h") -> list[MountedRepo]:
         """`feed=False`: no change log, so a host acts on what it saw last (a stale host)."""
         first_kw: dict = {}
         if remote_kind != "file":
@@ -46,7 +47,8 @@ def hosts(make_repo, request: pytest.FixtureRequest, remote_kind: str):
             if remote_kind == "file" and out:
                 kw["remote_url"] = out[0].remote_url
             repo = make_repo(name, writeback_toml=f'host = "{name}"\n{writeback_toml}',
-                             extra_toml="" if feed else 'poll_interval = "0s"\n', **kw)
+                             extra_toml="" if feed else 'poll_interval = "0s"\n', listing_ttl=listing_ttl,
+                             **kw)
             if remote_kind != "file":
                 repo.remote_dir = bucket  # type: ignore[assignment]
             elif out:
@@ -213,6 +215,31 @@ def test_a_reader_open_on_b_while_a_replaces_the_file_reads_only_the_version_it_
     assert stale > 0  # most of the old version was never cached on b, and it is gone
     assert (b.data / "shard.bin").read_bytes() == new
     assert os.path.getsize(b.data / "shard.bin") == size
+
+
+@pytest.mark.remote_kinds("file", "s3-seaweedfs")
+def test_an_open_that_finds_a_new_version_while_an_old_reader_is_open_gets_the_new_one(hosts):
+    """No change log here: b finds a's rewrite only when an open revalidates (listing_ttl 0). The
+    file is open on b already, so that open gets a new inode (through ESTALE, which makes the
+    kernel look the path up again) and reads a's bytes, while the old reader stays on the old
+    version: old bytes or ESTALE, never a's."""
+    a, b = hosts(2, feed=False, listing_ttl="0s")
+    (a.data / "eval.json").write_bytes(b'{"acc": 0.5}')
+    a.sync()
+    fd = os.open(b.data / "eval.json", os.O_RDONLY)
+    try:
+        before = os.fstat(fd).st_ino
+        (a.data / "eval.json").write_bytes(b'{"acc": 0.875}')
+        a.sync()
+        with open(b.data / "eval.json", "rb") as f:
+            assert f.read() == b'{"acc": 0.875}'
+            assert os.fstat(f.fileno()).st_ino != before
+        try:
+            assert os.pread(fd, 100, 0) == b'{"acc": 0.5}'
+        except OSError as e:
+            assert e.errno == errno.ESTALE
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.remote_kinds("file")
