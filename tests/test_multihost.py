@@ -243,6 +243,23 @@ def test_an_open_that_finds_a_new_version_while_an_old_reader_is_open_gets_the_n
 
 
 @pytest.mark.remote_kinds("file")
+def test_the_writer_of_every_hundredth_entry_compacts_the_log_to_the_last_thousand(make_repo):
+    """A log of 1,099 entries (written by some other host); this host's next entry is 1,100, so it
+    deletes the entries more than 1,000 behind it (1 to 100) and nothing else."""
+    a = make_repo("a", writeback_toml='host = "a"')
+    log_dir = Path(str(a.remote_dir)) / FEED_DIR
+    log_dir.mkdir(parents=True)
+    for n in range(1, 1100):
+        (log_dir / f"{n:012d}").write_text(json.dumps({"host": "z", "writer": "z", "time": 0, "changes": []}))
+    a.start()
+    (a.data / "step-1100.txt").write_bytes(b"one more change")
+    a.sync()
+    left = sorted(int(p.name) for p in log_dir.iterdir())
+    assert left == list(range(101, 1101))
+    assert json.loads((log_dir / f"{1100:012d}").read_text())["changes"][0]["key"] == "step-1100.txt"
+
+
+@pytest.mark.remote_kinds("file")
 def test_a_host_back_after_the_log_was_compacted_lists_again(hosts):
     """b is down while a rewrites a file; the entry that said so is compacted away before b comes
     back (as if b had been away for more than 1,000 entries): b finds the gap in the log and lists
