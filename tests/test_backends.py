@@ -374,3 +374,47 @@ def test_wrong_credentials_are_denied(request, tmp_path, kind):
         store.probe()
     assert "'conf'" in str(e.value)
     assert "not-the-secret" not in str(e.value) and "AAAAAAAA" not in str(e.value)
+
+
+# gcp-storage-emulator ignores maxResults (one page, whatever the limit); fake-gcs-server counts
+# only objects against it (real GCS counts objects and prefixes together) and repeats the prefixes
+PAGED = ["memory", "s3", "azure", "gcs-fake", "s3-seaweedfs"]
+
+
+@pytest.mark.parametrize("kind", PAGED)
+def test_a_listing_comes_a_page_at_a_time_and_the_pages_make_the_whole(request, tmp_path, kind):
+    """25 objects and 5 prefixes in pages of 7: every page at most 7 objects (a prefix of many
+    keys counts once), each child in exactly one page, and the token of one page starts the next."""
+    store = make_store(request, tmp_path, kind)
+    for i in range(25):
+        store.put_bytes(f"d/f{i:02d}", b"x", {})
+    for j in range(5):
+        for k in range(3):
+            store.put_bytes(f"d/p{j}/k{k}", b"y", {})
+    pages, token = [], None
+    while True:
+        page = store.list_page("d/", token, limit=7)
+        pages.append(page.listing)
+        token = page.next_token
+        if token is None:
+            break
+    assert len(pages) >= 4
+    assert all(len(p.objects) <= 7 for p in pages)
+    keys = [o.key for p in pages for o in p.objects]
+    prefixes = [x for p in pages for x in p.prefixes]
+    assert sorted(keys) == [f"d/f{i:02d}" for i in range(25)] and len(set(keys)) == 25
+    # (fake-gcs-server repeats the prefixes in every page: a listing must take them once)
+    assert sorted(set(prefixes)) == [f"p{j}" for j in range(5)]
+    assert names(store.list_dir("d/")) == (sorted(keys), sorted(set(prefixes)))
+
+
+@pytest.mark.parametrize("kind", ["file", *PAGED])
+def test_a_one_key_page_tells_whether_a_prefix_has_children(request, tmp_path, kind):
+    store = make_store(request, tmp_path, kind)
+    store.put_bytes("dir/deep/a", b"x", {})
+    store.put_bytes("dir/deep/b", b"x", {})
+    page = store.list_page("dir/deep/", None, limit=1)
+    assert len(page.listing.objects) + len(page.listing.prefixes) == 1
+    assert page.next_token is not None
+    empty = store.list_page("dir/nothing/", None, limit=1)
+    assert (empty.listing.objects, empty.listing.prefixes, empty.next_token) == ((), (), None)

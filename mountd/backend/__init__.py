@@ -9,7 +9,7 @@ marker is the zero-byte object whose key ends in '/'. Implementations raise only
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +63,33 @@ class DirListing:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+LIST_PAGE = 1000  # keys per listing request (the most S3 and GCS give in one)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingPage:
+    """One request's worth of a directory listing."""
+
+    listing: DirListing
+    next_token: str | None  # where the next page starts (opaque); None: this was the last
+
+
+def gather_pages(list_page: Callable[..., ListingPage], prefix: str) -> DirListing:
+    """Every page of a listing in one DirListing (for callers that need it whole)."""
+    objects: list[ObjectInfo] = []
+    prefixes: dict[str, None] = {}
+    marker = False
+    token: str | None = None
+    while True:
+        page = list_page(prefix, token)
+        objects.extend(page.listing.objects)
+        prefixes.update(dict.fromkeys(page.listing.prefixes))
+        marker = marker or page.listing.marker_exists
+        token = page.next_token
+        if token is None:
+            return DirListing(objects=tuple(objects), prefixes=tuple(prefixes), marker_exists=marker)
+
+
 class ObjectStore(Protocol):
     name: str  # the configured remote name, used in every error message
     display_url: str  # the URL with any secret removed
@@ -72,6 +99,12 @@ class ObjectStore(Protocol):
 
     def list_dir(self, prefix: str) -> DirListing:
         """Children of `prefix` ("" for the root, else ending in '/'). A missing prefix lists empty."""
+        ...
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+        """One request of the listing of `prefix`: up to about `limit` children, starting where
+        `token` (from the page before; None: the start) says. A directory of a million keys is
+        listed a page at a time, each with its own timeout, and can be resumed."""
         ...
 
     def head(self, key: str) -> ObjectInfo:

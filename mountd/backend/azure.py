@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import CONDITIONAL_OPS, DirListing, ObjectInfo, Precondition
+from mountd.backend import CONDITIONAL_OPS, LIST_PAGE, ListingPage, ObjectInfo, Precondition
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
 from mountd.backend.errors import http_status
 from mountd.errors import RemoteUnavailable
@@ -81,13 +81,16 @@ class AzureStore(BucketStore):
         meta = lower_keys(getattr(p, "metadata", None))
         return any(meta.get(f) == "true" for f in self.FOLDER_FLAGS)
 
-    def list_dir(self, prefix: str) -> DirListing:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
         full = self._full(prefix)
+        next_token: list[str | None] = [None]
 
         async def collect() -> list[tuple[str, ObjectInfo | None]]:
             out: list[tuple[str, ObjectInfo | None]] = []
-            async for item in self._container().walk_blobs(name_starts_with=full or None, delimiter="/",
-                                                           include=["metadata"], **self._opts()):
+            pages = self._container().walk_blobs(name_starts_with=full or None, delimiter="/",
+                                                 include=["metadata"], results_per_page=limit,
+                                                 **self._opts()).by_page(continuation_token=token or None)
+            async for item in await pages.__anext__():
                 if not hasattr(item, "size"):  # a BlobPrefix
                     out.append((item.name, None))
                 elif self._is_folder_blob(item) and item.name != full.rstrip("/"):
@@ -96,10 +99,11 @@ class AzureStore(BucketStore):
                     out.append((full, self._info(prefix, item)))
                 else:
                     out.append((item.name, self._info(item.name[len(self.prefix):], item)))
+            next_token[0] = pages.continuation_token or None
             return out
 
         with self._translate("list", prefix):
-            return self._listing(prefix, iter(self._run(collect)))
+            return ListingPage(self._listing(prefix, iter(self._run(collect))), next_token[0])
 
     def head(self, key: str) -> ObjectInfo:
         async def props() -> Any:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo, StoreTuning
+from mountd.backend import LIST_PAGE, DirListing, ListingPage, ObjectInfo, StoreTuning, gather_pages
 from mountd.backend.errors import Translate, http_status
 from mountd.config import redact_url
 from mountd.errors import ObjectNotFound, RemoteError
@@ -96,6 +96,12 @@ class BucketStore(FsspecStore):
 
     def _full(self, key: str) -> str:
         return self.prefix + key
+
+    def list_dir(self, prefix: str) -> DirListing:
+        return gather_pages(self.list_page, prefix)
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+        raise NotImplementedError  # each cloud asks its own API
 
     def _listing(self, prefix: str, entries: Iterator[tuple[str, ObjectInfo | None]]) -> DirListing:
         """Builds a DirListing from (full key or common prefix, info) pairs of one delimited listing."""

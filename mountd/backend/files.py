@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import CONDITIONAL_OPS, DirListing, ObjectInfo, Precondition
+from mountd.backend import (
+    CONDITIONAL_OPS,
+    LIST_PAGE,
+    DirListing,
+    ListingPage,
+    ObjectInfo,
+    Precondition,
+    gather_pages,
+)
 from mountd.backend.base import FsspecStore, lower_keys
 from mountd.errors import ObjectNotFound, VersionMismatch
 
@@ -88,15 +96,25 @@ class FileStore(FsspecStore):
                           mtime_ns=st.st_mtime_ns, metadata=metadata)
 
     def list_dir(self, prefix: str) -> DirListing:
+        return self.list_page(prefix).listing
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+        """A directory is listed in one page (it is local, and a scan cannot resume in the middle);
+        a `limit` below a page, as a probe for any child asks, stops early and says there is more."""
         base = self._p(prefix)
-        objects, prefixes = [], []
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        stop = limit if limit < LIST_PAGE else None
         with self._translate("list", prefix):
             try:
                 it = os.scandir(base)
             except (FileNotFoundError, NotADirectoryError):
-                return DirListing(objects=(), prefixes=())
+                return ListingPage(DirListing(objects=(), prefixes=()), None)
             with it:
                 for entry in it:
+                    if stop is not None and len(objects) + len(prefixes) >= stop:
+                        return ListingPage(DirListing(objects=tuple(objects), prefixes=tuple(prefixes),
+                                                      marker_exists=True), "more")
                     name = entry.name
                     if name.startswith(TMP_PREFIX):
                         self._sweep_if_stale(entry)
@@ -110,7 +128,8 @@ class FileStore(FsspecStore):
                         p = Path(entry.path)
                         st = entry.stat(follow_symlinks=False)
                         objects.append(self._object(prefix + name, st, self._getmeta(p)))
-        return DirListing(objects=tuple(objects), prefixes=tuple(prefixes), marker_exists=True)
+        return ListingPage(DirListing(objects=tuple(objects), prefixes=tuple(prefixes), marker_exists=True),
+                           None)
 
     def _sweep_if_stale(self, entry: os.DirEntry[str]) -> None:
         """Remove a temporary file of a write that died with its writer (a daemon killed during
@@ -308,20 +327,34 @@ class MemoryStore(FsspecStore):
                           metadata=dict(obj.metadata) if with_meta else None)
 
     def list_dir(self, prefix: str) -> DirListing:
+        return gather_pages(self.list_page, prefix)
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+        """Pages as S3 makes them: `limit` keys or prefixes in key order; the token is the last one."""
         self._count(requests=1)
-        objects, prefixes, marker = [], [], False
+        objects: list[ObjectInfo] = []
+        prefixes: dict[str, None] = {}
+        marker = False
+        last = ""
         with self._lock:
             items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
         for key, obj in items:
             rest = key[len(prefix):]
+            child = prefix + rest.split("/", 1)[0] + ("/" if "/" in rest else "")
+            if token is not None and child <= token:
+                continue
+            if len(objects) + len(prefixes) >= limit and child != last:
+                return ListingPage(DirListing(objects=tuple(objects), prefixes=tuple(prefixes),
+                                              marker_exists=marker), last)
+            last = child
             if rest == "":
                 marker = True
             elif "/" in rest:
-                prefixes.append(rest.split("/", 1)[0])
+                prefixes.setdefault(rest.split("/", 1)[0])
             else:
                 objects.append(self._info(key, obj))
-        return DirListing(objects=tuple(objects), prefixes=tuple(dict.fromkeys(prefixes)),
-                          marker_exists=marker)
+        return ListingPage(DirListing(objects=tuple(objects), prefixes=tuple(prefixes), marker_exists=marker),
+                           None)
 
     def head(self, key: str) -> ObjectInfo:
         self._count(requests=1)

@@ -10,12 +10,12 @@ It never copies through the client: a copy is a server-side rewrite, repeated un
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mountd.backend import CONDITIONAL_OPS, DirListing, ObjectInfo, Precondition
+from mountd.backend import CONDITIONAL_OPS, LIST_PAGE, ListingPage, ObjectInfo, Precondition
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
 from mountd.backend.errors import http_status
 from mountd.errors import ObjectNotFound, VersionMismatch
@@ -48,24 +48,14 @@ class GcsStore(BucketStore):
         return ObjectInfo(key=key, size=int(o.get("size") or 0), version=str(o.get("generation") or ""),
                           mtime_ns=mtime_ns_of(o.get("updated")), metadata=lower_keys(o.get("metadata")))
 
-    def list_dir(self, prefix: str) -> DirListing:
-        full = self._full(prefix)
-
-        def entries() -> Iterator[tuple[str, ObjectInfo | None]]:
-            token = None
-            while True:
-                resp = self._call("GET", "b/{}/o", self.bucket, prefix=full or None, delimiter="/",
-                                  pageToken=token, maxResults=1000)
-                for o in resp.get("items", ()):
-                    yield o["name"], self._info(o["name"][len(self.prefix):], o)
-                for p in resp.get("prefixes", ()):
-                    yield p, None
-                token = resp.get("nextPageToken")
-                if not token:
-                    return
-
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
         with self._translate("list", prefix):
-            return self._listing(prefix, entries())
+            resp = self._call("GET", "b/{}/o", self.bucket, prefix=self._full(prefix) or None, delimiter="/",
+                              pageToken=token or None, maxResults=limit)
+            entries: list[tuple[str, ObjectInfo | None]] = [
+                (o["name"], self._info(o["name"][len(self.prefix):], o)) for o in resp.get("items", ())]
+            entries += [(p, None) for p in resp.get("prefixes", ())]
+            return ListingPage(self._listing(prefix, iter(entries)), resp.get("nextPageToken") or None)
 
     def _pinned(self, version: str) -> dict[str, str]:
         return {"generation": version} if version else {}

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo, ObjectStore, Precondition, StoreTuning
+from mountd.backend import (
+    LIST_PAGE,
+    DirListing,
+    ListingPage,
+    ObjectInfo,
+    ObjectStore,
+    Precondition,
+    StoreTuning,
+)
 from mountd.config import RemoteConfig, redact_url
 from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError
 
@@ -136,6 +144,10 @@ class LinksStore:
         return self._split(link)[1]
 
     # --- ObjectStore ------------------------------------------------------------------------------------
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+        """The links file is read whole: one page."""
+        return ListingPage(self.list_dir(prefix), None)
+
     def list_dir(self, prefix: str) -> DirListing:
         if prefix:
             return DirListing(objects=(), prefixes=())

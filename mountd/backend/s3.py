@@ -17,11 +17,11 @@ import email.utils
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import DirListing, ObjectInfo, Precondition, StoreTuning
+from mountd.backend import LIST_PAGE, ListingPage, ObjectInfo, Precondition, StoreTuning
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
 from mountd.backend.errors import http_status
 from mountd.backend.presigned import PresignedRanges
@@ -204,23 +204,19 @@ class S3Store(BucketStore):
                           version=normalize_version(o.get("ETag")),
                           mtime_ns=mtime_ns_of(o.get("LastModified")), metadata=metadata)
 
-    def list_dir(self, prefix: str) -> DirListing:
-        full = self._full(prefix)
-
-        def entries() -> Iterator[tuple[str, ObjectInfo | None]]:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/"}
-            while True:
-                resp = self._call("list_objects_v2", **kwargs)
-                for o in resp.get("Contents", ()):
-                    yield o["Key"], self._info(o["Key"][len(self.prefix):], o, None)
-                for p in resp.get("CommonPrefixes", ()):
-                    yield p["Prefix"], None
-                if not resp.get("IsTruncated") or not resp.get("NextContinuationToken"):
-                    return
-                kwargs["ContinuationToken"] = resp["NextContinuationToken"]
-
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix), "Delimiter": "/",
+                                  "MaxKeys": limit}
+        if token:
+            kwargs["ContinuationToken"] = token
         with self._translate("list", prefix):
-            return self._listing(prefix, entries())
+            resp = self._call("list_objects_v2", **kwargs)
+            cut = len(self.prefix)
+            entries: list[tuple[str, ObjectInfo | None]] = [
+                (o["Key"], self._info(o["Key"][cut:], o, None)) for o in resp.get("Contents", ())]
+            entries += [(p["Prefix"], None) for p in resp.get("CommonPrefixes", ())]
+            more = resp.get("IsTruncated") and resp.get("NextContinuationToken")
+            return ListingPage(self._listing(prefix, iter(entries)), more or None)
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
                expect: Precondition | None = None) -> ObjectInfo:
