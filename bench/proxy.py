@@ -79,3 +79,123 @@ class CountingProxy:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+
+
+class RequestCountingProxy(CountingProxy):
+    """A CountingProxy that also counts the HTTP requests clients send, by kind (the two-host
+    scenario: what an idle host spends following the change log).
+
+    It reads the request line and headers of each request to find where the next one starts
+    (`Content-Length` or chunked bodies); bodies are skipped, never kept. `requests` maps a kind
+    (`classify(method, target)`, by default `"GET /?list-type=2..."` cut to the method and whether
+    the change log is the subject) to its count."""
+
+    def __init__(self, upstream_port: int, classify=None) -> None:
+        self.requests: dict[str, int] = {}
+        self.classify = classify or (lambda method, target: method)
+        super().__init__(upstream_port)
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self.requests = {}
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.requests.values())
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.requests)
+
+    def _connection(self, client: socket.socket, upstream: socket.socket) -> None:
+        super()._connection(_Tap(client, _RequestParser(self._count)), upstream)  # type: ignore[arg-type]
+
+    def _count(self, method: str, target: str) -> None:
+        kind = self.classify(method, target)
+        with self._lock:
+            self.requests[kind] = self.requests.get(kind, 0) + 1
+
+
+class _Tap:
+    """A client socket whose received bytes also go through `parser` (the request direction)."""
+
+    def __init__(self, sock: socket.socket, parser: _RequestParser) -> None:
+        self._sock = sock
+        self._parser = parser
+
+    def recv_into(self, buf: bytearray) -> int:
+        n = self._sock.recv_into(buf)
+        if n:
+            self._parser.feed(bytes(memoryview(buf)[:n]))
+        return n
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _RequestParser:
+    """Splits a stream of HTTP/1.1 requests at their boundaries; calls `on_request(method, target)`
+    once per request line."""
+
+    def __init__(self, on_request) -> None:
+        self.on_request = on_request
+        self.head = b""
+        self.body_left = 0  # bytes of a Content-Length body still to skip
+        self.chunked = False
+        self.chunk_line = b""  # a chunk-size line (or the CRLF after a chunk) being read
+        self.chunk_state = ""  # "size", "data", "crlf", "trailer"
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            if self.body_left:
+                step = min(self.body_left, len(data))
+                self.body_left -= step
+                data = data[step:]
+                if self.chunked and not self.body_left:
+                    self.chunk_state = "crlf"
+                continue
+            if self.chunked:
+                data = self._chunk_framing(data)
+                continue
+            self.head += data
+            data = b""
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, data = self.head[:end], self.head[end + 4:]
+            self.head = b""
+            self._request(head)
+
+    def _request(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].decode("latin-1").split(" ")
+        self.on_request(parts[0], parts[1] if len(parts) > 1 else "")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers[k.strip().lower()] = v.strip()
+        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            self.chunked, self.chunk_state = True, "size"
+        else:
+            self.body_left = int(headers.get(b"content-length", b"0") or 0)
+
+    def _chunk_framing(self, data: bytes) -> bytes:
+        """Reads the framing of a chunked body up to the next chunk's data; returns what is left."""
+        self.chunk_line += data
+        end = self.chunk_line.find(b"\r\n")
+        if end < 0:
+            return b""
+        line, rest = self.chunk_line[:end], self.chunk_line[end + 2:]
+        self.chunk_line = b""
+        if self.chunk_state == "crlf":
+            self.chunk_state = "size"
+        elif self.chunk_state == "size":
+            size = int(line.split(b";")[0] or b"0", 16)
+            if size:
+                self.body_left, self.chunk_state = size, "data"
+            else:
+                self.chunk_state = "trailer"
+        elif self.chunk_state == "trailer" and not line:  # the empty line that ends the trailers
+            self.chunked, self.chunk_state = False, ""
+        return rest

@@ -1,4 +1,5 @@
-"""The benchmark harness keeps working: its quick mode runs once against all four targets.
+"""The benchmark harness keeps working: its quick mode runs once against all four targets, and the
+two-host scenario (`bench.multihost`) runs in small.
 
 Real everything: `rclone serve s3` on 127.0.0.1, mountd, `rclone mount`, s3fs-fuse and a local
 directory, driven by `python -m bench --quick` in a subprocess (as `bash bench/run.sh --quick` does
@@ -54,3 +55,28 @@ def test_quick_mode_measures_every_scenario_on_every_target(tmp_path: Path) -> N
     assert all(f"| {t} " in text or f" {t} |" in text for t in TARGET_ORDER)
     assert text.count("\n| ") >= len(METRICS) * 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_two_hosts_quick_b_sees_every_change_and_idle_hosts_list_the_log_once_a_poll(tmp_path: Path) -> None:
+    """`python -m bench.multihost` in small: two daemons on one moto bucket, 5 changes, 3 s idle."""
+    from bench.multihost import BEGIN, END, run, section, write_section
+
+    res = run(tmp_path / "work", changes=5, idle=3, server_kind="moto", reader_sleeps=[0.01], full_log=False,
+              mountd_commit=None, seed=1, log=lambda s: None)
+    (rnd,) = res.rounds
+    s = rnd.summary()
+    assert s["missed"] == 0 and s["torn_reads"] == 0, (s, rnd.torn_samples)
+    assert s["p50_s"] <= 2 * res.poll_interval_s, s
+    for host, f in res.idle["after the changes"].items():
+        assert set(f["by_kind"]) <= {"LIST log"}, (host, f)
+        assert f["requests"] <= f["seconds"] / res.poll_interval_s + 1, (host, f)
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text(), "a mount was left behind"
+
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n\nintro\n<!-- results:start -->\nx\n<!-- results:end -->\n")
+    for _ in range(2):  # the second write replaces the first
+        write_section(md, section(res, "cmd"))
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n<!-- results:start -->\nx\n<!-- results:end -->\n")
+    assert text.count(BEGIN) == text.count(END) == 1 and "## Two hosts on one bucket" in text
