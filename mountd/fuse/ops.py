@@ -160,7 +160,6 @@ class MountdOperations(pyfuse3.Operations):
     @_mapped
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        now = time.time_ns()
         changes = SetAttr(
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
@@ -168,7 +167,7 @@ class MountdOperations(pyfuse3.Operations):
             size=attr.st_size if fields.update_size else None,
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
-            ctime_ns=attr.st_ctime_ns if fields.update_ctime else now,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,  # None: the vfs's clock's now
         )
         return self._entry(await self.fs.setattr(inode, changes, _ctx(ctx)))
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from mountd import clock
 from mountd.errors import MountdError
 
 ROOT_INODE = 1
@@ -299,7 +300,7 @@ class MetaStore:
                      remote_version: str | None = None, sha256: str | None = None, meta_loaded: int = 1,
                      content_gen: int = 0, synced_gen: int = 0, attr_gen: int = 0, synced_attr_gen: int = 0,
                      marker: int = 0, listed_at: float | None = None) -> Inode:
-        now = time.time_ns()
+        now = clock.now_ns()
         mtime_ns = now if mtime_ns is None else mtime_ns
         cur = self._exec(
             "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev,"

@@ -35,6 +35,7 @@ import stat
 import time
 from collections.abc import Iterator
 
+from mountd import clock
 from mountd.cache import ObjectRef
 from mountd.config import RepoConfig
 from mountd.errors import PosixError
@@ -54,6 +55,9 @@ from mountd.writeback.backpressure import DirtyBytes
 log = logging.getLogger(__name__)
 
 READDIR_PAGE = 1000
+# readdir offsets (what the kernel asks again from, and telldir returns): `.` is 1, `..` is 2, an
+# entry's is its entry id + 2 (ids start at 1), so each names one place for as long as the db lives
+DOT_OFFSET, DOTDOT_OFFSET = 1, 2
 
 
 class Filesystem:
@@ -152,7 +156,9 @@ class Filesystem:
         # the object's stored attributes first: the fields not changed here are written back with it
         inode = await self.remote.with_metadata(self._inode(ino))
         passthrough_writer = self.files.before_setattr(ino)  # writes made before this call come first
-        now = time.time_ns()
+        for t in (changes.atime_ns, changes.mtime_ns, changes.ctime_ns):
+            clock.observed(t)  # a UTIME_NOW is the kernel's "now": our ctime of this call is not before it
+        now = clock.now_ns()
         values: dict[str, object] = {}
         if changes.size is not None:
             if inode.is_dir:
@@ -245,11 +251,16 @@ class Filesystem:
         await self._dir(ino)
         return ino
 
-    def readdir(self, ino: int, after_id: int) -> Iterator[list[ListingRow]]:
-        """Pages of entries from `after_id` on, in stable entry-id order, as the rows of
-        `MetaStore.listing_after` (entry id first: it is the offset the kernel asks again from).
-        Rows rather than `Attr`s: `ls -l` of 5,000 entries spent a third of its daemon time
-        building an object per entry."""
+    def readdir(self, ino: int, offset: int) -> Iterator[list[ListingRow]]:
+        """Pages of entries after `offset`: `.` and `..` first, as on a disk, then the entries in
+        stable entry-id order, as the rows of `MetaStore.listing_after` with the offset (see
+        DOT_OFFSET) in place of the entry id. Rows rather than `Attr`s: `ls -l` of 5,000 entries
+        spent a third of its daemon time building an object per entry."""
+        if offset < DOTDOT_OFFSET:
+            up = self.meta.parent_of(ino)
+            yield [self._dot_row(DOT_OFFSET, b".", ino),
+                   self._dot_row(DOTDOT_OFFSET, b"..", up[0] if up else ROOT_INODE)][offset:]
+        after_id = max(offset - DOTDOT_OFFSET, 0)
         while True:
             page = self.meta.listing_after(ino, after_id, READDIR_PAGE)
             if not page:
@@ -258,10 +269,15 @@ class Filesystem:
             if self.files.any_open():
                 page = [self.files.listing_row(row, self._inode(row[Row.INO]))
                         if self.files.is_open(row[Row.INO]) else row for row in page]
-            yield page
+            yield [(row[Row.ENTRY_ID] + DOTDOT_OFFSET,) + row[1:] for row in page]
             if len(page) < READDIR_PAGE:
                 return
             after_id = page[-1][Row.ENTRY_ID]
+
+    def _dot_row(self, offset: int, name: bytes, ino: int) -> ListingRow:
+        a = self.files.attr(self._inode(ino))
+        return (offset, name, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns,
+                a.ctime_ns, a.rdev, int(a.exact))
 
     def _new_child_owner(self, parent: Inode, ctx: Ctx, mode: int) -> tuple[int, int, int]:
         """uid, gid, mode of a new entry: BSD group semantics under a setgid directory."""
@@ -284,7 +300,7 @@ class Filesystem:
     async def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Attr:
         d = await self._prepare_new_entry(parent, name)
         uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFDIR | stat.S_IMODE(mode))
-        now = time.time_ns()
+        now = clock.now_ns()
         with self.meta.transaction():
             node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, nlink=2, marker=1,
                                           attr_gen=1, listed_at=time.time() if d.remote else None,
@@ -311,7 +327,7 @@ class Filesystem:
             raise PosixError(errno.ENOTEMPTY)
         self._check_immutable(node, deleting=True)
         key = self.paths.key_of(ino, node)
-        now = time.time_ns()
+        now = clock.now_ns()
         with self.meta.transaction():
             self.meta.remove_entry(parent, name)
             self.meta.bump(parent, "nlink", -1)
@@ -326,7 +342,7 @@ class Filesystem:
     async def create(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> tuple[Opened, Attr]:
         d = await self._prepare_new_entry(parent, name)
         uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFREG | stat.S_IMODE(mode))
-        now = time.time_ns()
+        now = clock.now_ns()
         with self.meta.transaction():
             node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, has_local=1,
                                           content_gen=1, attr_gen=1, mtime_ns=now)
@@ -349,7 +365,7 @@ class Filesystem:
         if d.remote is not None:
             raise PosixError(errno.EPERM, "special files exist only in local-only paths")
         uid, gid, mode = self._new_child_owner(d, ctx, mode)
-        now = time.time_ns()
+        now = clock.now_ns()
         with self.meta.transaction():
             node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=None, rdev=rdev, mtime_ns=now)
             self.meta.add_entry(parent, name, node.ino)
@@ -361,7 +377,7 @@ class Filesystem:
         if len(target) > 4095:
             raise PosixError(errno.ENAMETOOLONG)
         uid, gid, _ = self._new_child_owner(d, ctx, stat.S_IFLNK)
-        now = time.time_ns()
+        now = clock.now_ns()
         with self.meta.transaction():
             node = self.meta.create_inode(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, remote=d.remote,
                                           target=target, size=len(target), attr_gen=1, mtime_ns=now)
@@ -388,7 +404,7 @@ class Filesystem:
                              "hard link between a remote and a local-only path or across remotes")
         if node.remote is not None:
             raise PosixError(errno.EPERM, "hard links exist only in local-only paths")
-        now = time.time_ns()
+        now = clock.now_ns()
         with self.meta.transaction():
             self.meta.add_entry(new_parent, new_name, ino)
             self.meta.bump(ino, "nlink")
@@ -407,7 +423,7 @@ class Filesystem:
         self._writable_area(d)
         self._check_immutable(node, deleting=True)
         key = self.paths.key_of(ino, node)
-        now = time.time_ns()
+        now = clock.now_ns()
         with self.meta.transaction():
             self.meta.remove_entry(parent, name)
             self._touch_dir(parent, now)

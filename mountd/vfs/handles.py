@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from mountd import clock
 from mountd.cache import RemoteReader, WholeFile
 from mountd.config import RepoConfig
 from mountd.errors import PosixError
@@ -185,7 +186,7 @@ class OpenFiles:
         empty; returns that time."""
         op = self._open[ino]
         op.modified = True
-        op.mtime_ns = time.time_ns()
+        op.mtime_ns = clock.now_ns()
         return op.mtime_ns
 
     def _new_handle(self, ino: int, *, writable: bool, uid: int, keep_cache: bool) -> Opened:
@@ -271,6 +272,7 @@ class OpenFiles:
             return
         op.seen = (st.st_size, st.st_mtime_ns)
         op.size, op.mtime_ns = st.st_size, st.st_mtime_ns
+        clock.observed(st.st_mtime_ns)  # the local tier's time of the write: later stamps are not before it
         if not op.modified:
             op.modified = True
             with self.meta.transaction():
@@ -340,7 +342,7 @@ class OpenFiles:
             node = self.meta.get(h.ino)
             op.size = node.size if node is not None else 0
         op.size = max(op.size, offset + written)
-        op.mtime_ns = time.time_ns()
+        op.mtime_ns = clock.now_ns()
         if not op.modified:
             op.modified = True
             node = self.meta.get(h.ino)

@@ -9,9 +9,9 @@ no longer lives at an old one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from mountd import clock
 from mountd.meta import Inode, MetaStore
 from mountd.vfs.paths import PathMap
 from mountd.writeback import Journal
@@ -31,7 +31,7 @@ class Renames:
     def apply(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, node: Inode,
               target: Inode | None, *, exchange: bool) -> None:
         """The caller holds a transaction."""
-        now = time.time_ns()
+        now = clock.now_ns()
         ino = node.ino
         old_keys = self.paths.subtree_keys(ino)
         if target is not None:

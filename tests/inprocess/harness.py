@@ -447,10 +447,11 @@ class InProcessMount:
     async def _readdir(self, path: str) -> list[str]:
         fs = self.stack.fs
         fh = await fs.opendir(await self._walk(path))
-        return sorted(os.fsdecode(row[1]) for page in fs.readdir(fh, 0) for row in page)
+        return sorted(os.fsdecode(row[1]) for page in fs.readdir(fh, 0) for row in page
+                      if row[1] not in (b".", b".."))
 
     def readdir(self, path: str) -> list[str]:
-        """The names of a directory, as readdir pages give them (no `.` and `..`), sorted."""
+        """The names of a directory, as readdir pages give them less `.` and `..` (as os.listdir), sorted."""
         return self.run(self._readdir, path)
 
     async def _tree(self, path: str) -> dict[str, tuple[int, int, int | None, bytes | None]]:
