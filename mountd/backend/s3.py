@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import email.utils
+import hashlib
 import threading
 import time
 import urllib.parse
@@ -232,9 +233,13 @@ class S3Store(BucketStore):
                 chunk = max(size, S3_MIN_PART) + 1  # one PUT
                 self._count(requests=1)
                 condition = self._condition("upload", expect)
+            single: list[Any] = []  # the PutObject answer of a single-part upload
             if condition and chunk <= size:
                 # s3fs would pass the condition to CreateMultipartUpload, which refuses it
                 coro = self._put_parts(src, key, size, chunk, metadata, condition)
+            elif chunk > size:
+                data = src.read_bytes()
+                coro = self._put_one(key, data, metadata, condition, single)
             else:
                 coro = self.fs._put_file(str(src), full, chunksize=chunk,
                                          max_concurrency=self.tuning.concurrency,
@@ -255,7 +260,32 @@ class S3Store(BucketStore):
                     if self._uploads.get(key) is running:
                         del self._uploads[key]
             self._count(bytes_uploaded=size)
+            if single and (info := self._proven(key, single[0], data, metadata)) is not None:
+                return info
             return self.head(key)
+
+    async def _put_one(self, key: str, data: bytes, metadata: Mapping[str, str], condition: Mapping[str, str],
+                       answer: list[Any]) -> None:
+        """One PutObject; its answer goes to `answer` (its ETag may prove what was stored)."""
+        answer.append(await self.fs._call_s3("put_object", Bucket=self.bucket, Key=self._full(key), Body=data,
+                                             Metadata=dict(metadata), ContentType="application/octet-stream",
+                                             **condition))
+
+    def _proven(self, key: str, answer: Mapping[str, Any], data: bytes,
+                metadata: Mapping[str, str]) -> ObjectInfo | None:
+        """What a single PutObject stored, from its answer alone, when its ETag is the MD5 of the
+        bytes sent (the server hashed what it received): no HEAD needed. None where the ETag is not
+        an MD5 (SSE-KMS, some S3-compatible servers): the caller asks with a HEAD then."""
+        version = normalize_version(answer.get("ETag"))
+        if not version or version != hashlib.md5(data, usedforsecurity=False).hexdigest():
+            return None
+        date = ((answer.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}).get("date")
+        try:
+            mtime_ns = int(email.utils.parsedate_to_datetime(date).timestamp() * 1e9) if date else 0
+        except (TypeError, ValueError):
+            mtime_ns = 0
+        return ObjectInfo(key=key, size=len(data), version=version, mtime_ns=mtime_ns or time.time_ns(),
+                          metadata=lower_keys(metadata))
 
     async def _put_parts(self, src: Path, key: str, size: int, chunk: int, metadata: Mapping[str, str],
                          condition: Mapping[str, str]) -> None:
@@ -308,9 +338,8 @@ class S3Store(BucketStore):
             r = self._call("put_object", Bucket=self.bucket, Key=self._full(key), Body=data,
                            Metadata=dict(metadata), **self._condition("put", expect))
             self._count(bytes_uploaded=len(data))
-            return self.head(key) if not r.get("ETag") else ObjectInfo(
-                key=key, size=len(data), version=normalize_version(r["ETag"]),
-                mtime_ns=self.head(key).mtime_ns, metadata=dict(metadata))
+            info = self._proven(key, r, data, metadata)
+            return info if info is not None else self.head(key)
 
     def copy(self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None, *,
              expect: Precondition | None = None) -> ObjectInfo:
