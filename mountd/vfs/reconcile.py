@@ -61,7 +61,7 @@ from mountd.vfs.remote_calls import RemoteCalls
 from mountd.vfs.writeback_view import WritebackView
 from mountd.writeback import Journal
 from mountd.writeback.sending import UploadsSending
-from mountd.writeback.uploader import Retry
+from mountd.writeback.uploader import Retry, transfer_slot
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 8 << 20
@@ -378,6 +378,17 @@ class Reconciler:
     async def _upload(self, store: ObjectStore, node: Inode, key: str, content_gen: int,
                       attr_gen: int) -> None:
         path = self.view.local_path(node.ino)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise Retry("the local file went away before the upload") from None
+        # a large file hashes and sends within one of the uploader's few large slots; small files
+        # (the round trip, not the bandwidth, is their cost) run many at once
+        async with transfer_slot(size):
+            await self._upload_now(store, node, key, content_gen, attr_gen, path)
+
+    async def _upload_now(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int,
+                          path: Path) -> None:
         remote = node.remote or ""
         try:
             sha = await trio.to_thread.run_sync(sha256_file, path)

@@ -13,6 +13,12 @@ write-back delay of entries that never failed, not the back-off of those that di
 waits in 0.5 s steps, each a `wait_drained`; when those made every entry due, a failing upload
 was retried every 0.5 s while the log said `retry in 307.8s`.)
 
+Small objects get many more entries in flight than large ones: a 1 KiB upload waits on the
+server's round trip, not on bandwidth, so `small_slots` entries run at once, while the uploads of
+files of `LARGE_OBJECT` bytes or more (hashing and sending) also take one of `concurrency` large
+slots (`transfer_slot`, entered by the reconciler): a burst of large files keeps the bandwidth
+they had and never holds more than `concurrency` upload threads, and small files go past them.
+
 New uploads yield to bursts of FUSE requests for at most `yield_max` after they became due
 (in-flight ones go on): upload threads share the GIL with the FUSE handlers, and a loop creating
 thousands of small files ran 3-8x slower while its first files were being uploaded. A drain
@@ -24,7 +30,9 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Protocol
 
 import trio
@@ -41,6 +49,26 @@ ApplyFn = Callable[[JournalEntry], Awaitable[None]]
 
 # the first wait of an entry that must wait for another (`Retry`); it doubles up to retry_initial
 RETRY_WAIT = 0.2
+# entries in flight at once when their objects are small; each may hold a worker thread while it
+# waits on the server, so this stays well below trio's 40 threads that reads need too
+SMALL_SLOTS = 16
+# files of at least this many bytes also take one of the `concurrency` large slots
+LARGE_OBJECT = 1 << 20
+
+# the large slots of the uploader running the current entry (set by `Uploader._run_one`)
+_large_slots: ContextVar[trio.CapacityLimiter | None] = ContextVar("large_slots", default=None)
+
+
+@asynccontextmanager
+async def transfer_slot(size: int) -> AsyncIterator[None]:
+    """Held while an entry hashes and sends `size` bytes: one of the uploader's large slots if the
+    object is large, nothing for a small one (or outside an uploader)."""
+    slots = _large_slots.get()
+    if slots is None or size < LARGE_OBJECT:
+        yield
+        return
+    async with slots:
+        yield
 
 
 class Retry(MountdError):
@@ -65,14 +93,16 @@ class Scope(Protocol):
 class Uploader:
     def __init__(self, meta: MetaStore, journal: Journal, apply: ApplyFn, *, concurrency: int,
                  retry_initial: float, retry_max: float, activity: RequestActivity | None = None,
-                 yield_max: float = 0.0, rng: random.Random | None = None) -> None:
+                 yield_max: float = 0.0, rng: random.Random | None = None,
+                 small_slots: int = SMALL_SLOTS) -> None:
         self._meta = meta
         self._activity = activity or RequestActivity()
         self._yield_max = yield_max
         self._draining = 0
         self._journal = journal
         self._apply = apply
-        self._limit = trio.CapacityLimiter(concurrency)
+        self._limit = trio.CapacityLimiter(max(concurrency, small_slots))  # entries in flight
+        self._large = trio.CapacityLimiter(concurrency)  # of which hashing or sending a large file
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._rng = rng or random.Random()
@@ -126,6 +156,7 @@ class Uploader:
 
     async def _run_one(self, entry: JournalEntry) -> None:
         ident = (entry.remote, entry.key)
+        _large_slots.set(self._large)  # this task's own context: `transfer_slot` finds it
         try:
             try:
                 await self._apply(entry)
