@@ -93,8 +93,8 @@ def test_put_head_and_list(store: ObjectStore):
 @pytest.mark.parametrize("kind", ["s3", "s3-rclone"])
 def test_s3_head_goes_over_plain_http_and_answers_as_the_sdk_does(request, tmp_path, kind, monkeypatch):
     """A HEAD is signed here and made by `PresignedRanges` (a third of botocore's CPU per call);
-    what it returns equals botocore's answer, keys that need quoting included, and a missing key
-    is still decided by the SDK."""
+    what it returns equals botocore's answer, keys that need quoting included; a missing key is
+    a 404 there too, and not asked again of the SDK (a lookup of a missing name is one request)."""
     store = make_store(request, tmp_path, kind)
     key = "dir/a b+c%d~e.txt"
     store.put_bytes(key, b"payload", META)
@@ -113,9 +113,11 @@ def test_s3_head_goes_over_plain_http_and_answers_as_the_sdk_does(request, tmp_p
         assert fast.metadata == META
     with pytest.raises(ObjectNotFound):
         store.head("dir/missing.txt")
-    assert sdk_calls == ["head_object"]
+    assert sdk_calls == []
     monkeypatch.setattr(store._fast(), "enabled", False)
     assert store.head(key) == fast
+    with pytest.raises(ObjectNotFound):
+        store.head("dir/missing.txt")
     assert sdk_calls == ["head_object", "head_object"]
 
 
@@ -406,6 +408,9 @@ def test_a_listing_comes_a_page_at_a_time_and_the_pages_make_the_whole(request, 
     # (fake-gcs-server repeats the prefixes in every page: a listing must take them once)
     assert sorted(set(prefixes)) == [f"p{j}" for j in range(5)]
     assert names(store.list_dir("d/")) == (sorted(keys), sorted(set(prefixes)))
+    after = store.list_page("d/", None, 100, start_after="d/f20")  # how the change log is polled
+    assert names(after.listing) == ([f"d/f{i}" for i in range(21, 25)], [f"p{j}" for j in range(5)])
+    assert after.next_token is None
 
 
 @pytest.mark.parametrize("kind", ["file", *PAGED])

@@ -250,11 +250,13 @@ def test_a_changed_object_is_never_served_from_its_old_chunks(make_repo):
         tmp = repo.remote_dir / "f.tmp"
         tmp.write_bytes(new)
         os.replace(tmp, repo.remote_dir / "f.bin")  # a new version, same size
-        assert path.read_bytes() == new  # the open revalidates the version
+        assert path.read_bytes() == new  # the open revalidates the version: a new inode has it
         held.seek(0)
-        assert held.read() == new  # the handle opened before the change sees no stale page either
+        # the handle opened before the change keeps reading the version it opened (close-to-open,
+        # docs/multihost.md), here from its cached chunks: never a page of the new one
+        assert held.read() == old
     st = cache_stats(repo)
-    assert st["tiers"]["t"]["entries"] == 1  # the old version's file is gone
+    assert st["tiers"]["t"]["entries"] == 1  # the old version's file went with its last handle
     assert os.getxattr(path, "user.mountd.cached_bytes") == str(len(new)).encode()
 
 

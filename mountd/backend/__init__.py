@@ -101,10 +101,12 @@ class ObjectStore(Protocol):
         """Children of `prefix` ("" for the root, else ending in '/'). A missing prefix lists empty."""
         ...
 
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
         """One request of the listing of `prefix`: up to about `limit` children, starting where
         `token` (from the page before; None: the start) says. A directory of a million keys is
-        listed a page at a time, each with its own timeout, and can be resumed."""
+        listed a page at a time, each with its own timeout, and can be resumed. `start_after`
+        (a key): only the children after it, on the first page (the change log's poll)."""
         ...
 
     def head(self, key: str) -> ObjectInfo:

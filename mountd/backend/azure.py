@@ -81,8 +81,12 @@ class AzureStore(BucketStore):
         meta = lower_keys(getattr(p, "metadata", None))
         return any(meta.get(f) == "true" for f in self.FOLDER_FLAGS)
 
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
+        """Azure lists have no start-after: a `start_after` filters the pages here (which the
+        service makes of up to 5,000 blobs)."""
         full = self._full(prefix)
+        after = self._full(start_after) if start_after else ""
         next_token: list[str | None] = [None]
 
         async def collect() -> list[tuple[str, ObjectInfo | None]]:
@@ -91,6 +95,8 @@ class AzureStore(BucketStore):
                                                  include=["metadata"], results_per_page=limit,
                                                  **self._opts()).by_page(continuation_token=token or None)
             async for item in await pages.__anext__():
+                if item.name <= after:
+                    continue
                 if not hasattr(item, "size"):  # a BlobPrefix
                     out.append((item.name, None))
                 elif self._is_folder_blob(item) and item.name != full.rstrip("/"):

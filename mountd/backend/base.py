@@ -100,7 +100,8 @@ class BucketStore(FsspecStore):
     def list_dir(self, prefix: str) -> DirListing:
         return gather_pages(self.list_page, prefix)
 
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
         raise NotImplementedError  # each cloud asks its own API
 
     def _listing(self, prefix: str, entries: Iterator[tuple[str, ObjectInfo | None]]) -> DirListing:

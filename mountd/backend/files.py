@@ -98,7 +98,8 @@ class FileStore(FsspecStore):
     def list_dir(self, prefix: str) -> DirListing:
         return self.list_page(prefix).listing
 
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
         """A directory is listed in one page (it is local, and a scan cannot resume in the middle);
         a `limit` below a page, as a probe for any child asks, stops early and says there is more."""
         base = self._p(prefix)
@@ -112,6 +113,8 @@ class FileStore(FsspecStore):
                 return ListingPage(DirListing(objects=(), prefixes=()), None)
             with it:
                 for entry in it:
+                    if start_after and prefix + entry.name <= start_after:
+                        continue
                     if stop is not None and len(objects) + len(prefixes) >= stop:
                         return ListingPage(DirListing(objects=tuple(objects), prefixes=tuple(prefixes),
                                                       marker_exists=True), "more")
@@ -329,9 +332,11 @@ class MemoryStore(FsspecStore):
     def list_dir(self, prefix: str) -> DirListing:
         return gather_pages(self.list_page, prefix)
 
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
         """Pages as S3 makes them: `limit` keys or prefixes in key order; the token is the last one."""
         self._count(requests=1)
+        token = token or start_after or None
         objects: list[ObjectInfo] = []
         prefixes: dict[str, None] = {}
         marker = False

@@ -48,12 +48,15 @@ class GcsStore(BucketStore):
         return ObjectInfo(key=key, size=int(o.get("size") or 0), version=str(o.get("generation") or ""),
                           mtime_ns=mtime_ns_of(o.get("updated")), metadata=lower_keys(o.get("metadata")))
 
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
+        after = self._full(start_after) if start_after and not token else ""
         with self._translate("list", prefix):
             resp = self._call("GET", "b/{}/o", self.bucket, prefix=self._full(prefix) or None, delimiter="/",
-                              pageToken=token or None, maxResults=limit)
+                              pageToken=token or None, maxResults=limit, startOffset=after or None)
             entries: list[tuple[str, ObjectInfo | None]] = [
-                (o["name"], self._info(o["name"][len(self.prefix):], o)) for o in resp.get("items", ())]
+                (o["name"], self._info(o["name"][len(self.prefix):], o)) for o in resp.get("items", ())
+                if o["name"] > after]  # (startOffset includes its own name)
             entries += [(p, None) for p in resp.get("prefixes", ())]
             return ListingPage(self._listing(prefix, iter(entries)), resp.get("nextPageToken") or None)
 

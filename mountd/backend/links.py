@@ -144,8 +144,9 @@ class LinksStore:
         return self._split(link)[1]
 
     # --- ObjectStore ------------------------------------------------------------------------------------
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
-        """The links file is read whole: one page."""
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
+        """The links file is read whole: one page (it has no change log to poll)."""
         return ListingPage(self.list_dir(prefix), None)
 
     def list_dir(self, prefix: str) -> DirListing:

@@ -86,9 +86,11 @@ class PresignedRanges:
                 self._urls.popitem(last=False)
         return url
 
-    def head(self, sign: Callable[[], str]) -> dict[str, str] | None:
-        """The headers (lower-case names) of a 200 answer to a HEAD of the URL that `sign` makes;
-        None for any other answer or failure: the SDK then makes the same request."""
+    def head(self, sign: Callable[[], str]) -> tuple[int, dict[str, str]] | None:
+        """(200, the headers with lower-case names) of a HEAD of the URL that `sign` makes, or
+        (404, {}): a correctly signed request for a key that is not there (the one answer decided
+        here: a lookup of a missing name is common, and asking again costs a round trip); None for
+        any other answer or failure: the SDK then makes the same request."""
         if not self.enabled:
             return None
         try:
@@ -96,9 +98,9 @@ class PresignedRanges:
         except Exception:  # noqa: BLE001 - the SDK path will report what is wrong
             return None
         answer = self._request("HEAD", url, {})
-        if answer is None or answer[0] != 200:
+        if answer is None or answer[0] not in (200, 404):
             return None
-        return answer[1]
+        return answer[0], answer[1] if answer[0] == 200 else {}
 
     def _get(self, url: str, start: int, end: int, if_match: str | None) -> tuple[int, bytes]:
         headers = {"Range": f"bytes={start}-{end - 1}"}

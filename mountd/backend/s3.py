@@ -126,10 +126,13 @@ class S3Store(BucketStore):
         return fast
 
     def head(self, key: str) -> ObjectInfo:
-        """Through `PresignedRanges` (a URL signed here, plain HTTP) when it answers 200, else, or
-        for any other answer, through botocore, which decides errors."""
-        headers = self._fast().head(lambda: self._sign_head(key))
-        if headers is not None and (info := self._info_from_headers(key, headers)) is not None:
+        """Through `PresignedRanges` (a URL signed here, plain HTTP) when it answers 200 or 404,
+        else, or for any other answer, through botocore, which decides errors."""
+        answer = self._fast().head(lambda: self._sign_head(key))
+        if answer is not None and answer[0] == 404:
+            self._count(requests=1)
+            raise ObjectNotFound(self.name, f"head {key!r}: not found in {self.display_url}")
+        if answer is not None and (info := self._info_from_headers(key, answer[1])) is not None:
             self._count(requests=1)
             return info
         with self._translate("head", key):
@@ -205,11 +208,14 @@ class S3Store(BucketStore):
                           version=normalize_version(o.get("ETag")),
                           mtime_ns=mtime_ns_of(o.get("LastModified")), metadata=metadata)
 
-    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE) -> ListingPage:
+    def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
+                  start_after: str = "") -> ListingPage:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix), "Delimiter": "/",
                                   "MaxKeys": limit}
         if token:
             kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = self._full(start_after)
         with self._translate("list", prefix):
             resp = self._call("list_objects_v2", **kwargs)
             cut = len(self.prefix)

@@ -244,6 +244,7 @@ class MountdOperations(pyfuse3.Operations):
 
     @_mapped
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        await self.fs.readdir_ready(fh, start_id)
         for page in self.fs.readdir(fh, start_id):
             if self._reply_rows(token, page, self.attr_timeout, self.attr_timeout, BLKSIZE) < len(page):
                 break

@@ -371,8 +371,8 @@ class MetaStore:
         readers opened (their reads are pinned to it)."""
         if not version:
             return
-        claimed = self._exec("UPDATE inodes SET remote_version=? WHERE remote=? AND remote_key=? AND nlink > 0",
-                             (version, remote, key)).rowcount
+        claimed = self._exec("UPDATE inodes SET remote_version=? WHERE remote=? AND remote_key=?"
+                             " AND nlink > 0", (version, remote, key)).rowcount
         if claimed:
             self.displaced_forget(remote, key)
         else:
@@ -482,6 +482,39 @@ class MetaStore:
 
     def children(self, parent: int) -> list[tuple[bytes, int]]:
         return self._exec("SELECT name, ino FROM dentries WHERE parent=?", (parent,)).fetchall()
+
+    def children_named(self, parent: int, names: list[bytes]) -> dict[bytes, int]:
+        """The entries of `parent` among `names` (one page of a listing, not the whole directory)."""
+        out: dict[bytes, int] = {}
+        for i in range(0, len(names), 500):
+            part = names[i:i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(self._exec(f"SELECT name, ino FROM dentries WHERE parent=? AND name IN ({marks})",
+                                  (parent, *part)).fetchall())
+        return out
+
+    # --- the names a listing in progress has seen (a temporary table: gone with the process) -----
+    def listing_seen_add(self, parent: int, names: list[bytes]) -> None:
+        self._exec("CREATE TEMP TABLE IF NOT EXISTS listing_seen (parent INTEGER, name BLOB,"
+                   " PRIMARY KEY (parent, name)) WITHOUT ROWID")
+        self._db.executemany("INSERT OR IGNORE INTO temp.listing_seen VALUES (?, ?)",
+                             [(parent, n) for n in names])
+
+    def listing_unseen(self, parent: int) -> list[tuple[bytes, int]]:
+        """Entries of `parent` that the listing now finished did not see."""
+        self.listing_seen_add(parent, [])
+        return self._exec("SELECT d.name, d.ino FROM dentries d WHERE d.parent=? AND NOT EXISTS"
+                          " (SELECT 1 FROM temp.listing_seen s WHERE s.parent=d.parent AND s.name=d.name)",
+                          (parent,)).fetchall()
+
+    def listing_seen_clear(self, parent: int) -> None:
+        self.listing_seen_add(parent, [])
+        self._exec("DELETE FROM temp.listing_seen WHERE parent=?", (parent,))
+
+    def children_up_to(self, parent: int, most: int) -> int:
+        """How many entries `parent` has, counted up to `most` (a bounded count, for any size)."""
+        return int(self._scalar("SELECT COUNT(*) FROM (SELECT 1 FROM dentries WHERE parent=? LIMIT ?)",
+                                (parent, most)))
 
     def has_children(self, parent: int) -> bool:
         return self._scalar("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)) is not None

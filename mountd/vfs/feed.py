@@ -185,14 +185,14 @@ class ChangeFeed:
         """Apply the entries after the last one applied (the caller holds the remote's lock)."""
         store = self.stores[name]
         self.stats["polls"] += 1
-        listing = await self.remote.call(store, store.list_dir, FEED_DIR + "/")
-        numbers = sorted(_numbers(listing.objects))
         last = self.meta.feed_last(name)
         if last is None:
             # a host new to this remote has nothing cached that could be stale: start at the end
-            self._set_last(name, numbers[-1] if numbers else 0)
+            listing = await self.remote.call(store, store.list_dir, FEED_DIR + "/")
+            numbers = _numbers(listing.objects)
+            self._set_last(name, max(numbers) if numbers else 0)
             return
-        new = [n for n in numbers if n > last]
+        new = sorted(n for n in await self._entries_after(store, last) if n > last)
         if new and new != list(range(last + 1, last + 1 + len(new))):
             # entries this host never read are gone (compacted while it was away): what they said
             # is unknown, so every directory is listed again
@@ -205,6 +205,19 @@ class ChangeFeed:
         for n in new:
             await self._apply(name, store, n)
             self._set_last(name, n)
+
+    async def _entries_after(self, store: ObjectStore, last: int) -> list[int]:
+        """The numbers of the entries after `last`: one small listing when nothing is new, however
+        many entries the log keeps (S3 and GCS start it after `last`; Azure filters its pages)."""
+        numbers: list[int] = []
+        token: str | None = None
+        while True:
+            page = await self.remote.call(store, partial(store.list_page, FEED_DIR + "/", token,
+                                                         start_after=entry_key(last)))
+            numbers += _numbers(page.listing.objects)
+            token = page.next_token
+            if token is None:
+                return numbers
 
     async def _apply(self, name: str, store: ObjectStore, n: int) -> None:
         data = await self.remote.call(store, store.read_range, entry_key(n), 0, MAX_ENTRY)

@@ -223,11 +223,14 @@ class Filesystem:
     # ------------------------------------------------------------------------------------------
     # lookup and directories
     # ------------------------------------------------------------------------------------------
-    async def _dir(self, ino: int) -> Inode:
+    async def _dir_knowing(self, ino: int, name: bytes) -> Inode:
+        """The directory `ino`, with its entry `name` as the remote has it: a lookup of that one
+        name, never a wait for the listing of a directory of a million objects."""
         d = self._inode(ino)
         if not d.is_dir:
             raise PosixError(errno.ENOTDIR)
-        return self._inode(ino) if await self.remote.ensure_listed(d) else d
+        await self.remote.prepare_lookup(d, name)
+        return self._inode(ino)
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         if len(name) > NAME_MAX:
@@ -237,7 +240,7 @@ class Filesystem:
         if name == b"..":
             up = self.meta.parent_of(parent)
             return await self.getattr(up[0] if up else ROOT_INODE)
-        await self._dir(parent)
+        await self._dir_knowing(parent, name)
         # one joined query for the common case (a stat after its dentry expired); the Inode only
         # when its attributes are not final (an open file, metadata not loaded yet)
         row = self.meta.lookup_attr(parent, name)
@@ -248,8 +251,25 @@ class Filesystem:
         return self.files.attr(await self.remote.with_metadata(self._inode(row.ino)))
 
     async def opendir(self, ino: int) -> int:
-        await self._dir(ino)
+        """A stale directory's listing starts here and goes on in the background; this waits for
+        its first page only (for a directory of one page, the whole listing)."""
+        d = self._inode(ino)
+        if not d.is_dir:
+            raise PosixError(errno.ENOTDIR)
+        if self.remote.start_listing(d):
+            await self.remote.listing_progress(ino)
         return ino
+
+    async def readdir_ready(self, ino: int, offset: int) -> None:
+        """Wait until `readdir(ino, offset)` has an entry to give, or the directory's listing has
+        ended: the kernel takes an empty answer for the end of the directory, so entries are
+        served as their pages arrive, and only an empty answer waits for the next page."""
+        if offset < DOTDOT_OFFSET:
+            return
+        after_id = offset - DOTDOT_OFFSET
+        listing = self.remote.start_listing(self._inode(ino))
+        while listing and not self.meta.listing_after(ino, after_id, 1):
+            listing = await self.remote.listing_progress(ino)
 
     def readdir(self, ino: int, offset: int) -> Iterator[list[ListingRow]]:
         """Pages of entries after `offset`: `.` and `..` first, as on a disk, then the entries in
@@ -290,7 +310,7 @@ class Filesystem:
 
     async def _prepare_new_entry(self, parent: int, name: bytes) -> Inode:
         self._check_name(name)
-        d = await self._dir(parent)
+        d = await self._dir_knowing(parent, name)
         self._writable_area(d)
         self._check_remote_name(d, name)
         if self.meta.lookup(parent, name) is not None:
@@ -312,7 +332,7 @@ class Filesystem:
         return self.files.attr(self._inode(node.ino))
 
     async def rmdir(self, parent: int, name: bytes) -> None:
-        d = await self._dir(parent)
+        d = await self._dir_knowing(parent, name)
         ino = self.meta.lookup(parent, name)
         if ino is None:
             raise PosixError(errno.ENOENT)
@@ -413,7 +433,7 @@ class Filesystem:
         return self.files.attr(self._inode(ino))
 
     async def unlink(self, parent: int, name: bytes) -> None:
-        d = await self._dir(parent)
+        d = await self._dir_knowing(parent, name)
         ino = self.meta.lookup(parent, name)
         if ino is None:
             raise PosixError(errno.ENOENT)
@@ -438,6 +458,11 @@ class Filesystem:
             self._free_inode(node)
 
     def _free_inode(self, node: Inode) -> None:
+        if node.remote is not None and node.remote_key is not None and node.remote_version and \
+                self.meta.known_version(node.remote, node.remote_key) not in (None, node.remote_version):
+            # an inode another host's version replaced (RemoteView._replace_open), closed at last:
+            # the version it read is at no key any more
+            self.remote.reader.forget(object_ref(node))
         self.meta.delete_inode(node.ino)
         self.local.discard(node.ino)
         self.dirty.clear(node.ino)
@@ -501,8 +526,8 @@ class Filesystem:
         self._check_name(name_new)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise PosixError(errno.EINVAL)
-        d_old = await self._dir(parent_old)
-        d_new = await self._dir(parent_new)
+        d_old = await self._dir_knowing(parent_old, name_old)
+        d_new = await self._dir_knowing(parent_new, name_new)
         self._check_remote_name(d_new, name_new)
         ino = self.meta.lookup(parent_old, name_old)
         if ino is None:

@@ -19,15 +19,16 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
-from mountd.backend import DirListing, ObjectInfo, ObjectStore
+from mountd.backend import LIST_PAGE, DirListing, ListingPage, ObjectInfo, ObjectStore
 from mountd.cache import RemoteReader
 from mountd.config import RepoConfig
-from mountd.errors import ObjectNotFound, PosixError, RemoteError
+from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavailable
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
 from mountd.vfs.kernel import Kernel
@@ -39,13 +40,34 @@ from mountd.writeback.backpressure import DirtyBytes
 log = logging.getLogger(__name__)
 
 LISTING_RETRY = 5.0  # seconds a directory whose listing failed is served as known before trying again
+LISTING_PAGE_TRIES = 3  # tries of one listing page when the remote fails for a moment
+ABSENT_NAMES = 10_000  # names known missing (looked up without a listing) kept at most
 METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
 METADATA_BATCH = 16  # objects one worker of that pass HEADs per trio hand-off and transaction
+METADATA_BACKLOG = 10_000  # listed inodes waiting for that pass, at most
+
+
+@dataclass(slots=True, eq=False)
+class ListingRun:
+    """One directory listing in progress, which every reader of the directory shares."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    progress: trio.Event = field(default_factory=trio.Event)  # set when a page is in the db
+
+    def page_done(self) -> None:
+        self.progress.set()
+        self.progress = trio.Event()
+
+    def finish(self) -> None:
+        self.progress.set()
+        self.done.set()
 
 
 @dataclass(slots=True)
 class _Stats:
     listings: int = 0
+    listing_pages: int = 0
+    lookups: int = 0  # names looked up at the remote without listing their directory
     listing_errors: int = 0
     heads: int = 0
     materialized: int = 0
@@ -70,7 +92,9 @@ class RemoteView:
         self._is_open = is_open  # whether the kernel holds the inode open (OpenFiles.is_open)
         self._is_writing = is_writing  # ... open for writing (OpenFiles.is_open_for_write)
         self._owner = owner
-        self._listing_inflight: dict[int, trio.Event] = {}
+        self._listing_inflight: dict[int, ListingRun] = {}
+        # (directory, name) -> when a lookup at the remote found nothing there (for listing_ttl)
+        self._absent: OrderedDict[tuple[int, bytes], float] = OrderedDict()
         self._listing_failed_at: dict[int, float] = {}
         self._checked_at: dict[int, float] = {}  # inode -> when its remote version was last confirmed
         self._metadata_backlog: dict[int, None] = {}  # listed inodes the background pass will HEAD, in order
@@ -121,6 +145,9 @@ class RemoteView:
         `ls -l` asks for every entry next, and one HEAD after the other would be slow)."""
         if self._nursery is None:
             return  # not running (shutting down): getattr loads them one by one
+        # bounded: a readdir of a million entries must not queue a million HEADs in memory; the
+        # ones left out are loaded by their own getattr
+        inos = inos[:max(0, METADATA_BACKLOG - len(self._metadata_backlog))]
         for ino in inos:
             if ino not in self._metadata_running:
                 self._metadata_backlog.setdefault(ino)
@@ -218,46 +245,188 @@ class RemoteView:
     # ------------------------------------------------------------------------------------------
     # listings
     # ------------------------------------------------------------------------------------------
+    def _listing_fresh(self, d: Inode) -> bool:
+        return d.listed_at is not None and time.time() - d.listed_at < self.config.mount.listing_ttl
+
     async def ensure_listed(self, d: Inode, *, force: bool = False) -> bool:
         """Merge the remote listing of a directory when it is older than listing_ttl; whether the
-        directory may have changed meanwhile (its Inode must then be read again)."""
+        directory may have changed meanwhile (its Inode must then be read again). Concurrent
+        callers share one listing."""
         if d.remote is None or not d.is_dir:
             return False
-        now = time.time()
-        if not force and d.listed_at is not None and now - d.listed_at < self.config.mount.listing_ttl:
+        if not force and self._listing_fresh(d):
             return False
         failed = self._listing_failed_at.get(d.ino)
         if (not force and failed is not None and time.monotonic() - failed < LISTING_RETRY
                 and d.listed_at is not None):
             return False
-        event = self._listing_inflight.get(d.ino)
-        if event is not None:
-            await event.wait()
+        run = self._listing_inflight.get(d.ino)
+        if run is not None:
+            await run.done.wait()
             return True
-        event = self._listing_inflight[d.ino] = trio.Event()
+        run = self._listing_inflight[d.ino] = ListingRun()
+        return await self._run_listing(d, run)
+
+    async def _run_listing(self, d: Inode, run: ListingRun) -> bool:
         try:
-            key = self.paths.key_of(d.ino, d)
-            if key is None:
-                return False
-            remote, prefix = key
-            store = self.stores[remote]
-            try:
-                listing = await self.remote.call(store, store.list_dir, prefix)
-            except RemoteError as e:
-                self.stats.listing_errors += 1
-                self._listing_failed_at[d.ino] = time.monotonic()
-                log.warning("listing %s of remote %r failed, serving what is known: %s",
-                            prefix or "/", remote, e)
-                return True
-            self._listing_failed_at.pop(d.ino, None)
-            self.stats.listings += 1
-            fresh = self.meta.get(d.ino)
-            if fresh is not None and fresh.is_dir:
-                self._merge_listing(fresh, remote, prefix, listing)
-            return True
+            return await self._list_pages(d, run)
         finally:
             del self._listing_inflight[d.ino]
-            event.set()
+            run.finish()
+
+    async def _listing_task(self, d: Inode, run: ListingRun) -> None:
+        try:
+            await self._run_listing(d, run)
+        except Exception:  # a bug must not take the daemon down with it
+            log.exception("listing of directory %d failed unexpectedly", d.ino)
+
+    async def prepare_lookup(self, d: Inode, bname: bytes) -> None:
+        """Before a lookup of `bname` in `d` reads the db: make it know that name, without
+        waiting for a whole directory. A fresh listing answers as it is; a directory listed before
+        with fewer entries than a listing page is listed again (one request); otherwise (a large
+        directory, or one never listed) a name the db knows is served as it is (an open
+        asks the remote for its version), and an unknown one is asked of the remote alone
+        (`_look_up_name`), its absence remembered for listing_ttl."""
+        if d.remote is None or not d.is_dir or self._listing_fresh(d):
+            return
+        if (d.listed_at is not None and d.ino not in self._listing_inflight
+                and self.meta.children_up_to(d.ino, LIST_PAGE) < LIST_PAGE):
+            await self.ensure_listed(d)  # a directory known to take one page: listed again
+            return
+        if self.meta.lookup(d.ino, bname) is not None:
+            return
+        seen = self._absent.get((d.ino, bname))
+        if seen is not None and time.monotonic() - seen < self.config.mount.listing_ttl:
+            return
+        await self._look_up_name(d, bname)
+
+    async def _look_up_name(self, d: Inode, bname: bytes) -> None:
+        """A HEAD of the key and a one-key listing of `key/`, at once: a file, a directory (the
+        directory wins, as in a listing), or nothing, in one round trip whatever the size of the
+        directory."""
+        name = bname.decode("utf-8", "surrogateescape")
+        key = self.paths.key_of(d.ino, d)
+        if key is None or invalid_name_reason(name) is not None or (not key[1] and name == FEED_DIR):
+            return
+        remote, prefix = key
+        store = self.stores[remote]
+        found: dict[str, object] = {}
+
+        async def head() -> None:
+            try:
+                found["file"] = await self.remote.call(store, store.head, prefix + name)
+            except ObjectNotFound:
+                found["file"] = None
+
+        async def below() -> None:
+            page = await self.remote.call(store, store.list_page, prefix + name + "/", None, 1)
+            found["dir"] = bool(page.listing.objects or page.listing.prefixes or page.listing.marker_exists)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(head)
+                nursery.start_soon(below)
+        except RemoteError as e:
+            log.info("looking up %s in remote %r failed, serving what is known: %s", prefix + name, remote, e)
+            return
+        self.stats.lookups += 1
+        fresh = self.meta.get(d.ino)
+        if fresh is None or not fresh.is_dir or self.meta.lookup(d.ino, bname) is not None:
+            return  # listed or made meanwhile
+        info = found.get("file")
+        with self.meta.transaction():
+            if found.get("dir"):
+                node = self.meta.create_inode(mode=stat.S_IFDIR | self.config.mount.dir_mode,
+                                              uid=self._owner[0], gid=self._owner[1], remote=remote, nlink=2,
+                                              remote_key=prefix + name + "/", meta_loaded=0)
+                self.meta.add_entry(d.ino, bname, node.ino)
+                self.meta.bump(d.ino, "nlink")
+            elif isinstance(info, ObjectInfo):
+                self._create_from_listing(d.ino, bname, remote, info)
+            else:
+                self._absent[(d.ino, bname)] = time.monotonic()
+                while len(self._absent) > ABSENT_NAMES:
+                    self._absent.popitem(last=False)
+
+    def _forget_absent(self, parent: int | None = None, bname: bytes | None = None) -> None:
+        if parent is None:
+            self._absent.clear()
+        elif bname is not None:
+            self._absent.pop((parent, bname), None)
+        else:
+            for k in [k for k in self._absent if k[0] == parent]:
+                del self._absent[k]
+
+    def start_listing(self, d: Inode) -> bool:
+        """Start listing a stale directory in the background (a readdir then takes its entries
+        page by page, `listing_progress`); True when a listing of it is running."""
+        if d.ino in self._listing_inflight:
+            return True
+        if d.remote is None or not d.is_dir or self._listing_fresh(d) or self._nursery is None:
+            return False
+        failed = self._listing_failed_at.get(d.ino)
+        if failed is not None and time.monotonic() - failed < LISTING_RETRY and d.listed_at is not None:
+            return False
+        run = self._listing_inflight[d.ino] = ListingRun()
+        self._nursery.start_soon(self._listing_task, d, run, name=f"mountd-listing-{d.ino}")
+        return True
+
+    async def listing_progress(self, ino: int) -> bool:
+        """Wait for the next page of the directory's listing in progress; False when none is."""
+        run = self._listing_inflight.get(ino)
+        if run is None:
+            return False
+        await run.progress.wait()
+        return True
+
+    async def _list_pages(self, d: Inode, run: ListingRun) -> bool:
+        """One listing, a page per request: each page is merged as it comes (a readdir serves its
+        entries at once), each request has its own timeout and is tried again when the remote
+        fails for a moment; the entries no page showed go at the end."""
+        key = self.paths.key_of(d.ino, d)
+        if key is None:
+            return False
+        remote, prefix = key
+        store = self.stores[remote]
+        self.meta.listing_seen_clear(d.ino)
+        token: str | None = None
+        pages = 0
+        try:
+            while True:
+                try:
+                    page = await self._list_page(store, prefix, token)
+                except RemoteError as e:
+                    self.stats.listing_errors += 1
+                    self._listing_failed_at[d.ino] = time.monotonic()
+                    log.warning("listing %s of remote %r failed after %d pages, serving what is known: %s",
+                                prefix or "/", remote, pages, e)
+                    return True
+                pages += 1
+                fresh = self.meta.get(d.ino)
+                if fresh is None or not fresh.is_dir:
+                    return True
+                self._merge_page(fresh, remote, prefix, page.listing)
+                token = page.next_token
+                if token is None:
+                    break
+                run.page_done()  # (the last page's progress is told when the listing ends)
+            self._listing_failed_at.pop(d.ino, None)
+            self.stats.listings += 1
+            self.stats.listing_pages += pages
+            self._sweep_unlisted(fresh, remote, prefix)
+            return True
+        finally:
+            self.meta.listing_seen_clear(d.ino)
+
+    async def _list_page(self, store: ObjectStore, prefix: str, token: str | None) -> ListingPage:
+        for attempt in range(LISTING_PAGE_TRIES):
+            try:
+                return await self.remote.call(store, store.list_page, prefix, token)
+            except RemoteUnavailable:
+                if attempt == LISTING_PAGE_TRIES - 1:
+                    raise
+                await trio.sleep(0.25 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     async def ensure_subtree_listed(self, ino: int) -> None:
         """Every directory below `ino` listed (before a directory rename in a remote)."""
@@ -278,12 +447,15 @@ class RemoteView:
             self.stats.skipped_keys += 1
             log.warning("remote %r: skipping key %r: %s", remote, key, reason)
 
-    def _merge_listing(self, d: Inode, remote: str, prefix: str, listing: DirListing) -> None:
+    def _merge_page(self, d: Inode, remote: str, prefix: str, listing: DirListing) -> None:
+        """One page of a listing into the db: new entries made, changed versions taken in, the
+        names seen remembered for the sweep at the end. Only this page's names are read."""
         m = self.meta
         pending = m.journal_keys_under(remote, prefix)
-        existing = {name: ino for name, ino in m.children(d.ino)}
+        existing = m.children_named(d.ino, [n.encode("utf-8", "surrogateescape") for n in listing.prefixes]
+                                    + [o.key[len(prefix):].encode("utf-8", "surrogateescape")
+                                       for o in listing.objects])
         seen: set[bytes] = set()
-        now = time.monotonic()
         dir_names = set()
         with m.transaction():
             for name in listing.prefixes:
@@ -319,18 +491,22 @@ class RemoteView:
                     continue
                 ino = existing.get(bname)
                 if ino is None:
-                    self._create_from_listing(d.ino, bname, remote, info)
+                    self._create_from_listing(d.ino, bname, remote, info, confirm=False)
                     continue
                 listed = m.get(ino)
                 if listed is None or listed.remote != remote or not (listed.is_reg or listed.is_symlink):
                     continue
-                self._checked_at[ino] = now
                 if (listed.remote_key == info.key and listed.remote_version != info.version
                         and not listed.has_local):
                     self._refresh_from_listing(listed, info)
-            for bname, ino in existing.items():
-                if bname in seen:
-                    continue
+            m.listing_seen_add(d.ino, list(seen))
+
+    def _sweep_unlisted(self, d: Inode, remote: str, prefix: str) -> None:
+        """After the last page: entries the listing did not show are gone from the remote, unless
+        they hold something not in it yet."""
+        m = self.meta
+        with m.transaction():
+            for bname, ino in m.listing_unseen(d.ino):
                 gone = m.get(ino)
                 if gone is None or self._keeps_local_state(
                         gone, remote, prefix + bname.decode("utf-8", "surrogateescape")):
@@ -364,8 +540,15 @@ class RemoteView:
                 return False  # known already (our own change, or a listing saw it)
         folder = key.rpartition("/")[0]
         d = self.paths.resolve_key(remote, folder + "/" if folder else "")
-        if d is None or not d.is_dir or (node is None and d.listed_at is None):
-            return False  # never listed here: the first listing will show it
+        if d is not None and d.is_dir and node is None and d.listed_at is None:
+            bname = key.rpartition("/")[2].encode("utf-8", "surrogateescape")
+            if (d.ino, bname) in self._absent:  # a lookup found nothing there: look again
+                self._forget_absent(d.ino, bname)
+                self.kernel.invalidate_entry(d.ino, bname)
+                return True
+            return False  # never listed here: the first listing or lookup will show it
+        if d is None or not d.is_dir:
+            return False
         store = self.stores[remote]
         # the entry only says "look at this key": what is there now decides (entries may be old)
         try:
@@ -414,9 +597,10 @@ class RemoteView:
         """The change log of `remote` was compacted past what this host read: every directory of
         the remote is listed again when next visited. Returns how many."""
         dirs = self.meta.remote_dirs(remote)
+        self._forget_absent()
         with self.meta.transaction():
             for ino in dirs:
-                self.meta.update(ino, listed_at=None)
+                self.meta.update(ino, listed_at=0.0)  # listed before, and stale
         for ino in dirs:
             self.kernel.invalidate_inode(ino)
         return len(dirs)
@@ -427,8 +611,9 @@ class RemoteView:
         folder = key.rstrip("/").rpartition("/")[0]
         d = self.paths.resolve_key(remote, folder + "/" if folder else "")
         if d is not None and d.is_dir:
+            self._forget_absent(d.ino)
             with self.meta.transaction():
-                self.meta.update(d.ino, listed_at=None)
+                self.meta.update(d.ino, listed_at=0.0)  # listed before, and stale
             self.kernel.invalidate_inode(d.ino)
 
     def _keeps_local_state(self, node: Inode, remote: str, key: str) -> bool:
@@ -441,7 +626,10 @@ class RemoteView:
             return self.meta.has_children(node.ino) or self.meta.journal_has(remote, key + "/")
         return self.meta.journal_has(remote, key)
 
-    def _create_from_listing(self, parent: int, bname: bytes, remote: str, info: ObjectInfo) -> None:
+    def _create_from_listing(self, parent: int, bname: bytes, remote: str, info: ObjectInfo, *,
+                             confirm: bool = True) -> None:
+        """A new entry for an object a listing, a HEAD or the change log showed; `confirm=False`
+        from a listing, whose `listed_at` confirms its entries (no per-entry state in memory)."""
         attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode,
                                     uid=self._owner[0], gid=self._owner[1], mtime_ns=info.mtime_ns,
                                     kind=stat.S_IFREG)
@@ -453,7 +641,8 @@ class RemoteView:
         self.meta.add_entry(parent, bname, node.ino)
         if sha:
             self.meta.hash_put(remote, sha, info.key, info.version)
-        self.confirmed(node.ino)
+        if confirm:
+            self.confirmed(node.ino)
 
     def _refresh_from_listing(self, node: Inode, info: ObjectInfo) -> None:
         """The object changed in the remote: take its new size/version; its cached pages go."""
@@ -480,6 +669,10 @@ class RemoteView:
         checked = self._checked_at.get(node.ino)
         if checked is not None and time.monotonic() - checked < self.config.mount.listing_ttl:
             return node
+        up = self.meta.parent_of(node.ino)
+        parent = self.meta.get(up[0]) if up else None
+        if parent is not None and parent.remote == node.remote and self._listing_fresh(parent):
+            return node  # a listing of its directory within listing_ttl showed this version
         assert node.remote is not None and node.remote_key is not None
         store = self.stores[node.remote]
         try:

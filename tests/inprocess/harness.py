@@ -447,8 +447,15 @@ class InProcessMount:
     async def _readdir(self, path: str) -> list[str]:
         fs = self.stack.fs
         fh = await fs.opendir(await self._walk(path))
-        return sorted(os.fsdecode(row[1]) for page in fs.readdir(fh, 0) for row in page
-                      if row[1] not in (b".", b".."))
+        names: list[str] = []
+        offset = 0
+        while True:  # as the kernel asks: from the last offset, until an answer is empty
+            await fs.readdir_ready(fh, offset)
+            rows = [row for page in fs.readdir(fh, offset) for row in page]
+            if not rows:
+                return sorted(names)
+            names += [os.fsdecode(row[1]) for row in rows if row[1] not in (b".", b"..")]
+            offset = rows[-1][0]
 
     def readdir(self, path: str) -> list[str]:
         """The names of a directory, as readdir pages give them less `.` and `..` (as os.listdir), sorted."""

@@ -1,0 +1,109 @@
+"""A directory listed page by page: readdir serves each page as it arrives, readers share one listing.
+
+The remote is the real file:// store behind `PagedStore`, which cuts its listing into pages of
+1,000 as S3 does and holds every page after the first until the test lets it go: what readdir
+returns meanwhile is what a directory of a million objects would show after its first page.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from mountd.backend import DirListing, ListingPage
+from mountd.errors import RemoteUnavailable
+from mountd.meta.store import ROOT_INODE
+from mountd.vfs.remote_view import LISTING_PAGE_TRIES
+
+N = 2_500
+PAGE = 1_000
+
+
+class PagedStore:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.pages: list[str | None] = []  # the token of each page asked for
+        self.fail = False  # every page after the first fails
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = PAGE, *,
+                  start_after: str = "") -> ListingPage:
+        if prefix != "big/" or limit < PAGE:  # (a lookup's one-key probe)
+            return self.inner.list_page(prefix, token, limit, start_after=start_after)
+        self.pages.append(token)
+        if token is not None:
+            assert self.gate.wait(30), "the test never let the second page go"
+            if self.fail:
+                raise RemoteUnavailable("main", "the second page does not come")
+        whole = self.inner.list_dir(prefix).objects
+        start = int(token or 0)
+        part = tuple(sorted(whole, key=lambda o: o.key)[start:start + PAGE])
+        more = start + PAGE < len(whole)
+        return ListingPage(DirListing(objects=part, prefixes=()), str(start + PAGE) if more else None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def entries(m, ino: int, offset: int) -> list[tuple[int, str]]:
+    """What one readdir at `offset` returns (after `readdir_ready`, as the FUSE layer calls it)."""
+    async def call() -> list[tuple[int, str]]:
+        await m.stack.fs.readdir_ready(ino, offset)
+        return [(row[0], os.fsdecode(row[1])) for page in m.stack.fs.readdir(ino, offset) for row in page]
+    return m.run(call)
+
+
+def test_readdir_serves_the_first_page_while_the_rest_is_still_coming(make_mount, tmp_path):
+    (tmp_path / "repo" / "remote" / "big").mkdir(parents=True)
+    for i in range(N):
+        (tmp_path / "repo" / "remote" / "big" / f"f{i:05d}").write_bytes(b"x")
+    stores: list[PagedStore] = []
+    m = make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1])
+    store = stores[0]
+    data = m.ino("/data")
+    big = m.run(m.stack.fs.lookup, data, b"big").ino
+    assert m.run(m.stack.fs.opendir, big) == big  # returns after the first page
+    first = entries(m, big, 0)
+    assert [name for _, name in first[:2]] == [".", ".."]
+    assert len(first) == 2 + PAGE  # the first page, served while the second is held
+    assert store.pages == [None, "1000"]
+    store.gate.set()
+    seen = [name for _, name in first[2:]]
+    offset = first[-1][0]
+    while True:
+        more = entries(m, big, offset)
+        if not more:
+            break
+        seen += [name for _, name in more]
+        offset = more[-1][0]
+    assert sorted(seen) == [f"f{i:05d}" for i in range(N)] and len(set(seen)) == N
+    # one listing, each page once, though every readdir after the first page asked for one
+    assert store.pages == [None, "1000", "2000"]
+    assert m.run(m.stack.fs.lookup, ROOT_INODE, b"data").ino == data
+
+
+def test_a_listing_that_fails_midway_keeps_what_it_had_and_removes_nothing(make_mount, tmp_path):
+    """A later page that keeps failing ends the listing without its sweep: entries the pages
+    fetched so far did not show stay (only a finished listing says what is gone), and each page
+    was tried LISTING_PAGE_TRIES times, not forever."""
+    remote = tmp_path / "repo" / "remote" / "big"
+    remote.mkdir(parents=True)
+    for i in range(N):
+        (remote / f"f{i:05d}").write_bytes(b"x")
+    stores: list[PagedStore] = []
+    m = make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1])
+    store = stores[0]
+    store.gate.set()
+    assert len(m.readdir("/data/big")) == N
+    store.fail = True
+    big = m.ino("/data/big")
+
+    async def relist() -> bool:
+        d = m.stack.fs.meta.get(big)
+        return await m.stack.fs.remote.ensure_listed(d, force=True)
+
+    asked = len(store.pages)
+    m.run(relist)
+    assert store.pages[asked:] == [None] + ["1000"] * LISTING_PAGE_TRIES
+    assert len(m.readdir("/data/big")) == N  # nothing swept

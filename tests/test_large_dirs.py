@@ -1,0 +1,106 @@
+"""Directories of thousands of objects: a lookup asks for one name, a listing comes page by page.
+
+The requests are counted at the server: moto logs every request it answers (one line each, with
+its method and query), so a test reads what the mount asked for, not what it says it asked for.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.servers import S3Server
+
+N = 2_500  # three listing pages of 1,000
+
+
+class ServerRequests:
+    """The requests moto answered after `mark()`, from its log."""
+
+    def __init__(self, server: S3Server, bucket: str) -> None:
+        self.log = server.log_path
+        self.bucket = bucket
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.log.stat().st_size
+
+    def since(self) -> list[tuple[str, str]]:
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            text = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode(errors="replace"))  # 404s are colored
+        return re.findall(rf'"([A-Z]+) (/{re.escape(self.bucket)}[^ ]*) HTTP', text)
+
+    def listings(self, prefix: str) -> list[str]:
+        """Listing requests of `prefix` (URL-encoded as the SDK sends it)."""
+        p = prefix.replace("/", "%2F")
+        return [path for method, path in self.since()
+                if method == "GET" and "list-type=2" in path and (f"prefix={p}&" in path
+                                                                  or f"prefix={prefix}&" in path)]
+
+
+@pytest.fixture
+def big_dir(make_repo, s3_server: S3Server):
+    """A mount of a bucket whose `big/` holds N objects (and one directory), none listed yet."""
+    bucket = s3_server.new_bucket()
+    client = s3_server.client()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"big/f{i:05d}", Body=b"x" * (i % 7)),
+                      range(N)))
+    client.put_object(Bucket=bucket, Key="big/sub/inner", Body=b"inner")
+    repo = make_repo(remote_toml=s3_server.remote_toml("main", bucket, "/data"))
+    repo.start()
+    return repo, ServerRequests(s3_server, bucket)
+
+
+def test_a_lookup_in_a_directory_of_thousands_asks_for_that_name_only(big_dir):
+    repo, server = big_dir
+    server.mark()
+    assert os.stat(repo.data / "big" / "f01234").st_size == 1234 % 7
+    assert os.path.isdir(repo.data / "big" / "sub")
+    with pytest.raises(FileNotFoundError):
+        os.stat(repo.data / "big" / "missing")
+    with pytest.raises(FileNotFoundError):
+        os.stat(repo.data / "big" / "missing")  # the kernel or the daemon remembers: no new request
+    assert (repo.data / "big" / "sub" / "inner").read_bytes() == b"inner"
+    # never a page of big/ itself: only one-key probes of big/<name>/
+    assert [p for p in server.listings("big/") if "max-keys=1&" not in p] == []
+    asked = server.since()
+    assert len([1 for m, p in asked if m == "HEAD" and "/big/missing" in p]) == 1, "\n".join(map(str, asked))
+    # five names looked up (big, f01234, sub, missing, inner): a HEAD and a one-key listing each,
+    # sent at once; then the marker HEAD of big/ and the read of inner: about 13, never thousands
+    assert len(asked) <= 14, "\n".join(map(str, asked))
+
+
+def test_a_directory_of_thousands_is_listed_in_pages_and_shows_every_entry(big_dir):
+    repo, server = big_dir
+    server.mark()
+    names = os.listdir(repo.data / "big")
+    assert sorted(names) == sorted([f"f{i:05d}" for i in range(N)] + ["sub"])
+    pages = [p for p in server.listings("big/") if "max-keys=1&" not in p]
+    assert len(pages) == 3, pages  # 1,000 keys a page: N / 1,000 requests, once
+    assert sum(1 for p in pages if "continuation-token" in p) == 2
+    server.mark()
+    assert len(os.listdir(repo.data / "big")) == N + 1  # listed already (listing_ttl): no request
+    assert server.listings("big/") == []
+
+
+def test_a_name_another_tool_adds_after_a_lookup_missed_it_shows_after_the_listing(big_dir, s3_server):
+    repo, server = big_dir
+    with pytest.raises(FileNotFoundError):
+        os.stat(repo.data / "big" / "late")
+    s3_server.client().put_object(Bucket=server.bucket, Key="big/late", Body=b"late")
+    names = os.listdir(repo.data / "big")  # a listing is the truth
+    assert "late" in names
+    assert (repo.data / "big" / "late").read_bytes() == b"late"
+    assert os.stat(repo.data / "big" / "f00001").st_size == 1
+    try:
+        os.stat(repo.data / "big" / "f99999")
+    except OSError as e:
+        assert e.errno == errno.ENOENT
+    else:
+        raise AssertionError("f99999 does not exist")
