@@ -26,7 +26,7 @@ from mountd.errors import MountdError
 ROOT_INODE = 1
 # the `user_version` of meta.db: 0 is a database from before versions were kept (schema 1), or a
 # new one; `_MIGRATIONS[n]` takes schema n to n + 1
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -112,7 +112,19 @@ CREATE INDEX IF NOT EXISTS conflicts_copy ON conflicts(remote, copy_key);
 CREATE TABLE IF NOT EXISTS feed (remote TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instance (id TEXT NOT NULL);
 """
-_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2}
+# schema 3: a directory listing in progress survives a restart: the token of the next page
+# (`listing_resume`) and the names the pages so far showed (`listing_seen`, for the sweep at the
+# end), both written with each page's entries and removed when the listing ends
+_SCHEMA_3 = """
+CREATE TABLE IF NOT EXISTS listing_resume (dir INTEGER PRIMARY KEY, token TEXT NOT NULL,
+                                           pages INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS listing_seen (
+    dir INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
+"""
+_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3}
 
 
 class SchemaTooNew(MountdError):
@@ -252,7 +264,7 @@ class MetaStore:
         fresh = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='inodes'").fetchone() is None
         if version == 0:
             version = SCHEMA_VERSION if fresh else 1
-            self._db.executescript("BEGIN;" + _SCHEMA + (_SCHEMA_2 if fresh else "")
+            self._db.executescript("BEGIN;" + _SCHEMA + (_SCHEMA_2 + _SCHEMA_3 if fresh else "")
                                    + f"PRAGMA user_version={version}; COMMIT;")
         while version < SCHEMA_VERSION:
             self._db.executescript(f"BEGIN; {_MIGRATIONS[version]} "
@@ -493,23 +505,30 @@ class MetaStore:
                                   (parent, *part)).fetchall())
         return out
 
-    # --- the names a listing in progress has seen (a temporary table: gone with the process) -----
-    def listing_seen_add(self, parent: int, names: list[bytes]) -> None:
-        self._exec("CREATE TEMP TABLE IF NOT EXISTS listing_seen (parent INTEGER, name BLOB,"
-                   " PRIMARY KEY (parent, name)) WITHOUT ROWID")
-        self._db.executemany("INSERT OR IGNORE INTO temp.listing_seen VALUES (?, ?)",
+    # --- a listing in progress: where it goes on, and the names it has seen ----------------------
+    def listing_page_done(self, parent: int, names: list[bytes], next_token: str | None, pages: int) -> None:
+        """One page merged (call in its transaction): its names seen, and where the next starts."""
+        self._db.executemany("INSERT OR IGNORE INTO listing_seen (dir, name) VALUES (?, ?)",
                              [(parent, n) for n in names])
+        if next_token is not None:
+            self._exec("INSERT OR REPLACE INTO listing_resume (dir, token, pages) VALUES (?, ?, ?)",
+                       (parent, next_token, pages))
+
+    def listing_resume(self, parent: int) -> tuple[str, int] | None:
+        """(token of the next page, pages done) of a listing of `parent` a restart interrupted."""
+        row = self._exec("SELECT token, pages FROM listing_resume WHERE dir=?", (parent,)).fetchone()
+        return (str(row[0]), int(row[1])) if row else None
 
     def listing_unseen(self, parent: int) -> list[tuple[bytes, int]]:
         """Entries of `parent` that the listing now finished did not see."""
-        self.listing_seen_add(parent, [])
         return self._exec("SELECT d.name, d.ino FROM dentries d WHERE d.parent=? AND NOT EXISTS"
-                          " (SELECT 1 FROM temp.listing_seen s WHERE s.parent=d.parent AND s.name=d.name)",
+                          " (SELECT 1 FROM listing_seen s WHERE s.dir=d.parent AND s.name=d.name)",
                           (parent,)).fetchall()
 
-    def listing_seen_clear(self, parent: int) -> None:
-        self.listing_seen_add(parent, [])
-        self._exec("DELETE FROM temp.listing_seen WHERE parent=?", (parent,))
+    def listing_forget(self, parent: int) -> None:
+        """The listing of `parent` ended (or starts again from its first page)."""
+        self._exec("DELETE FROM listing_seen WHERE dir=?", (parent,))
+        self._exec("DELETE FROM listing_resume WHERE dir=?", (parent,))
 
     def children_up_to(self, parent: int, most: int) -> int:
         """How many entries `parent` has, counted up to `most` (a bounded count, for any size)."""

@@ -102,9 +102,12 @@ class Filesystem:
     # small checks
     # ------------------------------------------------------------------------------------------
     def _inode(self, ino: int) -> Inode:
+        """The inode the kernel names. One that is gone is ESTALE, not ENOENT: the kernel may still
+        hold a name for it that another host's change replaced (RemoteView._replace_open) and
+        whose invalidation is on its way; for ESTALE the kernel looks the path up again."""
         node = self.meta.get(ino)
         if node is None:
-            raise PosixError(errno.ENOENT)
+            raise PosixError(errno.ESTALE)
         return node
 
     def _writable_area(self, inode: Inode) -> None:

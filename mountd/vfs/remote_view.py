@@ -311,23 +311,30 @@ class RemoteView:
         remote, prefix = key
         store = self.stores[remote]
         found: dict[str, object] = {}
+        failed: list[RemoteError] = []
 
         async def head() -> None:
             try:
                 found["file"] = await self.remote.call(store, store.head, prefix + name)
             except ObjectNotFound:
                 found["file"] = None
+            except RemoteError as e:
+                failed.append(e)
 
         async def below() -> None:
-            page = await self.remote.call(store, store.list_page, prefix + name + "/", None, 1)
+            try:
+                page = await self.remote.call(store, store.list_page, prefix + name + "/", None, 1)
+            except RemoteError as e:
+                failed.append(e)
+                return
             found["dir"] = bool(page.listing.objects or page.listing.prefixes or page.listing.marker_exists)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(head)
-                nursery.start_soon(below)
-        except RemoteError as e:
-            log.info("looking up %s in remote %r failed, serving what is known: %s", prefix + name, remote, e)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head)
+            nursery.start_soon(below)
+        if failed:
+            log.info("looking up %s in remote %r failed, serving what is known: %s",
+                     prefix + name, remote, failed[0])
             return
         self.stats.lookups += 1
         fresh = self.meta.get(d.ino)
@@ -382,41 +389,47 @@ class RemoteView:
     async def _list_pages(self, d: Inode, run: ListingRun) -> bool:
         """One listing, a page per request: each page is merged as it comes (a readdir serves its
         entries at once), each request has its own timeout and is tried again when the remote
-        fails for a moment; the entries no page showed go at the end."""
+        fails for a moment; the entries no page showed go at the end. A listing that a failure,
+        an unmount or a crash interrupted goes on from its next page (kept in the db with each
+        page), not from the start."""
         key = self.paths.key_of(d.ino, d)
         if key is None:
             return False
         remote, prefix = key
         store = self.stores[remote]
-        self.meta.listing_seen_clear(d.ino)
-        token: str | None = None
-        pages = 0
-        try:
-            while True:
-                try:
-                    page = await self._list_page(store, prefix, token)
-                except RemoteError as e:
-                    self.stats.listing_errors += 1
-                    self._listing_failed_at[d.ino] = time.monotonic()
-                    log.warning("listing %s of remote %r failed after %d pages, serving what is known: %s",
-                                prefix or "/", remote, pages, e)
-                    return True
-                pages += 1
-                fresh = self.meta.get(d.ino)
-                if fresh is None or not fresh.is_dir:
-                    return True
-                self._merge_page(fresh, remote, prefix, page.listing)
-                token = page.next_token
-                if token is None:
-                    break
-                run.page_done()  # (the last page's progress is told when the listing ends)
-            self._listing_failed_at.pop(d.ino, None)
-            self.stats.listings += 1
-            self.stats.listing_pages += pages
-            self._sweep_unlisted(fresh, remote, prefix)
-            return True
-        finally:
-            self.meta.listing_seen_clear(d.ino)
+        resume = self.meta.listing_resume(d.ino)
+        token, pages = resume if resume is not None else (None, 0)
+        if resume is None:
+            with self.meta.transaction():
+                self.meta.listing_forget(d.ino)
+        else:
+            log.info("listing %s of remote %r goes on at page %d", prefix or "/", remote, pages + 1)
+        while True:
+            try:
+                page = await self._list_page(store, prefix, token)
+            except RemoteError as e:
+                self.stats.listing_errors += 1
+                self._listing_failed_at[d.ino] = time.monotonic()
+                if resume is not None and pages == resume[1] and not isinstance(e, RemoteUnavailable):
+                    with self.meta.transaction():  # the kept token is refused (expired): start again
+                        self.meta.listing_forget(d.ino)
+                log.warning("listing %s of remote %r failed after %d pages, serving what is known: %s",
+                            prefix or "/", remote, pages, e)
+                return True
+            pages += 1
+            fresh = self.meta.get(d.ino)
+            if fresh is None or not fresh.is_dir:
+                return True
+            self._merge_page(fresh, remote, prefix, page.listing, page.next_token, pages)
+            token = page.next_token
+            if token is None:
+                break
+            run.page_done()  # (the last page's progress is told when the listing ends)
+        self._listing_failed_at.pop(d.ino, None)
+        self.stats.listings += 1
+        self.stats.listing_pages += pages
+        self._sweep_unlisted(fresh, remote, prefix)
+        return True
 
     async def _list_page(self, store: ObjectStore, prefix: str, token: str | None) -> ListingPage:
         for attempt in range(LISTING_PAGE_TRIES):
@@ -447,9 +460,11 @@ class RemoteView:
             self.stats.skipped_keys += 1
             log.warning("remote %r: skipping key %r: %s", remote, key, reason)
 
-    def _merge_page(self, d: Inode, remote: str, prefix: str, listing: DirListing) -> None:
+    def _merge_page(self, d: Inode, remote: str, prefix: str, listing: DirListing, next_token: str | None,
+                    pages: int) -> None:
         """One page of a listing into the db: new entries made, changed versions taken in, the
-        names seen remembered for the sweep at the end. Only this page's names are read."""
+        names seen and where the next page starts remembered (for the sweep at the end, and to
+        go on after a restart), all in one transaction. Only this page's names are read."""
         m = self.meta
         pending = m.journal_keys_under(remote, prefix)
         existing = m.children_named(d.ino, [n.encode("utf-8", "surrogateescape") for n in listing.prefixes]
@@ -499,7 +514,7 @@ class RemoteView:
                 if (listed.remote_key == info.key and listed.remote_version != info.version
                         and not listed.has_local):
                     self._refresh_from_listing(listed, info)
-            m.listing_seen_add(d.ino, list(seen))
+            m.listing_page_done(d.ino, list(seen), next_token, pages)
 
     def _sweep_unlisted(self, d: Inode, remote: str, prefix: str) -> None:
         """After the last page: entries the listing did not show are gone from the remote, unless
@@ -516,6 +531,7 @@ class RemoteView:
                     m.bump(d.ino, "nlink", -1)
                 if not self._is_open(ino):
                     m.delete_inode(ino)
+            m.listing_forget(d.ino)
             m.update(d.ino, listed_at=time.time())
 
     async def apply_remote_change(self, remote: str, key: str, version: str | None) -> bool:

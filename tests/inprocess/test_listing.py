@@ -67,7 +67,7 @@ def test_readdir_serves_the_first_page_while_the_rest_is_still_coming(make_mount
     first = entries(m, big, 0)
     assert [name for _, name in first[:2]] == [".", ".."]
     assert len(first) == 2 + PAGE  # the first page, served while the second is held
-    assert store.pages == [None, "1000"]
+    m.until(lambda: store.pages == [None, "1000"])
     store.gate.set()
     seen = [name for _, name in first[2:]]
     offset = first[-1][0]
@@ -107,3 +107,25 @@ def test_a_listing_that_fails_midway_keeps_what_it_had_and_removes_nothing(make_
     m.run(relist)
     assert store.pages[asked:] == [None] + ["1000"] * LISTING_PAGE_TRIES
     assert len(m.readdir("/data/big")) == N  # nothing swept
+
+
+def test_a_listing_a_crash_interrupted_goes_on_from_its_next_page(make_mount, tmp_path):
+    """The daemon dies while the second page is on its way; the next mount's listing asks for the
+    second and third pages only, and the entries the first page showed are neither lost nor
+    swept: the names each page showed were kept in the db with its entries."""
+    remote = tmp_path / "repo" / "remote" / "big"
+    remote.mkdir(parents=True)
+    for i in range(N):
+        (remote / f"f{i:05d}").write_bytes(b"x")
+    stores: list[PagedStore] = []
+    m = make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1])
+    big = m.run(m.stack.fs.lookup, m.ino("/data"), b"big").ino
+    m.run(m.stack.fs.opendir, big)  # the first page is in; the second is held
+    m.until(lambda: stores[0].pages == [None, "1000"])
+    m.run_sync(m.crash)
+    stores[0].gate.set()  # (the held request ends; the cancelled listing takes nothing from it)
+    m.join()
+    again = make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1])
+    stores[1].gate.set()
+    assert again.readdir("/data/big") == [f"f{i:05d}" for i in range(N)]
+    assert stores[1].pages == ["1000", "2000"]
