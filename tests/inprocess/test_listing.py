@@ -46,6 +46,17 @@ class PagedStore:
         return getattr(self.inner, name)
 
 
+def paged_mount(make_mount, tmp_path) -> tuple[Any, list[PagedStore]]:
+    """A mount whose remote holds N objects in big/, behind a PagedStore (kept in the list, with
+    those of later mounts of the same repo)."""
+    remote = tmp_path / "repo" / "remote" / "big"
+    remote.mkdir(parents=True)
+    for i in range(N):
+        (remote / f"f{i:05d}").write_bytes(b"x")
+    stores: list[PagedStore] = []
+    return make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1]), stores
+
+
 def entries(m, ino: int, offset: int) -> list[tuple[int, str]]:
     """What one readdir at `offset` returns (after `readdir_ready`, as the FUSE layer calls it)."""
     async def call() -> list[tuple[int, str]]:
@@ -55,11 +66,7 @@ def entries(m, ino: int, offset: int) -> list[tuple[int, str]]:
 
 
 def test_readdir_serves_the_first_page_while_the_rest_is_still_coming(make_mount, tmp_path):
-    (tmp_path / "repo" / "remote" / "big").mkdir(parents=True)
-    for i in range(N):
-        (tmp_path / "repo" / "remote" / "big" / f"f{i:05d}").write_bytes(b"x")
-    stores: list[PagedStore] = []
-    m = make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1])
+    m, stores = paged_mount(make_mount, tmp_path)
     store = stores[0]
     data = m.ino("/data")
     big = m.run(m.stack.fs.lookup, data, b"big").ino
@@ -87,12 +94,7 @@ def test_a_listing_that_fails_midway_keeps_what_it_had_and_removes_nothing(make_
     """A later page that keeps failing ends the listing without its sweep: entries the pages
     fetched so far did not show stay (only a finished listing says what is gone), and each page
     was tried LISTING_PAGE_TRIES times, not forever."""
-    remote = tmp_path / "repo" / "remote" / "big"
-    remote.mkdir(parents=True)
-    for i in range(N):
-        (remote / f"f{i:05d}").write_bytes(b"x")
-    stores: list[PagedStore] = []
-    m = make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1])
+    m, stores = paged_mount(make_mount, tmp_path)
     store = stores[0]
     store.gate.set()
     assert len(m.readdir("/data/big")) == N
@@ -113,12 +115,7 @@ def test_a_listing_a_crash_interrupted_goes_on_from_its_next_page(make_mount, tm
     """The daemon dies while the second page is on its way; the next mount's listing asks for the
     second and third pages only, and the entries the first page showed are neither lost nor
     swept: the names each page showed were kept in the db with its entries."""
-    remote = tmp_path / "repo" / "remote" / "big"
-    remote.mkdir(parents=True)
-    for i in range(N):
-        (remote / f"f{i:05d}").write_bytes(b"x")
-    stores: list[PagedStore] = []
-    m = make_mount(wrap=lambda s: stores.append(PagedStore(s)) or stores[-1])
+    m, stores = paged_mount(make_mount, tmp_path)
     big = m.run(m.stack.fs.lookup, m.ino("/data"), b"big").ino
     m.run(m.stack.fs.opendir, big)  # the first page is in; the second is held
     m.until(lambda: stores[0].pages == [None, "1000"])
