@@ -36,6 +36,7 @@ from mountd.writeback import Journal, Uploader
 from mountd.writeback.backpressure import DirtyBytes
 from mountd.writeback.ignore import IgnoreRules
 from mountd.writeback.sending import UploadsSending
+from mountd.writeback.uploader import TransferSlots
 
 
 @dataclass
@@ -109,10 +110,11 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     feed = ChangeFeed(meta, stores, remote, remote_calls, host=host, poll_interval=config.mount.poll_interval,
                       writable=[r.name for r in config.remote if not r.read_only and r.name in followed],
                       followed=followed)
+    slots = TransferSlots(config.writeback.concurrency)
     reconciler = Reconciler(meta, stores, WritebackView(paths, ignored, files, remote, local, dirty), journal,
-                            remote_calls, sending, conflicts, dedup=config.writeback.dedup,
+                            remote_calls, sending, conflicts, slots, dedup=config.writeback.dedup,
                             on_conflict=config.writeback.on_conflict, on_remote_change=feed.changed)
-    uploader = Uploader(meta, journal, reconciler.apply, concurrency=config.writeback.concurrency,
+    uploader = Uploader(meta, journal, reconciler.apply, slots=slots,
                         retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
                         activity=activity, yield_max=config.writeback.yield_max)
     introspect = Introspection({r.name: r for r in config.remote}, meta, paths, files, ignored, reader,

@@ -21,7 +21,7 @@ import trio.testing
 from mountd.errors import RemoteError
 from mountd.meta import MetaStore
 from mountd.writeback.journal import Journal
-from mountd.writeback.uploader import Retry, Uploader, backoff
+from mountd.writeback.uploader import Retry, TransferSlots, Uploader, backoff
 from tests.conftest import mountd_cmd, wait_until
 
 
@@ -55,8 +55,8 @@ async def _run_failing_entry(tmp_path, error: Exception, *, seconds: float, drai
         await trio.sleep(0.01)  # the remote's answer takes a moment
         raise error
 
-    uploader = Uploader(meta, journal, apply, concurrency=2, retry_initial=retry_initial, retry_max=retry_max,
-                        rng=random.Random(1))
+    uploader = Uploader(meta, journal, apply, slots=TransferSlots(2), retry_initial=retry_initial,
+                        retry_max=retry_max, rng=random.Random(1))
     journal.put("main", "model.bin")
     async with trio.open_nursery() as nursery:
         await nursery.start(uploader.run)

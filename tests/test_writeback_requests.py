@@ -23,7 +23,7 @@ import trio.testing
 from mountd.meta import MetaStore
 from mountd.vfs.namespace import FEED_DIR
 from mountd.writeback.journal import Journal
-from mountd.writeback.uploader import LARGE_OBJECT, Uploader, transfer_slot
+from mountd.writeback.uploader import LARGE_OBJECT, TransferSlots, Uploader
 from tests.conftest import mountd_cmd
 from tests.servers import CountingProxy, S3Server
 
@@ -181,10 +181,11 @@ def test_small_uploads_run_many_at_once_and_large_ones_keep_their_slots(tmp_path
         running = {"all": 0, "large": 0}
         most = {"all": 0, "large": 0}
         release = trio.Event()
+        slots = TransferSlots(2, small=12)
 
         async def apply(entry) -> None:
             size = LARGE_OBJECT if entry.key.startswith("large") else 10
-            async with transfer_slot(size):
+            async with slots.slot(size):
                 kinds = ["all", "large"] if size >= LARGE_OBJECT else ["all"]
                 for k in kinds:
                     running[k] += 1
@@ -193,8 +194,7 @@ def test_small_uploads_run_many_at_once_and_large_ones_keep_their_slots(tmp_path
                 for k in kinds:
                     running[k] -= 1
 
-        uploader = Uploader(meta, journal, apply, concurrency=2, retry_initial=1.0, retry_max=2.0,
-                            small_slots=12)
+        uploader = Uploader(meta, journal, apply, slots=slots, retry_initial=1.0, retry_max=2.0)
         for i in range(6):
             journal.put("main", f"large{i}")
         for i in range(30):

@@ -61,7 +61,7 @@ from mountd.vfs.remote_calls import RemoteCalls
 from mountd.vfs.writeback_view import WritebackView
 from mountd.writeback import Journal
 from mountd.writeback.sending import UploadsSending
-from mountd.writeback.uploader import Retry, transfer_slot
+from mountd.writeback.uploader import Retry, TransferSlots
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 8 << 20
@@ -80,10 +80,11 @@ def sha256_file(path: Path) -> str:
 class Reconciler:
     def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: WritebackView,
                  journal: Journal, remote: RemoteCalls, sending: UploadsSending, conflicts: ConflictCopies,
-                 *, dedup: bool, on_conflict: str = "keep-both",
+                 slots: TransferSlots, *, dedup: bool, on_conflict: str = "keep-both",
                  on_remote_change: Callable[[str, str, str | None], None] = (
                      lambda remote, key, version: None)) -> None:
         self.meta = meta
+        self.slots = slots  # large files hash and send within these (shared with the Uploader)
         self.on_remote_change = on_remote_change  # the change log (ChangeFeed.changed)
         self.conflicts = conflicts
         self.on_conflict = on_conflict
@@ -384,7 +385,7 @@ class Reconciler:
             raise Retry("the local file went away before the upload") from None
         # a large file hashes and sends within one of the uploader's few large slots; small files
         # (the round trip, not the bandwidth, is their cost) run many at once
-        async with transfer_slot(size):
+        async with self.slots.slot(size):
             await self._upload_now(store, node, key, content_gen, attr_gen, path)
 
     async def _upload_now(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int,

@@ -14,9 +14,9 @@ waits in 0.5 s steps, each a `wait_drained`; when those made every entry due, a 
 was retried every 0.5 s while the log said `retry in 307.8s`.)
 
 Small objects get many more entries in flight than large ones: a 1 KiB upload waits on the
-server's round trip, not on bandwidth, so `small_slots` entries run at once, while the uploads of
-files of `LARGE_OBJECT` bytes or more (hashing and sending) also take one of `concurrency` large
-slots (`transfer_slot`, entered by the reconciler): a burst of large files keeps the bandwidth
+server's round trip, not on bandwidth, so `TransferSlots.in_flight` entries run at once, while the uploads
+of files of `LARGE_OBJECT` bytes or more (hashing and sending) also take one of `concurrency` large
+slots (`TransferSlots.slot`, entered by the reconciler): a burst of large files keeps the bandwidth
 they had and never holds more than `concurrency` upload threads, and small files go past them.
 
 New uploads yield to bursts of FUSE requests for at most `yield_max` after they became due
@@ -32,7 +32,6 @@ import random
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import Protocol
 
 import trio
@@ -55,20 +54,25 @@ SMALL_SLOTS = 16
 # files of at least this many bytes also take one of the `concurrency` large slots
 LARGE_OBJECT = 1 << 20
 
-# the large slots of the uploader running the current entry (set by `Uploader._run_one`)
-_large_slots: ContextVar[trio.CapacityLimiter | None] = ContextVar("large_slots", default=None)
 
 
-@asynccontextmanager
-async def transfer_slot(size: int) -> AsyncIterator[None]:
-    """Held while an entry hashes and sends `size` bytes: one of the uploader's large slots if the
-    object is large, nothing for a small one (or outside an uploader)."""
-    slots = _large_slots.get()
-    if slots is None or size < LARGE_OBJECT:
-        yield
-        return
-    async with slots:
-        yield
+class TransferSlots:
+    """The `concurrency` slots that hashing and sending a large file takes; the uploader runs up
+    to `in_flight` entries at once, and the reconciler holds a slot while it sends a large one."""
+
+    def __init__(self, concurrency: int, small: int = SMALL_SLOTS) -> None:
+        self.in_flight = max(concurrency, small)
+        self._large = trio.CapacityLimiter(concurrency)
+
+    @asynccontextmanager
+    async def slot(self, size: int) -> AsyncIterator[None]:
+        """Held while an entry hashes and sends `size` bytes: a large slot if the object is large,
+        nothing for a small one."""
+        if size < LARGE_OBJECT:
+            yield
+            return
+        async with self._large:
+            yield
 
 
 class Retry(MountdError):
@@ -91,18 +95,16 @@ class Scope(Protocol):
 
 
 class Uploader:
-    def __init__(self, meta: MetaStore, journal: Journal, apply: ApplyFn, *, concurrency: int,
+    def __init__(self, meta: MetaStore, journal: Journal, apply: ApplyFn, *, slots: TransferSlots,
                  retry_initial: float, retry_max: float, activity: RequestActivity | None = None,
-                 yield_max: float = 0.0, rng: random.Random | None = None,
-                 small_slots: int = SMALL_SLOTS) -> None:
+                 yield_max: float = 0.0, rng: random.Random | None = None) -> None:
         self._meta = meta
         self._activity = activity or RequestActivity()
         self._yield_max = yield_max
         self._draining = 0
         self._journal = journal
         self._apply = apply
-        self._limit = trio.CapacityLimiter(max(concurrency, small_slots))  # entries in flight
-        self._large = trio.CapacityLimiter(concurrency)  # of which hashing or sending a large file
+        self._limit = trio.CapacityLimiter(slots.in_flight)  # entries in flight
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._rng = rng or random.Random()
@@ -156,7 +158,6 @@ class Uploader:
 
     async def _run_one(self, entry: JournalEntry) -> None:
         ident = (entry.remote, entry.key)
-        _large_slots.set(self._large)  # this task's own context: `transfer_slot` finds it
         try:
             try:
                 await self._apply(entry)
