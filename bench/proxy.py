@@ -8,8 +8,10 @@ received. It forwards only to the upstream port on 127.0.0.1 and never inspects 
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import threading
+import time
 
 from bench.server import LOOPBACK, free_port
 
@@ -199,3 +201,70 @@ class _RequestParser:
         elif self.chunk_state == "trailer" and not line:  # the empty line that ends the trailers
             self.chunked, self.chunk_state = False, ""
         return rest
+
+
+class DelayProxy(RequestCountingProxy):
+    """A RequestCountingProxy that adds a fixed round-trip time (the latency scenarios).
+
+    Every chunk forwarded in either direction is held for half of `rtt_s` after it arrived (a
+    delay line: a reader thread stamps the chunks, a sender thread sends each when its time comes,
+    so the delay never limits throughput), and a new connection waits one `rtt_s` before its first
+    byte is forwarded (the TCP handshake a distant server costs). A request and its response thus
+    take one RTT more than on the loopback, however the client pipelines or reuses connections.
+    `bandwidth` (bytes/s, each direction, shared by all connections; None: no cap) paces the
+    senders. `rtt_s` may be changed between measurements."""
+
+    def __init__(self, upstream_port: int, rtt_s: float = 0.0, bandwidth: float | None = None,
+                 classify=None) -> None:
+        self.rtt_s = rtt_s
+        self.bandwidth = bandwidth
+        self._paced_until = {True: 0.0, False: 0.0}
+        super().__init__(upstream_port, classify)
+
+    def _connection(self, client: socket.socket, upstream: socket.socket) -> None:
+        if self.rtt_s:
+            time.sleep(self.rtt_s)
+        super()._connection(client, upstream)
+
+    def _relay(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        super()._relay(src, _DelayLine(self, dst, up), up)  # type: ignore[arg-type]
+
+    def _due(self, arrived: float, size: int, up: bool) -> float:
+        due = arrived + self.rtt_s / 2
+        if self.bandwidth:
+            with self._lock:
+                due = self._paced_until[up] = max(due, self._paced_until[up]) + size / self.bandwidth
+        return due
+
+
+class _DelayLine:
+    """Stands for the destination socket of one direction: `sendall` stamps a copy of the chunk and
+    queues it, a thread of its own sends each at the time `proxy._due` gives; `shutdown` sends what
+    is queued first. Bounded: a capped sender holds the reader back (at most 32 chunks queued)."""
+
+    def __init__(self, proxy: DelayProxy, dst: socket.socket, up: bool) -> None:
+        self._proxy, self._dst, self._up = proxy, dst, up
+        self._line: queue.Queue[tuple[float, bytes] | None] = queue.Queue(maxsize=32)
+        self._sender = threading.Thread(target=self._send, daemon=True)
+        self._sender.start()
+
+    def sendall(self, data: memoryview) -> None:
+        self._line.put((time.monotonic(), bytes(data)))
+
+    def shutdown(self, how: int) -> None:
+        self._line.put(None)
+        self._sender.join()
+
+    def _send(self) -> None:
+        try:
+            while (item := self._line.get()) is not None:
+                due = self._proxy._due(item[0], len(item[1]), self._up)
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                self._dst.sendall(item[1])
+        except OSError:
+            while self._line.get() is not None:  # drain, so the reader is never blocked on a dead peer
+                pass
+        finally:
+            with contextlib.suppress(OSError):
+                self._dst.shutdown(socket.SHUT_WR)

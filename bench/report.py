@@ -206,3 +206,19 @@ def write_docs(res: Results, md_path: Path, png_path: Path | None) -> None:
     _, tail = rest.split(END, 1)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(f"{head}{START}\n{body}{END}{tail}")
+
+
+def write_marked_section(md: Path, begin: str, end: str, notes_marker: str, body: str) -> None:
+    """Puts `body` between the `begin` and `end` lines of `md`, keeping what follows `notes_marker`
+    there (hand-written notes); appends the section at the end when the markers are missing.
+    Reads the file just before writing it (others write their own sections of it)."""
+    text = md.read_text()
+    notes = f"{notes_marker}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        inner, tail = rest.split(end, 1)
+        if notes_marker in inner:
+            notes = notes_marker + inner.split(notes_marker, 1)[1]
+    else:
+        head, tail = text.rstrip("\n") + "\n\n", "\n"
+    md.write_text(f"{head}{begin}\n{body}\n{notes}{end}{tail}")

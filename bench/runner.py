@@ -96,9 +96,10 @@ def run_round(t: Target, server: S3Server, proxy: CountingProxy, sizes: sc.Sizes
     t.stop()
 
 
-def run(work: Path, sizes: sc.Sizes, names: list[str], out: Path, mode: str, log: Log = print,
-        mountd_commit: str | None = None, suites: tuple[str, ...] = SUITES) -> Results:
-    work = work.resolve()
+def make_targets(work: Path, names: list[str],
+                 mountd_commit: str | None) -> tuple[str, S3Server, list[Target], str]:
+    """The rclone binary, the S3 server (not started) under WORK/s3, the targets named (mountd from
+    `mountd_commit` or a copy of the working tree), none of them mounted; and how mountd is described."""
     work.mkdir(parents=True, exist_ok=True)
     rclone = _rclone()
     server = S3Server(rclone, work / "s3")
@@ -106,6 +107,13 @@ def run(work: Path, sizes: sc.Sizes, names: list[str], out: Path, mode: str, log
     targets = [MountdTarget(work, server, src) if n == "mountd" else TARGETS[n](work, server) for n in names]
     for t in targets:
         fusermount_lazy(t.root)  # a mount left behind by an interrupted run
+    return rclone, server, targets, mountd_desc
+
+
+def run(work: Path, sizes: sc.Sizes, names: list[str], out: Path, mode: str, log: Log = print,
+        mountd_commit: str | None = None, suites: tuple[str, ...] = SUITES) -> Results:
+    work = work.resolve()
+    rclone, server, targets, mountd_desc = make_targets(work, names, mountd_commit)
     res = Results(mode=mode, sizes=sizes.__dict__, targets=names,
                   started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                   machine=machine_info(work, tool_versions(rclone), mountd_desc))

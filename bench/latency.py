@@ -1,0 +1,310 @@
+"""`python -m bench.latency [--rtt 0,20] [--small-files 5000] [--append-base 256] [--targets ...]`:
+small-file write-back and appends with a real request latency (issue 19, item 1).
+
+Every target reaches `rclone serve s3` on 127.0.0.1 (bench/server.py) through a `DelayProxy`
+(bench/proxy.py) that adds the round-trip time under test: each chunk forwarded in either direction
+is held for half the RTT, and a new connection waits one RTT before its first byte goes through
+(the handshake). The proxy counts the requests (by kind: PUT, GET, HEAD, LIST, POST, DELETE; `LIST
+log`/`GET log entry` for mountd's change-log polls) and the bytes the mount sent. For each RTT,
+each target runs from a fresh mount with an empty cache, with the benchmark's configuration
+(bench/targets.py: write-back delay 0 for mountd and rclone, s3fs-fuse's defaults):
+
+1. **small-file write-back**: `--small-files` files of 1 KiB (distinct contents) created in one
+   directory that exists on the server (`small-RTT/`), each with open, write, close. Timed from
+   the first create to the close of the last (`create_s`), and to the moment the server holds
+   every object at its full size (`server_s`, polling the server's data directory every 20 ms).
+   Then the harness waits until the mount says its uploads are done (`mountd sync --wait`,
+   rclone's rc `vfs/stats` queue empty) and counts the requests the mount sent from the first
+   create until then, per file.
+2. **append**: a `--append-base` MiB object seeded on the server (`append-RTT/log.bin`, listed once
+   before timing) grown by `--appends` appends of 1 MiB (open with O_APPEND, write, close); after
+   each close the harness waits until the server holds the new size, so every append is uploaded
+   on its own, as with a log written every few seconds. Reported: the MiB the mount sent to the
+   server (request bodies and headers, counted at the proxy) and the wall time of all appends.
+
+The figures go to WORK/latency.json and the section of docs/benchmarks.md between the `latency`
+markers (appended after the other sections when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.data import write_file
+from bench.multihost import request_kind
+from bench.proxy import DelayProxy
+from bench.report import write_marked_section
+from bench.runner import make_targets
+from bench.server import S3Server
+from bench.system import drop_caches, fusermount_lazy, machine_info, tool_versions, wait_until
+from bench.targets import REPO, Target
+
+DOCS_MD = REPO / "docs" / "benchmarks.md"
+BEGIN = "<!-- latency:begin (written by `python -m bench.latency`; edits here are overwritten) -->"
+NOTES = "<!-- latency:notes (kept by `python -m bench.latency`) -->"
+END = "<!-- latency:end -->"
+TARGET_NAMES = ("mountd", "rclone", "s3fs")
+MiB = 1 << 20
+SMALL_SIZE = 1024
+
+
+def small_dir(rtt_ms: int) -> str:
+    return f"small-{rtt_ms}"
+
+
+def append_key(rtt_ms: int) -> str:
+    return f"append-{rtt_ms}/log.bin"
+
+
+def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, work: Path) -> None:
+    """Per bucket and RTT: a small-file directory (a `.keep` object keeps the prefix) and a copy
+    (not a link: the server rewrites it) of the append base object."""
+    src = work / "seed" / f"append-base-{base}"
+    if not src.exists() or src.stat().st_size != base:
+        src.parent.mkdir(parents=True, exist_ok=True)
+        write_file(src, base, seed=7)
+    shutil.rmtree(server.data, ignore_errors=True)
+    for t in targets:
+        for rtt in rtts:
+            d = server.bucket_dir(t.bucket) / small_dir(rtt)
+            d.mkdir(parents=True)
+            (d / ".keep").write_bytes(b"keeps this prefix alive\n")
+            dst = server.object_path(t.bucket, append_key(rtt))
+            dst.parent.mkdir(parents=True)
+            shutil.copyfile(src, dst)
+
+
+def small_writeback(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, n: int) -> dict[str, Any]:
+    d = small_dir(rtt_ms)
+    names = [f"f{i:05d}" for i in range(n)]
+    pad = b"s" * SMALL_SIZE
+    bodies = [(b"%d:%d\n" % (rtt_ms, i) + pad)[:SMALL_SIZE] for i in range(n)]
+    on_server = server.bucket_dir(t.bucket) / d
+    pending = set(names)
+
+    def all_there() -> bool:
+        with os.scandir(on_server) as it:
+            for e in it:
+                if e.name in pending and e.stat().st_size == SMALL_SIZE:
+                    pending.discard(e.name)
+        return not pending
+
+    os.sync()
+    proxy.reset()
+    t0 = time.monotonic()
+    for name, body in zip(names, bodies, strict=True):
+        fd = os.open(t.root / d / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, body)
+        finally:
+            os.close(fd)
+    create_s = time.monotonic() - t0
+    wait_until(all_there, 1800, f"{t.name}: {n} small files on the server", interval=0.02)
+    server_s = time.monotonic() - t0
+    t.wait_drained()
+    drained_s = time.monotonic() - t0
+    by_kind = proxy.snapshot()
+    return {"files": n, "create_s": create_s, "server_s": server_s, "drained_s": drained_s,
+            "requests": sum(by_kind.values()), "by_kind": by_kind, "mib_up": proxy.bytes_up / MiB}
+
+
+def appends(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, base: int,
+            count: int) -> dict[str, Any]:
+    key = append_key(rtt_ms)
+    path = t.root / key
+    chunk = os.urandom(MiB)
+    drop_caches()
+    proxy.reset()
+    t0 = time.monotonic()
+    per_append = []
+    for i in range(count):
+        t1 = time.monotonic()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, chunk)
+        finally:
+            os.close(fd)
+        size = base + (i + 1) * MiB
+        wait_until(lambda s=size: server.object_complete(t.bucket, key, s), 1800,
+                   f"{t.name}: append {i + 1} on the server", interval=0.01)
+        per_append.append(time.monotonic() - t1)
+    total_s = time.monotonic() - t0
+    t.wait_drained()
+    by_kind = proxy.snapshot()
+    return {"base_mib": base / MiB, "appends": count, "total_s": total_s,
+            "append_s_median": sorted(per_append)[len(per_append) // 2], "mib_up": proxy.bytes_up / MiB,
+            "mib_down": proxy.bytes_down / MiB, "requests": sum(by_kind.values()), "by_kind": by_kind}
+
+
+def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, count: int,
+        bandwidth: float | None, mountd_commit: str | None, log: Any) -> dict[str, Any]:
+    work = work.resolve()
+    rclone, server, targets, mountd_desc = make_targets(work, names, mountd_commit)
+    res: dict[str, Any] = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(work, tool_versions(rclone), mountd_desc),
+        "targets": names, "rtts_ms": rtts, "small_files": small, "append_base_mib": base / MiB,
+        "appends": count, "bandwidth": bandwidth, "results": {}, "errors": {}, "loadavg": {}}
+    t_start = time.monotonic()
+    log(f"bench.latency: seeding {work}")
+    seed(server, targets, rtts, base, work)
+    server.start()
+    proxy = DelayProxy(server.port, 0.0, bandwidth, classify=request_kind)
+    out = work / "latency.json"
+    try:
+        res["server_warm_up_s"] = server.warm_up([t.bucket for t in targets])
+        for rtt in rtts:
+            proxy.rtt_s = rtt / 1000
+            for t in targets:
+                key = f"{t.name}@{rtt}"
+                res["loadavg"][key] = os.getloadavg()[0]
+                try:
+                    t.stop()
+                    t.clean()
+                    t.start(proxy.endpoint_url)
+                    r = res["results"][key] = {}
+                    r["small"] = small_writeback(t, server, proxy, rtt, small)
+                    s = r["small"]
+                    log(f"  {key:10} small: create {s['create_s']:.2f}s, on server {s['server_s']:.2f}s, "
+                        f"drained {s['drained_s']:.2f}s, {s['requests'] / small:.2f} req/file {s['by_kind']}")
+                    if count:
+                        r["append"] = appends(t, server, proxy, rtt, base, count)
+                        a = r["append"]
+                        log(f"  {key:10} append: {a['mib_up']:.1f} MiB up, {a['mib_down']:.1f} MiB down, "
+                            f"{a['total_s']:.2f}s {a['by_kind']}")
+                except Exception as e:  # noqa: BLE001 - recorded and reported; the others still run
+                    res["errors"][key] = f"{type(e).__name__}: {e}"
+                    log(f"bench.latency: {key} FAILED: {res['errors'][key]}\n{t.log_tail()}")
+                finally:
+                    try:
+                        t.stop()
+                    except Exception as e:  # noqa: BLE001
+                        log(f"bench.latency: stopping {t.name} failed: {e}")
+                        fusermount_lazy(t.root)
+                res["duration_s"] = time.monotonic() - t_start
+                out.write_text(json.dumps(res, indent=1))
+    finally:
+        proxy.close()
+        server.stop()
+    res["duration_s"] = time.monotonic() - t_start
+    return res
+
+
+def _fmt_kinds(by_kind: dict[str, int], per: int) -> str:
+    return ", ".join(f"{k} {v / per:.2f}" if per > 1 else f"{k} {v}"
+                     for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]))
+
+
+def _rows(res: dict[str, Any], part: str, cells: Any) -> list[str]:
+    """One table row per target and RTT that measured `part`: target, RTT, then `cells(figures)`."""
+    out = []
+    for key, r in res["results"].items():
+        name, rtt = key.split("@")
+        if part in r:
+            out.append(f"| {name} | {rtt} ms | {cells(r[part])} |")
+    return out
+
+
+def section(res: dict[str, Any], command: str) -> str:
+    m = res["machine"]
+    small = res["small_files"]
+    load = ", ".join(f"{k} {v:.1f}" for k, v in res["loadavg"].items())
+    lines = [
+        "## Latency: small-file write-back and appends",
+        "",
+        "Each target through a proxy on 127.0.0.1 that adds a fixed round-trip time (half on each "
+        "chunk each way, one more RTT per new connection) and counts the requests and bytes the mount "
+        "sent; `rclone serve s3` behind it. How each figure is taken: the docstring of "
+        "`bench/latency.py`. One repetition per figure.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| machine | {m['cpu']}, {m['memory']}, kernel {m['kernel']}, {m['disk']} |",
+        f"| mountd | {m['mountd']} |",
+        f"| date | {res['started']} (took {res['duration_s'] / 60:.1f} min) |",
+        f"| load average (1 min) at the start of each target | {load} |",
+        f"| command | `{command}` |",
+        "",
+        f"Small-file write-back: {small:,} files of 1 KiB.",
+        "",
+        "| target | added RTT | create, until the last close | first create → all on the server "
+        "| requests per file (all kinds) | of which |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += _rows(res, "small", lambda s: f"{s['create_s']:.2f} s | **{s['server_s']:.2f} s** | "
+                   f"**{s['requests'] / small:.2f}** | {_fmt_kinds(s['by_kind'], small)}")
+    if res["appends"]:
+        lines += [
+            "",
+            f"Appends: a {res['append_base_mib']:.0f} MiB object grown by {res['appends']} appends of "
+            f"1 MiB, each closed and on the server before the next ({res['appends']} MiB of new data).",
+            "",
+            "| target | added RTT | MiB sent to the server | MiB received | wall time, all appends "
+            "| median per append | requests |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += _rows(res, "append", lambda a: f"**{a['mib_up']:,.1f}** | {a['mib_down']:,.1f} | "
+                       f"{a['total_s']:.2f} s | {a['append_s_median']:.2f} s | {_fmt_kinds(a['by_kind'], 1)}")
+    if res["errors"]:
+        lines += ["", "Failed: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(md: Path, body: str) -> None:
+    write_marked_section(md, BEGIN, END, NOTES, body)
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rtt", default="0,20", help="added round-trip times in ms, comma-separated")
+    p.add_argument("--small-files", type=int, default=5000, help="1 KiB files in the write-back scenario")
+    p.add_argument("--append-base", type=int, default=256, help="MiB of the object the appends grow")
+    p.add_argument("--appends", type=int, default=20, help="appends of 1 MiB (0: no append scenario)")
+    p.add_argument("--bandwidth", type=float, help="cap each direction of the proxy at this many MB/s")
+    p.add_argument("--targets", default=",".join(TARGET_NAMES))
+    p.add_argument("--mountd-commit", metavar="REV", help="benchmark mountd as of this commit")
+    p.add_argument("--work", type=Path,
+                   default=Path(os.environ.get("BENCH_WORK", "/var/tmp/mountd-bench")) / "latency")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the latency section of docs/benchmarks.md (default: on)")
+    p.add_argument("--report", type=Path, metavar="JSON", help="only write the section from a results file")
+    a = p.parse_args(argv)
+    if a.report:
+        res = json.loads(a.report.read_text())
+        write_section(DOCS_MD, section(res, res.get("command", "")))
+        return 0
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("bench.latency: error: run as root with /dev/fuse", file=sys.stderr)
+        return 2
+    names = [n.strip() for n in a.targets.split(",") if n.strip()]
+    if unknown := set(names) - set(TARGET_NAMES):
+        p.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    res = run(a.work, names, _ints(a.rtt), a.small_files, a.append_base * MiB, a.appends,
+              a.bandwidth * 1e6 if a.bandwidth else None, a.mountd_commit,
+              log=lambda s: print(s, file=sys.stderr, flush=True))
+    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+    res["command"] = f".venv/bin/python -m bench.latency {argv_text}".strip()
+    out = a.work / "latency.json"
+    out.write_text(json.dumps(res, indent=1))
+    print(f"bench.latency: figures in {out}", file=sys.stderr)
+    if a.docs:
+        write_section(DOCS_MD, section(res, res["command"]))
+        print(f"bench.latency: wrote the latency section of {DOCS_MD}", file=sys.stderr)
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
