@@ -80,3 +80,80 @@ def test_two_hosts_quick_b_sees_every_change_and_idle_hosts_list_the_log_once_a_
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\nintro\n<!-- results:start -->\nx\n<!-- results:end -->\n")
     assert text.count(BEGIN) == text.count(END) == 1 and "## Two hosts on one bucket" in text
+
+
+@pytest.mark.timeout(30)
+def test_delay_proxy_adds_its_round_trip_to_each_request_and_counts_them() -> None:
+    """bench.latency's proxy in front of a tiny HTTP server on 127.0.0.1: a request on a new
+    connection takes two added RTTs (handshake and exchange), the next on the same connection
+    one; each is counted by kind with its body's bytes; a bandwidth cap paces the bodies."""
+    import http.client
+    import http.server
+    import threading
+    import time
+
+    from bench.proxy import DelayProxy
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rtt = 0.1
+    proxy = DelayProxy(server.server_address[1], rtt_s=rtt)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+
+        def timed(method: str, body: bytes | None = None) -> float:
+            t0 = time.monotonic()
+            conn.request(method, "/bucket/key", body=body)
+            assert conn.getresponse().read() == b"ok"
+            return time.monotonic() - t0
+
+        first, second = timed("GET"), timed("GET")
+        assert 2 * rtt <= first < 2 * rtt + 0.5, first
+        assert rtt <= second < rtt + 0.5, second
+        proxy.bandwidth = 2e6  # 2 MB/s: 400 kB take 0.2 s more
+        assert rtt + 0.2 <= timed("PUT", b"x" * 400_000) < rtt + 1.0
+        assert proxy.snapshot() == {"GET": 2, "PUT": 1}
+        assert 400_000 < proxy.bytes_up < 401_000
+        conn.close()
+    finally:
+        proxy.close()
+        server.shutdown()
+
+
+def test_latency_section_goes_after_the_others_and_keeps_its_notes(tmp_path: Path) -> None:
+    from bench.latency import BEGIN, END, NOTES, section, write_section
+
+    figures = {"small": {"create_s": 1.0, "server_s": 2.0, "requests": 30,
+                         "by_kind": {"PUT": 10, "HEAD": 20}},
+               "append": {"mib_up": 21.0, "mib_down": 1.0, "total_s": 3.0, "append_s_median": 0.1,
+                          "by_kind": {"PUT": 20}}}
+    res = {"machine": {"cpu": "c", "memory": "m", "kernel": "k", "disk": "d", "mountd": "commit x"},
+           "small_files": 10, "appends": 20, "append_base_mib": 1, "loadavg": {"mountd@20": 1.0},
+           "started": "now", "duration_s": 60, "errors": {}, "results": {"mountd@20": figures}}
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n<!-- two-hosts:begin -->\nx\n<!-- two-hosts:end -->\n")
+    write_section(md, section(res, "cmd"))
+    md.write_text(md.read_text().replace(NOTES + "\n", NOTES + "\nhand-written\n"))
+    write_section(md, section(res, "cmd2"))
+    text = md.read_text()
+    where = [text.index(s) for s in ("<!-- two-hosts:end -->", BEGIN, "hand-written", END)]
+    assert where == sorted(where), where
+    assert text.count(BEGIN) == 1 and "`cmd2`" in text and "`cmd`" not in text
+    assert "| mountd | 20 ms | 1.00 s | **2.00 s** | **3.00** | HEAD 2.00, PUT 1.00 |" in text
+    assert "| mountd | 20 ms | **21.0** | 1.0 |" in text
