@@ -291,11 +291,11 @@ class MountdOperations(pyfuse3.Operations):
 
     @_mapped
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.fs.setxattr(inode, os.fsdecode(name))
+        await self.fs.setxattr(inode, os.fsdecode(name), value)
 
     @_mapped
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.fs.setxattr(inode, os.fsdecode(name))
+        await self.fs.removexattr(inode, os.fsdecode(name))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         return None

@@ -114,7 +114,8 @@ CREATE TABLE IF NOT EXISTS instance (id TEXT NOT NULL);
 """
 # schema 3: a directory listing in progress survives a restart: the token of the next page
 # (`listing_resume`) and the names the pages so far showed (`listing_seen`, for the sweep at the
-# end), both written with each page's entries and removed when the listing ends
+# end), both written with each page's entries and removed when the listing ends; `xattrs` the
+# user extended attributes
 _SCHEMA_3 = """
 CREATE TABLE IF NOT EXISTS listing_resume (dir INTEGER PRIMARY KEY, token TEXT NOT NULL,
                                            pages INTEGER NOT NULL);
@@ -122,6 +123,14 @@ CREATE TABLE IF NOT EXISTS listing_seen (
     dir INTEGER NOT NULL,
     name BLOB NOT NULL,
     PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
+-- user extended attributes (`user.*` other than `user.mountd.*`) of each inode, removed with it;
+-- on remote paths also in the object's metadata (vfs/namespace.py `encode_xattrs`)
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
 """
 _MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3}
@@ -356,6 +365,28 @@ class MetaStore:
     def delete_inode(self, ino: int) -> None:
         self._displace(ino)
         self._exec("DELETE FROM inodes WHERE ino=?", (ino,))
+        self._exec("DELETE FROM xattrs WHERE ino=?", (ino,))
+
+    # --- user extended attributes -----------------------------------------------------------------
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return {bytes(n): bytes(v) for n, v in
+                self._exec("SELECT name, value FROM xattrs WHERE ino=? ORDER BY name", (ino,)).fetchall()}
+
+    def xattr_get(self, ino: int, name: bytes) -> bytes | None:
+        v = self._scalar("SELECT value FROM xattrs WHERE ino=? AND name=?", (ino, name))
+        return bytes(v) if v is not None else None
+
+    def xattr_set(self, ino: int, name: bytes, value: bytes) -> None:
+        self._exec("INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)", (ino, name, value))
+
+    def xattr_remove(self, ino: int, name: bytes) -> bool:
+        return self._exec("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name)).rowcount > 0
+
+    def xattrs_replace(self, ino: int, xattrs: dict[bytes, bytes]) -> None:
+        """All of an inode's attributes at once (as an object's metadata holds them)."""
+        self._exec("DELETE FROM xattrs WHERE ino=?", (ino,))
+        self._db.executemany("INSERT INTO xattrs (ino, name, value) VALUES (?, ?, ?)",
+                             [(ino, n, v) for n, v in xattrs.items()])
 
     # --- what this host last saw at a key (compare-and-swap) --------------------------------------
     def known_version(self, remote: str, key: str, ino: int | None = None) -> str | None:

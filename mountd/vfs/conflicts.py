@@ -23,7 +23,7 @@ import time
 from mountd.backend import ObjectInfo
 from mountd.meta import Inode, MetaStore
 from mountd.vfs.kernel import Kernel
-from mountd.vfs.namespace import META_SHA256, attrs_from_metadata
+from mountd.vfs.namespace import META_SHA256, attrs_from_metadata, xattrs_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class ConflictCopies:
                                            sha256=(winner.metadata or {}).get(META_SHA256) or None,
                                            meta_loaded=int(winner.metadata is not None))
             self.meta.add_entry(parent, bname, shown.ino)
+            self.meta.xattrs_replace(shown.ino, xattrs_from_metadata(winner.metadata))
             self.meta.conflict_add(remote, key, copy_key=copy_key, expected=expected, found=winner.version,
                                    local_mtime_ns=node.mtime_ns, resolution="keep-both")
         for entry in (bname, copy):

@@ -43,8 +43,9 @@ from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
 from mountd.meta.store import ROOT_INODE, ListingRow, Row
 from mountd.vfs.handles import OpenFiles, without_suid
+from mountd.vfs.introspect import XATTR_PREFIX as MOUNTD_XATTR_PREFIX
 from mountd.vfs.introspect import Introspection
-from mountd.vfs.namespace import NAME_MAX, object_ref
+from mountd.vfs.namespace import NAME_MAX, XATTR_SIZE_MAX, encode_xattrs, object_ref, xattr_room
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_view import RemoteView
 from mountd.vfs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Renames
@@ -590,14 +591,81 @@ class Filesystem:
                        blocks_avail=st.f_bavail, files=max(st.f_files, 1 << 20),
                        files_free=max(st.f_ffree, 1 << 19), name_max=NAME_MAX)
 
+    # ------------------------------------------------------------------------------------------
+    # extended attributes: `user.*` stored in meta.db (and, on remote paths, in the object's
+    # metadata, sent like a chmod); `user.mountd.*` read-only (Introspection); others ENOTSUP
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _is_user_xattr(name: str) -> bool:
+        return name.startswith("user.") and not name.startswith(MOUNTD_XATTR_PREFIX)
+
     async def getxattr(self, ino: int, name: str) -> bytes:
-        return await self.introspect.getxattr(ino, name)
+        if not self._is_user_xattr(name):
+            return await self.introspect.getxattr(ino, name)
+        await self.remote.with_metadata(self._inode(ino))  # a remote object's attributes: one HEAD
+        value = self.meta.xattr_get(ino, os.fsencode(name))
+        if value is None:
+            raise PosixError(errno.ENODATA)
+        return value
 
     async def listxattr(self, ino: int) -> list[str]:
-        return await self.introspect.listxattr(ino)
+        await self.remote.with_metadata(self._inode(ino))
+        return [os.fsdecode(n) for n in self.meta.xattrs(ino)] + await self.introspect.listxattr(ino)
 
-    def setxattr(self, ino: int, name: str) -> None:
-        self.introspect.setxattr(ino, name)
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        """XATTR_CREATE and XATTR_REPLACE are checked by pyfuse3 (a getxattr first)."""
+        if not self._is_user_xattr(name):
+            self.introspect.setxattr(ino, name)  # EPERM for user.mountd.*, ENOTSUP for the others
+        node = await self._xattr_target(ino)
+        if len(value) > XATTR_SIZE_MAX:
+            raise PosixError(errno.E2BIG, f"a value of {len(value)} bytes (at most {XATTR_SIZE_MAX})")
+        xattrs = self.meta.xattrs(ino)
+        xattrs[os.fsencode(name)] = value
+        self._check_xattr_room(node, xattrs)
+        self._xattrs_changed(node, xattrs)
+
+    async def removexattr(self, ino: int, name: str) -> None:
+        if not self._is_user_xattr(name):
+            self.introspect.setxattr(ino, name)
+        node = await self._xattr_target(ino)
+        xattrs = self.meta.xattrs(ino)
+        if xattrs.pop(os.fsencode(name), None) is None:
+            raise PosixError(errno.ENODATA)
+        self._xattrs_changed(node, xattrs)
+
+    async def _xattr_target(self, ino: int) -> Inode:
+        """An inode whose user attributes may change: with those its object holds loaded first."""
+        node = await self.remote.with_metadata(self._inode(ino))
+        if not (node.is_reg or node.is_dir):
+            raise PosixError(errno.EPERM, "user extended attributes exist on files and directories only")
+        self._writable_area(node)
+        self._check_immutable(node)  # they live in the object's metadata
+        return node
+
+    def _check_xattr_room(self, node: Inode, xattrs: dict[bytes, bytes]) -> None:
+        """E2BIG now, never a refused upload later: on a remote path the attributes must fit in
+        what the store allows an object's metadata to hold; on a local-only path their names in
+        one listxattr answer (64 KiB, as Linux's XATTR_LIST_MAX)."""
+        if node.remote is None:
+            if sum(len(n) + 1 for n in xattrs) > XATTR_SIZE_MAX:
+                raise PosixError(errno.E2BIG, "the names of a file's attributes take at most 64 KiB")
+            return
+        room = xattr_room(self._remote_cfg[node.remote].scheme)
+        if room is not None and len(need := encode_xattrs(xattrs)) > room:
+            raise PosixError(errno.E2BIG, f"remote {node.remote!r} keeps at most {room} bytes of extended "
+                                          f"attributes per object ({len(need)} needed)")
+
+    def _xattrs_changed(self, node: Inode, xattrs: dict[bytes, bytes]) -> None:
+        """Store them; ctime changes; on a remote path the object's metadata is sent again (as after
+        a chmod: attr_gen, and a directory gets a marker to hold them)."""
+        with self.meta.transaction():
+            self.meta.xattrs_replace(node.ino, xattrs)
+            self.meta.update(node.ino, ctime_ns=clock.now_ns())
+            if node.remote is not None:
+                self.meta.bump(node.ino, "attr_gen")
+                if node.is_dir and not self.paths.is_attach_point(node.ino):
+                    self.meta.update(node.ino, marker=1)
+                self._queue(node.ino)
 
     async def remote_files_under(self, path: str) -> list[ObjectRef]:
         """Every remote file at or below a mount path whose bytes are not on the local tier."""

@@ -4,13 +4,15 @@ It owns no state: it reads the namespace, the journal, the uploads in flight and
 and answers `getxattr`/`listxattr` with the file's state (local, dirty, uploading, clean, conflict,
 error),
 its remote URL and version, its sha256, and where its bytes are (local tier, a cache tier, and how
-much of it is cached). These attributes are read-only; other namespaces are refused here too.
+much of it is cached). These attributes are read-only; the namespaces not stored at all (security,
+system, trusted) are refused here too. Other `user.*` names are the Filesystem's (meta.db).
 """
 
 from __future__ import annotations
 
 import errno
 from collections.abc import Container, Mapping
+from typing import NoReturn
 
 from mountd.cache import RemoteReader
 from mountd.config import RemoteConfig
@@ -104,7 +106,8 @@ class Introspection:
     async def listxattr(self, ino: int) -> list[str]:
         return list(await self.xattrs(ino))
 
-    def setxattr(self, ino: int, name: str) -> None:
+    def setxattr(self, ino: int, name: str) -> NoReturn:
+        """A set or remove of a name not stored by the Filesystem (`user.*` is, the rest is not)."""
         self._inode(ino)
         if name.startswith(XATTR_PREFIX):
             raise PosixError(errno.EPERM, "user.mountd.* attributes are read-only")

@@ -3,12 +3,16 @@
 Pure functions and small value types, no I/O: which remote a path belongs to, the object key
 of a path, which listed names are valid POSIX names (with the reason when not), and how POSIX
 attributes travel in object metadata (the names s3fs-fuse and rclone use: mode, uid, gid,
-mtime; plus our sha256).
+mtime; plus our sha256; user extended attributes in s3fs-fuse's one `xattr` entry).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +23,15 @@ from mountd.meta import Inode
 
 NAME_MAX = 255
 META_MODE, META_UID, META_GID, META_MTIME, META_SHA256 = "mode", "uid", "gid", "mtime", "sha256"
+# user extended attributes of a remote file or directory: one entry holding URL-encoded JSON of
+# {name: base64(value)}, as s3fs-fuse writes its `x-amz-meta-xattr` header (docs/semantics.md)
+META_XATTR = "xattr"
+XATTR_SIZE_MAX = 65536  # Linux's largest value, and our largest list of names on a local-only path
+# user metadata per object (keys + values, in bytes) each kind of store accepts: S3 2 KiB, GCS and
+# Azure 8 KiB; a file:// remote keeps it in one extended attribute of the bucket's file (ext4:
+# one 4 KiB block for all of a file's attributes); memory:// as GCS
+METADATA_LIMITS = {"s3": 2048, "gs": 8192, "gcs": 8192, "az": 8192, "abfs": 8192, "abfss": 8192,
+                   "file": 3072, "memory": 8192}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +91,50 @@ def parse_mtime(text: str) -> int:
     return int(Decimal(text.strip()).scaleb(9).to_integral_value())
 
 
-def metadata_for(mode: int, uid: int, gid: int, mtime_ns: int, sha256: str | None) -> dict[str, str]:
+def metadata_for(mode: int, uid: int, gid: int, mtime_ns: int, sha256: str | None,
+                 xattrs: Mapping[bytes, bytes] | None = None) -> dict[str, str]:
     meta = {META_MODE: str(mode), META_UID: str(uid), META_GID: str(gid), META_MTIME: format_mtime(mtime_ns)}
     if sha256:
         meta[META_SHA256] = sha256
+    if xattrs:
+        meta[META_XATTR] = encode_xattrs(xattrs)
     return meta
+
+
+def encode_xattrs(xattrs: Mapping[bytes, bytes]) -> str:
+    """s3fs-fuse's form: URL-encoded JSON of {name: base64(value)}; ASCII, so a valid header value
+    for every store. Names that are not UTF-8 travel as JSON's escapes of their surrogates."""
+    doc = {name.decode("utf-8", "surrogateescape"): base64.b64encode(value).decode("ascii")
+           for name, value in sorted(xattrs.items())}
+    return urllib.parse.quote(json.dumps(doc, separators=(",", ":")), safe="")
+
+
+def xattrs_from_metadata(meta: Mapping[str, str] | None) -> dict[bytes, bytes]:
+    """The user extended attributes an object's metadata holds ({} when none, or unreadable)."""
+    text = (meta or {}).get(META_XATTR)
+    if not text:
+        return {}
+    try:
+        doc = json.loads(urllib.parse.unquote(text))
+        return {str(name).encode("utf-8", "surrogateescape"): base64.b64decode(str(value), validate=True)
+                for name, value in dict(doc).items() if str(name).startswith("user.")}
+    except (ValueError, TypeError, binascii.Error):
+        return {}
+
+
+def metadata_size(meta: Mapping[str, str]) -> int:
+    """Bytes of user metadata as the stores count them: each key and value, UTF-8."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+
+
+# the most the other entries of an object's metadata can take: the widest mode, owner and time
+_META_RESERVED = metadata_size(metadata_for(0o177777, 2**32 - 1, 2**32 - 1, -(10**20), "0" * 64))
+
+
+def xattr_room(scheme: str) -> int | None:
+    """Bytes left for the `xattr` entry in an object of a remote of this scheme (None: no limit)."""
+    limit = METADATA_LIMITS.get(scheme)
+    return None if limit is None else limit - _META_RESERVED - len(META_XATTR)
 
 
 @dataclass(frozen=True, slots=True)

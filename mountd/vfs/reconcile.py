@@ -138,7 +138,7 @@ class Reconciler:
             await self._sync_file(store, node, entry.key)
 
     def _meta_of(self, node: Inode, sha256: str | None) -> dict[str, str]:
-        return metadata_for(node.mode, node.uid, node.gid, node.mtime_ns, sha256)
+        return metadata_for(node.mode, node.uid, node.gid, node.mtime_ns, sha256, self.meta.xattrs(node.ino))
 
     async def _delete(self, store: ObjectStore, entry: JournalEntry) -> None:
         if entry.key == "":

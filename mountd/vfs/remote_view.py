@@ -32,7 +32,14 @@ from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavail
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
 from mountd.vfs.kernel import Kernel
-from mountd.vfs.namespace import FEED_DIR, META_SHA256, attrs_from_metadata, invalid_name_reason, object_ref
+from mountd.vfs.namespace import (
+    FEED_DIR,
+    META_SHA256,
+    attrs_from_metadata,
+    invalid_name_reason,
+    object_ref,
+    xattrs_from_metadata,
+)
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_calls import RemoteCalls
 from mountd.writeback.backpressure import DirtyBytes
@@ -240,6 +247,8 @@ class RemoteView:
                 self.meta.hash_put(inode.remote or "", info.metadata[META_SHA256], info.key, info.version)
         with self.meta.transaction():
             self.meta.update(inode.ino, **values)
+            if info.metadata is not None and not inode.attrs_dirty:  # (changed here: not sent yet)
+                self.meta.xattrs_replace(inode.ino, xattrs_from_metadata(info.metadata))
         self.confirmed(inode.ino)
 
     # ------------------------------------------------------------------------------------------
@@ -655,6 +664,8 @@ class RemoteView:
                                       remote_version=info.version, sha256=sha,
                                       meta_loaded=int(info.metadata is not None))
         self.meta.add_entry(parent, bname, node.ino)
+        if xattrs := xattrs_from_metadata(info.metadata):
+            self.meta.xattrs_replace(node.ino, xattrs)
         if sha:
             self.meta.hash_put(remote, sha, info.key, info.version)
         if confirm:
@@ -673,6 +684,7 @@ class RemoteView:
                                         kind=stat.S_IFMT(node.mode))
             values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
                           sha256=info.metadata.get(META_SHA256) or None, meta_loaded=1)
+            self.meta.xattrs_replace(node.ino, xattrs_from_metadata(info.metadata))
         else:
             values.update(meta_loaded=0, sha256=None)
         self.meta.update(node.ino, **values)
