@@ -215,3 +215,19 @@ def test_tools_copy_xattrs_into_both_kinds_of_path(repo: MountedRepo, tmp_path: 
     repo.sync()
     remount_empty(repo)
     assert os.getxattr(repo.data / "by-cp", "user.tool") == b"copied"
+
+
+def test_xattr_rows_go_with_their_inode(tmp_path: Path):
+    """meta.db keeps them per inode and drops them when the inode is freed."""
+    from mountd.meta import MetaStore
+
+    meta = MetaStore(tmp_path / "meta.db")
+    with meta.transaction():
+        a = meta.create_inode(mode=0o100644, uid=0, gid=0, remote=None)
+        b = meta.create_inode(mode=0o100644, uid=0, gid=0, remote=None)
+        meta.xattr_set(a.ino, b"user.x", b"1")
+        meta.xattr_set(b.ino, b"user.y", b"2")
+        meta.delete_inode(a.ino)
+    assert meta.xattrs(a.ino) == {}
+    assert meta.xattrs(b.ino) == {b"user.y": b"2"}
+    meta.close()
