@@ -134,6 +134,7 @@ def test_remote_xattrs_survive_a_remount_from_an_empty_local_tier_and_a_rename(m
     os.setxattr(d / "old.bin", "user.origin", b"after upload")
     os.setxattr(d / "old.bin", "user.bin", BINARY)
     os.setxattr(d, "user.dir", b"on a directory")
+    os.setxattr(repo.data, "user.attach", b"local only")  # the attach point has no object: kept here
     (d / "gone.bin").write_bytes(b"g")
     os.setxattr(d / "gone.bin", "user.x", b"1")
     repo.sync()
@@ -143,6 +144,8 @@ def test_remote_xattrs_survive_a_remount_from_an_empty_local_tier_and_a_rename(m
     repo.sync()
     os.rename(d / "moved.bin", d / "renamed.bin")  # a server-side copy of the uploaded object
     repo.sync()
+    assert os.getxattr(repo.data, "user.mountd.state") == b"clean"  # nothing waits to be sent
+    assert os.getxattr(repo.data, "user.attach") == b"local only"
     stats = repo.status()["statistics"]["reconciler"]
     assert stats["uploads"] - uploads == 2  # gone.bin and moved.bin only
     assert stats["metadata_updates"] >= 2
@@ -158,6 +161,7 @@ def test_remote_xattrs_survive_a_remount_from_an_empty_local_tier_and_a_rename(m
     assert os.getxattr(d / "old.bin", "user.bin") == BINARY
     assert user_names(d / "old.bin") == ["user.bin", "user.origin"]
     assert os.getxattr(d, "user.dir") == b"on a directory"
+    assert user_names(repo.data) == []
     assert user_names(d / "gone.bin") == []
     assert os.getxattr(d / "renamed.bin", "user.kept") == b"by the rename"
     assert (d / "old.bin").read_bytes() == b"old" * 1000

@@ -640,6 +640,8 @@ class Filesystem:
             raise PosixError(errno.EPERM, "user extended attributes exist on files and directories only")
         self._writable_area(node)
         self._check_immutable(node)  # they live in the object's metadata
+        if not node.meta_loaded:  # the HEAD failed: a write now would drop the attributes it holds
+            raise PosixError(errno.EIO, "the object's metadata could not be read from the remote")
         return node
 
     def _check_xattr_room(self, node: Inode, xattrs: dict[bytes, bytes]) -> None:
@@ -647,7 +649,7 @@ class Filesystem:
         what the store allows an object's metadata to hold; on a local-only path their names in
         one listxattr answer (64 KiB, as Linux's XATTR_LIST_MAX)."""
         if node.remote is None:
-            if sum(len(n) + 1 for n in xattrs) > XATTR_SIZE_MAX:
+            if sum(len(n) + 1 for n in xattrs) > XATTR_SIZE_MAX - 1024:  # (and the user.mountd.* names)
                 raise PosixError(errno.E2BIG, "the names of a file's attributes take at most 64 KiB")
             return
         room = xattr_room(self._remote_cfg[node.remote].scheme)
@@ -661,9 +663,9 @@ class Filesystem:
         with self.meta.transaction():
             self.meta.xattrs_replace(node.ino, xattrs)
             self.meta.update(node.ino, ctime_ns=clock.now_ns())
-            if node.remote is not None:
+            if node.remote is not None and not self.paths.is_attach_point(node.ino):  # (it has no object)
                 self.meta.bump(node.ino, "attr_gen")
-                if node.is_dir and not self.paths.is_attach_point(node.ino):
+                if node.is_dir:
                     self.meta.update(node.ino, marker=1)
                 self._queue(node.ino)
 
