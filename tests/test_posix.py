@@ -908,6 +908,8 @@ SEMANTICS_CASES: dict[str, Callable[[Path, MountedRepo], object]] = {
     "chown": lambda d, r: os.chown(_file(d), ALICE, STAFF),
     "setxattr-mountd": lambda d, r: os.setxattr(_file(d), "user.mountd.state", b"x"),
     "setxattr-other": lambda d, r: os.setxattr(_file(d), "user.comment", b"x"),
+    "setxattr-create-exists": lambda d, r: _setxattr_twice(_file(d), os.XATTR_CREATE),
+    "setxattr-trusted": lambda d, r: os.setxattr(_file(d), "trusted.x", b"x"),
     "getxattr-security": lambda d, r: os.getxattr(_file(d), "security.selinux"),
     "rmdir-attach-point": lambda d, r: os.rmdir(r.mp / "other"),
     "name-256": lambda d, r: os.mkdir(d / ("n" * 256)),
@@ -920,6 +922,11 @@ SEMANTICS_CASES: dict[str, Callable[[Path, MountedRepo], object]] = {
     "copy-file-range": lambda d, r: _copy_file_range(_file(d, data=b"abc" * 5000), d / "copy"),
     "mmap-shared-write": lambda d, r: _mmap_write(_file(d, data=b"\0" * 8192)),
 }
+
+
+def _setxattr_twice(p: Path, flags: int) -> None:
+    os.setxattr(p, "user.comment", b"x")
+    os.setxattr(p, "user.comment", b"y", flags)
 
 
 def _copy_file_range(src: Path, dst: Path) -> None:
