@@ -235,3 +235,19 @@ def test_xattr_rows_go_with_their_inode(tmp_path: Path):
     assert meta.xattrs(a.ino) == {}
     assert meta.xattrs(b.ino) == {b"user.y": b"2"}
     meta.close()
+
+
+def test_s3_objects_written_by_others_show_their_xattrs(make_repo, s3_server: S3Server):
+    """An object as s3fs-fuse writes one (`x-amz-meta-xattr`: URL-encoded JSON of base64 values)
+    shows its attributes; an unreadable entry shows none and breaks nothing."""
+    bucket = s3_server.new_bucket()
+    b64 = [base64.b64encode(v).decode() for v in (b"s3fs", b"\0\1\2")]
+    header = urllib.parse.quote('{"user.from":"' + b64[0] + '","user.bin":"' + b64[1] + '"}')
+    s3_server.put(bucket, "by-s3fs", b"a", {"mode": "33188", "xattr": header})
+    s3_server.put(bucket, "junk", b"b", {"xattr": "%7Bnot json"})
+    repo = make_repo(remote_toml=s3_server.remote_toml("main", bucket, "/data"))
+    repo.start()
+    assert os.getxattr(repo.data / "by-s3fs", "user.from") == b"s3fs"
+    assert os.getxattr(repo.data / "by-s3fs", "user.bin") == b"\0\1\2"
+    assert user_names(repo.data / "junk") == []
+    assert (repo.data / "junk").read_bytes() == b"b"
