@@ -15,7 +15,8 @@ each target runs from a fresh mount with an empty cache, with the benchmark's co
    every object at its full size (`server_s`, polling the server's data directory every 20 ms).
    Then the harness waits until the mount says its uploads are done (`mountd sync --wait`,
    rclone's rc `vfs/stats` queue empty) and counts the requests the mount sent from the first
-   create until then, per file.
+   create until then, per file. Then, as in the main benchmark's small-file scenario (not counted):
+   `stat` of each file, `ls -l` of the directory, and the unlink of each file, each timed.
 2. **append**: a `--append-base` MiB object seeded on the server (`append-RTT/log.bin`, listed once
    before timing) grown by `--appends` appends of 1 MiB (open with O_APPEND, write, close); after
    each close the harness waits until the server holds the new size (timed: the append's time) and
@@ -34,6 +35,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -113,8 +115,22 @@ def small_writeback(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int,
     t.wait_drained()
     drained_s = time.monotonic() - t0
     by_kind = proxy.snapshot()
-    return {"files": n, "create_s": create_s, "server_s": server_s, "drained_s": drained_s,
-            "requests": sum(by_kind.values()), "by_kind": by_kind, "mib_up": proxy.bytes_up / MiB}
+    out = {"files": n, "create_s": create_s, "server_s": server_s, "drained_s": drained_s,
+           "requests": sum(by_kind.values()), "by_kind": by_kind, "mib_up": proxy.bytes_up / MiB}
+    # then the rest of the main benchmark's small-file scenario, timed the same way
+    t0 = time.monotonic()
+    for name in names:
+        os.stat(t.root / d / name)
+    out["stat_s"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    subprocess.run(["ls", "-l", str(t.root / d)], capture_output=True, check=True)
+    out["ls_s"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    for name in names:
+        os.unlink(t.root / d / name)
+    out["delete_s"] = time.monotonic() - t0
+    t.wait_drained()
+    return out
 
 
 def appends(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, base: int,
@@ -241,11 +257,12 @@ def section(res: dict[str, Any], command: str) -> str:
         f"Small-file write-back: {small:,} files of 1 KiB.",
         "",
         "| target | added RTT | create, until the last close | first create → all on the server "
-        "| requests per file (all kinds) | of which |",
-        "|---|---|---|---|---|---|",
+        "| requests per file (all kinds) | of which | then `stat` of each | `ls -l` | delete each |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += _rows(res, "small", lambda s: f"{s['create_s']:.2f} s | **{s['server_s']:.2f} s** | "
-                   f"**{s['requests'] / small:.2f}** | {_fmt_kinds(s['by_kind'], small)}")
+                   f"**{s['requests'] / small:.2f}** | {_fmt_kinds(s['by_kind'], small)} | "
+                   + " | ".join(f"{s[k]:.2f} s" if k in s else "" for k in ("stat_s", "ls_s", "delete_s")))
     if res["appends"]:
         lines += [
             "",

@@ -155,5 +155,5 @@ def test_latency_section_goes_after_the_others_and_keeps_its_notes(tmp_path: Pat
     where = [text.index(s) for s in ("<!-- two-hosts:end -->", BEGIN, "hand-written", END)]
     assert where == sorted(where), where
     assert text.count(BEGIN) == 1 and "`cmd2`" in text and "`cmd`" not in text
-    assert "| mountd | 20 ms | 1.00 s | **2.00 s** | **3.00** | HEAD 2.00, PUT 1.00 |" in text
+    assert "| mountd | 20 ms | 1.00 s | **2.00 s** | **3.00** | HEAD 2.00, PUT 1.00 | " in text
     assert "| mountd | 20 ms | **21.0** | 1.0 |" in text
