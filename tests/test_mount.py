@@ -70,20 +70,24 @@ def test_a_temporary_file_left_by_a_killed_upload_is_swept_when_its_directory_is
 
 @pytest.mark.remote_kinds("s3")  # (a local directory's listing carries the metadata itself)
 def test_a_listing_loads_the_stored_attributes_of_its_objects_in_the_background(repo):
-    """After readdir, the objects of the listing are HEADed in batches by the background pass,
-    and a stat afterwards asks the remote nothing."""
+    """A readdir alone HEADs nothing (find, ls); the first stat of an entry after it (ls -l) starts
+    the background pass on the entries after that one, in batches, and the stats that follow ask
+    the remote nothing more."""
     count = 40  # more than one batch for each of the pass's workers to start on
     for i in range(count):
         p = repo.remote_dir / "attrs" / f"f{i:02d}.bin"
         meta = {"mode": str(0o100600 | (i % 2) * 0o040), "mtime": f"{1_600_000_000 + i}.5"}
         p.server.put(p.bucket, p.key, b"x" * i, meta)
+    before = repo.status()["statistics"]["vfs"]["heads"]
     assert len(os.listdir(repo.data / "attrs")) == count
-    wait_until(lambda: repo.status()["statistics"]["vfs"]["heads"] == count, timeout=30)
+    assert repo.status()["statistics"]["vfs"]["heads"] == before
+    os.stat(repo.data / "attrs" / "f00.bin")
+    wait_until(lambda: repo.status()["statistics"]["vfs"]["heads"] == before + count, timeout=30)
     for i in range(count):
         st = os.stat(repo.data / "attrs" / f"f{i:02d}.bin")
         assert (stat.S_IMODE(st.st_mode), st.st_size) == (0o600 | (i % 2) * 0o040, i)
         assert st.st_mtime_ns == (1_600_000_000 + i) * 10**9 + 500_000_000
-    assert repo.status()["statistics"]["vfs"]["heads"] == count
+    assert repo.status()["statistics"]["vfs"]["heads"] == before + count
 
 
 @NOT_GCS

@@ -561,6 +561,14 @@ class MetaStore:
         self._exec("DELETE FROM listing_seen WHERE dir=?", (parent,))
         self._exec("DELETE FROM listing_resume WHERE dir=?", (parent,))
 
+    def unloaded_entries_after(self, parent: int, ino: int, most: int) -> list[int]:
+        """Entries of `parent` after `ino`'s (in readdir order) whose object metadata is not loaded."""
+        return [r[0] for r in self._exec(
+            "SELECT d.ino FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND i.meta_loaded=0"
+            " AND d.id > COALESCE((SELECT id FROM dentries WHERE parent=? AND ino=?), 0)"
+            " ORDER BY d.id LIMIT ?",
+            (parent, parent, ino, most)).fetchall()]
+
     def children_up_to(self, parent: int, most: int) -> int:
         """How many entries `parent` has, counted up to `most` (a bounded count, for any size)."""
         return int(self._scalar("SELECT COUNT(*) FROM (SELECT 1 FROM dentries WHERE parent=? LIMIT ?)",

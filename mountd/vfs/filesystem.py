@@ -280,6 +280,7 @@ class Filesystem:
         stable entry-id order, as the rows of `MetaStore.listing_after` with the offset (see
         DOT_OFFSET) in place of the entry id. Rows rather than `Attr`s: `ls -l` of 5,000 entries
         spent a third of its daemon time building an object per entry."""
+        self.remote.directory_read(ino)
         if offset < DOTDOT_OFFSET:
             up = self.meta.parent_of(ino)
             yield [self._dot_row(DOT_OFFSET, b".", ino),
@@ -289,7 +290,6 @@ class Filesystem:
             page = self.meta.listing_after(ino, after_id, READDIR_PAGE)
             if not page:
                 return
-            self.remote.load_metadata_later([row[Row.INO] for row in page if not row[Row.META_LOADED]])
             if self.files.any_open():
                 page = [self.files.listing_row(row, self._inode(row[Row.INO]))
                         if self.files.is_open(row[Row.INO]) else row for row in page]

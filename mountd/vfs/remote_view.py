@@ -52,6 +52,7 @@ ABSENT_NAMES = 10_000  # names known missing (looked up without a listing) kept 
 METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
 METADATA_BATCH = 16  # objects one worker of that pass HEADs per trio hand-off and transaction
 METADATA_BACKLOG = 10_000  # listed inodes waiting for that pass, at most
+READ_DIRS = 1_000  # directories whose last readdir is remembered (a stat of an entry may follow)
 
 
 @dataclass(slots=True, eq=False)
@@ -105,6 +106,7 @@ class RemoteView:
         self._listing_failed_at: dict[int, float] = {}
         self._checked_at: dict[int, float] = {}  # inode -> when its remote version was last confirmed
         self._metadata_backlog: dict[int, None] = {}  # listed inodes the background pass will HEAD, in order
+        self._read_dirs: OrderedDict[int, float] = OrderedDict()  # directory -> its last readdir
         self._metadata_running: dict[int, trio.Event] = {}  # inodes it is HEADing now
         self._metadata_workers = 0
         self._nursery: trio.Nursery | None = None
@@ -134,8 +136,10 @@ class RemoteView:
     async def with_metadata(self, inode: Inode) -> Inode:
         """`inode` with the POSIX attributes its object stores (one HEAD the first time).
 
-        An inode that the background pass of a readdir is loading now is waited for; one it has
-        not reached yet is taken out of its backlog and loaded here at once."""
+        An inode that the background pass is loading now is waited for; one it has not reached yet
+        is taken out of its backlog and loaded here at once. The first one asked of a directory
+        that was just read (`ls -l`: a readdir, then a stat of every entry) starts the pass on the
+        entries after it; a readdir alone (`find`, `ls`) costs no HEAD."""
         if inode.meta_loaded:
             return inode
         running = self._metadata_running.get(inode.ino)
@@ -144,8 +148,29 @@ class RemoteView:
             inode = self.meta.get(inode.ino) or inode
             if inode.meta_loaded:
                 return inode
+        queued = inode.ino in self._metadata_backlog
         self._metadata_backlog.pop(inode.ino, None)
+        if not queued:  # (when it was, the pass goes on with the entries after it)
+            self._queue_entries_after(inode.ino)
         return await self._load_metadata(inode)
+
+    def directory_read(self, ino: int) -> None:
+        """A readdir of `ino` was answered: a stat of its entries may follow (see with_metadata)."""
+        self._read_dirs[ino] = time.monotonic()
+        self._read_dirs.move_to_end(ino)
+        while len(self._read_dirs) > READ_DIRS:
+            self._read_dirs.popitem(last=False)
+
+    def _queue_entries_after(self, ino: int) -> None:
+        up = self.meta.parent_of(ino)
+        if up is None:
+            return
+        read = self._read_dirs.get(up[0])
+        if read is None or time.monotonic() - read > self.config.mount.listing_ttl:
+            return
+        room = METADATA_BACKLOG - len(self._metadata_backlog)
+        if room > METADATA_BACKLOG // 2:  # (else the pass is still busy with the batch before)
+            self.load_metadata_later(self.meta.unloaded_entries_after(up[0], ino, room))
 
     def load_metadata_later(self, inos: list[int]) -> None:
         """HEAD these listed inodes in the background, a few at a time, in order (after a readdir:
