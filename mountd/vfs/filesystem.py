@@ -609,8 +609,11 @@ class Filesystem:
         return value
 
     async def listxattr(self, ino: int) -> list[str]:
+        """The stored `user.*` names only. The read-only `user.mountd.*` ones are read by name and
+        not listed: `cp -a`, `rsync -X` and `tar --xattrs` copy every listed name, and would carry
+        a file's mountd status onto other disks (or, into the mount, try to remove it)."""
         await self.remote.with_metadata(self._inode(ino))
-        return [os.fsdecode(n) for n in self.meta.xattrs(ino)] + await self.introspect.listxattr(ino)
+        return [os.fsdecode(n) for n in self.meta.xattrs(ino)]
 
     async def setxattr(self, ino: int, name: str, value: bytes) -> None:
         """XATTR_CREATE and XATTR_REPLACE are checked by pyfuse3 (a getxattr first)."""

@@ -103,9 +103,6 @@ class Introspection:
             raise PosixError(errno.ENODATA)
         return attrs[name]
 
-    async def listxattr(self, ino: int) -> list[str]:
-        return list(await self.xattrs(ino))
-
     def setxattr(self, ino: int, name: str) -> NoReturn:
         """A set or remove of a name not stored by the Filesystem (`user.*` is, the rest is not)."""
         self._inode(ino)
