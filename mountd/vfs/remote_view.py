@@ -301,9 +301,9 @@ class RemoteView:
         run = self._listing_inflight[d.ino] = ListingRun()
         return await self._run_listing(d, run)
 
-    async def _run_listing(self, d: Inode, run: ListingRun) -> bool:
+    async def _run_listing(self, d: Inode, run: ListingRun, max_pages: int | None = None) -> bool:
         try:
-            return await self._list_pages(d, run)
+            return await self._list_pages(d, run, max_pages)
         finally:
             del self._listing_inflight[d.ino]
             run.finish()
@@ -317,8 +317,9 @@ class RemoteView:
     async def prepare_lookup(self, d: Inode, bname: bytes) -> None:
         """Before a lookup of `bname` in `d` reads the db: make it know that name, without
         waiting for a whole directory. A fresh listing answers as it is; a directory listed before
-        with fewer entries than a listing page is listed again (one request); otherwise (a large
-        directory, or one never listed) a name the db knows is served as it is (an open
+        with fewer entries than a listing page is listed again (one request); one never listed
+        gets its first page (one request, which lists a small directory whole); otherwise (a
+        large directory) a name the db knows is served as it is (an open
         asks the remote for its version), and an unknown one is asked of the remote alone
         (`_look_up_name`), its absence remembered for listing_ttl."""
         if d.remote is None or not d.is_dir or self._listing_fresh(d):
@@ -327,6 +328,15 @@ class RemoteView:
                 and self.meta.children_up_to(d.ino, LIST_PAGE) < LIST_PAGE):
             await self.ensure_listed(d)  # a directory known to take one page: listed again
             return
+        if (d.listed_at is None and d.ino not in self._listing_inflight
+                and self.meta.listing_resume(d.ino) is None):
+            # never listed: its first page, one request, lists a small directory whole (a loop
+            # creating files in it then asks nothing more), and starts a large one
+            run = self._listing_inflight[d.ino] = ListingRun()
+            await self._run_listing(d, run, max_pages=1)
+            fresh = self.meta.get(d.ino)
+            if fresh is None or self._listing_fresh(fresh):
+                return
         if self.meta.lookup(d.ino, bname) is not None:
             return
         seen = self._absent.get((d.ino, bname))
@@ -420,7 +430,7 @@ class RemoteView:
         await run.progress.wait()
         return True
 
-    async def _list_pages(self, d: Inode, run: ListingRun) -> bool:
+    async def _list_pages(self, d: Inode, run: ListingRun, max_pages: int | None = None) -> bool:
         """One listing, a page per request: each page is merged as it comes (a readdir serves its
         entries at once), each request has its own timeout and is tried again when the remote
         fails for a moment; the entries no page showed go at the end. A listing that a failure,
@@ -459,6 +469,8 @@ class RemoteView:
             if token is None:
                 break
             run.page_done()  # (the last page's progress is told when the listing ends)
+            if max_pages is not None and pages >= max_pages:
+                return True  # (a later listing goes on from the next page)
         self._listing_failed_at.pop(d.ino, None)
         self.stats.listings += 1
         self.stats.listing_pages += pages
