@@ -254,6 +254,8 @@ class InProcessMount:
             while True:
                 left = meta.journal_all(100000)
                 if all(hold(e.key) for e in left):
+                    # and the change-log entry of what was sent is written, as `sync --wait` waits
+                    assert await stack.feed.wait_logged(timeout), "the change log was not written"
                     return
                 meta.journal_make_due(stack.journal.clock())  # what `mountd sync` does
                 for e in left:
