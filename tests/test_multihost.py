@@ -179,7 +179,9 @@ def test_changes_reach_the_other_host_through_the_change_log(hosts):
     assert ".mountd-log" not in os.listdir(a.mp / "data")
 
 
-@pytest.mark.remote_kinds(*REMOTE_KINDS)
+# one server per kind of pin (fingerprint, If-Match, generation); the pinned read itself is tested
+# on every server in test_store_conditions.py
+@pytest.mark.remote_kinds("file", "s3", "gcs-fake")
 def test_a_reader_open_on_b_while_a_replaces_the_file_reads_only_the_version_it_opened(hosts):
     """b opens a 40 MiB file (five 8 MiB chunks) and reads its first bytes; a rewrites it. A new
     open on b sees a's bytes one poll later, while the reader that was open reads only the old
@@ -217,7 +219,7 @@ def test_a_reader_open_on_b_while_a_replaces_the_file_reads_only_the_version_it_
     assert os.path.getsize(b.data / "shard.bin") == size
 
 
-@pytest.mark.remote_kinds("file", "s3-seaweedfs")
+@pytest.mark.remote_kinds("file")  # (the pinned reads of each server: test_store_conditions.py)
 def test_an_open_that_finds_a_new_version_while_an_old_reader_is_open_gets_the_new_one(hosts):
     """No change log here: b finds a's rewrite only when an open revalidates (listing_ttl 0). The
     file is open on b already, so that open gets a new inode (through ESTALE, which makes the
