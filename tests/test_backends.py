@@ -380,7 +380,7 @@ def test_wrong_credentials_are_denied(request, tmp_path, kind):
 
 # gcp-storage-emulator ignores maxResults (one page, whatever the limit); fake-gcs-server counts
 # only objects against it (real GCS counts objects and prefixes together) and repeats the prefixes
-PAGED = ["memory", "s3", "azure", "gcs-fake"]  # (SeaweedFS pages as moto does; its start is slow)
+PAGED = ["memory", "s3", "azure", "gcs-fake"]  # (SeaweedFS pages as moto does)
 
 
 @pytest.mark.parametrize("kind", PAGED)
@@ -413,7 +413,7 @@ def test_a_listing_comes_a_page_at_a_time_and_the_pages_make_the_whole(request, 
     assert after.next_token is None
 
 
-@pytest.mark.parametrize("kind", ["file", *PAGED])
+@pytest.mark.parametrize("kind", ["file", "memory", "s3"])
 def test_a_one_key_page_tells_whether_a_prefix_has_children(request, tmp_path, kind):
     store = make_store(request, tmp_path, kind)
     store.put_bytes("dir/deep/a", b"x", {})

@@ -27,7 +27,7 @@ from tests.test_posix import AREAS, libc  # readdir(3), telldir, seekdir through
 
 TRIES = 200
 _counter = itertools.count()
-BIG = 3000  # entries: several readdir replies of the kernel's 4 KiB buffer (libc asks for 32 KiB)
+BIG = 1000  # entries: several readdir replies of the kernel's 4 KiB buffer (libc asks for 32 KiB)
 
 
 @pytest.fixture(scope="module")

@@ -179,9 +179,9 @@ def test_changes_reach_the_other_host_through_the_change_log(hosts):
     assert ".mountd-log" not in os.listdir(a.mp / "data")
 
 
-# one server per kind of pin (fingerprint, If-Match, generation); the pinned read itself is tested
+# a fingerprint and an If-Match pin (GCS's generation=N: test_store_conditions.py); the pinned read is tested
 # on every server in test_store_conditions.py
-@pytest.mark.remote_kinds("file", "s3", "gcs-fake")
+@pytest.mark.remote_kinds("file", "s3")
 def test_a_reader_open_on_b_while_a_replaces_the_file_reads_only_the_version_it_opened(hosts):
     """b opens a 40 MiB file (five 8 MiB chunks) and reads its first bytes; a rewrites it. A new
     open on b sees a's bytes one poll later, while the reader that was open reads only the old

@@ -11,7 +11,7 @@ files and directories of the plain `/data`. Uploads run in the background during
 (write-back delay 0), so renames and rewrites race with uploads in flight.
 
 One stack serves every example; each example works in fresh directories `e<N>`. The number of
-examples is INPROCESS_EXAMPLES (default 2,000); the FUSE version of this test
+examples is INPROCESS_EXAMPLES (default 800); the FUSE version of this test
 (tests/test_differential.py) proves the same through the kernel, with fewer examples.
 """
 
@@ -32,7 +32,7 @@ from tests.inprocess.harness import RENAME_EXCHANGE, UMASK, InProcessMount, repo
 from tests.test_differential import outcome, remote_tree, renameat2
 from tests.test_differential import snapshot as plain_tree
 
-EXAMPLES = int(os.environ.get("INPROCESS_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("INPROCESS_EXAMPLES", "800"))
 STEPS = int(os.environ.get("INPROCESS_STEPS", "12"))
 AREAS = ("data", "scratch")  # a remote path, a local-only path
 NAMES = ("a", "b", "c")
