@@ -270,6 +270,8 @@ def test_file_and_directory_of_the_same_name(store: ObjectStore, kind: str):
 
 @pytest.mark.slow
 def test_listing_pages_beyond_1000_keys(store: ObjectStore, kind: str):
+    if kind == "gcs":  # gcp-storage-emulator ignores maxResults: one page, whatever the size
+        pytest.skip("GCS listing pages are tested on fake-gcs-server (PAGED)")
     keys = [f"many/k{i:05d}" for i in range(1_050)]
     keys.append("many/zz/")  # a prefix on the last page
 
