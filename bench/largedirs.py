@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import write_marked_section
 from bench.runner import _rclone
 from bench.server import S3Server
 from bench.system import RssSampler, drop_caches, fusermount_lazy, machine_info, mountd_source, tool_versions
@@ -387,18 +388,8 @@ def section(res: dict[str, Any], command: str) -> str:
 
 
 def write_section(md: Path, body: str) -> None:
-    """Replaces the text between the large-dirs markers of `md`, keeping the notes after NOTES;
-    appends the section at the end when the markers are missing. Re-reads the file just before."""
-    text = md.read_text()
-    notes = f"{NOTES}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        inner, tail = rest.split(END, 1)
-        if NOTES in inner:
-            notes = NOTES + inner.split(NOTES, 1)[1]
-    else:
-        head, tail = text.rstrip("\n") + "\n\n", "\n"
-    md.write_text(f"{head}{BEGIN}\n{body}\n{notes}{END}{tail}")
+    """The large-dirs section of `md`, its hand-written notes kept (`report.write_marked_section`)."""
+    write_marked_section(md, BEGIN, END, NOTES, body)
 
 
 def main(argv: list[str] | None = None) -> int:
