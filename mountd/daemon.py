@@ -363,6 +363,9 @@ def _unmount(m: Mount) -> None:
         fuse_ops.terminate()
 
 
+INDEX_FLUSH_AT_UNMOUNT = 10.0  # seconds an unmount waits for the directory indexes after the drain
+
+
 async def _drain(m: Mount, timeout: float) -> int:
     pending = m.uploader.pending()
     if pending:
@@ -370,6 +373,9 @@ async def _drain(m: Mount, timeout: float) -> int:
     left = await m.uploader.wait_drained(timeout)
     if left:
         log.warning("%d write-back entries left pending; they resume at the next mount", left)
+    elif not await m.stack.indexes.wait_written(INDEX_FLUSH_AT_UNMOUNT):
+        # (only a cache: the objects then show their listing attributes elsewhere until a HEAD)
+        log.info("directory indexes not all written at unmount")
     return left
 
 
@@ -457,6 +463,8 @@ async def _control(m: Mount, req: dict[str, Any]) -> AsyncIterator[dict[str, Any
         if not left:
             # other hosts learn of the changes from the change log: it is part of "synced"
             await m.stack.feed.wait_logged(max(0.0, timeout - (trio.current_time() - started)))
+            # and a fresh mount elsewhere finds their attributes in the directory indexes
+            await m.stack.indexes.wait_written(max(0.0, timeout - (trio.current_time() - started)))
         errors = [{"remote": e.remote, "key": e.key, "error": e.last_error}
                   for e in m.meta.journal_all(100000) if select(e.remote, e.key) and e.last_error]
         yield {"ok": True, "result": {"left": left, "errors": errors}}

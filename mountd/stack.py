@@ -21,6 +21,7 @@ from mountd.config import RepoConfig
 from mountd.local import LocalTier
 from mountd.meta import MetaStore
 from mountd.vfs.conflicts import ConflictCopies, default_host_id
+from mountd.vfs.dir_index import INDEXED_SCHEMES, DirIndexes
 from mountd.vfs.feed import ChangeFeed
 from mountd.vfs.filesystem import Filesystem
 from mountd.vfs.handles import OpenFiles
@@ -51,6 +52,7 @@ class Stack:
     reconciler: Reconciler
     uploader: Uploader
     feed: ChangeFeed
+    indexes: DirIndexes
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The background work of the stack (cache admissions, spares and discards, the metadata
@@ -62,6 +64,7 @@ class Stack:
             # the change logs are caught up with before the first upload (a host back from
             # offline compares its queued changes against the newest versions)
             await nursery.start(self.feed.run)
+            nursery.start_soon(self.indexes.run)
             await nursery.start(self.uploader.run)
             task_status.started()
 
@@ -80,6 +83,7 @@ class Stack:
             "local": self.local.statistics(),
             "dirty": self.fs.dirty.statistics(),
             "feed": self.feed.statistics(),
+            "indexes": self.indexes.statistics(),
         }
 
 
@@ -99,10 +103,13 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     journal = Journal(meta, delay=config.writeback.delay, on_put=sending.key_queued)
     dirty = DirtyBytes(config.local.max_dirty)
     remote_calls = RemoteCalls(config.mount.read_timeout)
+    indexes = DirIndexes(stores, remote_calls,
+                         indexed=[r.name for r in config.remote if r.scheme in INDEXED_SCHEMES],
+                         writable=[r.name for r in config.remote if not r.read_only])
     paths = PathMap(config, meta, owner_uid=owner[0], owner_gid=owner[1])
     ignored = IgnoredPaths(IgnoreRules(config.writeback.ignore), meta, paths, local, reader)
     files = OpenFiles(config, meta, paths, local, reader, journal, dirty, ignored, kernel)
-    remote = RemoteView(config, meta, paths, stores, reader, local, dirty, kernel, remote_calls,
+    remote = RemoteView(config, meta, paths, stores, reader, local, dirty, kernel, remote_calls, indexes,
                         is_open=files.is_open, is_writing=files.is_open_for_write, owner=owner)
     host = config.writeback.host or default_host_id()
     conflicts = ConflictCopies(meta, kernel, host=host, file_mode=config.mount.file_mode, owner=owner)
@@ -113,7 +120,8 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     slots = TransferSlots(config.writeback.concurrency)
     reconciler = Reconciler(meta, stores, WritebackView(paths, ignored, files, remote, local, dirty), journal,
                             remote_calls, sending, conflicts, slots, dedup=config.writeback.dedup,
-                            on_conflict=config.writeback.on_conflict, on_remote_change=feed.changed)
+                            on_conflict=config.writeback.on_conflict, on_remote_change=feed.changed,
+                            on_stored=indexes.stored)
     uploader = Uploader(meta, journal, reconciler.apply, slots=slots,
                         retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
                         activity=activity, yield_max=config.writeback.yield_max)
@@ -122,4 +130,4 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     fs = Filesystem(config, meta, local, journal, dirty, paths, files, remote, introspect)
     fs.bootstrap()
     return Stack(config=config, meta=meta, local=local, stores=stores, reader=reader, journal=journal, fs=fs,
-                 reconciler=reconciler, uploader=uploader, feed=feed)
+                 reconciler=reconciler, uploader=uploader, feed=feed, indexes=indexes)

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 .venv/bin/ruff check mountd tests bench
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -ra "$@"
+# two workers, each given whole files (their module fixtures, a server's bucket, stay in one
+# process); MOUNTD_TEST_WORKERS=0 runs everything in this process
+exec .venv/bin/python -m pytest -ra -n "${MOUNTD_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mountd.vfs.namespace import FEED_DIR
+from mountd.vfs.namespace import HIDDEN_AT_ROOT
 from tests.servers import (  # noqa: F401
     azurite_server,
     cloud_remote,
@@ -53,13 +53,15 @@ def mountd_cmd(*args: str, check: bool = True, timeout: float = 120,
 def remote_files(root) -> dict[str, bytes]:
     """Every file under a remote, by relative path: a file:// remote's directory, or a bucket view
     with `files()`. Upload temporaries cut by a kill -9 are left out: they are invisible, like an
-    open multipart upload; so is the change log of the hosts (`.mountd-log/`)."""
+    open multipart upload; so are the change log of the hosts and the directory indexes
+    (`.mountd-log/`, `.mountd-attrs/`)."""
     if hasattr(root, "files"):
-        return {k: v for k, v in root.files().items() if not k.startswith(FEED_DIR + "/")}
+        hidden = tuple(d + "/" for d in HIDDEN_AT_ROOT)
+        return {k: v for k, v in root.files().items() if not k.startswith(hidden)}
     out = {}
     for dirpath, dirs, files in os.walk(root):
-        if os.path.samefile(dirpath, root) and FEED_DIR in dirs:
-            dirs.remove(FEED_DIR)  # the hosts' change log (docs/multihost.md), not a file anyone wrote
+        if os.path.samefile(dirpath, root):  # the hosts' change log and directory indexes: not files
+            dirs[:] = [d for d in dirs if d not in HIDDEN_AT_ROOT]  # anyone wrote (docs/multihost.md)
         for f in files:
             if f.startswith(".mountd-tmp-"):
                 continue

@@ -54,7 +54,7 @@ from typing import Any
 
 import pytest
 
-from mountd.vfs.namespace import FEED_DIR
+from mountd.vfs.namespace import HIDDEN_AT_ROOT
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -125,8 +125,9 @@ def remote_block(name: str, url: str, at: str, options: dict[str, Any] | None = 
 
 
 def _is_log(key: str) -> bool:
-    """A key of the hosts' change log, at the root of a remote (which may be a prefix)."""
-    return f"/{FEED_DIR}/" in "/" + key
+    """A key of the hosts' change log or of the directory indexes, at the root of a remote (which
+    may be a prefix): mountd's bookkeeping, no one's file."""
+    return any(f"/{d}/" in "/" + key for d in HIDDEN_AT_ROOT)
 
 
 @dataclass
@@ -217,11 +218,12 @@ class Server:
 
     def objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
         """Every object under `prefix` (keys relative to it), markers included (as b""); the change
-        log the mount hosts keep at the root (`.mountd-log/`) is no one's file and is left out."""
+        log and the directory indexes the mount hosts keep at the root (`.mountd-log/`, `.mountd-attrs/`)
+        are no one's files and are left out."""
         return {k: v for k, v in self._all_objects(bucket, prefix).items() if not _is_log(prefix + k)}
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        """The keys under `prefix`, the change log left out."""
+        """The keys under `prefix`, the change log and the indexes left out."""
         return [k for k in self._all_keys(bucket, prefix) if not _is_log(k)]
 
     def _all_objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:

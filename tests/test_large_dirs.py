@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -100,6 +101,19 @@ def test_a_directory_of_thousands_is_listed_in_pages_and_shows_every_entry(big_d
     assert server.listings("big/") == []
 
 
+def test_a_stat_of_every_object_other_tools_wrote_costs_no_head_and_no_index_read(big_dir):
+    """`ls -l` or `du` of a bucket no mountd wrote: its root's listing shows no `.mountd-attrs/`,
+    so no stat asks for a directory index, and none HEADs an object (listing attributes)."""
+    repo, server = big_dir
+    assert "big" in os.listdir(repo.data)  # the root, listed whole
+    server.mark()
+    sizes = {p.name: os.lstat(p).st_size for p in (repo.data / "big").iterdir()}
+    asked = server.since()
+    assert [p for m, p in asked if ".mountd-attrs" in p] == [], asked
+    assert [p for m, p in asked if m == "HEAD" and "/big/f" in p] == [], asked
+    assert sum(v for k, v in sizes.items() if k.startswith("f")) == sum(i % 7 for i in range(N))
+
+
 def test_a_name_another_tool_adds_after_a_lookup_missed_it_shows_after_the_listing(big_dir, s3_server):
     repo, server = big_dir
     with pytest.raises(FileNotFoundError):
@@ -132,3 +146,44 @@ def test_files_created_in_a_small_directory_never_listed_cost_one_listing(make_r
     asked = server.since()
     assert [p for m, p in asked if m == "HEAD" and "/runs/new" in p] == []
     assert len([p for p in server.listings("runs/") if "max-keys=1&" not in p]) == 1
+
+
+def test_ls_l_of_objects_mountd_wrote_reads_their_directory_index_not_one_head_each(make_repo, s3_server):
+    """A fresh mount (empty local tier) stats every file of a directory another mount wrote: the
+    mode, mtime and user xattrs those files were given come from the directory's index (one GET),
+    with no HEAD per object. An object another tool rewrote since no longer matches its entry: it
+    shows its listing's attributes (size, the default mode) until its metadata is asked for."""
+    bucket = s3_server.new_bucket()
+    toml = s3_server.remote_toml("main", bucket, "/data")
+    writer = make_repo("writer", remote_toml=toml)
+    writer.start()
+    runs = writer.data / "runs"
+    runs.mkdir()
+    stored = {}
+    for i in range(30):
+        p = runs / f"f{i:02d}"
+        p.write_bytes(b"x" * i)
+        os.chmod(p, 0o600 if i % 2 else 0o750)
+        os.utime(p, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789 + i))
+        stored[p.name] = (os.stat(p).st_mode, os.stat(p).st_mtime_ns)
+    os.setxattr(runs / "f03", "user.tag", b"v3")
+    writer.sync()
+    writer.stop()
+    s3_server.put(bucket, "runs/f05", b"other")  # another tool: the index's entry no longer matches
+
+    reader = make_repo("reader", remote_toml=toml)
+    reader.start()
+    server = ServerRequests(s3_server, bucket)
+    server.mark()
+    seen = {p.name: os.lstat(p) for p in (reader.data / "runs").iterdir()}  # what `ls -l` asks
+    assert os.getxattr(reader.data / "runs" / "f03", "user.tag") == b"v3"
+    asked = server.since()
+    assert [p for m, p in asked if m == "HEAD" and "/runs/" in p] == [], asked
+    index = f"/{bucket}/.mountd-attrs/runs/.index"
+    assert len([p for m, p in asked if m == "GET" and p.startswith(index)]) == 1, asked
+    assert sorted(seen) == sorted(stored)
+    for name, (mode, mtime_ns) in stored.items():
+        if name != "f05":
+            assert (seen[name].st_mode, seen[name].st_mtime_ns) == (mode, mtime_ns), name
+    assert (seen["f05"].st_size, stat.S_IMODE(seen["f05"].st_mode)) == (5, 0o644)
+    assert (reader.data / "runs" / "f05").read_bytes() == b"other"

@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from mountd.meta import MetaStore
-from mountd.vfs.namespace import FEED_DIR
+from mountd.vfs.namespace import ATTRS_DIR, FEED_DIR
 from mountd.writeback.journal import Journal
 from mountd.writeback.uploader import LARGE_OBJECT, TransferSlots, Uploader
 from tests.conftest import mountd_cmd
@@ -72,7 +72,7 @@ class _Requests:
 
 class RequestCounter(CountingProxy):
     """A `CountingProxy` that also counts requests: `counts[(method, kind)]`, where kind is "log"
-    (the hosts' change log), "list" (a bucket listing) or "object"."""
+    (the hosts' change log), "index" (a directory index), "list" (a bucket listing) or "object"."""
 
     def __init__(self, upstream_port: int) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
@@ -92,6 +92,8 @@ class RequestCounter(CountingProxy):
         query = urllib.parse.parse_qs(url.query)
         if f"/{FEED_DIR}/" in path or query.get("prefix", [""])[0].startswith(FEED_DIR):
             kind = "log"
+        elif f"/{ATTRS_DIR}/" in path:
+            kind = "index"
         elif "list-type" in query or "prefix" in query or "delimiter" in query:
             kind = "list"
         else:
@@ -168,6 +170,8 @@ def test_a_small_file_costs_one_put_and_no_head(make_repo, s3_server: S3Server):
     assert counts[("GET", "object")] == 0, counts
     # one log entry per batch of changes, each a single create-only PUT
     assert 1 <= counts[("PUT", "log")] <= n // 2, counts
+    # and the directory's index of attributes: one PUT per batch too (a HEAD the first time)
+    assert 1 <= counts[("PUT", "index")] <= n // 10 and counts[("HEAD", "index")] <= 1, counts
     head = s3_server.client().head_object(Bucket=bucket, Key="small00007")
     assert head["Metadata"]["sha256"] == hashlib.sha256(objects["small00007"]).hexdigest()
 

@@ -561,6 +561,11 @@ class MetaStore:
         self._exec("DELETE FROM listing_seen WHERE dir=?", (parent,))
         self._exec("DELETE FROM listing_resume WHERE dir=?", (parent,))
 
+    def unloaded_children(self, parent: int) -> list[tuple[bytes, int]]:
+        """(name, ino) of the entries of `parent` whose object metadata is not loaded."""
+        return self._exec("SELECT d.name, d.ino FROM dentries d JOIN inodes i ON i.ino = d.ino"
+                          " WHERE d.parent=? AND i.meta_loaded=0", (parent,)).fetchall()
+
     def unloaded_entries_after(self, parent: int, ino: int, most: int) -> list[int]:
         """Entries of `parent` after `ino`'s (in readdir order) whose object metadata is not loaded."""
         return [r[0] for r in self._exec(

@@ -154,7 +154,7 @@ class Filesystem:
     # attributes
     # ------------------------------------------------------------------------------------------
     async def getattr(self, ino: int) -> Attr:
-        return self.files.attr(await self.remote.with_metadata(self._inode(ino)))
+        return self.files.attr(await self.remote.for_stat(self._inode(ino)))
 
     async def setattr(self, ino: int, changes: SetAttr, ctx: Ctx) -> Attr:
         # the object's stored attributes first: the fields not changed here are written back with it
@@ -252,7 +252,7 @@ class Filesystem:
             raise PosixError(errno.ENOENT)
         if row.meta_loaded and not self.files.is_open(row.ino):
             return Attr(*row[:10])
-        return self.files.attr(await self.remote.with_metadata(self._inode(row.ino)))
+        return self.files.attr(await self.remote.for_stat(self._inode(row.ino)))
 
     async def opendir(self, ino: int) -> int:
         """A stale directory's listing starts here and goes on in the background; this waits for

@@ -54,6 +54,10 @@ def attachments_for(remotes: tuple[RemoteConfig, ...]) -> list[Attachment]:
 
 # the change log of the hosts sharing a remote, at the remote's root (vfs/feed.py); not shown
 FEED_DIR = ".mountd-log"
+# the directory indexes of the attributes mountd stored, at the remote's root (vfs/dir_index.py);
+# not shown either
+ATTRS_DIR = ".mountd-attrs"
+HIDDEN_AT_ROOT = (FEED_DIR, ATTRS_DIR)
 
 
 def key_for(parts_below_attach: tuple[str, ...], *, directory: bool = False) -> str:

@@ -82,10 +82,13 @@ class Reconciler:
                  journal: Journal, remote: RemoteCalls, sending: UploadsSending, conflicts: ConflictCopies,
                  slots: TransferSlots, *, dedup: bool, on_conflict: str = "keep-both",
                  on_remote_change: Callable[[str, str, str | None], None] = (
-                     lambda remote, key, version: None)) -> None:
+                     lambda remote, key, version: None),
+                 on_stored: Callable[[str, str, ObjectInfo | None, Mapping[str, str] | None], None] = (
+                     lambda remote, key, info, metadata: None)) -> None:
         self.meta = meta
         self.slots = slots  # large files hash and send within these (shared with the Uploader)
         self.on_remote_change = on_remote_change  # the change log (ChangeFeed.changed)
+        self.on_stored = on_stored  # the directory indexes (DirIndexes.stored)
         self.conflicts = conflicts
         self.on_conflict = on_conflict
         self.stores = stores
@@ -161,6 +164,7 @@ class Reconciler:
             self.view.forget_listing(entry.remote, entry.key)
         else:
             self.on_remote_change(entry.remote, entry.key, None)
+            self.on_stored(entry.remote, entry.key, None, None)
         with self.meta.transaction():
             self.meta.hash_forget(entry.remote, entry.key)
             self.meta.displaced_forget(entry.remote, entry.key)
@@ -175,7 +179,7 @@ class Reconciler:
         self._wrote(node.remote or "", key, info)
         self.stats["markers"] += 1
         self._done(node.ino, remote=node.remote or "", content_gen=None, attr_gen=gen, key=key, info=info,
-                   sha256=None)
+                   sha256=None, stored=meta)
 
     async def _put_symlink(self, store: ObjectStore, node: Inode, key: str) -> None:
         if node.remote_key == key and not node.attrs_dirty:
@@ -185,11 +189,12 @@ class Reconciler:
             gen = node.attr_gen
             target = node.target or b""
             expect = self._expect(node.remote or "", key, node.ino)
+            meta = self._meta_of(node, None)
             info = await self.remote.call(store, partial(store.put_bytes, expect=expect), key, target,
-                                          self._meta_of(node, None), what=f"put of {key}")
+                                          meta, what=f"put of {key}")
             self._wrote(node.remote or "", key, info)
         self._done(node.ino, remote=node.remote or "", content_gen=None, attr_gen=gen, key=key, info=info,
-                   sha256=None)
+                   sha256=None, stored=meta)
 
     async def _sync_file(self, store: ObjectStore, node: Inode, key: str) -> None:
         if self.view.is_open_for_write(node.ino):
@@ -227,12 +232,13 @@ class Reconciler:
                 raise
             self.stats["copies"] += 1
             self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen,
-                       key=key, info=info, sha256=node.sha256)
+                       key=key, info=info, sha256=node.sha256, stored=meta)
         elif node.attrs_dirty:
-            info = await self.remote.call(store, store.set_metadata, key, self._meta_of(node, node.sha256))
+            meta = self._meta_of(node, node.sha256)
+            info = await self.remote.call(store, store.set_metadata, key, meta)
             self.stats["metadata_updates"] += 1
             self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen,
-                       key=key, info=info, sha256=node.sha256)
+                       key=key, info=info, sha256=node.sha256, stored=meta)
         return None
 
     async def _refused(self, store: ObjectStore, node: Inode, key: str, refusal: VersionMismatch) -> None:
@@ -433,7 +439,7 @@ class Reconciler:
             with self.meta.transaction():
                 self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
-                   info=info, sha256=sha)
+                   info=info, sha256=sha, stored=meta)
 
     def _still_wanted(self, ino: int, content_gen: int, remote: str, key: str) -> bool:
         """Whether an upload of this content generation is still what `key` must hold."""
@@ -485,8 +491,10 @@ class Reconciler:
         return None
 
     def _done(self, ino: int, *, remote: str, content_gen: int | None, attr_gen: int, key: str,
-              info: ObjectInfo, sha256: str | None) -> None:
-        """Record what the remote now holds, unless the inode changed while we worked."""
+              info: ObjectInfo, sha256: str | None, stored: Mapping[str, str]) -> None:
+        """Record what the remote now holds (`stored`: the metadata it was given), unless the
+        inode changed while we worked."""
+        self.on_stored(remote, key, info, stored)
         node = self.meta.get(ino)
         if node is None:
             with self.meta.transaction():

@@ -31,9 +31,12 @@ from mountd.config import RepoConfig
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavailable
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
+from mountd.vfs.dir_index import DirIndexes, IndexEntry
 from mountd.vfs.kernel import Kernel
 from mountd.vfs.namespace import (
-    FEED_DIR,
+    ATTRS_DIR,
+    HIDDEN_AT_ROOT,
+    META_MODE,
     META_SHA256,
     attrs_from_metadata,
     invalid_name_reason,
@@ -52,6 +55,8 @@ ABSENT_NAMES = 10_000  # names known missing (looked up without a listing) kept 
 METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
 METADATA_BATCH = 16  # objects one worker of that pass HEADs per trio hand-off and transaction
 METADATA_BACKLOG = 10_000  # listed inodes waiting for that pass, at most
+INDEX_APPLY_BATCH = 2_000  # entries of a directory index taken in per transaction
+INDEX_CACHE_ENTRIES = 300_000  # entries of directory indexes kept in memory, at most
 READ_DIRS = 1_000  # directories whose last readdir is remembered (a stat of an entry may follow)
 
 
@@ -78,6 +83,7 @@ class _Stats:
     lookups: int = 0  # names looked up at the remote without listing their directory
     listing_errors: int = 0
     heads: int = 0
+    indexed: int = 0  # objects whose attributes came from their directory's index
     materialized: int = 0
     adopted: int = 0
     skipped_keys: int = 0
@@ -86,7 +92,8 @@ class _Stats:
 class RemoteView:
     def __init__(self, config: RepoConfig, meta: MetaStore, paths: PathMap, stores: Mapping[str, ObjectStore],
                  reader: RemoteReader, local: LocalTier, dirty: DirtyBytes, kernel: Kernel,
-                 remote: RemoteCalls, *, is_open: Callable[[int], bool], is_writing: Callable[[int], bool],
+                 remote: RemoteCalls, indexes: DirIndexes, *, is_open: Callable[[int], bool],
+                 is_writing: Callable[[int], bool],
                  owner: tuple[int, int]) -> None:
         self.config = config
         self.meta = meta
@@ -97,6 +104,7 @@ class RemoteView:
         self.dirty = dirty
         self.kernel = kernel
         self.remote = remote
+        self.indexes = indexes
         self._is_open = is_open  # whether the kernel holds the inode open (OpenFiles.is_open)
         self._is_writing = is_writing  # ... open for writing (OpenFiles.is_open_for_write)
         self._owner = owner
@@ -109,6 +117,10 @@ class RemoteView:
         self._read_dirs: OrderedDict[int, float] = OrderedDict()  # directory -> its last readdir
         self._metadata_running: dict[int, trio.Event] = {}  # inodes it is HEADing now
         self._metadata_workers = 0
+        # directory -> (its listed_at when its index was read, the index's entries)
+        self._index_cache: OrderedDict[int, tuple[float | None, Mapping[str, IndexEntry]]] = OrderedDict()
+        self._index_reading: dict[int, trio.Event] = {}  # directories whose index is being read
+        self._roots_with_indexes: set[str] = set()  # remotes whose root listing in progress showed them
         self._nursery: trio.Nursery | None = None
         self._warned_keys: set[tuple[str, str]] = set()
         self.stats = _Stats()
@@ -133,8 +145,89 @@ class RemoteView:
     # ------------------------------------------------------------------------------------------
     # attributes from object metadata
     # ------------------------------------------------------------------------------------------
+    async def for_stat(self, inode: Inode) -> Inode:
+        """`inode` with the attributes a stat shows. On a remote with directory indexes that is
+        the index's entry for the object, or else what the listing said (size, Last-Modified, the
+        default mode): `ls -l` of a directory costs one GET, not a HEAD per object. Elsewhere
+        (file://, whose HEAD is a local stat) the object's own metadata."""
+        if inode.meta_loaded or not self.indexes.indexed(inode.remote):
+            return await self.with_metadata(inode)
+        up = self.meta.parent_of(inode.ino)
+        if up is None:
+            return await self.with_metadata(inode)
+        entries = await self._take_index(up[0])
+        fresh = self.meta.get(inode.ino)
+        if fresh is not None and not fresh.meta_loaded and entries:
+            # an entry of a page listed after the index was read
+            with self.meta.transaction():
+                self._apply_index_rows([(up[1], inode.ino)], entries)
+        return self.meta.get(inode.ino) or inode
+
+    async def _take_index(self, dir_ino: int) -> Mapping[str, IndexEntry]:
+        """A listed directory's index, read once per listing (and kept, within a bound, for the
+        entries of pages that arrive after it); every entry that matches is taken in at once."""
+        while (reading := self._index_reading.get(dir_ino)) is not None:
+            await reading.wait()
+        d = self.meta.get(dir_ino)
+        if d is None:
+            return {}
+        cached = self._index_cache.get(dir_ino)
+        if cached is not None and cached[0] == d.listed_at:
+            self._index_cache.move_to_end(dir_ino)
+            return cached[1]
+        key = self.paths.key_of(dir_ino, d)
+        if key is None or not self.indexes.may_exist(key[0]):
+            return {}
+        done = self._index_reading[dir_ino] = trio.Event()
+        try:
+            try:
+                entries = await self.indexes.read(*key)
+            except RemoteError as e:  # the listing's attributes until the next listing
+                log.debug("directory index of %s: %s", key, e)
+                entries = {}
+            if entries:
+                rows = self.meta.unloaded_children(dir_ino)
+                for start in range(0, len(rows), INDEX_APPLY_BATCH):
+                    with self.meta.transaction():
+                        self._apply_index_rows(rows[start:start + INDEX_APPLY_BATCH], entries)
+                    await trio.sleep(0)  # (a directory may hold a million)
+            self._keep_index(dir_ino, d.listed_at, entries)
+            return entries
+        finally:
+            del self._index_reading[dir_ino]
+            done.set()
+
+    def _keep_index(self, dir_ino: int, listed_at: float | None, entries: Mapping[str, IndexEntry]) -> None:
+        self._index_cache.pop(dir_ino, None)
+        self._index_cache[dir_ino] = (listed_at, entries)
+        total = sum(len(e) for _, e in self._index_cache.values())
+        while len(self._index_cache) > 1 and (total > INDEX_CACHE_ENTRIES
+                                              or len(self._index_cache) > READ_DIRS):
+            _, (_, dropped) = self._index_cache.popitem(last=False)
+            total -= len(dropped)
+
+    def _apply_index_rows(self, rows: list[tuple[bytes, int]], entries: Mapping[str, IndexEntry]) -> None:
+        """An index entry is taken as a HEAD's answer would be, if the object is still the version
+        and size the index's writer stored. Within the caller's transaction."""
+        for bname, ino in rows:
+            name = bname.decode("utf-8", "surrogateescape")
+            if name not in entries and name + "/" not in entries:
+                continue
+            node = self.meta.get(ino)
+            if node is None or node.meta_loaded or node.remote_key is None:
+                continue
+            entry = entries.get(name + "/" if node.is_dir else name)
+            if entry is None or (not node.is_dir and (
+                    entry.version != node.remote_version or entry.size != node.size or node.has_local)):
+                continue  # rewritten since (by another tool, or its index update is not written yet)
+            info = ObjectInfo(key=node.remote_key, size=entry.size, version=entry.version,
+                              mtime_ns=node.mtime_ns, metadata=entry.metadata)
+            self.apply_object_info(node, info, confirm=False)
+            self.stats.indexed += 1
+
     async def with_metadata(self, inode: Inode) -> Inode:
-        """`inode` with the POSIX attributes its object stores (one HEAD the first time).
+        """`inode` with the POSIX attributes its object stores (one HEAD the first time, unless
+        its directory's index has them).
 
         An inode that the background pass is loading now is waited for; one it has not reached yet
         is taken out of its backlog and loaded here at once. The first one asked of a directory
@@ -142,6 +235,11 @@ class RemoteView:
         entries after it; a readdir alone (`find`, `ls`) costs no HEAD."""
         if inode.meta_loaded:
             return inode
+        if self.indexes.indexed(inode.remote) and (up := self.meta.parent_of(inode.ino)) is not None:
+            await self._take_index(up[0])
+            inode = self.meta.get(inode.ino) or inode
+            if inode.meta_loaded:
+                return inode
         running = self._metadata_running.get(inode.ino)
         if running is not None:
             await running.wait()
@@ -150,8 +248,8 @@ class RemoteView:
                 return inode
         queued = inode.ino in self._metadata_backlog
         self._metadata_backlog.pop(inode.ino, None)
-        if not queued:  # (when it was, the pass goes on with the entries after it)
-            self._queue_entries_after(inode.ino)
+        if not queued and not self.indexes.indexed(inode.remote):
+            self._queue_entries_after(inode.ino)  # (when it was, the pass goes on with the entries after it)
         return await self._load_metadata(inode)
 
     def directory_read(self, ino: int) -> None:
@@ -253,9 +351,13 @@ class RemoteView:
         if fresh is None or fresh.meta_loaded or fresh.remote_key != inode.remote_key:
             return fresh or inode
         self.apply_object_info(fresh, answer)
+        if answer.metadata and META_MODE in answer.metadata and fresh.remote and fresh.remote_key:
+            # an object of ours its directory's index does not vouch for (written before the
+            # indexes, or its update was lost): put it in, so the next mount needs no HEAD for it
+            self.indexes.stored(fresh.remote, fresh.remote_key, answer, answer.metadata)
         return self.meta.get(inode.ino) or fresh
 
-    def apply_object_info(self, inode: Inode, info: ObjectInfo) -> None:
+    def apply_object_info(self, inode: Inode, info: ObjectInfo, *, confirm: bool = True) -> None:
         kind = stat.S_IFMT(inode.mode)
         default_mode = self.config.mount.dir_mode if inode.is_dir else self.config.mount.file_mode
         attrs = attrs_from_metadata(info.metadata, default_mode=default_mode, uid=self._owner[0],
@@ -274,7 +376,8 @@ class RemoteView:
             self.meta.update(inode.ino, **values)
             if info.metadata is not None and not inode.attrs_dirty:  # (changed here: not sent yet)
                 self.meta.xattrs_replace(inode.ino, xattrs_from_metadata(info.metadata))
-        self.confirmed(inode.ino)
+        if confirm:
+            self.confirmed(inode.ino)
 
     # ------------------------------------------------------------------------------------------
     # listings
@@ -350,7 +453,7 @@ class RemoteView:
         directory."""
         name = bname.decode("utf-8", "surrogateescape")
         key = self.paths.key_of(d.ino, d)
-        if key is None or invalid_name_reason(name) is not None or (not key[1] and name == FEED_DIR):
+        if key is None or invalid_name_reason(name) is not None or (not key[1] and name in HIDDEN_AT_ROOT):
             return
         remote, prefix = key
         store = self.stores[remote]
@@ -519,9 +622,11 @@ class RemoteView:
         seen: set[bytes] = set()
         dir_names = set()
         with m.transaction():
+            if not prefix:
+                self._note_root_page(remote, ATTRS_DIR in listing.prefixes, last=next_token is None)
             for name in listing.prefixes:
-                if not prefix and name == FEED_DIR:
-                    continue  # the change log of the hosts sharing the remote (vfs/feed.py)
+                if not prefix and name in HIDDEN_AT_ROOT:
+                    continue  # the change log and the directory indexes (vfs/feed.py, vfs/dir_index.py)
                 reason = invalid_name_reason(name)
                 if reason:
                     self._skip_key(remote, prefix + name + "/", reason)
@@ -561,6 +666,18 @@ class RemoteView:
                         and not listed.has_local):
                     self._refresh_from_listing(listed, info)
             m.listing_page_done(d.ino, list(seen), next_token, pages)
+
+    def _note_root_page(self, remote: str, has_indexes: bool, *, last: bool) -> None:
+        """Whether any directory of `remote` has an index, from its root's listing: where none
+        has (a bucket no mountd wrote), a stat reads none (`du` of a tree of 3,000 directories
+        would otherwise GET 3,000 missing indexes)."""
+        if has_indexes:
+            self._roots_with_indexes.add(remote)
+            self.indexes.exist(remote)
+        elif last and remote not in self._roots_with_indexes:
+            self.indexes.none_exist(remote)
+        if last:
+            self._roots_with_indexes.discard(remote)
 
     def _sweep_unlisted(self, d: Inode, remote: str, prefix: str) -> None:
         """After the last page: entries the listing did not show are gone from the remote, unless

