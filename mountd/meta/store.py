@@ -140,6 +140,13 @@ class SchemaTooNew(MountdError):
     """meta.db was written by a newer mountd: its tables may mean things this one does not know."""
 
 
+# `Inode.meta_loaded`: what an inode's attributes are
+META_DEFAULTS = 0  # a listing's defaults, not looked at yet: a stat reads the directory's index or HEADs
+META_LOADED = 1  # the object's stored attributes (from a HEAD, its directory's index, or made here)
+META_FROM_LISTING = 2  # the listing's, final for a stat (no index vouches for the object): a HEAD
+#                        only when its stored metadata is needed (getxattr, chmod, a rename's copy)
+
+
 @dataclass(slots=True)
 class Inode:
     ino: int
@@ -162,7 +169,7 @@ class Inode:
     remote_key: str | None  # key whose object holds this inode's bytes now
     remote_version: str | None
     sha256: str | None
-    meta_loaded: int  # 0: attributes are defaults from a listing; a HEAD will fill them
+    meta_loaded: int  # META_DEFAULTS, META_LOADED or META_FROM_LISTING (below)
     listed_at: float | None  # directories: when the remote listing was last merged
     marker: int  # directories: a marker object is wanted for it
 
@@ -565,6 +572,11 @@ class MetaStore:
         """(name, ino) of the entries of `parent` whose object metadata is not loaded."""
         return self._exec("SELECT d.name, d.ino FROM dentries d JOIN inodes i ON i.ino = d.ino"
                           " WHERE d.parent=? AND i.meta_loaded=0", (parent,)).fetchall()
+
+    def mark_from_listing(self, parent: int) -> None:
+        """The entries of `parent` still at META_DEFAULTS keep their listing attributes for stat."""
+        self._exec("UPDATE inodes SET meta_loaded=2 WHERE meta_loaded=0 AND ino IN"
+                   " (SELECT ino FROM dentries WHERE parent=?)", (parent,))
 
     def unloaded_entries_after(self, parent: int, ino: int, most: int) -> list[int]:
         """Entries of `parent` after `ino`'s (in readdir order) whose object metadata is not loaded."""

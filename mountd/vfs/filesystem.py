@@ -41,7 +41,7 @@ from mountd.config import RepoConfig
 from mountd.errors import PosixError
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
-from mountd.meta.store import ROOT_INODE, ListingRow, Row
+from mountd.meta.store import META_LOADED, ROOT_INODE, ListingRow, Row
 from mountd.vfs.handles import OpenFiles, without_suid
 from mountd.vfs.introspect import XATTR_PREFIX as MOUNTD_XATTR_PREFIX
 from mountd.vfs.introspect import Introspection
@@ -643,7 +643,7 @@ class Filesystem:
             raise PosixError(errno.EPERM, "user extended attributes exist on files and directories only")
         self._writable_area(node)
         self._check_immutable(node)  # they live in the object's metadata
-        if not node.meta_loaded:  # the HEAD failed: a write now would drop the attributes it holds
+        if node.meta_loaded != META_LOADED:  # the HEAD failed: a write now would drop the attributes it holds
             raise PosixError(errno.EIO, "the object's metadata could not be read from the remote")
         return node
 

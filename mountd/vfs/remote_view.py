@@ -31,6 +31,7 @@ from mountd.config import RepoConfig
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavailable
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
+from mountd.meta.store import META_DEFAULTS, META_FROM_LISTING, META_LOADED
 from mountd.vfs.dir_index import DirIndexes, IndexEntry
 from mountd.vfs.kernel import Kernel
 from mountd.vfs.namespace import (
@@ -150,17 +151,21 @@ class RemoteView:
         the index's entry for the object, or else what the listing said (size, Last-Modified, the
         default mode): `ls -l` of a directory costs one GET, not a HEAD per object. Elsewhere
         (file://, whose HEAD is a local stat) the object's own metadata."""
-        if inode.meta_loaded or not self.indexes.indexed(inode.remote):
+        if inode.meta_loaded == META_FROM_LISTING:
+            return inode
+        if inode.meta_loaded == META_LOADED or not self.indexes.indexed(inode.remote):
             return await self.with_metadata(inode)
         up = self.meta.parent_of(inode.ino)
         if up is None:
             return await self.with_metadata(inode)
         entries = await self._take_index(up[0])
         fresh = self.meta.get(inode.ino)
-        if fresh is not None and not fresh.meta_loaded and entries:
+        if fresh is not None and fresh.meta_loaded == META_DEFAULTS:
             # an entry of a page listed after the index was read
             with self.meta.transaction():
                 self._apply_index_rows([(up[1], inode.ino)], entries)
+                if (after := self.meta.get(inode.ino)) is not None and after.meta_loaded == META_DEFAULTS:
+                    self.meta.update(inode.ino, meta_loaded=META_FROM_LISTING)
         return self.meta.get(inode.ino) or inode
 
     async def _take_index(self, dir_ino: int) -> Mapping[str, IndexEntry]:
@@ -176,21 +181,24 @@ class RemoteView:
             self._index_cache.move_to_end(dir_ino)
             return cached[1]
         key = self.paths.key_of(dir_ino, d)
-        if key is None or not self.indexes.may_exist(key[0]):
+        if key is None or not self.indexes.indexed(key[0]):
             return {}
         done = self._index_reading[dir_ino] = trio.Event()
         try:
-            try:
-                entries = await self.indexes.read(*key)
-            except RemoteError as e:  # the listing's attributes until the next listing
-                log.debug("directory index of %s: %s", key, e)
-                entries = {}
+            entries: Mapping[str, IndexEntry] = {}
+            if self.indexes.may_exist(key[0]):
+                try:
+                    entries = await self.indexes.read(*key)
+                except RemoteError as e:  # the listing's attributes until the next listing
+                    log.debug("directory index of %s: %s", key, e)
             if entries:
                 rows = self.meta.unloaded_children(dir_ino)
                 for start in range(0, len(rows), INDEX_APPLY_BATCH):
                     with self.meta.transaction():
                         self._apply_index_rows(rows[start:start + INDEX_APPLY_BATCH], entries)
                     await trio.sleep(0)  # (a directory may hold a million)
+            with self.meta.transaction():  # the others keep their listing attributes: final for stat
+                self.meta.mark_from_listing(dir_ino)
             self._keep_index(dir_ino, d.listed_at, entries)
             return entries
         finally:
@@ -214,7 +222,7 @@ class RemoteView:
             if name not in entries and name + "/" not in entries:
                 continue
             node = self.meta.get(ino)
-            if node is None or node.meta_loaded or node.remote_key is None:
+            if node is None or node.meta_loaded != META_DEFAULTS or node.remote_key is None:
                 continue
             entry = entries.get(name + "/" if node.is_dir else name)
             if entry is None or (not node.is_dir and (
@@ -233,18 +241,19 @@ class RemoteView:
         is taken out of its backlog and loaded here at once. The first one asked of a directory
         that was just read (`ls -l`: a readdir, then a stat of every entry) starts the pass on the
         entries after it; a readdir alone (`find`, `ls`) costs no HEAD."""
-        if inode.meta_loaded:
+        if inode.meta_loaded == META_LOADED:
             return inode
-        if self.indexes.indexed(inode.remote) and (up := self.meta.parent_of(inode.ino)) is not None:
+        if inode.meta_loaded == META_DEFAULTS and self.indexes.indexed(inode.remote) and (
+                up := self.meta.parent_of(inode.ino)) is not None:
             await self._take_index(up[0])
             inode = self.meta.get(inode.ino) or inode
-            if inode.meta_loaded:
+            if inode.meta_loaded == META_LOADED:
                 return inode
         running = self._metadata_running.get(inode.ino)
         if running is not None:
             await running.wait()
             inode = self.meta.get(inode.ino) or inode
-            if inode.meta_loaded:
+            if inode.meta_loaded == META_LOADED:
                 return inode
         queued = inode.ino in self._metadata_backlog
         self._metadata_backlog.pop(inode.ino, None)
@@ -310,7 +319,7 @@ class RemoteView:
     async def _load_metadata_batch(self, inos: list[int]) -> None:
         """HEAD listed objects one after the other in one worker thread, and take in the answers
         in one transaction: one trio hand-off and one commit per batch, not per object."""
-        nodes = [n for ino in inos if (n := self.meta.get(ino)) is not None and not n.meta_loaded
+        nodes = [n for ino in inos if (n := self.meta.get(ino)) is not None and n.meta_loaded != META_LOADED
                  and n.remote is not None and n.remote_key is not None]
         if not nodes:
             return
@@ -339,18 +348,21 @@ class RemoteView:
         if isinstance(answer, ObjectNotFound):
             # no marker (a bare prefix) or the object is gone: keep the defaults, stop asking
             fresh = self.meta.get(inode.ino)
-            if fresh is not None and fresh.remote_key == inode.remote_key and not fresh.meta_loaded:
+            if (fresh is not None and fresh.remote_key == inode.remote_key
+                    and fresh.meta_loaded != META_LOADED):
                 with self.meta.transaction():
-                    self.meta.update(inode.ino, meta_loaded=1)
+                    self.meta.update(inode.ino, meta_loaded=META_LOADED)
             return fresh or inode
         if not isinstance(answer, ObjectInfo):  # failed, or not asked before the batch's deadline
             log.debug("HEAD %s failed: %s", inode.remote_key, answer or "out of time")
             return inode
         self.stats.heads += 1
         fresh = self.meta.get(inode.ino)
-        if fresh is None or fresh.meta_loaded or fresh.remote_key != inode.remote_key:
+        if fresh is None or fresh.meta_loaded == META_LOADED or fresh.remote_key != inode.remote_key:
             return fresh or inode
         self.apply_object_info(fresh, answer)
+        if fresh.meta_loaded == META_FROM_LISTING:
+            self.kernel.invalidate_inode(fresh.ino)  # it cached the listing's attributes as final
         if answer.metadata and META_MODE in answer.metadata and fresh.remote and fresh.remote_key:
             # an object of ours its directory's index does not vouch for (written before the
             # indexes, or its update was lost): put it in, so the next mount needs no HEAD for it
@@ -962,7 +974,7 @@ class RemoteView:
                 stack.extend(child for _, child in self.meta.children(node.ino))
             elif (node.is_reg and not node.has_local and node.remote is not None
                   and node.remote_key is not None):
-                if not node.meta_loaded:
+                if node.meta_loaded != META_LOADED:
                     node = await self._load_metadata(node)
                 out.append(node)
         return out
