@@ -7,14 +7,20 @@ its method and query), so a test reads what the mount asked for, not what it say
 from __future__ import annotations
 
 import errno
+import http.client
 import os
 import re
 import stat
+import subprocess
+import threading
+import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.servers import S3Server
+from tests.test_writeback_requests import RequestCounter
 
 N = 1_100  # two listing pages of 1,000
 
@@ -187,3 +193,116 @@ def test_ls_l_of_objects_mountd_wrote_reads_their_directory_index_not_one_head_e
             assert (seen[name].st_mode, seen[name].st_mtime_ns) == (mode, mtime_ns), name
     assert (seen["f05"].st_size, stat.S_IMODE(seen["f05"].st_mode)) == (5, 0o644)
     assert (reader.data / "runs" / "f05").read_bytes() == b"other"
+
+
+HUGE = 20_000  # 20 listing pages
+PAGE_DELAY = 0.15  # seconds each page request of the huge directory is held at the proxy
+
+
+class SlowListings(RequestCounter):
+    """Holds each listing page of `prefix` for `delay` seconds before passing it on (a far
+    server), and records whether each carried a continuation token (page 1 carries none)."""
+
+    def __init__(self, upstream_port: int, prefix: str, delay: float) -> None:
+        self.prefix, self.delay = prefix, delay
+        self.continued: list[bool] = []  # one per page request of `prefix`, in order
+        self._pages = threading.Condition()
+        super().__init__(upstream_port)
+
+    def _count(self, method: str, target: str) -> None:
+        super()._count(method, target)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+        if "list-type" in query and query.get("prefix", [""])[0] == self.prefix \
+                and query.get("max-keys", ["1000"])[0] != "1":
+            time.sleep(self.delay)
+            with self._pages:
+                self.continued.append("continuation-token" in query)
+                self._pages.notify_all()
+
+    @property
+    def pages(self) -> int:
+        with self._pages:
+            return len(self.continued)
+
+    def wait_pages(self, n: int, timeout: float = 60) -> None:
+        with self._pages:
+            assert self._pages.wait_for(lambda: len(self.continued) >= n, timeout), self.continued
+
+
+@pytest.fixture(scope="module")
+def huge_bucket(s3_server: S3Server) -> str:
+    """HUGE objects under huge/, PUT as plain HTTP requests over 8 kept-alive connections (moto
+    checks no signature; boto3's own cost per request would make this half as fast again)."""
+    bucket = s3_server.new_bucket("huge")
+
+    def put_share(first: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", s3_server.port, timeout=60)
+        for i in range(first, HUGE, 8):
+            body = b"%d" % i
+            conn.request("PUT", f"/{bucket}/huge/k{i:05d}", body=body)
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200, answer.status
+        conn.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put_share, range(8)))
+    return bucket
+
+
+@pytest.fixture
+def slow_huge(make_repo, s3_server: S3Server, huge_bucket: str):
+    """A fresh mount of `huge_bucket` through a proxy that holds each listing page of huge/, with
+    a `read_timeout` of 1 s: the whole listing (20 pages) takes three times that."""
+    proxy = SlowListings(s3_server.port, "huge/", PAGE_DELAY)
+    try:
+        repo = make_repo(remote_toml=s3_server.remote_toml("main", huge_bucket, "/data",
+                                                           endpoint_url=proxy.endpoint_url),
+                         extra_toml='read_timeout = "1s"\n')
+        repo.start()
+        yield repo, proxy
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_a_directory_of_20000_is_listed_whole_though_its_listing_outlasts_read_timeout(slow_huge):
+    """No deadline covers a whole listing (each page has its own), and a stat of a name on the
+    last page is answered while the listing is still on its first pages. (With one deadline for
+    the whole listing, as before issue 22, `ls` fails after 1 s with nothing listed.)"""
+    repo, proxy = slow_huge
+    listed: dict[str, object] = {}
+
+    def ls() -> None:
+        t0 = time.monotonic()
+        listed["names"] = os.listdir(repo.data / "huge")
+        listed["seconds"] = time.monotonic() - t0
+
+    reader = threading.Thread(target=ls)
+    reader.start()
+    proxy.wait_pages(2)
+    assert os.stat(repo.data / "huge" / f"k{HUGE - 1:05d}").st_size == len(str(HUGE - 1))
+    pages_when_answered = proxy.pages
+    reader.join(120)
+    assert pages_when_answered < HUGE // 1000, pages_when_answered
+    assert len(listed["names"]) == HUGE  # type: ignore[arg-type]
+    assert listed["seconds"] > 1.0  # type: ignore[operator]
+    assert proxy.continued == [False] + [True] * (HUGE // 1000 - 1)  # each page asked for once
+
+
+@pytest.mark.slow
+def test_a_listing_killed_halfway_goes_on_from_its_next_page_after_a_restart(slow_huge):
+    """kill -9 of the daemon while `ls` is on page 8 of 20: the next mount's listing starts with
+    a continuation token (not page 1 again) and asks for the pages not merged yet only."""
+    repo, proxy = slow_huge
+    ls = subprocess.Popen(["ls", str(repo.data / "huge")], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    proxy.wait_pages(8)
+    repo.kill9()
+    ls.wait(30)
+    before = proxy.pages
+    repo.start()
+    assert len(os.listdir(repo.data / "huge")) == HUGE
+    after = proxy.continued[before:]
+    assert after and all(after), proxy.continued  # resumed: no page 1
+    assert len(after) <= HUGE // 1000 - (8 - 1), proxy.continued  # pages 1-7 were merged before the kill

@@ -761,11 +761,17 @@ class RemoteView:
                     if node.has_local:
                         self.local.discard(node.ino)
                 else:
-                    if node.has_local:  # a clean local copy of the old bytes: the new ones are remote
-                        self.meta.update(node.ino, has_local=0)
+                    # replaced too, never changed in place: the kernel may still hold the old
+                    # size (its invalidation is queued) and would read the new bytes up to it, the
+                    # rest zeros (seen under load). The old inode goes now: the kernel naming it
+                    # gets ESTALE and looks the name up again, finding the new one.
+                    self._replace_open(d.ino, bname, node, info)
+                    self.reader.forget(object_ref(node))
+                    self.kernel.invalidate_inode(node.ino)
+                    self.forget_inode(node.ino)
+                    self.meta.delete_inode(node.ino)
+                    if node.has_local:
                         self.local.discard(node.ino)
-                    self._refresh_from_listing(node, info)
-                    self.confirmed(node.ino)
             elif info is not None and invalid_name_reason(bname.decode("utf-8", "surrogateescape")) is None:
                 self._create_from_listing(d.ino, bname, remote, info)
             else:
