@@ -17,7 +17,10 @@ command is run after dropping the page cache (`echo 3 > /proc/sys/vm/drop_caches
 3. `stat` of one named file of `d100k/` (likewise);
 4. `ls -l d100k | wc -l` cold, then warm; the daemon's peak RSS (VmRSS sampled every 20 ms, and
    VmHWM at the end) during the cold listing;
-5. `find tree | wc -l` cold, then warm (not run when the cold one timed out), with the peak RSS.
+5. `find tree | wc -l` cold, with the peak RSS; for mountd targets the daemon is then stopped and
+   started again on the same metadata db (the seconds until the mount answers) and `find` runs
+   again, page cache dropped (within `listing_ttl` of the listings: it should ask for none); then
+   `find` warm and `du -s` of the tree (not run when the cold `find` timed out).
 
 Each command has a timeout (`--timeout`, 150 s by default): a timed-out command is killed and
 recorded as such. `mountd` is HEAD's `mountd/` (exported with git archive, as `python -m bench
@@ -55,7 +58,7 @@ DOCS_MD = REPO / "docs" / "benchmarks.md"
 BEGIN = "<!-- large-dirs:begin (written by `python -m bench.largedirs`; edits here are overwritten) -->"
 NOTES = "<!-- large-dirs:notes (kept by `python -m bench.largedirs`) -->"
 END = "<!-- large-dirs:end -->"
-OLD_COMMIT = "60f09a5"
+OLD_COMMIT = "60f09a5"  # `--old-commit`
 BUCKET = "bench-largedirs"
 OBJECT_SIZE = 100
 TARGET_NAMES = ("mountd", "mountd-old", "rclone", "s3fs")
@@ -246,8 +249,17 @@ class Runner:
             self.fresh(t)
             out["tree_find_cold"] = self.measure(t, "find {root}/tree | wc -l", True, rss=True,
                                                  profile="find-tree" if profile else "")
+            if not out["tree_find_cold"]["timed_out"] and isinstance(t, MountdTarget) and not profile:
+                # the same db, a new daemon: ready how soon, and is the tree listed again?
+                # (within `listing_ttl` of its listing it must not be)
+                self.stop(t)
+                t0 = time.monotonic()
+                t.start()
+                out["remount_s"] = time.monotonic() - t0
+                out["tree_find_after_remount"] = self.measure(t, "find {root}/tree | wc -l", True)
             if not out["tree_find_cold"]["timed_out"]:
                 out["tree_find_warm"] = self.measure(t, "find {root}/tree | wc -l", False)
+                out["tree_du"] = self.measure(t, "du -s --apparent-size --block-size=1 {root}/tree", False)
             out["tree_db_bytes"] = db_bytes(t)
         self.stop(t)
         return out
@@ -257,12 +269,13 @@ def run(work: Path, names: list[str], small: int, big: int, tree: tuple[int, int
         old_src: Path, profile: bool, log: Any = print) -> dict[str, Any]:
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    if not (old_src / "mountd").is_dir():
+    if "mountd-old" in names and not (old_src / "mountd").is_dir():
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_src), OLD_COMMIT],
                        check=True)
     new_src, desc = mountd_source(REPO, work, "HEAD")
     old_desc = subprocess.run(["git", "-C", str(old_src), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+                              capture_output=True, text=True, check=True).stdout.strip() \
+        if "mountd-old" in names else "not run"
     rclone = _rclone()
     server = S3Server(rclone, work / "s3")
     res: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -378,6 +391,15 @@ def section(res: dict[str, Any], command: str) -> str:
         row(f"**{dirs * per:,} objects in {dirs:,} directories of {per}: cold `find \\| wc -l`**",
             "tree_find_cold", total, rss=True)
         row("same, warm", "tree_find_warm", total)
+        row("same, after a remount on the same metadata db (page cache dropped)", "tree_find_after_remount",
+            total)
+        row("`du -s` of the tree (after `find`)", "tree_du")
+        remounts = [f"{n} {res['targets'][n]['remount_s']:.2f} s" for n in names
+                    if "remount_s" in res["targets"][n]]
+        if remounts:
+            lines.append("| remount on that db, until the mount answers | " + " | ".join(
+                f"{res['targets'][n]['remount_s']:.2f} s" if "remount_s" in res["targets"][n] else "—"
+                for n in names) + " |")
     dbs = [(n, res["targets"][n].get("big_db_bytes"), res["targets"][n].get("tree_db_bytes")) for n in names]
     db_text = "; ".join(f"{n}: {b / 2**20:.1f} MiB after the {big:,} listing"
                         + (f", {tr / 2**20:.1f} MiB after the tree" if tr else "")

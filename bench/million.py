@@ -1,5 +1,5 @@
-"""`python -m bench.million [--objects 1000000] [--small 10000]`: one directory of a million
-objects (issue 22), mountd only, on SeaweedFS.
+"""`python -m bench.million [--sizes d10k=10000,d100k=100000,d1m=1000000]`: one directory of a
+million objects (issue 22), mountd only, on SeaweedFS.
 
 `rclone serve s3` (bench/largedirs.py) cannot serve this: it reads and sorts the whole directory
 for every listing page, so a page of a directory of 100,000 costs it about 1 s and the 1,000
@@ -8,13 +8,14 @@ use; its filer keeps keys sorted in LevelDB) pages in time independent of the di
 The objects (100 bytes) are PUT through its S3 gateway by 32 threads, once (a stamp file in WORK
 remembers); nothing is written afterwards.
 
-For each directory (`d10k/`: `--small` objects, `d1m/`: `--objects`): a fresh mount (empty local
+For each directory (`--sizes`: 10,000, 100,000 and 1,000,000 objects): a fresh mount (empty local
 tier, cache and metadata db), the page cache dropped, `ls -l DIR | wc -l` cold, with the daemon's
 peak RSS (VmRSS sampled every 20 ms, VmHWM at the end); the same warm; the metadata db's size;
 then the daemon is stopped and started again on the same db (the time until the mount answers)
 and `ls -l` runs again (served from the db within `listing_ttl`, 10 minutes here, so that the
 remount is not confused with a new listing). Time per entry is the cold `ls -l`'s seconds over
-its lines. Results go to WORK/million.json and the `million` section of docs/benchmarks.md.
+its lines. Results go to WORK/million.json, the `million` section of docs/benchmarks.md and the
+chart docs/largedirs-per-entry.svg (time per entry against the number of entries).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DOCS_MD = REPO / "docs" / "benchmarks.md"
 BEGIN = "<!-- million:begin (written by `python -m bench.million`; edits here are overwritten) -->"
 NOTES = "<!-- million:notes (kept by `python -m bench.million`) -->"
 END = "<!-- million:end -->"
+CHART = REPO / "docs" / "largedirs-per-entry.svg"
 BUCKET = "bench-million"
 OBJECT_SIZE = 100
 
@@ -61,8 +63,8 @@ class MillionTarget(MountdTarget):
         self.config.write_text(text)
 
 
-def seed(server: Any, small: int, big: int, stamp: Path, log: Any) -> float:
-    want = {"small": small, "big": big, "size": OBJECT_SIZE}
+def seed(server: Any, sizes: dict[str, int], stamp: Path, log: Any) -> float:
+    want = {"dirs": sizes, "size": OBJECT_SIZE}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return 0.0
     t0 = time.monotonic()
@@ -71,7 +73,7 @@ def seed(server: Any, small: int, big: int, stamp: Path, log: Any) -> float:
         client.create_bucket(Bucket=BUCKET)
     except Exception:  # noqa: BLE001 - it exists from an interrupted seeding
         pass
-    keys = [f"d10k/{name_of(i)}" for i in range(small)] + [f"d1m/{name_of(i)}" for i in range(big)]
+    keys = [f"{d}/{name_of(i)}" for d, n in sizes.items() for i in range(n)]
 
     def put(key: str) -> None:
         client.put_object(Bucket=BUCKET, Key=key, Body=f"{key}\n".encode().ljust(OBJECT_SIZE, b"."))
@@ -113,7 +115,7 @@ def run_dir(t: MountdTarget, d: str, timeout: float, log: Any) -> dict[str, Any]
     return out
 
 
-def run(work: Path, small: int, big: int, timeout: float, log: Any = print) -> dict[str, Any]:
+def run(work: Path, sizes: dict[str, int], timeout: float, log: Any = print) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from tests.servers import SeaweedS3Server  # the tests' own server wrapper
 
@@ -124,15 +126,15 @@ def run(work: Path, small: int, big: int, timeout: float, log: Any = print) -> d
     server.start()
     res: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                            "machine": machine_info(work, {}, desc),
-                           "small": small, "big": big, "dirs": {}}
+                           "sizes": sizes, "dirs": {}}
     try:
-        log(f"million: seeding {small:,} + {big:,} objects")
-        res["seed_s"] = seed(server, small, big, work / "million-seed.json", log)
+        log(f"million: seeding {sizes}")
+        res["seed_s"] = seed(server, sizes, work / "million-seed.json", log)
         t = MillionTarget(work, SeaweedOptions(server), src)  # type: ignore[arg-type]
         t.bucket = BUCKET
         fusermount_lazy(t.root)
         try:
-            for d in ("d10k", "d1m"):
+            for d in sizes:
                 res["dirs"][d] = run_dir(t, d, timeout, log)
         finally:
             t.stop()
@@ -179,25 +181,76 @@ def render(res: dict[str, Any]) -> str:
         f"| mountd | {m.get('mountd', '')} |",
         f"| date | {res['started']} (took {res['took_s'] / 60:.1f} min; seeding {res['seed_s']:.0f} s) |",
         "| command | `.venv/bin/python -m bench.million` |", "",
-        "| | d10k (10,000 objects) | d1m (1,000,000 objects) |", "|---|---|---|",
+        "| | " + " | ".join(f"{n:,} objects" for n in res["sizes"].values()) + " |",
+        "|---|" + "---|" * len(d),
     ]
     for label, f in rows:
-        lines.append(f"| {label} | {f(d['d10k'])} | {f(d['d1m'])} |")
+        lines.append(f"| {label} | " + " | ".join(f(d[name]) for name in res["sizes"]) + " |")
+    lines += ["", f"![time per entry of a cold `ls -l` against the number of entries]({CHART.name})"]
     return "\n".join(lines) + "\n\n"
+
+
+def per_entry(res: dict[str, Any]) -> list[tuple[int, float]]:
+    """(entries, µs per entry of the cold `ls -l`) of each directory that was listed whole."""
+    out = []
+    for name, n in res["sizes"].items():
+        r = res["dirs"].get(name, {}).get("ls_cold", {})
+        if r.get("seconds") and not r.get("timed_out"):
+            out.append((n, r["seconds"] / n * 1e6))
+    return out
+
+
+def chart(points: list[tuple[int, float]]) -> str:
+    """An SVG line chart, log-scaled entries on x, µs per entry on y (no plotting library in the
+    project for one chart)."""
+    import math
+
+    w, h, left, bottom, top, right = 560, 300, 70, 50, 20, 20
+    ymax = max((p[1] for p in points), default=1) * 1.25
+    xs = [math.log10(n) for n, _ in points] or [4, 6]
+    x0, x1 = min(xs) - 0.2, max(xs) + 0.2
+
+    def px(n: int) -> float:
+        return left + (math.log10(n) - x0) / (x1 - x0) * (w - left - right)
+
+    def py(v: float) -> float:
+        return h - bottom - v / ymax * (h - bottom - top)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
+             f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>']
+    for i in range(5):
+        v = ymax * i / 4
+        parts.append(f'<text x="{left - 6}" y="{py(v) + 4:.0f}" text-anchor="end">{v:.0f}</text>')
+    for n, v in points:
+        parts.append(f'<text x="{px(n):.0f}" y="{h - bottom + 18}" text-anchor="middle">{n:,}</text>')
+        parts.append(f'<circle cx="{px(n):.1f}" cy="{py(v):.1f}" r="4" fill="#1f77b4"/>')
+        parts.append(f'<text x="{px(n):.0f}" y="{py(v) - 8:.0f}" text-anchor="middle">{v:.0f} µs</text>')
+    if len(points) > 1:
+        path = " ".join(f"{px(n):.1f},{py(v):.1f}" for n, v in points)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="#1f77b4" stroke-width="2"/>')
+    parts.append(f'<text x="{(w + left) / 2:.0f}" y="{h - 12}" text-anchor="middle">objects in the directory '
+                 '(log scale)</text>')
+    parts.append(f'<text x="16" y="{(h - bottom + top) / 2:.0f}" text-anchor="middle" '
+                 f'transform="rotate(-90 16 {(h - bottom + top) / 2:.0f})">µs per entry, cold ls -l</text>')
+    return "\n".join(parts) + "\n</svg>\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.million", description=__doc__.splitlines()[0])
-    p.add_argument("--objects", type=int, default=1_000_000)
-    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--sizes", default="d10k=10000,d100k=100000,d1m=1000000",
+                   help="NAME=OBJECTS,...: one directory of each size")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--work", type=Path,
                    default=Path(os.environ.get("MOUNTD_BENCH_WORK", "/tmp/mountd-million")))
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True)
     a = p.parse_args(argv)
-    res = run(a.work, a.small, a.objects, a.timeout)
+    sizes = {name: int(n) for name, _, n in (part.partition("=") for part in a.sizes.split(","))}
+    res = run(a.work, sizes, a.timeout)
     if a.docs:
         write_marked_section(DOCS_MD, BEGIN, END, NOTES, render(res))
+        CHART.write_text(chart(per_entry(res)))
     print(render(res))
     return 0
 
