@@ -95,6 +95,28 @@ def test_objects_no_index_vouches_for_show_listing_attributes_until_their_metada
 
 
 @NOT_GCS
+def test_an_open_for_writing_downloads_nothing_until_its_first_write(repo):
+    """A verifier that opens a clean remote file read-write and only reads it leaves it remote;
+    the first write fetches it, once, for every handle. (With `materialize` called at open again,
+    as before, `user.mountd.local` is 1 after the first open.)"""
+    data = bytes(range(256)) * 8192  # 2 MiB
+    (repo.remote_dir / "ro.bin").write_bytes(data)
+    p = repo.data / "ro.bin"
+    with open(p, "r+b") as f, open(p, "ab") as g:
+        assert f.read() == data
+        assert os.getxattr(p, "user.mountd.local") == b"0"
+        g.write(b"tail")
+        g.flush()
+        assert os.getxattr(p, "user.mountd.local") == b"1"
+        f.seek(100)
+        f.write(b"mid")
+    assert os.getxattr(p, "user.mountd.local") == b"1"
+    repo.sync()
+    assert (repo.remote_dir / "ro.bin").read_bytes() == data[:100] + b"mid" + data[103:] + b"tail"
+    assert repo.status()["statistics"]["vfs"]["materialized"] == 1
+
+
+@NOT_GCS
 def test_rewrite_without_trunc_materializes(repo):
     (repo.remote_dir / "f.bin").write_bytes(b"A" * 10000)
     with open(repo.data / "f.bin", "r+b") as f:

@@ -478,6 +478,7 @@ class Filesystem:
         if node.is_dir:
             raise PosixError(errno.EISDIR)
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        fetch_later = False
         if writable:
             self.files.no_cache_readers(ino)
             self._writable_area(node)
@@ -485,13 +486,16 @@ class Filesystem:
             if flags & os.O_TRUNC:
                 await self._truncate(node, 0)
             elif not node.has_local and node.remote is not None:
-                await self.remote.materialize(node)
+                node = await self.remote.revalidate(node)  # (its reads come from the remote until a write)
+                fetch_later = True
             node = self._inode(ino)
         elif not node.has_local and node.remote is not None:
             node = await self.remote.revalidate(node)
             if not node.has_local and node.remote_key is not None:
                 self.remote.reader.opened(object_ref(node))  # read_whole objects start downloading
         opened = await self.files.open(node, writable=writable, uid=ctx.uid)
+        if fetch_later:
+            self.files.fetch_at_first_write(ino)
         if writable and flags & os.O_TRUNC:
             now = self.files.opened_truncated(ino)
             values: dict[str, object] = {"mtime_ns": now, "ctime_ns": now}
@@ -505,7 +509,15 @@ class Filesystem:
         return await self.files.read(fh, offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
+        await self.files.before_write(fh, self._fetch_for_write)
         return await self.files.write(fh, offset, data)
+
+    async def _fetch_for_write(self, ino: int) -> None:
+        """The whole object onto the local tier, at the first write of a file opened without it
+        (unless a truncate or another path fetched it meanwhile)."""
+        node = self._inode(ino)
+        if not node.has_local and node.remote is not None:
+            await self.remote.materialize(node)
 
     async def flush(self, fh: int) -> None:
         await self.files.flush(fh)

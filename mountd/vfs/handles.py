@@ -21,6 +21,7 @@ import math
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import trio
@@ -74,6 +75,9 @@ class OpenInode:
     seen: tuple[int, int] | None = None
     # the cache's file of the whole object when the kernel reads that (backing_id is then its id)
     cached: WholeFile | None = None
+    # opened for writing while its data is only in the remote: the first write fetches it
+    fetch_before_write: bool = False
+    fetching: trio.Event | None = None  # that fetch, which every other writer waits for
 
 
 @dataclass(slots=True)
@@ -180,6 +184,28 @@ class OpenFiles:
         op.modified = True
         op.fd = fd
         return await self._maybe_passthrough(opened, node)
+
+    def fetch_at_first_write(self, ino: int) -> None:
+        """An open for writing (without O_TRUNC) of a file whose data is only in the remote
+        downloads nothing: a verifier or a program that opens read-write and only reads costs no
+        download. Its reads come from the remote meanwhile."""
+        self._open[ino].fetch_before_write = True
+
+    async def before_write(self, fh: int, fetch: Callable[[int], Awaitable[None]]) -> None:
+        """Before a write through `fh`: the first one of a file opened without its data fetches it
+        (`fetch(ino)`), once for every handle of the inode."""
+        op = self._open.get(self._handle(fh).ino)
+        while op is not None and op.fetch_before_write:
+            if op.fetching is not None:
+                await op.fetching.wait()
+                continue
+            op.fetching = trio.Event()
+            try:
+                await fetch(op.ino)
+                op.fetch_before_write = False
+            finally:
+                done, op.fetching = op.fetching, None
+                done.set()
 
     def opened_truncated(self, ino: int) -> int:
         """POSIX: O_TRUNC of an existing file marks mtime and ctime for update, even when it was
