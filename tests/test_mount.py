@@ -200,6 +200,8 @@ def test_attributes_survive_remount_from_object_metadata(make_repo):
     assert stat.S_IMODE(st.st_mode) == 0o640
     assert (st.st_uid, st.st_gid) == (1234, 5678)
     assert st.st_mtime_ns // 1000 == 1_600_000_000_123_456_789 // 1000
+    # atime and ctime restart from the stored mtime, not from the object's Last-Modified
+    assert st.st_atime_ns == st.st_ctime_ns == st.st_mtime_ns
     assert (repo.data / "attrs.bin").read_bytes() == b"abc"
 
 

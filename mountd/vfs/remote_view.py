@@ -382,6 +382,10 @@ class RemoteView:
         if info.metadata is not None:
             values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
                           meta_loaded=1, sha256=info.metadata.get(META_SHA256) or None)
+            if inode.meta_loaded != META_LOADED and not inode.attrs_dirty:
+                # the listing's Last-Modified (whole seconds on S3) was only a stand-in: atime and
+                # ctime restart from the stored mtime, as docs/semantics.md says
+                values.update(atime_ns=attrs.mtime_ns, ctime_ns=attrs.mtime_ns)
             if info.metadata.get(META_SHA256):
                 self.meta.hash_put(inode.remote or "", info.metadata[META_SHA256], info.key, info.version)
         with self.meta.transaction():
