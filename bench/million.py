@@ -8,8 +8,9 @@ use; its filer keeps keys sorted in LevelDB) pages in time independent of the di
 The objects (100 bytes) are PUT through its S3 gateway by 32 threads, once (a stamp file in WORK
 remembers); nothing is written afterwards.
 
-For each directory (`--sizes`: 10,000, 100,000 and 1,000,000 objects): a fresh mount (empty local
-tier, cache and metadata db), the page cache dropped, `ls -l DIR | wc -l` cold, with the daemon's
+For each directory (`--sizes`: 10,000, 100,000 and 1,000,000 objects): a fresh mount and a cold
+`stat` of one named file; then another fresh mount (empty local tier, cache and metadata db), the
+page cache dropped, `ls -l DIR | wc -l` cold, with the daemon's
 peak RSS (VmRSS sampled every 20 ms, VmHWM at the end); the same warm; the metadata db's size;
 then the daemon is stopped and started again on the same db (the time until the mount answers)
 and `ls -l` runs again (served from the db within `listing_ttl`, 10 minutes here, so that the
@@ -98,11 +99,16 @@ def measure(t: MountdTarget, cmd: str, *, cold: bool, timeout: float, log: Any) 
     return r
 
 
-def run_dir(t: MountdTarget, d: str, timeout: float, log: Any) -> dict[str, Any]:
+def run_dir(t: MountdTarget, d: str, n: int, timeout: float, log: Any) -> dict[str, Any]:
     t.stop()
     t.clean()
     t.start()
     out: dict[str, Any] = {}
+    out["stat_cold"] = measure(t, f"stat -c %s {{root}}/{d}/{name_of(n // 2)}", cold=True, timeout=timeout,
+                               log=log)
+    t.stop()
+    t.clean()
+    t.start()
     out["ls_cold"] = measure(t, f"ls -l {{root}}/{d} | wc -l", cold=True, timeout=timeout, log=log)
     out["ls_warm"] = measure(t, f"ls -l {{root}}/{d} | wc -l", cold=False, timeout=timeout, log=log)
     out["db_bytes"] = db_bytes(t)
@@ -134,8 +140,8 @@ def run(work: Path, sizes: dict[str, int], timeout: float, log: Any = print) -> 
         t.bucket = BUCKET
         fusermount_lazy(t.root)
         try:
-            for d in sizes:
-                res["dirs"][d] = run_dir(t, d, timeout, log)
+            for d, n in sizes.items():
+                res["dirs"][d] = run_dir(t, d, n, timeout, log)
         finally:
             t.stop()
             fusermount_lazy(t.root)
@@ -161,6 +167,8 @@ def render(res: dict[str, Any]) -> str:
 
     d = res["dirs"]
     rows = [
+        ("cold `stat` of one named file (fresh mount)", lambda x: f"{x['stat_cold']['seconds']:.3f} s"
+         if x.get("stat_cold", {}).get("seconds") else "—"),
         ("cold `ls -l \\| wc -l`", lambda x: cell(x["ls_cold"])),
         ("time per entry, cold", lambda x: _per_entry_us(x["ls_cold"])),
         ("warm `ls -l \\| wc -l`", lambda x: cell(x["ls_warm"])),
