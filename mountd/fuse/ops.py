@@ -132,8 +132,11 @@ class MountdOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = 0
-        e.entry_timeout = self.attr_timeout
-        # attributes still defaulted (from a listing, before a HEAD) must not be cached by the kernel
+        # attributes still defaulted (from a listing, before its index or a HEAD) must not be cached
+        # by the kernel, nor the name: the object may turn out to be a symlink, FIFO or device,
+        # and the kernel takes a new file type only from a lookup (a getattr that finds one
+        # answers EIO)
+        e.entry_timeout = self.attr_timeout if a.exact else 0
         e.attr_timeout = self.attr_timeout if a.exact else 0
         e.st_mode = a.mode
         e.st_nlink = a.nlink
@@ -246,7 +249,9 @@ class MountdOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         await self.fs.readdir_ready(fh, start_id)
         for page in self.fs.readdir(fh, start_id):
-            if self._reply_rows(token, page, self.attr_timeout, self.attr_timeout, BLKSIZE) < len(page):
+            exact = all(row[Row.META_LOADED] for row in page)  # (see _entry)
+            if self._reply_rows(token, page, self.attr_timeout if exact else 0, self.attr_timeout,
+                                BLKSIZE) < len(page):
                 break
 
     def _reply_rows_one_by_one(self, token: pyfuse3.ReaddirToken, rows: list[ListingRow],

@@ -385,15 +385,20 @@ class Filesystem:
             opened, attr = await self.create(parent, name, mode, ctx)
             await self.release(opened.fh)
             return attr
+        if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise PosixError(errno.EINVAL, f"mknod of file type {stat.S_IFMT(mode):o}")
         d = await self._prepare_new_entry(parent, name)
-        if d.remote is not None:
-            raise PosixError(errno.EPERM, "special files exist only in local-only paths")
         uid, gid, mode = self._new_child_owner(d, ctx, mode)
         now = clock.now_ns()
         with self.meta.transaction():
-            node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=None, rdev=rdev, mtime_ns=now)
+            # on a remote path: an empty object whose metadata holds the mode and rdev (s3fs-fuse's
+            # convention), so a mount from an empty local tier makes the same node again
+            node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, rdev=rdev,
+                                          mtime_ns=now, attr_gen=1 if d.remote is not None else 0)
             self.meta.add_entry(parent, name, node.ino)
             self._touch_dir(parent, now)
+            if d.remote is not None:
+                self._queue(node.ino)
         return self.files.attr(self._inode(node.ino))
 
     async def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Attr:

@@ -26,6 +26,10 @@ META_MODE, META_UID, META_GID, META_MTIME, META_SHA256 = "mode", "uid", "gid", "
 # user extended attributes of a remote file or directory: one entry holding URL-encoded JSON of
 # {name: base64(value)}, as s3fs-fuse writes its `x-amz-meta-xattr` header (docs/semantics.md)
 META_XATTR = "xattr"
+META_RDEV = "rdev"  # the device number of a character or block device node
+# file types an empty object becomes when its stored mode says so (s3fs-fuse's convention: a
+# `mode` header); a directory is never one (its kind comes from the listing's prefix)
+OBJECT_KINDS = frozenset({stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 XATTR_SIZE_MAX = 65536  # Linux's largest value, and our largest list of names on a local-only path
 # user metadata per object (keys + values, in bytes) each kind of store accepts: S3 2 KiB, GCS and
 # Azure 8 KiB; a file:// remote keeps it in one extended attribute of the bucket's file (ext4:
@@ -96,8 +100,10 @@ def parse_mtime(text: str) -> int:
 
 
 def metadata_for(mode: int, uid: int, gid: int, mtime_ns: int, sha256: str | None,
-                 xattrs: Mapping[bytes, bytes] | None = None) -> dict[str, str]:
+                 xattrs: Mapping[bytes, bytes] | None = None, rdev: int = 0) -> dict[str, str]:
     meta = {META_MODE: str(mode), META_UID: str(uid), META_GID: str(gid), META_MTIME: format_mtime(mtime_ns)}
+    if rdev:
+        meta[META_RDEV] = str(rdev)
     if sha256:
         meta[META_SHA256] = sha256
     if xattrs:
@@ -147,19 +153,20 @@ class PosixAttrs:
     uid: int
     gid: int
     mtime_ns: int
+    rdev: int = 0
 
 
 def attrs_from_metadata(meta: Mapping[str, str] | None, *, default_mode: int, uid: int, gid: int,
                         mtime_ns: int, kind: int) -> PosixAttrs:
     """POSIX attributes from object metadata, falling back to the mount's defaults field by field.
 
-    The file type always comes from `kind` unless the metadata says symlink (a regular object
-    whose mode has S_IFLNK is a symlink, the s3fs-fuse convention)."""
+    The file type always comes from `kind` unless the metadata says symlink, FIFO, socket or
+    device (a regular object whose mode has one of those types is one, the s3fs-fuse convention)."""
     meta = meta or {}
     mode = default_mode | kind
     try:
         m = int(meta[META_MODE])
-        if stat.S_ISLNK(m) and kind == stat.S_IFREG:
+        if stat.S_IFMT(m) in OBJECT_KINDS and kind == stat.S_IFREG:
             mode = m
         else:
             mode = stat.S_IMODE(m) | kind
@@ -176,7 +183,8 @@ def attrs_from_metadata(meta: Mapping[str, str] | None, *, default_mode: int, ui
         mtime = parse_mtime(meta[META_MTIME])
     except (KeyError, ValueError, ArithmeticError):
         mtime = mtime_ns
-    return PosixAttrs(mode=mode, uid=_int(META_UID, uid), gid=_int(META_GID, gid), mtime_ns=mtime)
+    rdev = _int(META_RDEV, 0) if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0
+    return PosixAttrs(mode=mode, uid=_int(META_UID, uid), gid=_int(META_GID, gid), mtime_ns=mtime, rdev=rdev)
 
 
 def object_ref(node: Inode) -> ObjectRef:

@@ -56,7 +56,7 @@ from mountd.backend import CREATE_ONLY, ObjectInfo, ObjectStore, Precondition
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled, VersionMismatch
 from mountd.meta import Inode, JournalEntry, MetaStore
 from mountd.vfs.conflicts import ConflictCopies
-from mountd.vfs.namespace import metadata_for
+from mountd.vfs.namespace import OBJECT_KINDS, metadata_for
 from mountd.vfs.remote_calls import RemoteCalls
 from mountd.vfs.writeback_view import WritebackView
 from mountd.writeback import Journal
@@ -135,13 +135,14 @@ class Reconciler:
             return
         if node.is_dir:
             await self._put_marker(store, node, entry.key)
-        elif node.is_symlink:
-            await self._put_symlink(store, node, entry.key)
+        elif stat.S_IFMT(node.mode) in OBJECT_KINDS:  # a symlink, FIFO, socket or device node
+            await self._put_small(store, node, entry.key)
         elif node.is_reg:
             await self._sync_file(store, node, entry.key)
 
     def _meta_of(self, node: Inode, sha256: str | None) -> dict[str, str]:
-        return metadata_for(node.mode, node.uid, node.gid, node.mtime_ns, sha256, self.meta.xattrs(node.ino))
+        return metadata_for(node.mode, node.uid, node.gid, node.mtime_ns, sha256, self.meta.xattrs(node.ino),
+                            rdev=node.rdev)
 
     async def _delete(self, store: ObjectStore, entry: JournalEntry) -> None:
         if entry.key == "":
@@ -181,7 +182,9 @@ class Reconciler:
         self._done(node.ino, remote=node.remote or "", content_gen=None, attr_gen=gen, key=key, info=info,
                    sha256=None, stored=meta)
 
-    async def _put_symlink(self, store: ObjectStore, node: Inode, key: str) -> None:
+    async def _put_small(self, store: ObjectStore, node: Inode, key: str) -> None:
+        """An object whose metadata says what it is: a symlink (its target is the body) or a FIFO,
+        socket or device node (empty; `rdev` in the metadata)."""
         if node.remote_key == key and not node.attrs_dirty:
             return
         async with self._overwriting(store, node, key):
@@ -509,7 +512,7 @@ class Reconciler:
                 self.view.not_dirty(ino)
                 if sha256:
                     values["sha256"] = sha256
-            elif node.is_symlink or (content_gen is not None and not node.is_dir):
+            elif stat.S_IFMT(node.mode) in OBJECT_KINDS or (content_gen is not None and not node.is_dir):
                 # a file that changed during its upload stays dirty, but the object at `key` is the
                 # one just written: its next upload compares against this version, not the old one
                 values.update(remote_key=key, remote_version=info.version)

@@ -381,7 +381,7 @@ class RemoteView:
                 values["size"] = info.size
         if info.metadata is not None:
             values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
-                          meta_loaded=1, sha256=info.metadata.get(META_SHA256) or None)
+                          rdev=attrs.rdev, meta_loaded=1, sha256=info.metadata.get(META_SHA256) or None)
             if inode.meta_loaded != META_LOADED and not inode.attrs_dirty:
                 # the listing's Last-Modified (whole seconds on S3) was only a stand-in: atime and
                 # ctime restart from the stored mtime, as docs/semantics.md says
@@ -837,7 +837,7 @@ class RemoteView:
         sha = (info.metadata or {}).get(META_SHA256) or None
         node = self.meta.create_inode(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, remote=remote,
                                       size=info.size, mtime_ns=attrs.mtime_ns, remote_key=info.key,
-                                      remote_version=info.version, sha256=sha,
+                                      rdev=attrs.rdev, remote_version=info.version, sha256=sha,
                                       meta_loaded=int(info.metadata is not None))
         self.meta.add_entry(parent, bname, node.ino)
         if xattrs := xattrs_from_metadata(info.metadata):
@@ -859,7 +859,7 @@ class RemoteView:
                                         uid=self._owner[0], gid=self._owner[1], mtime_ns=info.mtime_ns,
                                         kind=stat.S_IFMT(node.mode))
             values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
-                          sha256=info.metadata.get(META_SHA256) or None, meta_loaded=1)
+                          rdev=attrs.rdev, sha256=info.metadata.get(META_SHA256) or None, meta_loaded=1)
             self.meta.xattrs_replace(node.ino, xattrs_from_metadata(info.metadata))
         else:
             values.update(meta_loaded=0, sha256=None)
