@@ -10,7 +10,9 @@ itself (`region`, `path_style`, `retries`, ...) are listed there too.
 
 from __future__ import annotations
 
+import email.utils
 import re
+from datetime import datetime
 from typing import Any
 
 from mountd.backend import StoreTuning
@@ -46,6 +48,23 @@ def _split_root(url: str) -> str:
     return url.split("://", 1)[1]
 
 
+def fast_timestamp(value: str) -> datetime:
+    """botocore parses each timestamp of a response with dateutil: in a listing of 100-object
+    directories that was a quarter of the daemon's CPU (py-spy, `find` over 3,000 of them). An
+    S3 XML timestamp is ISO 8601 and a header's is RFC 1123, both parsed by the standard library
+    ten times faster; anything else goes to botocore's own parser."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        import botocore.utils
+
+        return botocore.utils.parse_timestamp(value)
+
+
 def _s3_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str]:
     import s3fs
 
@@ -65,6 +84,12 @@ def _s3_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str]
     if opts.pop("path_style", False) or opts.pop("addressing_style", "") == "path":
         config_kwargs["s3"] = {"addressing_style": "path"}
     retries = int(opts.pop("retries", 1))
+    if "session" not in opts:
+        import aiobotocore.session
+
+        opts["session"] = aiobotocore.session.AioSession()
+        opts["session"].get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=fast_timestamp)
     fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client_kwargs, config_kwargs=config_kwargs,
                            use_listings_cache=False, **opts)
     fs.retries = retries  # botocore already retries once; s3fs would add 5 rounds with pauses
