@@ -325,9 +325,10 @@ def _reqs(r: dict[str, Any]) -> str:
     return ", ".join(f"{v:,} {k}" for k, v in order) or "none"
 
 
-def _cell(r: dict[str, Any] | None, expect: int | None = None, rss: bool = False) -> str:
+def _cell(r: dict[str, Any] | None, expect: int | None = None, rss: bool = False,
+          missing: str = "not run (the cold one timed out)") -> str:
     if r is None:
-        return "not run (the cold one timed out)"
+        return missing
     if r["timed_out"]:
         text = f"**timed out after {r['timed_out']:.0f} s**"
     else:
@@ -361,7 +362,9 @@ def section(res: dict[str, Any], command: str) -> str:
         "| | |", "|---|---|",
         f"| machine | {m.get('cpu', '')}, {m.get('memory', '')}, kernel {m.get('kernel', '')}, "
         f"{m.get('disk', '')} |",
-        f"| mountd | {m.get('mountd', '')} (after the change); mountd-old: {res['mountd_old']} (before) |",
+        f"| mountd | {m.get('mountd', '')}"
+        + (f" (after the change); mountd-old: {res['mountd_old']} (before)" if "mountd-old" in names else "")
+        + " |",
         f"| peers | {m.get('rclone', '')} (`rclone mount --vfs-cache-mode full`); s3fs-fuse "
         f"{m.get('s3fs-fuse', '').split(' ')[0]} |",
         f"| date | {res['started']} (took {res['duration_s'] / 60:.1f} min; seeding "
@@ -375,8 +378,9 @@ def section(res: dict[str, Any], command: str) -> str:
         "|---|" + "---|" * len(names),
     ]
 
-    def row(label: str, key: str, expect: int | None = None, rss: bool = False) -> None:
-        cells = [_cell(res["targets"][n].get(key), expect, rss) if "error" not in res["targets"][n]
+    def row(label: str, key: str, expect: int | None = None, rss: bool = False,
+            missing: str = "not run (the cold one timed out)") -> None:
+        cells = [_cell(res["targets"][n].get(key), expect, rss, missing) if "error" not in res["targets"][n]
                  else f"error: {res['targets'][n]['error'][:120]}" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
@@ -392,7 +396,7 @@ def section(res: dict[str, Any], command: str) -> str:
             "tree_find_cold", total, rss=True)
         row("same, warm", "tree_find_warm", total)
         row("same, after a remount on the same metadata db (page cache dropped)", "tree_find_after_remount",
-            total)
+            total, missing="— (mountd only)")
         row("`du -s` of the tree (after `find`)", "tree_du")
         remounts = [f"{n} {res['targets'][n]['remount_s']:.2f} s" for n in names
                     if "remount_s" in res["targets"][n]]

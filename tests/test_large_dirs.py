@@ -109,7 +109,9 @@ def test_a_directory_of_thousands_is_listed_in_pages_and_shows_every_entry(big_d
 
 def test_a_stat_of_every_object_other_tools_wrote_costs_no_head_and_no_index_read(big_dir):
     """`ls -l` or `du` of a bucket no mountd wrote: its root's listing shows no `.mountd-attrs/`,
-    so no stat asks for a directory index, and none HEADs an object (listing attributes)."""
+    so no stat asks for a directory index, and none HEADs an object (listing attributes). After a
+    remount, which serves the listed root from the db, one one-key listing of `.mountd-attrs/`
+    tells the same (before: a GET of the missing index of every directory `du` entered)."""
     repo, server = big_dir
     assert "big" in os.listdir(repo.data)  # the root, listed whole
     server.mark()
@@ -118,6 +120,14 @@ def test_a_stat_of_every_object_other_tools_wrote_costs_no_head_and_no_index_rea
     assert [p for m, p in asked if ".mountd-attrs" in p] == [], asked
     assert [p for m, p in asked if m == "HEAD" and "/big/f" in p] == [], asked
     assert sum(v for k, v in sizes.items() if k.startswith("f")) == sum(i % 7 for i in range(N))
+    os.listdir(repo.data / "big" / "sub")  # listed, never stat'ed: its entry's attributes unknown
+    repo.stop()
+    repo.start()
+    server.mark()
+    assert os.lstat(repo.data / "big" / "sub" / "inner").st_size == len(b"inner")
+    asked = server.since()
+    assert [p for m, p in asked if m == "GET" and "/.mountd-attrs/" in p] == [], asked
+    assert len([p for m, p in asked if "mountd-attrs" in p]) == 1, asked
 
 
 def test_a_name_another_tool_adds_after_a_lookup_missed_it_shows_after_the_listing(big_dir, s3_server):

@@ -37,6 +37,10 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pro
 _Conn = http.client.HTTPConnection
 
 
+class NotThere(Exception):
+    """The server answered 404 to a signed request: no object at that key."""
+
+
 class PresignedRanges:
     def __init__(self, presign: Callable[[str, int], str], *, timeout: float,
                  verify: bool | str | None = None) -> None:
@@ -52,7 +56,9 @@ class PresignedRanges:
 
     def read(self, path: str, start: int, end: int, *, if_match: str | None = None) -> bytes | None:
         """Bytes [start, end) of the object at `path` (bucket/key), b"" past its end; None: ask the
-        SDK (also when `if_match`, an ETag with its quotes, is not the object's now: a 412)."""
+        SDK (also when `if_match`, an ETag with its quotes, is not the object's now: a 412).
+        NotThere for a 404: a correctly signed request for a key that is not there, which the
+        SDK would only ask again (a missing directory index cost two GETs)."""
         if not self.enabled:
             return None
         for fresh in (False, True):
@@ -62,6 +68,8 @@ class PresignedRanges:
             status, data = self._get(url, start, end, if_match)
             if status in (206, 416):
                 return data
+            if status == 404:
+                raise NotThere(path)
             if status != 403:
                 return None
             # 403: the cached URL may have outlived its credentials; once more with a new one

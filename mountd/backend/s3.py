@@ -25,7 +25,7 @@ from typing import Any
 from mountd.backend import LIST_PAGE, ListingPage, ObjectInfo, Precondition, StoreTuning
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
 from mountd.backend.errors import http_status
-from mountd.backend.presigned import PresignedRanges
+from mountd.backend.presigned import NotThere, PresignedRanges
 from mountd.errors import ObjectNotFound, UploadCancelled
 
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
@@ -91,8 +91,12 @@ class S3Store(BucketStore):
         else, or when that path gives up, through s3fs. A `version` goes as `If-Match`."""
         if end <= start:
             return b""
-        data = self._fast().read(f"{self.bucket}/{self._full(key)}", start, end,
-                                 if_match=f'"{version}"' if version else None)
+        try:
+            data = self._fast().read(f"{self.bucket}/{self._full(key)}", start, end,
+                                     if_match=f'"{version}"' if version else None)
+        except NotThere:
+            self._count(requests=1)
+            raise ObjectNotFound(self.name, f"read {key!r}: not found in {self.display_url}") from None
         if data is not None:
             self._count(requests=1, bytes_downloaded=len(data))
             return data

@@ -29,6 +29,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -159,6 +160,7 @@ class DirIndexes:
         self._wake = trio.Event()
         self._written = trio.Event()  # replaced after each round of writes
         self._none_exist: set[str] = set()  # remotes whose root listing showed no index at all
+        self._decided: set[str] = set()  # remotes of which a listing told whether they have indexes
         self._failures: dict[tuple[str, str], int] = {}  # writes that failed in a row, per index
         self._known: OrderedDict[tuple[str, str], tuple[str, dict[str, IndexEntry]]] = OrderedDict()
         self.stats = {"index_writes": 0, "index_reads": 0, "index_write_errors": 0}
@@ -170,13 +172,35 @@ class DirIndexes:
         """Whether a directory of `remote` may have an index (unknown until its root is listed)."""
         return remote in self._indexed and remote not in self._none_exist
 
+    async def find_out(self, remote: str) -> None:
+        """Whether `remote` has indexes at all, when no listing of its root said so in this
+        process (a remount serves the root from the db): one one-key listing of `.mountd-attrs/`,
+        not a GET of a missing index per directory (`du` of 3,000 directories asked 6,000)."""
+        if remote in self._decided or remote not in self._indexed:
+            return
+        store = self.stores[remote]
+        try:
+            page = await self.remote.call(store, partial(store.list_page, ATTRS_DIR + "/", None, 1),
+                                          what=f"listing of {ATTRS_DIR}/")
+        except RemoteError as e:
+            log.debug("whether %s has directory indexes: %s", remote, e)
+            return
+        if remote in self._decided:  # (a root listing said so meanwhile)
+            return
+        if page.listing.objects or page.listing.prefixes:
+            self.exist(remote)
+        else:
+            self.none_exist(remote)
+
     def exist(self, remote: str) -> None:
         self._none_exist.discard(remote)
+        self._decided.add(remote)
 
     def none_exist(self, remote: str) -> None:
         """`remote`'s root was listed whole and has no `.mountd-attrs/`: no index to read (until
         this host writes one)."""
         self._none_exist.add(remote)
+        self._decided.add(remote)
 
     # --- what this host wrote -----------------------------------------------------------------
     def stored(self, remote: str, key: str, info: ObjectInfo | None,

@@ -186,6 +186,7 @@ class RemoteView:
         done = self._index_reading[dir_ino] = trio.Event()
         try:
             entries: Mapping[str, IndexEntry] = {}
+            await self.indexes.find_out(key[0])
             if self.indexes.may_exist(key[0]):
                 try:
                     entries = await self.indexes.read(*key)
