@@ -316,3 +316,52 @@ def test_a_listing_killed_halfway_goes_on_from_its_next_page_after_a_restart(slo
     after = proxy.continued[before:]
     assert after and all(after), proxy.continued  # resumed: no page 1
     assert len(after) <= HUGE // 1000 - (8 - 1), proxy.continued  # pages 1-7 were merged before the kill
+
+
+class ConcurrentListings(SlowListings):
+    """Holds each listing of a directory under `prefix` (any depth) and records the most listings
+    that were held at once."""
+
+    def __init__(self, upstream_port: int, prefix: str, delay: float) -> None:
+        self.held = 0
+        self.most_at_once = 0
+        self.asked: list[str] = []
+        super().__init__(upstream_port, prefix, delay)
+
+    def _count(self, method: str, target: str) -> None:
+        RequestCounter._count(self, method, target)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+        prefix = query.get("prefix", [""])[0]
+        if "list-type" not in query or not prefix.startswith(self.prefix) or prefix == self.prefix \
+                or query.get("max-keys", ["1000"])[0] == "1":
+            return
+        with self._pages:
+            self.held += 1
+            self.most_at_once = max(self.most_at_once, self.held)
+            self.asked.append(prefix)
+        time.sleep(self.delay)
+        with self._pages:
+            self.held -= 1
+
+
+def test_a_walk_lists_the_next_sibling_directories_ahead_each_once(make_repo, s3_server: S3Server):
+    """`find` over 12 directories, each listing held 0.2 s at the proxy: after the walk entered
+    two of them, the next ones are listed ahead, several at once, and each directory is listed
+    once. (With `walking_into` returning at once, as before, the listings go one after the other:
+    at most one is held at a time.)"""
+    bucket = s3_server.new_bucket("walk")
+    for i in range(12):
+        for j in range(3):
+            s3_server.put(bucket, f"tree/d{i:02d}/f{j}", b"x")
+    proxy = ConcurrentListings(s3_server.port, "tree/", 0.2)
+    try:
+        repo = make_repo(remote_toml=s3_server.remote_toml("main", bucket, "/data",
+                                                           endpoint_url=proxy.endpoint_url))
+        repo.start()
+        found = subprocess.run(["find", str(repo.data / "tree")], capture_output=True, text=True, check=True)
+        assert len(found.stdout.split()) == 1 + 12 + 36
+        assert proxy.most_at_once >= 2, proxy.asked
+        assert sorted(proxy.asked) == sorted(set(proxy.asked)) and len(proxy.asked) == 12, proxy.asked
+        assert repo.status()["statistics"]["vfs"]["listings_ahead"] >= 2
+    finally:
+        proxy.close()

@@ -578,6 +578,15 @@ class MetaStore:
         self._exec("UPDATE inodes SET meta_loaded=2 WHERE meta_loaded=0 AND ino IN"
                    " (SELECT ino FROM dentries WHERE parent=?)", (parent,))
 
+    def stale_dirs_after(self, parent: int, ino: int, stale_before: float, most: int) -> list[int]:
+        """Directories of `parent` after `ino` (in readdir order) never listed or listed before
+        `stale_before` (a time.time())."""
+        return [r[0] for r in self._exec(
+            "SELECT d.ino FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent=?"
+            " AND d.id > COALESCE((SELECT id FROM dentries WHERE parent=? AND ino=?), 0)"
+            " AND (i.mode & 61440) = 16384 AND (i.listed_at IS NULL OR i.listed_at < ?)"
+            " ORDER BY d.id LIMIT ?", (parent, parent, ino, stale_before, most)).fetchall()]
+
     def unloaded_entries_after(self, parent: int, ino: int, most: int) -> list[int]:
         """Entries of `parent` after `ino`'s (in readdir order) whose object metadata is not loaded."""
         return [r[0] for r in self._exec(

@@ -260,6 +260,7 @@ class Filesystem:
         d = self._inode(ino)
         if not d.is_dir:
             raise PosixError(errno.ENOTDIR)
+        self.remote.walking_into(d)
         if self.remote.start_listing(d):
             await self.remote.listing_progress(ino)
         return ino
@@ -699,5 +700,6 @@ class Filesystem:
     def statistics(self) -> dict[str, int]:
         s = self.remote.stats
         return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
-                "materialized": s.materialized, "adopted": s.adopted, "skipped_keys": s.skipped_keys,
+                "materialized": s.materialized, "listings_ahead": s.listings_ahead, "adopted": s.adopted,
+                "skipped_keys": s.skipped_keys,
                 **self.files.statistics()}

@@ -58,6 +58,7 @@ METADATA_BATCH = 16  # objects one worker of that pass HEADs per trio hand-off a
 METADATA_BACKLOG = 10_000  # listed inodes waiting for that pass, at most
 INDEX_APPLY_BATCH = 2_000  # entries of a directory index taken in per transaction
 INDEX_CACHE_ENTRIES = 300_000  # entries of directory indexes kept in memory, at most
+READAHEAD_LISTINGS = 4  # sibling directories listed at once ahead of a walk
 READ_DIRS = 1_000  # directories whose last readdir is remembered (a stat of an entry may follow)
 
 
@@ -85,6 +86,7 @@ class _Stats:
     listing_errors: int = 0
     heads: int = 0
     indexed: int = 0  # objects whose attributes came from their directory's index
+    listings_ahead: int = 0  # directories listed ahead of a walk (`walking_into`)
     materialized: int = 0
     adopted: int = 0
     skipped_keys: int = 0
@@ -121,6 +123,8 @@ class RemoteView:
         # directory -> (its listed_at when its index was read, the index's entries)
         self._index_cache: OrderedDict[int, tuple[float | None, Mapping[str, IndexEntry]]] = OrderedDict()
         self._index_reading: dict[int, trio.Event] = {}  # directories whose index is being read
+        self._walks: OrderedDict[int, int] = OrderedDict()  # directory -> its child opened last
+        self._readahead: set[int] = set()  # directories listed ahead of a walk, maybe still running
         self._roots_with_indexes: set[str] = set()  # remotes whose root listing in progress showed them
         self._nursery: trio.Nursery | None = None
         self._warned_keys: set[tuple[str, str]] = set()
@@ -541,6 +545,38 @@ class RemoteView:
         run = self._listing_inflight[d.ino] = ListingRun()
         self._nursery.start_soon(self._listing_task, d, run, name=f"mountd-listing-{d.ino}")
         return True
+
+    def walking_into(self, d: Inode) -> None:
+        """An opendir of `d`. When it follows an opendir of an earlier sibling (a walk: `find`,
+        `du`, `ls -R`, rsync), the next sibling directories not listed yet are listed ahead, a
+        few at a time, so that the walk finds them listed instead of waiting for one listing after
+        the other (rclone's client is faster per listing; at 20 ms a request only parallel
+        listings help). A single `cd` or `ls` of one directory lists nothing ahead."""
+        up = self.meta.parent_of(d.ino)
+        if up is None or d.remote is None:
+            return
+        parent = up[0]
+        before = self._walks.pop(parent, None)
+        self._walks[parent] = d.ino
+        while len(self._walks) > READ_DIRS:
+            self._walks.popitem(last=False)
+        if before is None or before == d.ino:
+            return
+        self._readahead = {ino for ino in self._readahead if ino in self._listing_inflight}
+        room = READAHEAD_LISTINGS - len(self._readahead)
+        if room <= 0:
+            return
+        stale_before = time.time() - self.config.mount.listing_ttl
+        for ino in self.meta.stale_dirs_after(parent, d.ino, stale_before, READAHEAD_LISTINGS * 2):
+            node = self.meta.get(ino)
+            if node is None or ino in self._listing_inflight:
+                continue
+            if self.start_listing(node):
+                self._readahead.add(ino)
+                self.stats.listings_ahead += 1
+                room -= 1
+                if room == 0:
+                    break
 
     async def listing_progress(self, ino: int) -> bool:
         """Wait for the next page of the directory's listing in progress; False when none is."""
