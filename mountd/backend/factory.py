@@ -65,6 +65,17 @@ def fast_timestamp(value: str) -> datetime:
         return botocore.utils.parse_timestamp(value)
 
 
+def _session_kwargs(opts: dict[str, Any]) -> list[str]:
+    """The options s3fs would hand to AioSession (it has no parameter for them)."""
+    import inspect
+
+    import s3fs
+
+    known = set(inspect.signature(s3fs.S3FileSystem.__init__).parameters)
+    known |= {"use_listings_cache", "listings_expiry_time", "max_paths"}  # s3fs passes these to fsspec
+    return [k for k in opts if k not in known]
+
+
 def _s3_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str]:
     import s3fs
 
@@ -84,7 +95,9 @@ def _s3_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str]
     if opts.pop("path_style", False) or opts.pop("addressing_style", "") == "path":
         config_kwargs["s3"] = {"addressing_style": "path"}
     retries = int(opts.pop("retries", 1))
-    if "session" not in opts:
+    if "session" not in opts and not _session_kwargs(opts):
+        # s3fs builds its own session from the names it does not know and fails on the first request
+        # with the name in the message; a session made here would drop them silently instead
         import aiobotocore.session
 
         opts["session"] = aiobotocore.session.AioSession()
