@@ -11,6 +11,7 @@ slow and is run in a worker thread by the caller.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import os
@@ -109,6 +110,13 @@ class LocalTier:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) with its mode flags on a local data file (the os module has only
+        posix_fallocate, mode 0); a worker thread's call: allocating can take a while."""
+        if _libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)) != 0:
+            err = ctypes.get_errno()
+            raise PosixError(err, f"fallocate: {os.strerror(err)}")
+
     def fsync(self, fd: int, datasync: bool) -> None:
         (os.fdatasync if datasync else os.fsync)(fd)
 
@@ -117,6 +125,10 @@ class LocalTier:
         return {"free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize,
                 "spare_files_ready": len(self.spares), "creates_from_spares": self.spares.taken,
                 "creates_without_spare": self.spares.missed}
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 def _unlink_quietly(path: Path) -> None:

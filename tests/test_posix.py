@@ -656,6 +656,109 @@ def test_hard_links_elsewhere_fail_with_clear_errnos(posix_repo):
     assert errno_of(lambda: os.link(f, posix_repo.mp / "work" / (f.name + "-in-work"))) == errno.EXDEV
 
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+
+
+def _falloc(fd: int, mode: int, offset: int, length: int) -> None:
+    if libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+FALLOCATE_STEPS = [  # (mode, offset, length): each applied to the mount and to a file on a disk
+    (0, 0, 1000),  # within the size: nothing a reader sees changes
+    (FALLOC_FL_KEEP_SIZE, 0, 1 << 20),  # preallocated beyond the end, size kept
+    (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 8192),
+    (FALLOC_FL_ZERO_RANGE, 20000, 5000),
+    (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 60000, 50000),  # past the end: size kept
+    (0, 100000, 30000),  # grows the file with zeros
+    (FALLOC_FL_ZERO_RANGE, 140000, 1000),  # grows it too
+]
+
+
+def test_fallocate_modes_leave_the_bytes_a_disk_leaves(area, posix_repo, tmp_path):
+    data = bytes(range(256)) * 256  # 64 KiB, no zero run
+    f, disk = area / "f", tmp_path / "f"
+    f.write_bytes(data)
+    disk.write_bytes(data)
+    fd, dfd = os.open(f, os.O_RDWR), os.open(disk, os.O_RDWR)
+    try:
+        for mode, offset, length in FALLOCATE_STEPS:
+            _falloc(fd, mode, offset, length)
+            _falloc(dfd, mode, offset, length)
+            assert os.fstat(fd).st_size == os.fstat(dfd).st_size, (mode, offset, length)
+            assert os.pread(fd, 1 << 20, 0) == os.pread(dfd, 1 << 20, 0), (mode, offset, length)
+        assert errno_of(lambda: _falloc(fd, 0, -1, 10)) == errno.EINVAL
+    finally:
+        os.close(fd)
+        os.close(dfd)
+    want = disk.read_bytes()
+    assert f.read_bytes() == want and len(want) == 141000
+    if area.parent.name == "data":
+        posix_repo.sync(f)
+        assert (posix_repo.remote_dir / area.name / "f").read_bytes() == want
+    ro = os.open(f, os.O_RDONLY)
+    try:
+        assert errno_of(lambda: _falloc(ro, 0, 0, 10)) == errno.EBADF
+    finally:
+        os.close(ro)
+
+
+def test_fallocate_keep_size_of_an_uploaded_file_sends_nothing_again(posix_repo):
+    f = posix_repo.data / f"fa{next(_counter)}"
+    f.write_bytes(b"uploaded")
+    posix_repo.sync(f)
+    version, mtime = os.getxattr(f, "user.mountd.version"), os.stat(f).st_mtime_ns
+    fd = os.open(f, os.O_RDWR)
+    try:
+        _falloc(fd, FALLOC_FL_KEEP_SIZE, 0, 1 << 20)
+    finally:
+        os.close(fd)
+    assert os.stat(f).st_mtime_ns == mtime  # no byte changed: not a write, no upload
+    assert os.getxattr(f, "user.mountd.state") == b"clean"
+    assert os.getxattr(f, "user.mountd.version") == version and f.read_bytes() == b"uploaded"
+
+
+def _link_fd(fd: int, path: Path) -> None:
+    """linkat(2) of an open file by its /proc name with AT_SYMLINK_FOLLOW, as the man page shows
+    (AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; Python's os.link calls link(2), which does not follow)."""
+    at_fdcwd, at_symlink_follow = -100, 0x400
+    src = f"/proc/self/fd/{fd}".encode()
+    if libc.linkat(at_fdcwd, src, at_fdcwd, os.fsencode(path), at_symlink_follow) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+
+
+def test_o_tmpfile_is_unnamed_until_linked_then_an_ordinary_file(area, posix_repo):
+    fd = os.open(area, os.O_TMPFILE | os.O_RDWR, 0o640)
+    try:
+        os.write(fd, b"written unnamed")
+        st = os.fstat(fd)
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640 and st.st_nlink == 0
+        assert st.st_size == 15 and os.listdir(area) == []
+        os.fsync(fd)  # what was written is kept before it has a name...
+        _link_fd(fd, area / "named")  # ...and is the named file's content, with no write after
+        assert os.fstat(fd).st_nlink == 1
+    finally:
+        os.close(fd)
+    assert os.listdir(area) == ["named"] and (area / "named").read_bytes() == b"written unnamed"
+    assert os.stat(area / "named").st_ino == st.st_ino
+    if area.parent.name == "data":
+        posix_repo.sync(area / "named")
+        assert (posix_repo.remote_dir / area.name / "named").read_bytes() == b"written unnamed"
+    # one closed without a name is gone: nothing listed, nothing uploaded, its data freed
+    fd = os.open(area, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    os.write(fd, b"x" * 100_000)
+    ino = os.fstat(fd).st_ino
+    os.close(fd)
+    assert os.listdir(area) == ["named"]
+    assert not (posix_repo.local / "data" / f"{ino:x}").exists()
+    posix_repo.sync(area)
+    if area.parent.name == "data":
+        assert sorted(os.listdir(posix_repo.remote_dir / area.name)) == ["named"]
+    assert errno_of(lambda: os.open(area / "named", os.O_TMPFILE | os.O_RDWR, 0o600)) == errno.ENOTDIR
+
+
 def test_statfs(posix_repo):
     st_ = os.statvfs(posix_repo.mp)
     assert st_.f_namemax == 255

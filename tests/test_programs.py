@@ -1,4 +1,4 @@
-"""End-to-end with real programs: cp, tar, rsync, sqlite3, git and zipfile on a real mount.
+"""End-to-end with real programs (cp, tar, rsync, sqlite3, git, zipfile, fallocate, tempfile) on a real mount.
 
 Each test drives one program on a remote path (`mp/data/...`) and on a local-only path
 (`mp/work/...`), checks what the mount shows against the same program run on a plain
@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -290,3 +291,33 @@ def test_python_zipfile(mounted):
     with zipfile.ZipFile(repo.remote_dir / "bundle.zip") as zf:
         assert zf.read("appended.txt") == b"late"
     assert set(held) == {"bundle.zip"} | {f"unzipped/{n}" for n in [*members, "appended.txt"]}
+
+
+def test_fallocate_rsync_preallocate_and_python_tempfile(mounted, tmp_path):
+    """Tools that preallocate or make unnamed temporary files (O_TMPFILE) work on both kinds of
+    path and leave what they leave on a disk."""
+    repo = mounted
+    src = tmp_path / "src"
+    make_source_tree(src)
+    for area in AREAS:
+        d = repo.mp / area
+        subprocess.run(["fallocate", "-l", "1MiB", str(d / "prealloc")], check=True)
+        (d / "holey").write_bytes(b"\xab" * 65536)
+        subprocess.run(["fallocate", "--punch-hole", "-o", "4096", "-l", "8192", str(d / "holey")],
+                       check=True)
+        subprocess.run(["fallocate", "--zero-range", "-o", "60000", "-l", "10000", str(d / "holey")],
+                       check=True)
+        subprocess.run(["rsync", "-a", "--preallocate", f"{src}/", f"{d / 'synced'}/"], check=True)
+        assert tree(d / "synced") == tree(src)
+        with tempfile.TemporaryFile(dir=d) as t:  # O_TMPFILE on Linux: no name at any time
+            t.write(b"scratch" * 1000)
+            t.seek(0)
+            assert t.read() == b"scratch" * 1000
+            assert os.fstat(t.fileno()).st_nlink == 0
+    want_holey = b"\xab" * 4096 + b"\0" * 8192 + b"\xab" * (60000 - 12288) + b"\0" * 10000
+    for area in AREAS:
+        assert (repo.mp / area / "prealloc").read_bytes() == b"\0" * (1 << 20)
+        assert (repo.mp / area / "holey").read_bytes() == want_holey
+    held, _ = unmount_and_compare(repo)
+    assert held["holey"] == want_holey and held["prealloc"] == b"\0" * (1 << 20)
+    assert {k for k in held if not k.startswith("synced/")} == {"prealloc", "holey"}  # no tempfile

@@ -222,6 +222,16 @@ class MountdOperations(pyfuse3.Operations):
         return _file_info(opened), self._entry(attr)
 
     @_mapped
+    async def tmpfile(self, parent_inode: int, mode: int, flags: int,
+                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        opened, attr = await self.fs.tmpfile(parent_inode, mode, _ctx(ctx))
+        return _file_info(opened), self._entry(attr)
+
+    @_mapped
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        await self.fs.fallocate(fh, mode, offset, length)
+
+    @_mapped
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return await self.fs.read(fh, off, size)
 

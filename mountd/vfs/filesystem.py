@@ -381,6 +381,24 @@ class Filesystem:
         opened = await self.files.open_created(self._inode(node.ino), fd, ctx.uid)
         return opened, self.files.attr(self._inode(node.ino))
 
+    async def tmpfile(self, parent: int, mode: int, ctx: Ctx) -> tuple[Opened, Attr]:
+        """O_TMPFILE: an open inode with no name (nlink 0) on the local tier of the directory's
+        kind of path. Nothing is uploaded for it; a `link` naming it makes it an ordinary new
+        file there, and its last close without a name frees it (a crash leaves an orphan that
+        the next start removes, as for a file unlinked while open)."""
+        d = self._inode(parent)
+        if not d.is_dir:
+            raise PosixError(errno.ENOTDIR)
+        self._writable_area(d)
+        uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFREG | stat.S_IMODE(mode))
+        now = clock.now_ns()
+        with self.meta.transaction():
+            node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, has_local=1, nlink=0,
+                                          content_gen=1, attr_gen=1, mtime_ns=now)
+            fd = self.local.create_open(node.ino)
+        opened = await self.files.open_created(self._inode(node.ino), fd, ctx.uid)
+        return opened, self.files.attr(self._inode(node.ino))
+
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Attr:
         if stat.S_ISREG(mode):
             opened, attr = await self.create(parent, name, mode, ctx)
@@ -432,14 +450,18 @@ class Filesystem:
         if node.remote != d.remote:
             raise PosixError(errno.EXDEV,
                              "hard link between a remote and a local-only path or across remotes")
-        if node.remote is not None:
+        naming = node.nlink <= 0  # an O_TMPFILE file (linkat) gets its first name: a new file there
+        if node.remote is not None and not naming:
             raise PosixError(errno.EPERM, "hard links exist only in local-only paths")
+        if naming and not self.files.is_open(ino):
+            raise PosixError(errno.ENOENT)
         now = clock.now_ns()
         with self.meta.transaction():
             self.meta.add_entry(new_parent, new_name, ino)
-            self.meta.bump(ino, "nlink")
-            self.meta.update(ino, ctime_ns=now)
+            self.meta.update(ino, nlink=node.nlink + 1 if not naming else 1, ctime_ns=now)
             self._touch_dir(new_parent, now)
+        if naming:
+            await self.files.named(ino)
         return self.files.attr(self._inode(ino))
 
     async def unlink(self, parent: int, name: bytes) -> None:
@@ -517,6 +539,12 @@ class Filesystem:
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         await self.files.before_write(fh, self._fetch_for_write)
         return await self.files.write(fh, offset, data)
+
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        if offset < 0 or length <= 0:
+            raise PosixError(errno.EINVAL)
+        await self.files.before_write(fh, self._fetch_for_write)
+        await self.files.fallocate(fh, mode, offset, length)
 
     async def _fetch_for_write(self, ino: int) -> None:
         """The whole object onto the local tier, at the first write of a file opened without it

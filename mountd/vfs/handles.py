@@ -50,6 +50,15 @@ PASSTHROUGH_MIN_FREE = 1 << 30  # local-tier free space below which files open w
 ROOM_CHECK_EVERY = 1.0
 
 
+# fallocate(2) mode flags (linux/falloc.h)
+FALLOC_KEEP_SIZE = 0x01
+FALLOC_PUNCH_HOLE = 0x02
+FALLOC_COLLAPSE_RANGE = 0x08
+FALLOC_ZERO_RANGE = 0x10
+FALLOC_INSERT_RANGE = 0x20
+FALLOC_CHANGES_BYTES = FALLOC_PUNCH_HOLE | FALLOC_COLLAPSE_RANGE | FALLOC_ZERO_RANGE | FALLOC_INSERT_RANGE
+
+
 def without_suid(mode: int) -> int:
     """`mode` as the kernel leaves it after an unprivileged write or truncate: setuid dropped, and
     setgid when group-execute is set (without it setgid marks mandatory locking). With FUSE's
@@ -370,17 +379,46 @@ class OpenFiles:
         op.size = max(op.size, offset + written)
         op.mtime_ns = clock.now_ns()
         if not op.modified:
-            op.modified = True
-            node = self.meta.get(h.ino)
-            values: dict[str, object] = {}
-            # as the kernel does (it also sends a SETATTR for it): a write by anyone but root drops
-            # setuid, and setgid when group-execute is set (without it setgid marks mandatory locking)
-            if node is not None and h.uid != 0 and without_suid(node.mode) != node.mode:
-                values["mode"] = without_suid(node.mode)
-            with self.meta.transaction():
-                self.meta.bump(h.ino, "content_gen")
-                self.meta.update(h.ino, ctime_ns=op.mtime_ns, **values)
+            self._first_change(op, h)
         return written
+
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on the local data file. Allocating within the size (or beyond it with
+        FALLOC_FL_KEEP_SIZE) changes no byte a reader sees: the file stays clean, and a remote
+        file is not uploaded again for it. Growing, punching or zeroing is a write."""
+        h = self._handle(fh)
+        if not h.writable:
+            raise PosixError(errno.EBADF)
+        op = self._open[h.ino]
+        fd = self._local_fd(op)
+        if op.backing_id is not None and op.cached is None:
+            self.take_in_passthrough_writes(op)
+        if mode & ~FALLOC_KEEP_SIZE == 0:
+            self._check_free_space(length)
+        before = os.fstat(fd).st_size
+        await trio.to_thread.run_sync(self.local.fallocate, fd, mode, offset, length)
+        st = os.fstat(fd)
+        if st.st_size == before and mode & FALLOC_CHANGES_BYTES == 0:
+            return
+        op.size = st.st_size
+        op.mtime_ns = clock.now_ns()
+        if op.backing_id is not None:
+            op.seen = (st.st_size, st.st_mtime_ns)  # taken in here, with the daemon's clock
+        if not op.modified:
+            self._first_change(op, h)
+
+    def _first_change(self, op: OpenInode, h: Handle) -> None:
+        """The first change of content since the file was last journaled."""
+        op.modified = True
+        node = self.meta.get(h.ino)
+        values: dict[str, object] = {}
+        # as the kernel does (it also sends a SETATTR for it): a write by anyone but root drops
+        # setuid, and setgid when group-execute is set (without it setgid marks mandatory locking)
+        if node is not None and h.uid != 0 and without_suid(node.mode) != node.mode:
+            values["mode"] = without_suid(node.mode)
+        with self.meta.transaction():
+            self.meta.bump(h.ino, "content_gen")
+            self.meta.update(h.ino, ctime_ns=op.mtime_ns, **values)
 
     def _check_free_space(self, incoming: int) -> None:
         """ENOSPC while the local tier's free space is under `local.reserve` (statvfs per MiB written)."""
@@ -412,10 +450,18 @@ class OpenFiles:
                 self.journal.put(*key)
         op.modified = False
         node = self.meta.get(op.ino)
-        if node is not None and node.remote is not None and node.content_dirty:
+        # (an unnamed O_TMPFILE file is not counted: nothing can upload it, so nothing could wait)
+        if node is not None and node.remote is not None and node.content_dirty and key is not None:
             size = node.size
             if not await self.ignored.is_ignored(node):
                 self.dirty.set(op.ino, size)
+
+    async def named(self, ino: int) -> None:
+        """An unnamed open file (O_TMPFILE) got its first name: what it holds is journaled under
+        that name now, as if it had just been written there."""
+        op = self._open[ino]
+        op.modified = True
+        await self._persist(op)
 
     async def flush(self, fh: int) -> None:
         """close(2) waits for this: data that was written is journaled before close returns."""
