@@ -586,8 +586,15 @@ class Filesystem:
         target_ino = self.meta.lookup(parent_new, name_new)
         if target_ino == ino:
             return
+        into_remote = None
         if (d_old.remote or None) != (d_new.remote or None):
-            raise PosixError(errno.EXDEV, "rename across remotes or between a remote and a local-only path")
+            if d_old.remote is not None:
+                raise PosixError(errno.EXDEV, "rename out of a remote: its bytes would be fetched first")
+            self._writable_area(d_new)
+            why = self.renames.refusal_to_move_in(ino, lambda n: self._xattrs_fit(n, d_new.remote))
+            if why is not None:
+                raise PosixError(errno.EXDEV, f"rename into a remote: {why}")
+            into_remote = d_new.remote
         self._writable_area(d_old)
         if self.paths.is_attach_point(ino) or (target_ino is not None
                                                and self.paths.is_attach_point(target_ino)):
@@ -610,7 +617,7 @@ class Filesystem:
         target = self.meta.get(target_ino) if target_ino is not None else None
         with self.meta.transaction():
             self.renames.apply(parent_old, name_old, parent_new, name_new, node, target,
-                               exchange=bool(flags & RENAME_EXCHANGE))
+                               exchange=bool(flags & RENAME_EXCHANGE), into_remote=into_remote)
 
     async def _check_rename_target(self, node: Inode, target: Inode | None, flags: int) -> None:
         if flags & RENAME_NOREPLACE and target is not None:
@@ -705,6 +712,12 @@ class Filesystem:
         if room is not None and len(need := encode_xattrs(xattrs)) > room:
             raise PosixError(errno.E2BIG, f"remote {node.remote!r} keeps at most {room} bytes of extended "
                                           f"attributes per object ({len(need)} needed)")
+
+    def _xattrs_fit(self, node: Inode, remote: str | None) -> bool:
+        """Whether `node`'s extended attributes fit in an object's metadata on `remote`."""
+        xattrs = self.meta.xattrs(node.ino)
+        room = xattr_room(self._remote_cfg[remote].scheme) if remote is not None else None
+        return not xattrs or room is None or len(encode_xattrs(xattrs)) <= room
 
     def _xattrs_changed(self, node: Inode, xattrs: dict[bytes, bytes]) -> None:
         """Store them; ctime changes; on a remote path the object's metadata is sent again (as after

@@ -9,6 +9,7 @@ no longer lives at an old one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from mountd import clock
@@ -29,8 +30,9 @@ class Renames:
         self._drop_link = drop_link  # a replaced file lost one link; freed when it was the last
 
     def apply(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, node: Inode,
-              target: Inode | None, *, exchange: bool) -> None:
-        """The caller holds a transaction."""
+              target: Inode | None, *, exchange: bool, into_remote: str | None = None) -> None:
+        """The caller holds a transaction. `into_remote`: a local-only file or tree moves into that
+        remote (see `adopt`)."""
         now = clock.now_ns()
         ino = node.ino
         old_keys = self.paths.subtree_keys(ino)
@@ -62,6 +64,8 @@ class Renames:
         self.meta.update(parent_old, mtime_ns=now, ctime_ns=now)
         if parent_new != parent_old:
             self.meta.update(parent_new, mtime_ns=now, ctime_ns=now)
+        if into_remote is not None:
+            self._adopt(ino, into_remote)
         new_keys = self.paths.subtree_keys(ino)
         if exchange and target is not None:
             new_keys += self.paths.subtree_keys(target.ino)
@@ -80,3 +84,47 @@ class Renames:
                 self.meta.update(cur, marker=1)
                 self.meta.bump(cur, "attr_gen")
                 stack.extend(child for _, child in self.meta.children(cur))
+
+    def refusal_to_move_in(self, ino: int, fits: Callable[[Inode], bool]) -> str | None:
+        """Why a local-only file or tree cannot become objects (None: it can). `mv` meets EXDEV
+        and copies instead, so each file that cannot be an object fails on its own there."""
+        stack = [ino]
+        while stack:
+            cur = stack.pop()
+            node = self.meta.get(cur)
+            if node is None:
+                continue
+            if node.remote is not None or self.paths.is_attach_point(cur):
+                return "a remote is attached inside it"
+            if not node.is_dir and node.nlink > 1:
+                return "it holds hard links, which a remote path cannot keep"
+            if not fits(node):
+                return "a file's extended attributes are more than the remote's object metadata holds"
+            for name, child in self.meta.children(cur):
+                try:
+                    name.decode("utf-8")
+                except UnicodeDecodeError:
+                    return "a name in it is not UTF-8, which an object key must be"
+                stack.append(child)
+        return None
+
+    def _adopt(self, ino: int, remote: str) -> None:
+        """A local-only file or tree becomes remote-path files in one transaction: every inode is
+        the remote's now, with content and attributes to send; the caller journals every key.
+        The bytes stay on the local tier, uploaded from there as written files are, so a crash or
+        an outage resumes from the journal and no byte moves before the rename returns."""
+        stack = [ino]
+        now = time.time()
+        while stack:
+            cur = stack.pop()
+            node = self.meta.get(cur)
+            if node is None:
+                continue
+            values: dict[str, object] = {"remote": remote}
+            if node.is_dir:
+                values.update(marker=1, listed_at=now)  # nothing is at its keys yet: no listing
+            elif node.is_reg:
+                self.meta.bump(cur, "content_gen")
+            self.meta.update(cur, **values)
+            self.meta.bump(cur, "attr_gen")
+            stack.extend(child for _, child in self.meta.children(cur))

@@ -1,0 +1,137 @@
+"""Moving a local-only file or tree into a remote path (issue 20 item 5): `mv` is a rename in
+the mount, instant, and the journal carries the uploads, so a `kill -9` between the rename and the
+last upload loses nothing. What cannot become objects (hard links, names that are not UTF-8) and
+moves out of a remote keep EXDEV (where `mv` copies instead).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from tests.conftest import MountedRepo, mountd_cmd, remote_files
+
+REMOTE_KINDS = ("file", "s3")
+
+
+def _local_tree(root: Path) -> dict[str, bytes]:
+    """A tree with nested and empty directories, an executable, a symlink, a FIFO, a user xattr
+    and old mtimes; returns its files' bytes by relative path."""
+    files = {"top.txt": b"top\n", "a/b/deep.bin": os.urandom(300_000), "a/run.sh": b"#!/bin/sh\n",
+             "a/empty": b""}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "a" / "empty-dir").mkdir()
+    os.chmod(root / "a" / "run.sh", 0o751)
+    os.symlink("../top.txt", root / "a" / "link")
+    os.mkfifo(root / "a" / "fifo", 0o640)
+    os.setxattr(root / "top.txt", "user.origin", b"scratch")
+    os.utime(root / "a" / "b" / "deep.bin", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    return files
+
+
+def _shape(root: Path) -> dict[str, tuple]:
+    """What a program sees of each entry: type and permission bits, mtime of files, bytes, targets."""
+    out: dict[str, tuple] = {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        rel = str(p.relative_to(root))
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p))
+        elif stat.S_ISREG(st.st_mode):
+            out[rel] = (oct(st.st_mode), st.st_mtime_ns, p.read_bytes())
+        else:
+            out[rel] = (oct(st.st_mode),)
+    return out
+
+
+def _pending(repo: MountedRepo) -> int:
+    return int(json.loads(mountd_cmd("status", str(repo.mp), "--json").stdout)["pending_uploads"])
+
+
+def test_mv_of_a_local_tree_into_a_remote_is_a_rename_then_uploads_from_the_journal(make_repo):
+    repo = make_repo(delay="1h")  # nothing is due before `sync`: what the rename itself sends shows
+    repo.start()
+    scratch = repo.mp / "scratch"
+    scratch.mkdir()
+    run = scratch / "run-7"
+    run.mkdir()
+    files = _local_tree(run)
+    before = _shape(run)
+    inodes = {p.name: p.stat().st_ino for p in run.iterdir()}
+    subprocess.run(["mv", str(run), str(repo.data / "models")], check=True)  # a rename(2), not a copy
+    moved = repo.data / "models"
+    assert not run.exists() and _shape(moved) == before
+    assert {p.name: p.stat().st_ino for p in moved.iterdir()} == inodes  # the same files, not copies
+    assert os.getxattr(moved / "top.txt", "user.origin") == b"scratch"
+    assert os.getxattr(moved / "a" / "b" / "deep.bin", "user.mountd.state") == b"dirty"
+    assert remote_files(repo.remote_dir) == {}  # the rename sent nothing
+    assert _pending(repo) >= len(files)
+    repo.sync()
+    assert _pending(repo) == 0
+    assert remote_files(repo.remote_dir) == {f"models/{k}": v for k, v in files.items()} | {
+        "models/a/link": b"../top.txt", "models/a/fifo": b""}
+    repo.stop()
+    # a mount from an empty local tier makes the same tree from the objects alone
+    if not hasattr(repo.remote_dir, "files"):  # (a file:// remote: its directory is the remote)
+        fresh = make_repo("fresh", remote_url=repo.remote_url)
+        fresh.start()
+        assert _shape(fresh.data / "models") == before
+        assert os.getxattr(fresh.data / "models" / "top.txt", "user.origin") == b"scratch"
+
+
+def test_a_move_in_survives_kill_9_before_any_upload(make_repo):
+    repo = make_repo(delay="1h")
+    repo.start()
+    (repo.mp / "scratch").mkdir()
+    src = repo.mp / "scratch" / "batch"
+    src.mkdir()
+    want = {f"s{i % 3}/{i}.bin": os.urandom(1000 + i) for i in range(60)}
+    for rel, data in want.items():
+        (src / rel).parent.mkdir(exist_ok=True)
+        (src / rel).write_bytes(data)
+    os.rename(src, repo.data / "batch")
+    repo.kill9()  # the rename is committed; no upload has started (delay 1h)
+    assert remote_files(repo.remote_dir) == {}
+    repo.start()
+    assert {str(p.relative_to(repo.data / "batch")): p.read_bytes()
+            for p in (repo.data / "batch").rglob("*.bin")} == want
+    repo.sync()
+    assert remote_files(repo.remote_dir) == {f"batch/{k}": v for k, v in want.items()}
+    repo.stop()
+
+
+def test_what_cannot_become_objects_keeps_exdev(make_repo):
+    repo = make_repo()
+    repo.start()
+    local = repo.mp / "scratch"
+    local.mkdir()
+    linked = local / "linked"
+    linked.mkdir()
+    (linked / "f").write_bytes(b"one")
+    os.link(linked / "f", linked / "g")
+    bad = local / "badname"
+    bad.mkdir()
+    (Path(os.fsdecode(os.fsencode(bad) + b"/n-\xff"))).write_bytes(b"x")
+    for src in (linked, bad):
+        try:
+            os.rename(src, repo.data / src.name)
+        except OSError as e:
+            assert e.errno == errno.EXDEV, e
+        else:
+            raise AssertionError(f"{src.name} moved into the remote")
+    out = repo.data / "out"
+    out.write_bytes(b"remote")
+    try:
+        os.rename(out, local / "out")
+    except OSError as e:
+        assert e.errno == errno.EXDEV
+    else:
+        raise AssertionError("a remote file moved out")
+    assert (linked / "g").read_bytes() == b"one" and os.stat(linked / "f").st_nlink == 2  # left as it was
+    assert (repo.data / "out").read_bytes() == b"remote"
