@@ -176,13 +176,18 @@ def test_rename_file_and_directory_in_remote(repo):
 
 
 @pytest.mark.remote_kinds("file")  # the remote plays no part
-def test_rename_across_remote_and_local_is_exdev(repo):
-    (repo.mp / "local.txt").write_text("x")
+def test_rename_out_of_a_remote_is_exdev_and_into_one_a_rename(repo):
+    (repo.data / "remote.txt").write_text("r")
     with pytest.raises(OSError) as e:
-        os.rename(repo.mp / "local.txt", repo.data / "local.txt")
+        os.rename(repo.data / "remote.txt", repo.mp / "remote.txt")
     assert e.value.errno == errno.EXDEV
-    subprocess.run(["mv", str(repo.mp / "local.txt"), str(repo.data / "moved.txt")], check=True)
+    subprocess.run(["mv", str(repo.data / "remote.txt"), str(repo.mp / "moved-out.txt")], check=True)
+    assert (repo.mp / "moved-out.txt").read_text() == "r" and not (repo.data / "remote.txt").exists()
+    (repo.mp / "local.txt").write_text("x")
+    os.rename(repo.mp / "local.txt", repo.data / "moved.txt")
     assert (repo.data / "moved.txt").read_text() == "x"
+    repo.sync()
+    assert remote_files(repo.remote_dir) == {"moved.txt": b"x"}
 
 
 def test_attributes_survive_remount_from_object_metadata(make_repo):

@@ -10,7 +10,7 @@ no longer lives at an old one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from mountd import clock
 from mountd.meta import Inode, MetaStore
@@ -72,40 +72,39 @@ class Renames:
         for key in dict.fromkeys(old_keys + new_keys):
             self.journal.put(*key)
 
-    def _mark_subtree_moved(self, ino: int) -> None:
-        """After a directory moved, its marker and every descendant must be re-put at new keys."""
+    def _subtree(self, ino: int) -> Iterator[tuple[Inode, list[tuple[bytes, int]]]]:
+        """`ino` and every inode below it, each with its directory entries."""
         stack = [ino]
         while stack:
-            cur = stack.pop()
-            node = self.meta.get(cur)
+            node = self.meta.get(stack.pop())
             if node is None:
                 continue
+            entries = self.meta.children(node.ino) if node.is_dir else []
+            yield node, entries
+            stack.extend(child for _, child in entries)
+
+    def _mark_subtree_moved(self, ino: int) -> None:
+        """After a directory moved, its marker and every descendant must be re-put at new keys."""
+        for node, _ in self._subtree(ino):
             if node.is_dir:
-                self.meta.update(cur, marker=1)
-                self.meta.bump(cur, "attr_gen")
-                stack.extend(child for _, child in self.meta.children(cur))
+                self.meta.update(node.ino, marker=1)
+                self.meta.bump(node.ino, "attr_gen")
 
     def refusal_to_move_in(self, ino: int, fits: Callable[[Inode], bool]) -> str | None:
         """Why a local-only file or tree cannot become objects (None: it can). `mv` meets EXDEV
         and copies instead, so each file that cannot be an object fails on its own there."""
-        stack = [ino]
-        while stack:
-            cur = stack.pop()
-            node = self.meta.get(cur)
-            if node is None:
-                continue
-            if node.remote is not None or self.paths.is_attach_point(cur):
+        for node, entries in self._subtree(ino):
+            if node.remote is not None or self.paths.is_attach_point(node.ino):
                 return "a remote is attached inside it"
             if not node.is_dir and node.nlink > 1:
                 return "it holds hard links, which a remote path cannot keep"
             if not fits(node):
                 return "a file's extended attributes are more than the remote's object metadata holds"
-            for name, child in self.meta.children(cur):
+            for name, _ in entries:
                 try:
                     name.decode("utf-8")
                 except UnicodeDecodeError:
                     return "a name in it is not UTF-8, which an object key must be"
-                stack.append(child)
         return None
 
     def _adopt(self, ino: int, remote: str) -> None:
@@ -113,18 +112,12 @@ class Renames:
         the remote's now, with content and attributes to send; the caller journals every key.
         The bytes stay on the local tier, uploaded from there as written files are, so a crash or
         an outage resumes from the journal and no byte moves before the rename returns."""
-        stack = [ino]
         now = time.time()
-        while stack:
-            cur = stack.pop()
-            node = self.meta.get(cur)
-            if node is None:
-                continue
+        for node, _ in self._subtree(ino):
             values: dict[str, object] = {"remote": remote}
             if node.is_dir:
                 values.update(marker=1, listed_at=now)  # nothing is at its keys yet: no listing
             elif node.is_reg:
-                self.meta.bump(cur, "content_gen")
-            self.meta.update(cur, **values)
-            self.meta.bump(cur, "attr_gen")
-            stack.extend(child for _, child in self.meta.children(cur))
+                self.meta.bump(node.ino, "content_gen")
+            self.meta.update(node.ino, **values)
+            self.meta.bump(node.ino, "attr_gen")
