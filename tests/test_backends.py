@@ -438,3 +438,33 @@ def test_the_fast_timestamp_parser_agrees_with_botocores(text):
     from mountd.backend.factory import fast_timestamp
 
     assert fast_timestamp(text) == botocore.utils.parse_timestamp(text)
+
+
+LISTING = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+           b'2006-03-01/"><Name>b</Name>' + b"<Contents><Key>k</Key><Size>1</Size></Contents>" * 50
+           + b"</ListBucketResult>")
+
+
+@pytest.mark.parametrize("body", [
+    LISTING,
+    LISTING[:-7],  # cut short by the network
+    LISTING[:300],
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code></Error>',
+    b"<Error><Code>SlowDown</Code></Error>\n",
+    b'<?xml version="1.0"?><CopyObjectResult><ETag>"e"</ETag></CopyObjectResult>\n\n',
+    b"<ListBucketResult/>",
+    b"not xml at all",
+], ids=["listing", "cut-7", "cut-300", "error", "error-no-decl", "copy", "empty-element", "garbage"])
+def test_the_cheap_200_error_check_decides_as_botocores(body):
+    """An S3 200 answer is checked for an <Error> body or a cut-short one by reading its two ends
+    instead of parsing it all a second time: the same decision as botocore's check."""
+    import botocore.handlers
+    import botocore.session
+
+    from mountd.backend.factory import error_in_200
+
+    model = botocore.session.get_session().get_service_model("s3").operation_model("ListObjectsV2")
+    response = {"status_code": 200, "body": body, "headers": {}}
+    error_in_200(model, response)
+    botocores = botocore.handlers._looks_like_special_case_error(200, body)
+    assert (response["status_code"] == 500) == botocores

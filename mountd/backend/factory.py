@@ -65,6 +65,41 @@ def fast_timestamp(value: str) -> datetime:
         return botocore.utils.parse_timestamp(value)
 
 
+_XML_ROOT = re.compile(rb"\s*(?:<\?xml[^>]*\?>\s*)?<([A-Za-z_][\w.:-]*)")
+
+
+def error_in_200(operation_model: Any, response_dict: dict[str, Any], **kwargs: Any) -> None:
+    """botocore's `_handle_200_error` (S3 may answer 200 with an <Error> body, or a body the
+    network cut short) parses every S3 response body a whole second time with ElementTree just to
+    read the root element: a tenth of the daemon's CPU while `find` listed a tree. The root's name
+    is at the head of the body and a whole body ends by closing it, so this reads only both ends."""
+    import botocore.handlers
+
+    if response_dict.get("status_code") != 200 or not response_dict.get("body") or \
+            not botocore.handlers._should_handle_200_error(operation_model, response_dict):
+        return
+    body = response_dict["body"]
+    head = _XML_ROOT.match(body[:512])
+    tail = body[-512:].rstrip()
+    if head is None or head.group(1) == b"Error" or not (
+            tail.endswith(b"</" + head.group(1) + b">") or tail.endswith(b"/>")):
+        response_dict["status_code"] = 500  # retried as botocore's own check would have it
+
+
+def _s3_session() -> Any:
+    """An AioSession whose S3 clients parse timestamps and check 200 answers cheaply (above)."""
+    import aiobotocore.session
+    import botocore.handlers
+
+    session = aiobotocore.session.AioSession()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=fast_timestamp)
+    handlers = botocore.handlers
+    if hasattr(handlers, "_handle_200_error") and hasattr(handlers, "_should_handle_200_error"):
+        session.unregister("before-parse.s3.*", handlers._handle_200_error)
+        session.register("before-parse.s3.*", error_in_200)
+    return session
+
+
 def _session_kwargs(opts: dict[str, Any]) -> list[str]:
     """The options s3fs would hand to AioSession (it has no parameter for them)."""
     import inspect
@@ -98,11 +133,7 @@ def _s3_filesystem(opts: dict[str, Any], tuning: StoreTuning) -> tuple[Any, str]
     if "session" not in opts and not _session_kwargs(opts):
         # s3fs builds its own session from the names it does not know and fails on the first request
         # with the name in the message; a session made here would drop them silently instead
-        import aiobotocore.session
-
-        opts["session"] = aiobotocore.session.AioSession()
-        opts["session"].get_component("response_parser_factory").set_parser_defaults(
-            timestamp_parser=fast_timestamp)
+        opts["session"] = _s3_session()
     fs = s3fs.S3FileSystem(skip_instance_cache=True, client_kwargs=client_kwargs, config_kwargs=config_kwargs,
                            use_listings_cache=False, **opts)
     fs.retries = retries  # botocore already retries once; s3fs would add 5 rounds with pauses
