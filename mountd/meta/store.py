@@ -252,6 +252,9 @@ class JournalEntry:
     last_error: str | None
 
 
+# a regular file a listing showed: (name, mode, uid, gid, size, mtime_ns, key, version)
+ListedFile = tuple[bytes, int, int, int, int, int, str, "str | None"]
+
 class MetaStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -342,6 +345,27 @@ class MetaStore:
         got = self.get(int(cur.lastrowid or ino or 0))
         assert got is not None
         return got
+
+    def create_listed_files(self, parent: int, rows: list[ListedFile], *, remote: str) -> None:
+        """Regular files one listing page showed, `(name, mode, uid, gid, size, mtime_ns, key,
+        version)` each, with their entries: two statements for the page instead of three per file
+        (a third of the daemon's time while `find` listed a tree went to those statements).
+        Inode numbers are taken after the highest ever given (AUTOINCREMENT's sequence), as the
+        database would give them one by one."""
+        if not rows:
+            return
+        first = int(self._scalar(
+            "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name='inodes'), 0),"
+            " COALESCE((SELECT max(ino) FROM inodes), 0))")) + 1
+        self.statements += 2
+        self._db.executemany(
+            "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev,"
+            " remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key,"
+            " remote_version, meta_loaded, marker) VALUES (?,?,?,?,?,?,?,?,1,0,?,0,0,0,0,0,?,?,0,0)",
+            [(first + i, mode, uid, gid, size, mtime, mtime, mtime, remote, key, version)
+             for i, (_, mode, uid, gid, size, mtime, key, version) in enumerate(rows)])
+        self._db.executemany("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)",
+                             [(parent, row[0], first + i) for i, row in enumerate(rows)])
 
     def update(self, ino: int, **values: object) -> None:
         if not values:

@@ -31,7 +31,7 @@ from mountd.config import RepoConfig
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavailable
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
-from mountd.meta.store import META_DEFAULTS, META_FROM_LISTING, META_LOADED
+from mountd.meta.store import META_DEFAULTS, META_FROM_LISTING, META_LOADED, ListedFile
 from mountd.vfs.dir_index import DirIndexes, IndexEntry
 from mountd.vfs.kernel import Kernel
 from mountd.vfs.namespace import (
@@ -674,6 +674,8 @@ class RemoteView:
                                        for o in listing.objects])
         seen: set[bytes] = set()
         dir_names = set()
+        new_files: list[ListedFile] = []  # made in one go at the end of the page
+        default_mode = stat.S_IFREG | self.config.mount.file_mode
         with m.transaction():
             if not prefix:
                 self._note_root_page(remote, ATTRS_DIR in listing.prefixes, last=next_token is None)
@@ -709,6 +711,10 @@ class RemoteView:
                 if info.key in pending:
                     continue
                 ino = existing.get(bname)
+                if ino is None and info.metadata is None:
+                    new_files.append((bname, default_mode, *self._owner, info.size, info.mtime_ns, info.key,
+                                      info.version))
+                    continue
                 if ino is None:
                     self._create_from_listing(d.ino, bname, remote, info, confirm=False)
                     continue
@@ -718,6 +724,7 @@ class RemoteView:
                 if (listed.remote_key == info.key and listed.remote_version != info.version
                         and not listed.has_local):
                     self._refresh_from_listing(listed, info)
+            m.create_listed_files(d.ino, new_files, remote=remote)
             m.listing_page_done(d.ino, list(seen), next_token, pages)
 
     def _note_root_page(self, remote: str, has_indexes: bool, *, last: bool) -> None:
