@@ -611,6 +611,15 @@ class MetaStore:
             " AND (i.mode & 61440) = 16384 AND (i.listed_at IS NULL OR i.listed_at < ?)"
             " ORDER BY d.id LIMIT ?", (parent, parent, ino, stale_before, most)).fetchall()]
 
+    def oldest_listing_of_subdirs(self, parent: int) -> float | None:
+        """The earliest `listed_at` among the directories of `parent` (None: it has none, or one
+        never listed)."""
+        row = self._exec(
+            "SELECT count(*), count(i.listed_at), min(i.listed_at) FROM dentries d"
+            " JOIN inodes i ON i.ino = d.ino WHERE d.parent=? AND (i.mode & 61440) = 16384",
+            (parent,)).fetchone()
+        return float(row[2]) if row[0] and row[0] == row[1] else None
+
     def unloaded_entries_after(self, parent: int, ino: int, most: int) -> list[int]:
         """Entries of `parent` after `ino`'s (in readdir order) whose object metadata is not loaded."""
         return [r[0] for r in self._exec(
