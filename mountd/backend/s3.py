@@ -26,6 +26,7 @@ from mountd.backend import LIST_PAGE, ListingPage, ObjectInfo, Precondition, Sto
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
 from mountd.backend.errors import http_status
 from mountd.backend.presigned import NotThere, PresignedRanges
+from mountd.backend.s3_listing import parse_listing
 from mountd.errors import ObjectNotFound, UploadCancelled
 
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
@@ -154,20 +155,35 @@ class S3Store(BucketStore):
                           metadata)
 
     def _sign_head(self, key: str) -> str:
-        """A HEAD URL of `key` signed with SigV4 in the query; the signer (credentials, and the
-        URL of the bucket as botocore addresses it) is renewed every `HEAD_SIGNER_REUSE` s."""
+        """A HEAD URL of `key` signed with SigV4 in the query."""
+        return self._sign("HEAD", self._signer()[1] + urllib.parse.quote(self._full(key), safe="/~"))
+
+    def _sign_list(self, params: dict[str, str]) -> str:
+        """A ListObjectsV2 URL of the bucket with `params`, signed with SigV4 in the query."""
+        bucket_url = self._signer()[1]
+        if urllib.parse.urlsplit(bucket_url).path not in ("", "/"):
+            bucket_url = bucket_url.rstrip("/")  # path style: /bucket?list-type=2, as botocore asks
+        query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+        return self._sign("GET", bucket_url + "?" + query)
+
+    def _sign(self, method: str, url: str) -> str:
         from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method=method, url=url, headers={})
+        auth = self._signer()[0]
+        if auth is not None:
+            auth.add_auth(request)
+        return str(request.url)
+
+    def _signer(self) -> tuple[Any, str]:
+        """The query signer (credentials) and the URL of the bucket as botocore addresses it,
+        taken up again every `HEAD_SIGNER_REUSE` s."""
         from fsspec.asyn import sync
 
         signer = self.__dict__.get("_head_signer")
         if signer is None or time.monotonic() - signer[2] > HEAD_SIGNER_REUSE:
             signer = self._head_signer = (*sync(self.fs.loop, self._head_signer_now), time.monotonic())
-        auth, bucket_url, _ = signer
-        request = AWSRequest(method="HEAD", url=bucket_url + urllib.parse.quote(self._full(key), safe="/~"),
-                             headers={})
-        if auth is not None:
-            auth.add_auth(request)
-        return str(request.url)
+        return signer[0], signer[1]
 
     async def _head_signer_now(self) -> tuple[Any, str]:
         await self.fs.set_session()
@@ -220,6 +236,9 @@ class S3Store(BucketStore):
             kwargs["ContinuationToken"] = token
         elif start_after:
             kwargs["StartAfter"] = self._full(start_after)
+        page = self._list_page_fast(prefix, token, limit, start_after)
+        if page is not None:
+            return page
         with self._translate("list", prefix):
             resp = self._call("list_objects_v2", **kwargs)
             cut = len(self.prefix)
@@ -228,6 +247,28 @@ class S3Store(BucketStore):
             entries += [(p["Prefix"], None) for p in resp.get("CommonPrefixes", ())]
             more = resp.get("IsTruncated") and resp.get("NextContinuationToken")
             return ListingPage(self._listing(prefix, iter(entries)), more or None)
+
+    def _list_page_fast(self, prefix: str, token: str | None, limit: int,
+                        start_after: str) -> ListingPage | None:
+        """The page through `PresignedRanges` and `parse_listing` (no SDK parsing); None when
+        that path gives up, for any reason: the SDK then asks and decides errors."""
+        params = {"list-type": "2", "prefix": self._full(prefix), "delimiter": "/", "max-keys": str(limit),
+                  "encoding-type": "url"}
+        if token:
+            params["continuation-token"] = token
+        elif start_after:
+            params["start-after"] = self._full(start_after)
+        body = self._fast().get_signed(lambda: self._sign_list(params))
+        page = parse_listing(body) if body is not None else None
+        if page is None:
+            return None
+        self._count(requests=1, listings_direct=1)
+        cut = len(self.prefix)
+        entries: list[tuple[str, ObjectInfo | None]] = [
+            (o.key, ObjectInfo(key=o.key[cut:], size=o.size, version=normalize_version(o.etag),
+                               mtime_ns=mtime_ns_of(o.last_modified), metadata=None)) for o in page.objects]
+        entries += [(p, None) for p in page.prefixes]
+        return ListingPage(self._listing(prefix, iter(entries)), page.next_token)
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
                expect: Precondition | None = None) -> ObjectInfo:
