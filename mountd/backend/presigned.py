@@ -99,13 +99,7 @@ class PresignedRanges:
         (404, {}): a correctly signed request for a key that is not there (the one answer decided
         here: a lookup of a missing name is common, and asking again costs a round trip); None for
         any other answer or failure: the SDK then makes the same request."""
-        if not self.enabled:
-            return None
-        try:
-            url = sign()
-        except Exception:  # noqa: BLE001 - the SDK path will report what is wrong
-            return None
-        answer = self._request("HEAD", url, {})
+        answer = self._signed("HEAD", sign)
         if answer is None or answer[0] not in (200, 404):
             return None
         return answer[0], answer[1] if answer[0] == 200 else {}
@@ -113,14 +107,17 @@ class PresignedRanges:
     def get_signed(self, sign: Callable[[], str]) -> bytes | None:
         """The body of a 200 answer to a GET of the URL that `sign` makes (a listing page); None
         for any other answer or failure: the SDK then makes the same request."""
+        answer = self._signed("GET", sign)
+        return answer[2] if answer is not None and answer[0] == 200 else None
+
+    def _signed(self, method: str, sign: Callable[[], str]) -> tuple[int, dict[str, str], bytes] | None:
         if not self.enabled:
             return None
         try:
             url = sign()
         except Exception:  # noqa: BLE001 - the SDK path will report what is wrong
             return None
-        answer = self._request("GET", url, {})
-        return answer[2] if answer is not None and answer[0] == 200 else None
+        return self._request(method, url, {})
 
     def _get(self, url: str, start: int, end: int, if_match: str | None) -> tuple[int, bytes]:
         headers = {"Range": f"bytes={start}-{end - 1}"}
