@@ -205,7 +205,7 @@ def render(res: dict[str, Any]) -> str:
     ]
     m = res["machine"]
     lines = [
-        BEGIN, "## One directory of a million objects (issue 22)", "",
+        "## One directory of a million objects (issue 22)", "",
         "SeaweedFS 4.48 on 127.0.0.1 (`rclone serve s3` re-reads a whole directory for each listing "
         "page, so it cannot serve a million in one directory); 100-byte objects written by another tool "
         "(boto3), so mountd shows their listing attributes and asks for no HEAD and no index. mountd "
