@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import re
+import stat
 import threading
 from pathlib import Path
 
@@ -177,6 +178,27 @@ def test_changes_reach_the_other_host_through_the_change_log(hosts):
     feed = b.status()["statistics"]["feed"]
     assert feed["changes_applied"] >= 3 and feed["relists"] == 0, feed
     assert ".mountd-log" not in os.listdir(a.mp / "data")
+
+
+def test_a_change_of_attributes_alone_reaches_the_other_host_through_the_change_log(hosts):
+    """chmod, utime and setxattr change an object's metadata and not its bytes: S3 keeps the ETag
+    (and GCS the generation), so the change log's entry says "attributes" and b reads them again
+    rather than taking the unchanged version for "known already"."""
+    a, b = hosts(2)
+    (a.data / "run.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(a.data / "run.sh", 0o644)
+    a.sync()
+    assert stat.S_IMODE(os.stat(b.data / "run.sh").st_mode) == 0o644  # b knows it now
+    os.chmod(a.data / "run.sh", 0o750)
+    os.utime(a.data / "run.sh", ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
+    os.setxattr(a.data / "run.sh", "user.owner", b"team-a")
+    a.sync()
+    wait_until(lambda: stat.S_IMODE(os.stat(b.data / "run.sh").st_mode) == 0o750, timeout=15)
+    st = os.stat(b.data / "run.sh")
+    assert st.st_mtime_ns == 1_700_000_000_000_000_001
+    assert os.getxattr(b.data / "run.sh", "user.owner") == b"team-a"
+    assert (b.data / "run.sh").read_bytes() == b"#!/bin/sh\n"
+    assert b.status()["statistics"]["feed"]["relists"] == 0
 
 
 # a fingerprint and an If-Match pin (GCS's generation=N: test_store_conditions.py); the pinned read is tested

@@ -67,7 +67,8 @@ class ChangeFeed:
         self.poll_interval = poll_interval
         self._writable = set(writable)
         self._followed = set(followed)
-        self._pending: dict[str, dict[str, str | None]] = {}  # remote -> key -> new version (None: deleted)
+        # remote -> key -> (new version (None: deleted), whether its attributes alone changed)
+        self._pending: dict[str, dict[str, tuple[str | None, bool]]] = {}
         self._writing = 0
         self._wake = trio.Event()
         self._logged = trio.Event()  # replaced after each write: `wait_logged` waits on it
@@ -81,12 +82,15 @@ class ChangeFeed:
         return self.poll_interval > 0 and bool(self._followed)
 
     # --- what this host changed ---------------------------------------------------------------
-    def changed(self, remote: str, key: str, version: str | None) -> None:
-        """The write-back wrote `version` at `key` (None: deleted it). Quick; on the trio thread."""
+    def changed(self, remote: str, key: str, version: str | None, *, attrs: bool = False) -> None:
+        """The write-back wrote `version` at `key` (None: deleted it); `attrs`: it changed the
+        object's metadata alone, which may keep its version. Quick; on the trio thread."""
         if (not self.enabled or remote not in self._writable or is_log_key(key)
                 or "/.mountd-tmp-" in "/" + key):
             return
-        self._pending.setdefault(remote, {})[key] = version
+        pending = self._pending.setdefault(remote, {})
+        earlier = pending.get(key)
+        pending[key] = (version, attrs or (earlier is not None and earlier[1]))
         self._wake.set()
 
     async def wait_logged(self, timeout: float) -> bool:
@@ -132,8 +136,8 @@ class ChangeFeed:
                     await self._append(name, changes)
                 except RemoteError as e:
                     log.info("remote %r: change log not written (%s); trying again", name, e)
-                    for key, version in changes.items():
-                        self._pending.setdefault(name, {}).setdefault(key, version)
+                    for key, change in changes.items():
+                        self._pending.setdefault(name, {}).setdefault(key, change)
                     self._wake.set()
                     await trio.sleep(self.poll_interval)
                 finally:
@@ -142,10 +146,11 @@ class ChangeFeed:
                     self._logged = trio.Event()
 
     # --- writing --------------------------------------------------------------------------------
-    async def _append(self, name: str, changes: dict[str, str | None]) -> None:
+    async def _append(self, name: str, changes: dict[str, tuple[str | None, bool]]) -> None:
         store = self.stores[name]
         body = json.dumps({"host": self.host, "writer": self._writer, "time": time.time(),
-                           "changes": [{"key": k, "version": v} for k, v in changes.items()]}).encode()
+                           "changes": [{"key": k, "version": v, **({"attrs": True} if attrs else {})}
+                                       for k, (v, attrs) in changes.items()]}).encode()
         async with self._lock(name):
             while True:
                 n = (self.meta.feed_last(name) or 0) + 1
@@ -223,15 +228,15 @@ class ChangeFeed:
         data = await self.remote.call(store, store.read_range, entry_key(n), 0, MAX_ENTRY)
         try:
             entry = json.loads(data)
-            changes = [(str(c["key"]), None if c.get("version") is None else str(c["version"]))
-                       for c in entry.get("changes", [])]
+            changes = [(str(c["key"]), None if c.get("version") is None else str(c["version"]),
+                        c.get("attrs") is True) for c in entry.get("changes", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("remote %r: change log entry %d is not readable; skipped", name, n)
             return
         if entry.get("writer") == self._writer:
             return  # this local tier's own changes (written before a restart): known here
-        for key, version in changes:
-            if await self.view.apply_remote_change(name, key, version):
+        for key, version, attrs in changes:
+            if await self.view.apply_remote_change(name, key, version, attrs=attrs):
                 self.stats["changes_applied"] += 1
         self.stats["entries_applied"] += 1
 

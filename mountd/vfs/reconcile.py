@@ -81,8 +81,7 @@ class Reconciler:
     def __init__(self, meta: MetaStore, stores: Mapping[str, ObjectStore], view: WritebackView,
                  journal: Journal, remote: RemoteCalls, sending: UploadsSending, conflicts: ConflictCopies,
                  slots: TransferSlots, *, dedup: bool, on_conflict: str = "keep-both",
-                 on_remote_change: Callable[[str, str, str | None], None] = (
-                     lambda remote, key, version: None),
+                 on_remote_change: Callable[..., None] = lambda remote, key, version, attrs=False: None,
                  on_stored: Callable[[str, str, ObjectInfo | None, Mapping[str, str] | None], None] = (
                      lambda remote, key, info, metadata: None)) -> None:
         self.meta = meta
@@ -239,6 +238,11 @@ class Reconciler:
         elif node.attrs_dirty:
             meta = self._meta_of(node, node.sha256)
             info = await self.remote.call(store, store.set_metadata, key, meta)
+            with self.meta.transaction():
+                self.meta.note_written(node.remote or "", key, info.version)
+            # S3 keeps the ETag of an object whose metadata alone changed (and GCS its generation):
+            # followers take the flag, not the version, as the sign to read its attributes again
+            self.on_remote_change(node.remote or "", key, info.version, attrs=True)
             self.stats["metadata_updates"] += 1
             self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen,
                        key=key, info=info, sha256=node.sha256, stored=meta)

@@ -768,7 +768,8 @@ class RemoteView:
             m.listing_forget(d.ino)
             m.update(d.ino, listed_at=time.time())
 
-    async def apply_remote_change(self, remote: str, key: str, version: str | None) -> bool:
+    async def apply_remote_change(self, remote: str, key: str, version: str | None, *,
+                                  attrs: bool = False) -> bool:
         """Another host wrote `version` at `key` (None: deleted it), as its change log says: the
         names and inodes this host shows for that key follow now, without waiting for
         listing_ttl, and the kernel forgets what it cached of them. A file with changes of this
@@ -776,6 +777,8 @@ class RemoteView:
         for writing (checked again at its next open). A file open only for reading is replaced,
         as a rename over it would on a disk: the name gets a new inode, and the open one keeps
         reading the version it opened (its reads are pinned to it) until its last close.
+        `attrs`: its metadata alone changed (chmod, utime, setxattr), which may keep the version:
+        the attributes are read again and taken in place (the bytes did not change).
         True when something here changed."""
         if key.endswith("/"):
             self.forget_listing(remote, key.rstrip("/"))  # a directory marker: list its parent again
@@ -786,7 +789,8 @@ class RemoteView:
                     or self.meta.journal_has(remote, key) or self._is_writing(node.ino):
                 self.forget_inode(node.ino)  # its next open asks the remote
                 return False
-            if version is not None and node.remote_key == key and node.remote_version == version:
+            known = version is not None and node.remote_key == key and node.remote_version == version
+            if known and not attrs:
                 return False  # known already (our own change, or a listing saw it)
         folder = key.rpartition("/")[0]
         d = self.paths.resolve_key(remote, folder + "/" if folder else "")
@@ -809,9 +813,15 @@ class RemoteView:
         node = self.paths.resolve_key(remote, key)  # again: the HEAD was an await
         with self.meta.transaction():
             if node is not None:
-                if node.content_dirty or node.attrs_dirty or self._is_writing(node.ino) or (
-                        info is not None and node.remote_key == key and node.remote_version == info.version):
+                same = info is not None and node.remote_key == key and node.remote_version == info.version
+                if node.content_dirty or node.attrs_dirty or self._is_writing(node.ino):
                     return False
+                if same and not (attrs and info is not None and info.metadata is not None):
+                    return False
+                if same and info is not None:  # the metadata alone changed: new attributes in place
+                    self.apply_object_info(node, info)
+                    self.kernel.invalidate_inode(node.ino)
+                    return True
                 if self._is_open(node.ino):
                     self._replace_open(d.ino, bname, node, info)
                 elif info is None:
