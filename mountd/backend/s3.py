@@ -230,15 +230,15 @@ class S3Store(BucketStore):
 
     def list_page(self, prefix: str, token: str | None = None, limit: int = LIST_PAGE, *,
                   start_after: str = "") -> ListingPage:
+        page = self._list_page_fast(prefix, token, limit, start_after)
+        if page is not None:
+            return page
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix), "Delimiter": "/",
                                   "MaxKeys": limit}
         if token:
             kwargs["ContinuationToken"] = token
         elif start_after:
             kwargs["StartAfter"] = self._full(start_after)
-        page = self._list_page_fast(prefix, token, limit, start_after)
-        if page is not None:
-            return page
         with self._translate("list", prefix):
             resp = self._call("list_objects_v2", **kwargs)
             cut = len(self.prefix)

@@ -42,26 +42,25 @@ def parse_listing(body: bytes) -> ListedPage | None:
         return None
     if _name(root.tag) != "ListBucketResult":
         return None
-    objects: list[ListedObject] = []
+    contents: list[dict[str, str]] = []
     prefixes: list[str] = []
     fields: dict[str, str] = {}
+    for child in root:
+        name = _name(child.tag)
+        if name == "Contents":
+            contents.append({_name(c.tag): c.text or "" for c in child})
+        elif name == "CommonPrefixes":
+            prefixes.extend(c.text or "" for c in child if _name(c.tag) == "Prefix")
+        else:
+            fields[name] = child.text or ""
+    # keys with characters XML 1.0 cannot hold arrive encoded (EncodingType comes after them)
+    decode = urllib.parse.unquote_plus if fields.get("EncodingType") == "url" else str
     try:
-        for child in root:
-            name = _name(child.tag)
-            if name == "Contents":
-                o = {_name(c.tag): c.text or "" for c in child}
-                objects.append(ListedObject(key=o["Key"], size=int(o.get("Size") or 0),
-                                            etag=o.get("ETag"), last_modified=o["LastModified"]))
-            elif name == "CommonPrefixes":
-                prefixes.extend(c.text or "" for c in child if _name(c.tag) == "Prefix")
-            else:
-                fields[name] = child.text or ""
+        objects = [ListedObject(key=decode(o["Key"]), size=int(o.get("Size") or 0), etag=o.get("ETag"),
+                                last_modified=o["LastModified"]) for o in contents]
     except (KeyError, ValueError):
         return None
-    if fields.get("EncodingType") == "url":  # keys with characters XML 1.0 cannot hold arrive encoded
-        objects = [ListedObject(urllib.parse.unquote_plus(o.key), o.size, o.etag, o.last_modified)
-                   for o in objects]
-        prefixes = [urllib.parse.unquote_plus(p) for p in prefixes]
+    prefixes = [decode(p) for p in prefixes]
     truncated = fields.get("IsTruncated", "false").lower() == "true"
     token = fields.get("NextContinuationToken") or None
     if truncated and token is None:

@@ -365,16 +365,22 @@ class Filesystem:
     # files
     # ------------------------------------------------------------------------------------------
     async def create(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> tuple[Opened, Attr]:
-        d = await self._prepare_new_entry(parent, name)
+        return await self._new_open_file(await self._prepare_new_entry(parent, name), name, mode, ctx)
+
+    async def _new_open_file(self, d: Inode, name: bytes | None, mode: int, ctx: Ctx) -> tuple[Opened, Attr]:
+        """A new regular file in `d`, open, its data on the local tier; `name` None: unnamed
+        (O_TMPFILE, nlink 0)."""
         uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFREG | stat.S_IMODE(mode))
         now = clock.now_ns()
         with self.meta.transaction():
             node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, has_local=1,
-                                          content_gen=1, attr_gen=1, mtime_ns=now)
+                                          nlink=0 if name is None else 1, content_gen=1, attr_gen=1,
+                                          mtime_ns=now)
             fd = self.local.create_open(node.ino)
             try:
-                self.meta.add_entry(parent, name, node.ino)
-                self._touch_dir(parent, now)
+                if name is not None:
+                    self.meta.add_entry(d.ino, name, node.ino)
+                    self._touch_dir(d.ino, now)
             except BaseException:
                 os.close(fd)
                 raise
@@ -390,14 +396,7 @@ class Filesystem:
         if not d.is_dir:
             raise PosixError(errno.ENOTDIR)
         self._writable_area(d)
-        uid, gid, mode = self._new_child_owner(d, ctx, stat.S_IFREG | stat.S_IMODE(mode))
-        now = clock.now_ns()
-        with self.meta.transaction():
-            node = self.meta.create_inode(mode=mode, uid=uid, gid=gid, remote=d.remote, has_local=1, nlink=0,
-                                          content_gen=1, attr_gen=1, mtime_ns=now)
-            fd = self.local.create_open(node.ino)
-        opened = await self.files.open_created(self._inode(node.ino), fd, ctx.uid)
-        return opened, self.files.attr(self._inode(node.ino))
+        return await self._new_open_file(d, None, mode, ctx)
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, ctx: Ctx) -> Attr:
         if stat.S_ISREG(mode):
@@ -458,7 +457,8 @@ class Filesystem:
         now = clock.now_ns()
         with self.meta.transaction():
             self.meta.add_entry(new_parent, new_name, ino)
-            self.meta.update(ino, nlink=node.nlink + 1 if not naming else 1, ctime_ns=now)
+            self.meta.bump(ino, "nlink")
+            self.meta.update(ino, ctime_ns=now)
             self._touch_dir(new_parent, now)
         if naming:
             await self.files.named(ino)
@@ -591,7 +591,10 @@ class Filesystem:
             if d_old.remote is not None:
                 raise PosixError(errno.EXDEV, "rename out of a remote: its bytes would be fetched first")
             self._writable_area(d_new)
-            why = self.renames.refusal_to_move_in(ino, lambda n: self._xattrs_fit(n, d_new.remote))
+            remote_new = d_new.remote
+            assert remote_new is not None  # (they differ, and the old one is None)
+            why = self.renames.refusal_to_move_in(
+                ino, lambda n: self._xattrs_over(remote_new, self.meta.xattrs(n.ino)) is None)
             if why is not None:
                 raise PosixError(errno.EXDEV, f"rename into a remote: {why}")
             into_remote = d_new.remote
@@ -708,16 +711,15 @@ class Filesystem:
             if sum(len(n) + 1 for n in xattrs) > XATTR_SIZE_MAX - 1024:  # (and the user.mountd.* names)
                 raise PosixError(errno.E2BIG, "the names of a file's attributes take at most 64 KiB")
             return
-        room = xattr_room(self._remote_cfg[node.remote].scheme)
-        if room is not None and len(need := encode_xattrs(xattrs)) > room:
-            raise PosixError(errno.E2BIG, f"remote {node.remote!r} keeps at most {room} bytes of extended "
-                                          f"attributes per object ({len(need)} needed)")
+        if (over := self._xattrs_over(node.remote, xattrs)) is not None:
+            raise PosixError(errno.E2BIG, f"remote {node.remote!r} keeps at most {over[0]} bytes of extended "
+                                          f"attributes per object ({over[1]} needed)")
 
-    def _xattrs_fit(self, node: Inode, remote: str | None) -> bool:
-        """Whether `node`'s extended attributes fit in an object's metadata on `remote`."""
-        xattrs = self.meta.xattrs(node.ino)
-        room = xattr_room(self._remote_cfg[remote].scheme) if remote is not None else None
-        return not xattrs or room is None or len(encode_xattrs(xattrs)) <= room
+    def _xattrs_over(self, remote: str, xattrs: dict[bytes, bytes]) -> tuple[int, int] | None:
+        """(room, needed) when `xattrs` do not fit in an object's metadata on `remote`."""
+        room = xattr_room(self._remote_cfg[remote].scheme)
+        need = len(encode_xattrs(xattrs)) if xattrs and room is not None else 0
+        return (room, need) if room is not None and need > room else None
 
     def _xattrs_changed(self, node: Inode, xattrs: dict[bytes, bytes]) -> None:
         """Store them; ctime changes; on a remote path the object's metadata is sent again (as after

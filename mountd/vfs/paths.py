@@ -9,6 +9,7 @@ rename of a directory then changes the keys of everything below it in one db cha
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
 
 from mountd.config import RepoConfig
 from mountd.meta import Inode, MetaStore
@@ -102,15 +103,18 @@ class PathMap:
 
     def subtree_keys(self, ino: int) -> list[tuple[str, str]]:
         """Keys of an inode and, for a directory, of everything below it."""
-        out = []
+        return [key for node, _ in self.subtree(ino) if (key := self.key_of(node.ino, node)) is not None]
+
+    def subtree(self, ino: int) -> Iterator[tuple[Inode, list[tuple[bytes, int]]]]:
+        """`ino` and every inode below it, each with its directory entries."""
         stack = [ino]
         while stack:
-            cur = stack.pop()
-            key = self.key_of(cur)
-            if key is not None:
-                out.append(key)
-            stack.extend(child for _, child in self.meta.children(cur))
-        return out
+            node = self.meta.get(stack.pop())
+            if node is None:
+                continue
+            entries = self.meta.children(node.ino) if node.is_dir else []
+            yield node, entries
+            stack.extend(child for _, child in entries)
 
     def scope(self, path: str) -> list[tuple[str, str]]:
         """(remote, key) pairs a mount path covers: its key below the attach point that holds it

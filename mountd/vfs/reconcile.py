@@ -238,8 +238,6 @@ class Reconciler:
         elif node.attrs_dirty:
             meta = self._meta_of(node, node.sha256)
             info = await self.remote.call(store, store.set_metadata, key, meta)
-            with self.meta.transaction():
-                self.meta.note_written(node.remote or "", key, info.version)
             # S3 keeps the ETag of an object whose metadata alone changed (and GCS its generation):
             # followers take the flag, not the version, as the sign to read its attributes again
             self.on_remote_change(node.remote or "", key, info.version, attrs=True)

@@ -813,13 +813,12 @@ class RemoteView:
         node = self.paths.resolve_key(remote, key)  # again: the HEAD was an await
         with self.meta.transaction():
             if node is not None:
-                same = info is not None and node.remote_key == key and node.remote_version == info.version
                 if node.content_dirty or node.attrs_dirty or self._is_writing(node.ino):
                     return False
-                if same and not (attrs and info is not None and info.metadata is not None):
-                    return False
-                if same and info is not None:  # the metadata alone changed: new attributes in place
-                    self.apply_object_info(node, info)
+                if info is not None and node.remote_key == key and node.remote_version == info.version:
+                    if not attrs or info.metadata is None:
+                        return False
+                    self.apply_object_info(node, info)  # the metadata alone changed: taken in place
                     self.kernel.invalidate_inode(node.ino)
                     return True
                 if self._is_open(node.ino):

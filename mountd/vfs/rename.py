@@ -10,7 +10,7 @@ no longer lives at an old one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from mountd import clock
 from mountd.meta import Inode, MetaStore
@@ -32,7 +32,7 @@ class Renames:
     def apply(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes, node: Inode,
               target: Inode | None, *, exchange: bool, into_remote: str | None = None) -> None:
         """The caller holds a transaction. `into_remote`: a local-only file or tree moves into that
-        remote (see `adopt`)."""
+        remote (see `_adopt`)."""
         now = clock.now_ns()
         ino = node.ino
         old_keys = self.paths.subtree_keys(ino)
@@ -72,20 +72,9 @@ class Renames:
         for key in dict.fromkeys(old_keys + new_keys):
             self.journal.put(*key)
 
-    def _subtree(self, ino: int) -> Iterator[tuple[Inode, list[tuple[bytes, int]]]]:
-        """`ino` and every inode below it, each with its directory entries."""
-        stack = [ino]
-        while stack:
-            node = self.meta.get(stack.pop())
-            if node is None:
-                continue
-            entries = self.meta.children(node.ino) if node.is_dir else []
-            yield node, entries
-            stack.extend(child for _, child in entries)
-
     def _mark_subtree_moved(self, ino: int) -> None:
         """After a directory moved, its marker and every descendant must be re-put at new keys."""
-        for node, _ in self._subtree(ino):
+        for node, _ in self.paths.subtree(ino):
             if node.is_dir:
                 self.meta.update(node.ino, marker=1)
                 self.meta.bump(node.ino, "attr_gen")
@@ -93,7 +82,7 @@ class Renames:
     def refusal_to_move_in(self, ino: int, fits: Callable[[Inode], bool]) -> str | None:
         """Why a local-only file or tree cannot become objects (None: it can). `mv` meets EXDEV
         and copies instead, so each file that cannot be an object fails on its own there."""
-        for node, entries in self._subtree(ino):
+        for node, entries in self.paths.subtree(ino):
             if node.remote is not None or self.paths.is_attach_point(node.ino):
                 return "a remote is attached inside it"
             if not node.is_dir and node.nlink > 1:
@@ -113,7 +102,7 @@ class Renames:
         The bytes stay on the local tier, uploaded from there as written files are, so a crash or
         an outage resumes from the journal and no byte moves before the rename returns."""
         now = time.time()
-        for node, _ in self._subtree(ino):
+        for node, _ in self.paths.subtree(ino):
             values: dict[str, object] = {"remote": remote}
             if node.is_dir:
                 values.update(marker=1, listed_at=now)  # nothing is at its keys yet: no listing
