@@ -1,7 +1,7 @@
 """Moving a local-only file or tree into a remote path (issue 20 item 5): `mv` is a rename in
 the mount, instant, and the journal carries the uploads, so a `kill -9` between the rename and the
-last upload loses nothing. What cannot become objects (hard links, names that are not UTF-8) and
-moves out of a remote keep EXDEV (where `mv` copies instead).
+last upload loses nothing. What cannot become objects (a hard link to a file outside the tree,
+names that are not UTF-8) and moves out of a remote keep EXDEV (where `mv` copies instead).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ REMOTE_KINDS = ("file", "s3")
 
 
 def _local_tree(root: Path) -> dict[str, bytes]:
-    """A tree with nested and empty directories, an executable, a symlink, a FIFO, a user xattr
-    and old mtimes; returns its files' bytes by relative path."""
+    """A tree with nested and empty directories, an executable, a symlink, a FIFO, a user xattr,
+    a hard link and old mtimes; returns its files' bytes by relative path."""
     files = {"top.txt": b"top\n", "a/b/deep.bin": os.urandom(300_000), "a/run.sh": b"#!/bin/sh\n",
              "a/empty": b""}
     for rel, data in files.items():
@@ -31,6 +31,8 @@ def _local_tree(root: Path) -> dict[str, bytes]:
     os.symlink("../top.txt", root / "a" / "link")
     os.mkfifo(root / "a" / "fifo", 0o640)
     os.setxattr(root / "top.txt", "user.origin", b"scratch")
+    os.link(root / "top.txt", root / "a" / "hard")
+    files["a/hard"] = files["top.txt"]
     os.utime(root / "a" / "b" / "deep.bin", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
     return files
 
@@ -83,6 +85,8 @@ def test_mv_of_a_local_tree_into_a_remote_is_a_rename_then_uploads_from_the_jour
         fresh.start()
         assert _shape(fresh.data / "models") == before
         assert os.getxattr(fresh.data / "models" / "top.txt", "user.origin") == b"scratch"
+        top, hard = os.stat(fresh.data / "models" / "top.txt"), os.stat(fresh.data / "models" / "a" / "hard")
+        assert top.st_ino == hard.st_ino and top.st_nlink == 2  # one file again, from the objects' link group
 
 
 def test_a_move_in_survives_kill_9_before_any_upload(make_repo):
@@ -114,7 +118,7 @@ def test_what_cannot_become_objects_keeps_exdev(make_repo):
     linked = local / "linked"
     linked.mkdir()
     (linked / "f").write_bytes(b"one")
-    os.link(linked / "f", linked / "g")
+    os.link(linked / "f", local / "g")  # a name outside the tree: it would be on both kinds of path
     bad = local / "badname"
     bad.mkdir()
     (Path(os.fsdecode(os.fsencode(bad) + b"/n-\xff"))).write_bytes(b"x")
@@ -133,5 +137,5 @@ def test_what_cannot_become_objects_keeps_exdev(make_repo):
         assert e.errno == errno.EXDEV
     else:
         raise AssertionError("a remote file moved out")
-    assert (linked / "g").read_bytes() == b"one" and os.stat(linked / "f").st_nlink == 2  # left as it was
+    assert (local / "g").read_bytes() == b"one" and os.stat(linked / "f").st_nlink == 2  # left as it was
     assert (repo.data / "out").read_bytes() == b"remote"

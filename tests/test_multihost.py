@@ -416,3 +416,33 @@ def test_four_hosts_racing_on_twenty_keys_lose_nothing(hosts, remote_kind):
     copies = sum(len(conflict_copies(objects, k)) for k in keys)
     total = sum(repo.status()["conflicts"] for repo in repos)
     assert copies == total > 0, (copies, total)
+
+
+def test_hard_links_are_one_file_on_every_host(hosts):
+    """a links a file under a second name: each name is an object carrying the group id, so b makes
+    them one inode; b's write through one name reaches every object, and a sees it through both."""
+    a, b = hosts(2)
+    (a.data / "runs").mkdir()
+    (a.data / "best.ckpt").write_bytes(b"epoch 1")
+    os.link(a.data / "best.ckpt", a.data / "runs" / "epoch-1.ckpt")
+    a.sync()
+    assert server_objects(a) == {"best.ckpt": b"epoch 1", "runs/epoch-1.ckpt": b"epoch 1"}
+    best, kept = os.stat(b.data / "best.ckpt"), os.stat(b.data / "runs" / "epoch-1.ckpt")
+    assert best.st_ino == kept.st_ino and kept.st_nlink == 2
+    # (the first name's attributes were cached before b met the second: their invalidation is queued)
+    wait_until(lambda: os.stat(b.data / "best.ckpt").st_nlink == 2, timeout=5)
+    with open(b.data / "runs" / "epoch-1.ckpt", "r+b") as f:
+        f.write(b"EPOCH")
+    assert (b.data / "best.ckpt").read_bytes() == b"EPOCH 1"
+    b.sync()
+    assert server_objects(a) == {"best.ckpt": b"EPOCH 1", "runs/epoch-1.ckpt": b"EPOCH 1"}
+    wait_until(lambda: (a.data / "best.ckpt").read_bytes() == b"EPOCH 1"
+               and (a.data / "runs" / "epoch-1.ckpt").read_bytes() == b"EPOCH 1", timeout=15)
+    kept = a.data / "runs" / "epoch-1.ckpt"
+    wait_until(lambda: os.stat(a.data / "best.ckpt").st_ino == os.stat(kept).st_ino, timeout=15)
+    os.unlink(b.data / "best.ckpt")
+    b.sync()
+    assert server_objects(a) == {"runs/epoch-1.ckpt": b"EPOCH 1"}
+    wait_until(lambda: not (a.data / "best.ckpt").exists(), timeout=15)
+    assert os.stat(a.data / "runs" / "epoch-1.ckpt").st_nlink == 1
+    assert (a.data / "runs" / "epoch-1.ckpt").read_bytes() == b"EPOCH 1"

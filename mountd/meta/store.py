@@ -26,7 +26,7 @@ from mountd.errors import MountdError
 ROOT_INODE = 1
 # the `user_version` of meta.db: 0 is a database from before versions were kept (schema 1), or a
 # new one; `_MIGRATIONS[n]` takes schema n to n + 1
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -133,7 +133,14 @@ CREATE TABLE IF NOT EXISTS xattrs (
     PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
 """
-_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3}
+# schema 4: hard links on remote paths: the names of one inode are objects whose metadata carries
+# one link-group id (vfs/namespace.py META_LINK_GROUP); a mount that finds a second object of a
+# group makes its name another link of the inode it has for the first
+_SCHEMA_4 = """
+ALTER TABLE inodes ADD COLUMN link_group TEXT;
+CREATE INDEX IF NOT EXISTS inodes_link_group ON inodes(remote, link_group) WHERE link_group IS NOT NULL;
+"""
+_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3, 3: _SCHEMA_4}
 
 
 class SchemaTooNew(MountdError):
@@ -172,6 +179,7 @@ class Inode:
     meta_loaded: int  # META_DEFAULTS, META_LOADED or META_FROM_LISTING (below)
     listed_at: float | None  # directories: when the remote listing was last merged
     marker: int  # directories: a marker object is wanted for it
+    link_group: str | None = None  # remote files with hard links: the id every name's object carries
 
     @property
     def is_dir(self) -> bool:
@@ -283,7 +291,7 @@ class MetaStore:
         fresh = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='inodes'").fetchone() is None
         if version == 0:
             version = SCHEMA_VERSION if fresh else 1
-            self._db.executescript("BEGIN;" + _SCHEMA + (_SCHEMA_2 + _SCHEMA_3 if fresh else "")
+            self._db.executescript("BEGIN;" + _SCHEMA + (_SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 if fresh else "")
                                    + f"PRAGMA user_version={version}; COMMIT;")
         while version < SCHEMA_VERSION:
             self._db.executescript(f"BEGIN; {_MIGRATIONS[version]} "
@@ -635,6 +643,17 @@ class MetaStore:
 
     def has_children(self, parent: int) -> bool:
         return self._scalar("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)) is not None
+
+    def parents_of(self, ino: int) -> list[tuple[int, bytes]]:
+        """Every (parent, name) of an inode: a file with hard links has several."""
+        return [(r[0], bytes(r[1])) for r in
+                self._exec("SELECT parent, name FROM dentries WHERE ino=? ORDER BY id", (ino,)).fetchall()]
+
+    def link_group_member(self, remote: str, group: str, *, besides: int) -> Inode | None:
+        """The inode (other than `besides`) that already has names of link group `group`."""
+        row = self._exec(_INODE_SELECT + " WHERE remote=? AND link_group=? AND ino != ? AND nlink > 0"
+                         " LIMIT 1", (remote, group, besides)).fetchone()
+        return Inode(*row) if row else None
 
     def parent_of(self, ino: int) -> tuple[int, bytes] | None:
         """One (parent, name) of an inode: for directories the only one."""

@@ -33,6 +33,7 @@ import logging
 import os
 import stat
 import time
+import uuid
 from collections.abc import Iterator
 
 from mountd import clock
@@ -94,10 +95,10 @@ class Filesystem:
                     m.update(inode.ino, size=self.local.size_of(inode.ino))
                     if inode.remote is not None and inode.is_reg:
                         self.dirty.set(inode.ino, self.local.size_of(inode.ino))
-                key = self.paths.key_of(inode.ino)
-                if key is not None and not m.journal_has(inode.remote or "", key[1]):
-                    log.info("re-queueing %s:%s written before a crash", key[0], key[1])
-                    m.journal_put(key[0], key[1], self.journal.clock())
+                for key in self.paths.keys_of(inode.ino):
+                    if not m.journal_has(key[0], key[1]):
+                        log.info("re-queueing %s:%s written before a crash", key[0], key[1])
+                        m.journal_put(key[0], key[1], self.journal.clock())
 
     # ------------------------------------------------------------------------------------------
     # small checks
@@ -142,9 +143,8 @@ class Filesystem:
             raise PosixError(errno.EILSEQ, "names under a remote must be valid UTF-8") from None
 
     def _queue(self, ino: int) -> None:
-        """Journal the inode's key (caller holds a transaction)."""
-        key = self.paths.key_of(ino)
-        if key is not None:
+        """Journal the inode's key, every name's of a file with hard links (caller holds a transaction)."""
+        for key in self.paths.keys_of(ino):
             self.journal.put(*key)
 
     def _touch_dir(self, ino: int, now: int) -> None:
@@ -154,7 +154,12 @@ class Filesystem:
     # attributes
     # ------------------------------------------------------------------------------------------
     async def getattr(self, ino: int) -> Attr:
-        return self.files.attr(await self.remote.for_stat(self._inode(ino)))
+        node = await self.remote.for_stat(self._inode(ino))
+        if self.meta.get(ino) is None:
+            # gone while its attributes were read: its metadata made its name a hard link of an
+            # inode known here, or another host replaced it; the kernel looks the name up again
+            raise PosixError(errno.ESTALE)
+        return self.files.attr(node)
 
     async def setattr(self, ino: int, changes: SetAttr, ctx: Ctx) -> Attr:
         # the object's stored attributes first: the fields not changed here are written back with it
@@ -252,7 +257,10 @@ class Filesystem:
             raise PosixError(errno.ENOENT)
         if row.meta_loaded and not self.files.is_open(row.ino):
             return Attr(*row[:10])
-        return self.files.attr(await self.remote.for_stat(self._inode(row.ino)))
+        node = await self.remote.for_stat(self._inode(row.ino))
+        if (now := self.meta.lookup(parent, name)) not in (row.ino, None):
+            node = self._inode(now)  # its metadata made it a hard link of an inode known here
+        return self.files.attr(node)
 
     async def opendir(self, ino: int) -> int:
         """A stale directory's listing starts here and goes on in the background; this waits for
@@ -450,16 +458,31 @@ class Filesystem:
             raise PosixError(errno.EXDEV,
                              "hard link between a remote and a local-only path or across remotes")
         naming = node.nlink <= 0  # an O_TMPFILE file (linkat) gets its first name: a new file there
-        if node.remote is not None and not naming:
-            raise PosixError(errno.EPERM, "hard links exist only in local-only paths")
         if naming and not self.files.is_open(ino):
             raise PosixError(errno.ENOENT)
+        if node.remote is not None and not naming:
+            # another object, copied server-side from the first; every name's metadata carries the
+            # group id (its attributes must be loaded to be written again with it)
+            self._writable_area(node)
+            self._check_immutable(node)
+            node = await self.remote.with_metadata(node)
+            if node.meta_loaded != META_LOADED:
+                raise PosixError(errno.EIO, "the object's metadata could not be read from the remote")
+            if self.meta.lookup(new_parent, new_name) is not None or self.meta.get(ino) is None:
+                raise PosixError(errno.EAGAIN, "the directory changed during the link; try again")
+            node = self._inode(ino)
         now = clock.now_ns()
         with self.meta.transaction():
+            if node.remote is not None and not naming and node.link_group is None:
+                self.meta.update(ino, link_group=uuid.uuid4().hex)
+                self.meta.bump(ino, "attr_gen")
+                self._queue(ino)  # the names it has: their objects get the group id
             self.meta.add_entry(new_parent, new_name, ino)
             self.meta.bump(ino, "nlink")
             self.meta.update(ino, ctime_ns=now)
             self._touch_dir(new_parent, now)
+            if node.remote is not None and not naming and (key := self.paths.key_at(new_parent, new_name)):
+                self.journal.put(*key)
         if naming:
             await self.files.named(ino)
         return self.files.attr(self._inode(ino))
@@ -474,13 +497,15 @@ class Filesystem:
             raise PosixError(errno.EISDIR)
         self._writable_area(d)
         self._check_immutable(node, deleting=True)
-        key = self.paths.key_of(ino, node)
+        # every name: the one removed, and a remaining one whose object becomes the file's if the
+        # removed one held its bytes (the reconciler copies before it deletes)
+        keys = self.paths.keys_of(ino, node)
         now = clock.now_ns()
         with self.meta.transaction():
             self.meta.remove_entry(parent, name)
             self._touch_dir(parent, now)
             self._drop_link(node, now)
-            if key is not None:
+            for key in keys:
                 self.journal.put(*key)
 
     def _drop_link(self, node: Inode, now: int) -> None:
@@ -744,5 +769,6 @@ class Filesystem:
         s = self.remote.stats
         return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
                 "materialized": s.materialized, "listings_ahead": s.listings_ahead, "adopted": s.adopted,
+                "links_joined": s.links_joined,
                 "skipped_keys": s.skipped_keys,
                 **self.files.statistics()}

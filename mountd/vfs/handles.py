@@ -445,13 +445,13 @@ class OpenFiles:
             values["ctime_ns"] = op.mtime_ns
         with self.meta.transaction():
             self.meta.update(op.ino, **values)
-            key = self.paths.key_of(op.ino)
-            if key is not None:
+            keys = self.paths.keys_of(op.ino)  # (each name of a file with hard links is an object)
+            for key in keys:
                 self.journal.put(*key)
         op.modified = False
         node = self.meta.get(op.ino)
         # (an unnamed O_TMPFILE file is not counted: nothing can upload it, so nothing could wait)
-        if node is not None and node.remote is not None and node.content_dirty and key is not None:
+        if node is not None and node.remote is not None and node.content_dirty and keys:
             size = node.size
             if not await self.ignored.is_ignored(node):
                 self.dirty.set(op.ino, size)

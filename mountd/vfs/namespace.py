@@ -27,6 +27,10 @@ META_MODE, META_UID, META_GID, META_MTIME, META_SHA256 = "mode", "uid", "gid", "
 # {name: base64(value)}, as s3fs-fuse writes its `x-amz-meta-xattr` header (docs/semantics.md)
 META_XATTR = "xattr"
 META_RDEV = "rdev"  # the device number of a character or block device node
+# a file with hard links on a remote path: each name is an object, and each carries the same id, so
+# a mount that meets them makes them names of one inode (no hyphen: Azure's metadata names are
+# C# identifiers)
+META_LINK_GROUP = "linkgroup"
 # file types an empty object becomes when its stored mode says so (s3fs-fuse's convention: a
 # `mode` header); a directory is never one (its kind comes from the listing's prefix)
 OBJECT_KINDS = frozenset({stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
@@ -100,10 +104,13 @@ def parse_mtime(text: str) -> int:
 
 
 def metadata_for(mode: int, uid: int, gid: int, mtime_ns: int, sha256: str | None,
-                 xattrs: Mapping[bytes, bytes] | None = None, rdev: int = 0) -> dict[str, str]:
+                 xattrs: Mapping[bytes, bytes] | None = None, rdev: int = 0,
+                 link_group: str | None = None) -> dict[str, str]:
     meta = {META_MODE: str(mode), META_UID: str(uid), META_GID: str(gid), META_MTIME: format_mtime(mtime_ns)}
     if rdev:
         meta[META_RDEV] = str(rdev)
+    if link_group:
+        meta[META_LINK_GROUP] = link_group
     if sha256:
         meta[META_SHA256] = sha256
     if xattrs:
@@ -138,7 +145,8 @@ def metadata_size(meta: Mapping[str, str]) -> int:
 
 
 # the most the other entries of an object's metadata can take: the widest mode, owner and time
-_META_RESERVED = metadata_size(metadata_for(0o177777, 2**32 - 1, 2**32 - 1, -(10**20), "0" * 64))
+_META_RESERVED = metadata_size(metadata_for(0o177777, 2**32 - 1, 2**32 - 1, -(10**20), "0" * 64,
+                                            link_group="0" * 32))
 
 
 def xattr_room(scheme: str) -> int | None:
@@ -154,6 +162,7 @@ class PosixAttrs:
     gid: int
     mtime_ns: int
     rdev: int = 0
+    link_group: str | None = None
 
 
 def attrs_from_metadata(meta: Mapping[str, str] | None, *, default_mode: int, uid: int, gid: int,
@@ -184,7 +193,11 @@ def attrs_from_metadata(meta: Mapping[str, str] | None, *, default_mode: int, ui
     except (KeyError, ValueError, ArithmeticError):
         mtime = mtime_ns
     rdev = _int(META_RDEV, 0) if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0
-    return PosixAttrs(mode=mode, uid=_int(META_UID, uid), gid=_int(META_GID, gid), mtime_ns=mtime, rdev=rdev)
+    group = meta.get(META_LINK_GROUP) or None
+    if group is not None and (len(group) > 64 or not group.isalnum() or stat.S_ISDIR(mode)):
+        group = None  # not one mountd wrote
+    return PosixAttrs(mode=mode, uid=_int(META_UID, uid), gid=_int(META_GID, gid), mtime_ns=mtime, rdev=rdev,
+                      link_group=group)
 
 
 def object_ref(node: Inode) -> ObjectRef:

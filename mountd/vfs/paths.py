@@ -86,6 +86,27 @@ class PathMap:
         below = parts[len(self.attachment(inode.remote).parts):]
         return inode.remote, key_for(below, directory=inode.is_dir)
 
+    def keys_of(self, ino: int, inode: Inode | None = None) -> list[tuple[str, str]]:
+        """(remote, key) of every name of an inode: one for most, one per hard link of a remote
+        file (each name is an object; see docs/semantics.md)."""
+        inode = inode or self.meta.get(ino)
+        if inode is None or inode.remote is None:
+            return []
+        if inode.nlink <= 1 or inode.is_dir:
+            key = self.key_of(ino, inode)
+            return [key] if key is not None else []
+        return [key for parent, name in self.meta.parents_of(ino)
+                if (key := self.key_at(parent, name)) is not None]
+
+    def key_at(self, parent: int, name: bytes) -> tuple[str, str] | None:
+        """(remote, key) of a file's name `name` in directory `parent` (None on a local-only path)."""
+        d = self.meta.get(parent)
+        parts = self.path_parts(parent)
+        if d is None or d.remote is None or parts is None:
+            return None
+        below = (*parts, name.decode("utf-8", "surrogateescape"))[len(self.attachment(d.remote).parts):]
+        return d.remote, key_for(below)
+
     def resolve_key(self, remote: str, key: str) -> Inode | None:
         """The inode whose path maps to `key` now (no listing is fetched)."""
         ino = self._attach_ino.get(remote)
@@ -102,8 +123,10 @@ class PathMap:
         return node
 
     def subtree_keys(self, ino: int) -> list[tuple[str, str]]:
-        """Keys of an inode and, for a directory, of everything below it."""
-        return [key for node, _ in self.subtree(ino) if (key := self.key_of(node.ino, node)) is not None]
+        """Keys of an inode and, for a directory, of everything below it (every name of a file
+        with hard links, also those outside the subtree)."""
+        return list(dict.fromkeys(key for node, _ in self.subtree(ino)
+                                  for key in self.keys_of(node.ino, node)))
 
     def subtree(self, ino: int) -> Iterator[tuple[Inode, list[tuple[bytes, int]]]]:
         """`ino` and every inode below it, each with its directory entries."""

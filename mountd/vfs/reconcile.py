@@ -141,15 +141,15 @@ class Reconciler:
 
     def _meta_of(self, node: Inode, sha256: str | None) -> dict[str, str]:
         return metadata_for(node.mode, node.uid, node.gid, node.mtime_ns, sha256, self.meta.xattrs(node.ino),
-                            rdev=node.rdev)
+                            rdev=node.rdev, link_group=node.link_group)
 
     async def _delete(self, store: ObjectStore, entry: JournalEntry) -> None:
         if entry.key == "":
             return
         for other in self.meta.inodes_with_remote_key(entry.remote, entry.key):
-            now = self.view.key_of(other.ino, other)
-            if now is not None and now[1] != entry.key and not (other.has_local and other.content_dirty):
-                raise Retry(f"waiting for {entry.key!r} to be copied to {now[1]!r}")
+            now = self.view.keys_of(other.ino, other)
+            if now and (entry.remote, entry.key) not in now and not (other.has_local and other.content_dirty):
+                raise Retry(f"waiting for {entry.key!r} to be copied to {now[0][1]!r}")
         # a marker holds no data and its version is not kept: deleted as before, unconditionally
         expect = None if entry.key.endswith("/") else self._expect(entry.remote, entry.key)
         try:
@@ -262,7 +262,7 @@ class Reconciler:
                     self.meta.update(node.ino, remote_version=None)
             raise Retry(f"{key!r} was deleted by another host; writing it again as a new object") from None
         fresh = self.meta.get(node.ino)
-        if fresh is None or self.view.key_of(fresh.ino, fresh) != (remote, key):
+        if fresh is None or (remote, key) not in self.view.keys_of(fresh.ino, fresh):
             raise Retry("the file moved while its upload was refused") from None
         if await self._is_ours(fresh, winner):
             # our own earlier write, whose result was never recorded (a crash, a failed check)
@@ -373,7 +373,7 @@ class Reconciler:
                 continue
             # also one that is at `key` itself: it got there (exchange, rename back) after this
             # entry chose its inode, and would wrongly believe `key` still holds its bytes
-            if self.view.key_of(other.ino, other) is None:
+            if not self.view.keys_of(other.ino, other):
                 continue  # unlinked (open only): its reads keep going to `key` as before
             parent = key.rpartition("/")[0]
             hidden = (parent + "/" if parent else "") + f"{HIDDEN_PREFIX}moved-{uuid.uuid4().hex}"
@@ -410,8 +410,9 @@ class Reconciler:
             raise Retry("the local file went away during the upload") from None
         meta = self._meta_of(node, sha)
         info: ObjectInfo | None = None
-        if self.dedup:
-            # identical content already on its way up: wait for it, then copy instead of sending it twice
+        if self.dedup or node.nlink > 1:
+            # identical content already on its way up: wait for it, then copy instead of sending it
+            # twice (the names of a file with hard links always: each is a copy of the first sent)
             while True:
                 while (busy := self._uploading.get((remote, sha))) is not None:
                     await busy.wait()
@@ -434,7 +435,8 @@ class Reconciler:
                 self.stats["bytes_uploaded"] += size
                 self._verify(key, info, size, sha)
             finally:  # waiters run after our next checkpoint, so they see the index update below
-                del self._uploading[(remote, sha)]
+                if self._uploading.get((remote, sha)) is done:  # (without dedup, two may send one content)
+                    del self._uploading[(remote, sha)]
                 done.set()
         else:
             self.stats["bytes_deduplicated"] += size
@@ -450,7 +452,7 @@ class Reconciler:
         """Whether an upload of this content generation is still what `key` must hold."""
         node = self.meta.get(ino)
         return (node is not None and node.content_gen == content_gen
-                and self.view.key_of(ino, node) == (remote, key))
+                and (remote, key) in self.view.keys_of(ino, node))
 
     def _verify(self, key: str, info: ObjectInfo, size: int, sha: str) -> None:
         """The object as the remote reports it after the upload must be what we sent."""
@@ -505,9 +507,8 @@ class Reconciler:
             with self.meta.transaction():
                 self.meta.note_written(remote, key, info.version)
             return
-        current = self.view.key_of(ino, node)
         values: dict[str, object] = {}
-        if current is not None and current[1] == key:
+        if (remote, key) in self.view.keys_of(ino, node):
             if content_gen is not None and node.content_gen == content_gen:
                 values.update(synced_gen=content_gen, remote_key=key if not node.is_dir else node.remote_key,
                               remote_version=info.version)

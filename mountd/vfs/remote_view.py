@@ -89,6 +89,7 @@ class _Stats:
     listings_ahead: int = 0  # directories listed ahead of a walk (`walking_into`)
     materialized: int = 0
     adopted: int = 0
+    links_joined: int = 0  # names found to be hard links of an inode known here (their link group)
     skipped_keys: int = 0
 
 
@@ -401,8 +402,35 @@ class RemoteView:
             self.meta.update(inode.ino, **values)
             if info.metadata is not None and not inode.attrs_dirty:  # (changed here: not sent yet)
                 self.meta.xattrs_replace(inode.ino, xattrs_from_metadata(info.metadata))
+            if attrs.link_group is not None and not inode.is_dir and self._join_link_group(inode.ino,
+                                                                                          attrs.link_group):
+                return
         if confirm:
             self.confirmed(inode.ino)
+
+    def _join_link_group(self, ino: int, group: str) -> bool:
+        """An object whose metadata names a link group: its name becomes another link of the inode
+        this mount has for the group's other names, when that inode holds the same bytes (True:
+        `ino` is gone, merged). Within the caller's transaction. The version of this name's object
+        stays known (`MetaStore.delete_inode` keeps it) for the compare-and-swap of its next write."""
+        node = self.meta.get(ino)
+        if node is None or node.remote is None or node.link_group == group:
+            return False
+        member = self.meta.link_group_member(node.remote, group, besides=ino)
+        if (member is None or node.nlink != 1 or stat.S_IFMT(member.mode) != stat.S_IFMT(node.mode)
+                or node.has_local or node.content_dirty or node.attrs_dirty or self._is_open(ino)
+                or member.content_dirty or member.sha256 is None or member.sha256 != node.sha256
+                or (up := self.meta.parent_of(ino)) is None):
+            self.meta.update(ino, link_group=group)
+            return False
+        self.meta.set_entry_ino(up[0], up[1], member.ino)
+        self.meta.bump(member.ino, "nlink")
+        self.forget_inode(ino)
+        self.meta.delete_inode(ino)
+        self.kernel.invalidate_entry(up[0], up[1])
+        self.kernel.invalidate_inode(member.ino)
+        self.stats.links_joined += 1
+        return True
 
     # ------------------------------------------------------------------------------------------
     # listings
@@ -763,7 +791,10 @@ class RemoteView:
                 m.remove_entry(d.ino, bname)
                 if gone.is_dir:
                     m.bump(d.ino, "nlink", -1)
-                if not self._is_open(ino):
+                if gone.nlink > 1 and not gone.is_dir:
+                    m.bump(ino, "nlink", -1)  # a hard link: its other names stay
+                    self.kernel.invalidate_inode(ino)
+                elif not self._is_open(ino):
                     m.delete_inode(ino)
             m.listing_forget(d.ino)
             m.update(d.ino, listed_at=time.time())
@@ -821,8 +852,11 @@ class RemoteView:
                     self.apply_object_info(node, info)  # the metadata alone changed: taken in place
                     self.kernel.invalidate_inode(node.ino)
                     return True
-                if self._is_open(node.ino):
+                if self._is_open(node.ino) or node.nlink > 1:
+                    # open: its readers keep the version they opened; with hard links: the other
+                    # names keep the inode (another host replaced or removed this name only)
                     self._replace_open(d.ino, bname, node, info)
+                    self.kernel.invalidate_inode(node.ino)  # (its st_nlink)
                 elif info is None:
                     self.meta.remove_entry(d.ino, bname)
                     self.meta.delete_inode(node.ino)
@@ -908,6 +942,8 @@ class RemoteView:
             self.meta.xattrs_replace(node.ino, xattrs)
         if sha:
             self.meta.hash_put(remote, sha, info.key, info.version)
+        if attrs.link_group is not None and self._join_link_group(node.ino, attrs.link_group):
+            return
         if confirm:
             self.confirmed(node.ino)
 
@@ -1017,8 +1053,7 @@ class RemoteView:
                 or node.content_dirty or node.remote is None or node.remote_key is None
                 or not node.remote_version or self._is_open(ino)):
             return False
-        key = self.paths.key_of(ino, node)
-        if key is None or key[1] != node.remote_key:
+        if (node.remote, node.remote_key) not in self.paths.keys_of(ino, node):
             return False
         handoff = self.local.tmp / f"{ino:x}.adopt"
         # the db first: a crash between the two leaves a stray local file, never a missing one

@@ -10,6 +10,7 @@ no longer lives at an old one.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 from mountd import clock
@@ -82,11 +83,14 @@ class Renames:
     def refusal_to_move_in(self, ino: int, fits: Callable[[Inode], bool]) -> str | None:
         """Why a local-only file or tree cannot become objects (None: it can). `mv` meets EXDEV
         and copies instead, so each file that cannot be an object fails on its own there."""
+        names_inside: dict[int, int] = {}  # files with hard links: how many of their names move
         for node, entries in self.paths.subtree(ino):
             if node.remote is not None or self.paths.is_attach_point(node.ino):
                 return "a remote is attached inside it"
             if not node.is_dir and node.nlink > 1:
-                return "it holds hard links, which a remote path cannot keep"
+                names_inside[node.ino] = names_inside.get(node.ino, 0) + 1
+                if names_inside[node.ino] > 1:
+                    continue
             if not fits(node):
                 return "a file's extended attributes are more than the remote's object metadata holds"
             for name, _ in entries:
@@ -94,6 +98,10 @@ class Renames:
                     name.decode("utf-8")
                 except UnicodeDecodeError:
                     return "a name in it is not UTF-8, which an object key must be"
+        for linked, inside in names_inside.items():
+            node = self.meta.get(linked)
+            if node is not None and inside < node.nlink:
+                return "a file in it has hard links outside it, which would be in two kinds of path"
         return None
 
     def _adopt(self, ino: int, remote: str) -> None:
@@ -108,5 +116,7 @@ class Renames:
                 values.update(marker=1, listed_at=now)  # nothing is at its keys yet: no listing
             elif node.is_reg:
                 self.meta.bump(node.ino, "content_gen")
+            if not node.is_dir and node.nlink > 1 and node.link_group is None:
+                values["link_group"] = uuid.uuid4().hex  # each name an object, all of one group
             self.meta.update(node.ino, **values)
             self.meta.bump(node.ino, "attr_gen")

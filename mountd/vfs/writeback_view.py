@@ -36,6 +36,10 @@ class WritebackView:
     def key_of(self, ino: int, inode: Inode | None = None) -> tuple[str, str] | None:
         return self._paths.key_of(ino, inode)
 
+    def keys_of(self, ino: int, inode: Inode | None = None) -> list[tuple[str, str]]:
+        """Every name's key: several for a file with hard links."""
+        return self._paths.keys_of(ino, inode)
+
     async def load_ignore_files(self, remote: str, key: str) -> None:
         await self._ignored.load_remote_files(remote, key)
 

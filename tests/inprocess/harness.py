@@ -409,6 +409,14 @@ class InProcessMount:
     def unlink(self, path: str) -> None:
         self.run(self._unlink, path)
 
+    async def _link(self, src: str, dst: str) -> Attr:
+        ino = await self._walk(src)
+        parent, name = await self._parent(dst)
+        return await self.stack.fs.link(ino, parent, name)
+
+    def link(self, src: str, dst: str) -> Attr:
+        return self.run(self._link, src, dst)
+
     async def _rmdir(self, path: str) -> None:
         parent, name = await self._parent(path)
         await self.stack.fs.rmdir(parent, name)
