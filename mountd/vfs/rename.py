@@ -99,8 +99,7 @@ class Renames:
                 except UnicodeDecodeError:
                     return "a name in it is not UTF-8, which an object key must be"
         for linked, inside in names_inside.items():
-            node = self.meta.get(linked)
-            if node is not None and inside < node.nlink:
+            if (found := self.meta.get(linked)) is not None and inside < found.nlink:
                 return "a file in it has hard links outside it, which would be in two kinds of path"
         return None
 
