@@ -1,11 +1,14 @@
 """Differential test: random POSIX call sequences on the mount and on a plain directory agree.
 
-A hypothesis state machine applies the same create/write/truncate/rename/unlink/mkdir/rmdir/chmod
-calls to a subtree of a remote path of the mount and to a plain temporary directory. After every
-step the outcomes (value or errno) must be equal and both trees must hold the same names, types,
-modes, sizes and bytes. At the end of each example the write-back is drained and the remote
-directory must hold exactly the files and directories of the plain one. One mount serves all
-examples; the subtree is emptied between them.
+A hypothesis state machine applies the same create/write/truncate/rename/unlink/mkdir/rmdir/chmod/
+link/mkfifo/setxattr calls to a subtree of a remote path of the mount and to a plain temporary
+directory, and moves entries from a local-only directory of the mount into that subtree (and
+from a second plain directory into the plain one). After every step the outcomes (value or errno)
+must be equal and both trees must hold the same names, types, modes, sizes, link counts, user
+extended attributes and bytes. At the end of each example the write-back is drained and the
+remote directory must hold exactly the files (one object per name of a hard-linked file), FIFOs
+and directories of the plain one. One mount serves all examples; the subtrees are emptied between
+them.
 """
 
 from __future__ import annotations
@@ -56,8 +59,11 @@ def snapshot(root: Path) -> dict[str, tuple]:
             p = os.path.join(dirpath, name)
             st_ = os.lstat(p)
             data = Path(p).read_bytes() if stat.S_ISREG(st_.st_mode) else None
+            xattrs = {} if stat.S_ISLNK(st_.st_mode) else {
+                n: os.getxattr(p, n) for n in os.listxattr(p) if n.startswith("user.")}
             out[os.path.relpath(p, root)] = (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode),
-                                             st_.st_size if data is not None else None, data)
+                                             st_.st_size if data is not None else None, data,
+                                             st_.st_nlink if not stat.S_ISDIR(st_.st_mode) else None, xattrs)
     return out
 
 
@@ -82,7 +88,7 @@ def shared_repo(tmp_path_factory):
 
 
 def _write_at(path: Path, offset: int, data: bytes) -> int:
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # (a FIFO without a reader: ENXIO, not a hang)
     try:
         return os.pwrite(fd, data, offset)
     finally:
@@ -90,7 +96,7 @@ def _write_at(path: Path, offset: int, data: bytes) -> int:
 
 
 def _create(path: Path, data: bytes, mode: int) -> int:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, mode)
     try:
         return os.write(fd, data)
     finally:
@@ -98,8 +104,11 @@ def _create(path: Path, data: bytes, mode: int) -> int:
 
 
 def _read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO: no writer, nothing to read)
+    try:
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
 
 
 def test_mount_matches_plain_directory(shared_repo, tmp_path):
@@ -107,11 +116,12 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
     mount_root = repo.data / "diff"
     plain_root = tmp_path / "plain"
     remote_root = repo.remote_dir / "diff"
+    staging = {mount_root: repo.mp / "diff-local", plain_root: tmp_path / "plain-local"}  # local-only
 
     class MountVersusPlain(RuleBasedStateMachine):
         @initialize()
         def empty_both(self) -> None:
-            for root in (mount_root, plain_root):
+            for root in (mount_root, plain_root, *staging.values()):
                 if root.exists():
                     for p in root.rglob("*"):  # 0o000 directories must still be removable
                         if p.is_dir() and not p.is_symlink():
@@ -133,7 +143,7 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
 
         @rule(path=paths, trunc=st.booleans())
         def open_handle(self, path: str, trunc: bool) -> None:
-            flags = os.O_RDWR | (os.O_TRUNC if trunc else 0)
+            flags = os.O_RDWR | os.O_NONBLOCK | (os.O_TRUNC if trunc else 0)
             got = outcome(lambda: os.open(mount_root / path, flags))
             want = outcome(lambda: os.open(plain_root / path, flags))
             if got[0] == "ok":
@@ -155,7 +165,8 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
             fds = self.open_fds()
             if fds:
                 pair = fds[which % len(fds)]
-                assert os.pread(pair[0], 100000, offset) == os.pread(pair[1], 100000, offset)
+                assert outcome(lambda: os.pread(pair[0], 100000, offset)) == outcome(
+                    lambda: os.pread(pair[1], 100000, offset))
                 assert os.fstat(pair[0]).st_size == os.fstat(pair[1]).st_size
 
         @rule(which=st.integers(0, 3))
@@ -213,10 +224,36 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
         def read(self, path: str) -> None:
             self.both(lambda root: _read(root / path))
 
+        @rule(src=paths, dst=paths)
+        def link(self, src: str, dst: str) -> None:
+            self.both(lambda root: os.link(root / src, root / dst))
+
+        @rule(path=paths)
+        def mkfifo(self, path: str) -> None:
+            self.both(lambda root: os.mkfifo(root / path, 0o640))
+
+        @rule(path=paths, value=st.sampled_from([b"", b"v", b"x" * 300]))
+        def setxattr(self, path: str, value: bytes) -> None:
+            self.both(lambda root: os.setxattr(root / path, "user.k", value))
+
+        @rule(path=paths, data=payloads)
+        def create_local(self, path: str, data: bytes) -> None:
+            """A file in the local-only staging directory (its missing parents made there)."""
+            def make(root: Path) -> None:
+                (staging[root] / path).parent.mkdir(parents=True, exist_ok=True)
+                _create(staging[root] / path, data, 0o644)
+            self.both(make)
+
+        @rule(src=paths, dst=paths)
+        def move_in(self, src: str, dst: str) -> None:
+            """rename(2) from the local-only directory into the remote path (or the plain twin)."""
+            self.both(lambda root: os.rename(staging[root] / src, root / dst))
+
         @invariant()
         def trees_equal(self) -> None:
             if mount_root.exists():
                 assert snapshot(mount_root) == snapshot(plain_root)
+                assert snapshot(staging[mount_root]) == snapshot(staging[plain_root])
 
         def teardown(self) -> None:
             for pair in self.open_fds():
@@ -228,7 +265,8 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
             want = snapshot(plain_root)
             links = {k: os.fsencode(os.readlink(plain_root / k))
                      for k, v in want.items() if v[0] == stat.S_IFLNK}
-            assert files == {k: v[3] for k, v in want.items() if v[0] == stat.S_IFREG} | links
+            fifos = {k: b"" for k, v in want.items() if v[0] == stat.S_IFIFO}
+            assert files == {k: v[3] for k, v in want.items() if v[0] == stat.S_IFREG} | links | fifos
             assert dirs == {k for k, v in want.items() if v[0] == stat.S_IFDIR}
 
     run_state_machine_as_test(MountVersusPlain, settings=settings(

@@ -321,3 +321,39 @@ def test_fallocate_rsync_preallocate_and_python_tempfile(mounted, tmp_path):
     held, _ = unmount_and_compare(repo)
     assert held["holey"] == want_holey and held["prealloc"] == b"\0" * (1 << 20)
     assert {k for k in held if not k.startswith("synced/")} == {"prealloc", "holey"}  # no tempfile
+
+
+def test_hard_link_tools_round_trip(mounted, make_repo, tmp_path):
+    """`cp -al` snapshots, `rsync -aHX`, `os.link` and `shutil.copy2` keep hard links and extended
+    attributes on both kinds of path; on the remote each name is an object, and a mount from an
+    empty local tier makes the names one file again."""
+    repo = mounted
+    src = tmp_path / "src"
+    make_source_tree(src)
+    os.link(src / "a" / "big.bin", src / "big-again.bin")
+    os.setxattr(src / "top.txt", "user.note", b"kept by rsync -X")
+    for area in AREAS:
+        d = repo.mp / area
+        subprocess.run(["rsync", "-aHX", f"{src}/", f"{d / 'synced'}/"], check=True)
+        assert tree(d / "synced") == tree(src)
+        assert os.stat(d / "synced" / "a" / "big.bin").st_ino == os.stat(d / "synced" / "big-again.bin").st_ino
+        assert os.getxattr(d / "synced" / "top.txt", "user.note") == b"kept by rsync -X"
+        subprocess.run(["cp", "-al", str(d / "synced"), str(d / "snapshot")], check=True)
+        for rel in ("top.txt", "a/b/script.sh", "a/big.bin"):
+            orig, snap = os.stat(d / "synced" / rel), os.stat(d / "snapshot" / rel)
+            assert orig.st_ino == snap.st_ino and snap.st_nlink == (4 if rel == "a/big.bin" else 2), rel
+        os.link(d / "synced" / "top.txt", d / "linked.txt")
+        shutil.copy2(d / "linked.txt", d / "copied.txt")  # a copy is a new file: its own inode
+        assert os.stat(d / "copied.txt").st_nlink == 1 and os.stat(d / "linked.txt").st_nlink == 3
+        assert os.getxattr(d / "copied.txt", "user.note") == b"kept by rsync -X"
+        with open(d / "snapshot" / "top.txt", "a") as f:  # a write through one name shows in all
+            f.write("appended\n")
+        assert (d / "synced" / "top.txt").read_text() == (d / "linked.txt").read_text() == "top level\nappended\n"
+    held, _ = unmount_and_compare(repo)
+    assert held["synced/top.txt"] == held["snapshot/top.txt"] == held["linked.txt"] == b"top level\nappended\n"
+    fresh = make_repo("fresh", remote_url=repo.remote_url)
+    fresh.start()
+    names = ("synced/a/big.bin", "synced/big-again.bin", "snapshot/a/big.bin", "snapshot/big-again.bin")
+    assert len({os.stat(fresh.data / n).st_ino for n in names}) == 1
+    assert os.stat(fresh.data / names[0]).st_nlink == 4
+    assert os.getxattr(fresh.data / "snapshot" / "top.txt", "user.note") == b"kept by rsync -X"
