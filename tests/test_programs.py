@@ -336,7 +336,8 @@ def test_hard_link_tools_round_trip(mounted, make_repo, tmp_path):
         d = repo.mp / area
         subprocess.run(["rsync", "-aHX", f"{src}/", f"{d / 'synced'}/"], check=True)
         assert tree(d / "synced") == tree(src)
-        assert os.stat(d / "synced" / "a" / "big.bin").st_ino == os.stat(d / "synced" / "big-again.bin").st_ino
+        big, again = os.stat(d / "synced" / "a" / "big.bin"), os.stat(d / "synced" / "big-again.bin")
+        assert big.st_ino == again.st_ino
         assert os.getxattr(d / "synced" / "top.txt", "user.note") == b"kept by rsync -X"
         subprocess.run(["cp", "-al", str(d / "synced"), str(d / "snapshot")], check=True)
         for rel in ("top.txt", "a/b/script.sh", "a/big.bin"):
@@ -348,9 +349,11 @@ def test_hard_link_tools_round_trip(mounted, make_repo, tmp_path):
         assert os.getxattr(d / "copied.txt", "user.note") == b"kept by rsync -X"
         with open(d / "snapshot" / "top.txt", "a") as f:  # a write through one name shows in all
             f.write("appended\n")
-        assert (d / "synced" / "top.txt").read_text() == (d / "linked.txt").read_text() == "top level\nappended\n"
+        want = "top level\nappended\n"
+        assert (d / "synced" / "top.txt").read_text() == (d / "linked.txt").read_text() == want
     held, _ = unmount_and_compare(repo)
-    assert held["synced/top.txt"] == held["snapshot/top.txt"] == held["linked.txt"] == b"top level\nappended\n"
+    for name in ("synced/top.txt", "snapshot/top.txt", "linked.txt"):
+        assert held[name] == b"top level\nappended\n", name
     fresh = make_repo("fresh", remote_url=repo.remote_url)
     fresh.start()
     names = ("synced/a/big.bin", "synced/big-again.bin", "snapshot/a/big.bin", "snapshot/big-again.bin")
