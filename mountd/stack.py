@@ -61,6 +61,7 @@ class Stack:
             await nursery.start(self.reader.run)
             await nursery.start(self.local.run)
             await nursery.start(self.fs.remote.run)
+            await nursery.start(self.fs.departures.run)
             # the change logs are caught up with before the first upload (a host back from
             # offline compares its queued changes against the newest versions)
             await nursery.start(self.feed.run)
@@ -84,6 +85,7 @@ class Stack:
             "dirty": self.fs.dirty.statistics(),
             "feed": self.feed.statistics(),
             "indexes": self.indexes.statistics(),
+            "departures": self.fs.departures.statistics(),
         }
 
 

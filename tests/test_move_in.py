@@ -129,13 +129,41 @@ def test_what_cannot_become_objects_keeps_exdev(make_repo):
             assert e.errno == errno.EXDEV, e
         else:
             raise AssertionError(f"{src.name} moved into the remote")
-    out = repo.data / "out"
-    out.write_bytes(b"remote")
-    try:
-        os.rename(out, local / "out")
-    except OSError as e:
-        assert e.errno == errno.EXDEV
-    else:
-        raise AssertionError("a remote file moved out")
     assert (local / "g").read_bytes() == b"one" and os.stat(linked / "f").st_nlink == 2  # left as it was
-    assert (repo.data / "out").read_bytes() == b"remote"
+
+
+def test_mv_of_a_remote_tree_out_is_a_rename_then_fetches_and_survives_kill_9(make_repo):
+    """The way out: `mv` returns with nothing fetched (the files read from their objects meanwhile),
+    the bytes come to the local tier in the background, and the objects are deleted only after;
+    a kill -9 in the middle resumes at the next start."""
+    repo = make_repo()
+    repo.start()
+    run = repo.data / "run-7"
+    run.mkdir()
+    _local_tree(run)
+    want = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*")
+            if p.is_file() and not p.is_symlink() and not stat.S_ISFIFO(p.lstat().st_mode)}
+    for i in range(40):
+        want[f"shards/{i}.bin"] = os.urandom(256 * 1024)
+        (run / "shards").mkdir(exist_ok=True)
+        (run / "shards" / f"{i}.bin").write_bytes(want[f"shards/{i}.bin"])
+    repo.sync()
+    repo.stop()  # a new start: the files' bytes are in the remote only (the cache is not the local tier)
+    repo.start()
+    before = _shape(run)
+    (repo.mp / "scratch").mkdir()
+    subprocess.run(["mv", str(run), str(repo.mp / "scratch" / "run-7")], check=True)  # a rename(2)
+    moved = repo.mp / "scratch" / "run-7"
+    assert not run.exists() and _shape(moved) == before
+    departures = repo.status()["statistics"]["departures"]
+    assert departures["departing"] + departures["departed"] >= 40  # their bytes were in the remote only
+    repo.kill9()  # some files fetched, maybe none; nothing deleted before its bytes were here
+    repo.start()
+    assert _shape(moved) == before
+    repo.sync()
+    assert {k: v for k, v in remote_files(repo.remote_dir).items() if k.startswith("run-7/")} == {}
+    assert repo.status()["statistics"]["departures"]["departing"] == 0
+    assert {str(p.relative_to(moved)): p.read_bytes() for p in moved.rglob("*")
+            if p.is_file() and not p.is_symlink() and not stat.S_ISFIFO(p.lstat().st_mode)} == want
+    assert os.getxattr(moved / "shards" / "7.bin", "user.mountd.local") == b"1"  # on the local tier
+    assert os.stat(moved / "a" / "hard").st_ino == os.stat(moved / "top.txt").st_ino

@@ -557,9 +557,10 @@ def test_errnos(area, posix_repo):
         (lambda: os.readlink(f), errno.EINVAL),
         (lambda: os.rmdir(posix_repo.data), errno.EBUSY),  # a remote is attached there
     ]
-    if area.parent.name == "data":  # out of a remote (into one is a rename: tests/test_move_in.py)
-        expect.append((lambda: os.rename(f, posix_repo.mp / "other" / "moved"), errno.EXDEV))
-        expect.append((lambda: os.rename(f, posix_repo.mp / "work" / f"moved-{area.name}"), errno.EXDEV))
+    if area.parent.name == "data":  # an exchange with another kind of path (a move is a rename)
+        other = posix_repo.mp / "work" / f"x-{area.name}"
+        other.write_bytes(b"x")
+        expect.append((lambda: renameat2(f, other, RENAME_EXCHANGE), errno.EXDEV))
     got = [errno_of(call) for call, _ in expect]
     assert [errno.errorcode.get(g, g) for g in got] == [errno.errorcode[e] for _, e in expect]
     # nothing changed

@@ -26,7 +26,7 @@ from mountd.errors import MountdError
 ROOT_INODE = 1
 # the `user_version` of meta.db: 0 is a database from before versions were kept (schema 1), or a
 # new one; `_MIGRATIONS[n]` takes schema n to n + 1
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -140,7 +140,13 @@ _SCHEMA_4 = """
 ALTER TABLE inodes ADD COLUMN link_group TEXT;
 CREATE INDEX IF NOT EXISTS inodes_link_group ON inodes(remote, link_group) WHERE link_group IS NOT NULL;
 """
-_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3, 3: _SCHEMA_4}
+# schema 5: files moved out of a remote whose bytes are still only in its object (vfs/departures.py):
+# the inode keeps its source object until the bytes are fetched; `dest` is the remote it went to
+# (NULL: a local-only path)
+_SCHEMA_5 = """
+CREATE TABLE IF NOT EXISTS departures (ino INTEGER PRIMARY KEY, dest TEXT);
+"""
+_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3, 3: _SCHEMA_4, 4: _SCHEMA_5}
 
 
 class SchemaTooNew(MountdError):
@@ -291,8 +297,8 @@ class MetaStore:
         fresh = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='inodes'").fetchone() is None
         if version == 0:
             version = SCHEMA_VERSION if fresh else 1
-            self._db.executescript("BEGIN;" + _SCHEMA + (_SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 if fresh else "")
-                                   + f"PRAGMA user_version={version}; COMMIT;")
+            later = _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _SCHEMA_5 if fresh else ""
+            self._db.executescript("BEGIN;" + _SCHEMA + later + f"PRAGMA user_version={version}; COMMIT;")
         while version < SCHEMA_VERSION:
             self._db.executescript(f"BEGIN; {_MIGRATIONS[version]} "
                                    f"PRAGMA user_version={version + 1}; COMMIT;")
@@ -405,6 +411,28 @@ class MetaStore:
         self._displace(ino)
         self._exec("DELETE FROM inodes WHERE ino=?", (ino,))
         self._exec("DELETE FROM xattrs WHERE ino=?", (ino,))
+        self._exec("DELETE FROM departures WHERE ino=?", (ino,))
+
+    # --- files moved out of a remote, their bytes not fetched yet ---------------------------------
+    def departure_add(self, ino: int, dest: str | None) -> None:
+        self._exec("INSERT OR REPLACE INTO departures (ino, dest) VALUES (?, ?)", (ino, dest))
+
+    def departure_dest(self, ino: int) -> tuple[bool, str | None]:
+        """(departing, the remote it goes to: None for a local-only path)."""
+        row = self._exec("SELECT dest FROM departures WHERE ino=?", (ino,)).fetchone()
+        return (row is not None, row[0] if row is not None else None)
+
+    def departure_done(self, ino: int) -> None:
+        self._exec("DELETE FROM departures WHERE ino=?", (ino,))
+
+    def departures(self) -> list[int]:
+        return [r[0] for r in self._exec("SELECT ino FROM departures ORDER BY ino").fetchall()]
+
+    def departing_bytes(self) -> tuple[int, int]:
+        """(files, bytes) still to fetch from the remotes they left."""
+        row = self._exec("SELECT count(*), COALESCE(sum(i.size), 0) FROM departures d"
+                         " JOIN inodes i ON i.ino = d.ino").fetchone()
+        return int(row[0]), int(row[1])
 
     # --- user extended attributes -----------------------------------------------------------------
     def xattrs(self, ino: int) -> dict[bytes, bytes]:

@@ -43,6 +43,7 @@ from mountd.errors import PosixError
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
 from mountd.meta.store import META_LOADED, ROOT_INODE, ListingRow, Row
+from mountd.vfs.departures import Departures
 from mountd.vfs.handles import OpenFiles, without_suid
 from mountd.vfs.introspect import XATTR_PREFIX as MOUNTD_XATTR_PREFIX
 from mountd.vfs.introspect import Introspection
@@ -76,7 +77,10 @@ class Filesystem:
         self.remote = remote
         self.introspect = introspect
         self._remote_cfg = {r.name: r for r in config.remote}
-        self.renames = Renames(meta, paths, journal, self._drop_link)
+        self.renames = Renames(meta, paths, journal, dirty, self._drop_link)
+        self.departures = Departures(meta, paths, journal, dirty, remote,
+                                     retry_initial=config.writeback.retry_initial,
+                                     retry_max=config.writeback.retry_max)
 
     # ------------------------------------------------------------------------------------------
     # start-up
@@ -612,17 +616,20 @@ class Filesystem:
         if target_ino == ino:
             return
         into_remote = None
+        out_of_remote: tuple[str | None] | None = None
         if (d_old.remote or None) != (d_new.remote or None):
-            if d_old.remote is not None:
-                raise PosixError(errno.EXDEV, "rename out of a remote: its bytes would be fetched first")
+            if flags & RENAME_EXCHANGE:
+                raise PosixError(errno.EXDEV, "an exchange between two kinds of path")
             self._writable_area(d_new)
-            remote_new = d_new.remote
-            assert remote_new is not None  # (they differ, and the old one is None)
-            why = self.renames.refusal_to_move_in(
-                ino, lambda n: self._xattrs_over(remote_new, self.meta.xattrs(n.ino)) is None)
-            if why is not None:
-                raise PosixError(errno.EXDEV, f"rename into a remote: {why}")
-            into_remote = d_new.remote
+            if d_old.remote is None:
+                why = self._refusal_to_move(ino, None, d_new.remote)
+                if why is not None:
+                    raise PosixError(errno.EXDEV, f"rename into a remote: {why}")
+                into_remote = d_new.remote
+            elif self._remote_cfg[d_old.remote].immutable:
+                raise PosixError(errno.EXDEV, f"remote {d_old.remote!r} is immutable: its objects stay")
+            else:
+                out_of_remote = (d_new.remote,)
         self._writable_area(d_old)
         if self.paths.is_attach_point(ino) or (target_ino is not None
                                                and self.paths.is_attach_point(target_ino)):
@@ -637,15 +644,38 @@ class Filesystem:
                 await self.remote.ensure_subtree_listed(target.ino)
         if not node.is_dir:
             await self.remote.with_metadata(node)  # the copy at the new key carries the stored attributes
+        if out_of_remote is not None:
+            await self._load_for_departure(ino)
         # re-read everything after the awaits above
         if (self.meta.lookup(parent_old, name_old) != ino
                 or self.meta.lookup(parent_new, name_new) != target_ino):
             raise PosixError(errno.EAGAIN, "the directory changed during the rename; try again")
+        if out_of_remote is not None and (why := self._refusal_to_move(ino, d_old.remote, out_of_remote[0])):
+            raise PosixError(errno.EXDEV, f"rename out of a remote: {why}")
         node = self._inode(ino)
         target = self.meta.get(target_ino) if target_ino is not None else None
         with self.meta.transaction():
-            self.renames.apply(parent_old, name_old, parent_new, name_new, node, target,
-                               exchange=bool(flags & RENAME_EXCHANGE), into_remote=into_remote)
+            departed = self.renames.apply(parent_old, name_old, parent_new, name_new, node, target,
+                                          exchange=bool(flags & RENAME_EXCHANGE), into_remote=into_remote,
+                                          out_of_remote=out_of_remote)
+        if departed:
+            self.departures.started()
+
+    def _refusal_to_move(self, ino: int, source: str | None, dest: str | None) -> str | None:
+        """Why `ino` (a file or tree of remote `source`, None: a local-only path) cannot move to `dest`."""
+        if dest is None:
+            return self.renames.refusal_to_move_in(ino, lambda n: True, from_remote=source)
+        return self.renames.refusal_to_move_in(
+            ino, lambda n: self._xattrs_over(dest, self.meta.xattrs(n.ino)) is None, from_remote=source)
+
+    async def _load_for_departure(self, ino: int) -> None:
+        """What a file or tree leaving its remote must carry from its objects: every entry's stored
+        attributes (one HEAD each, or its directory's index) and every symlink's target."""
+        for node, _ in list(self.paths.subtree(ino)):
+            if node.meta_loaded != META_LOADED and node.remote_key is not None:
+                node = await self.remote.with_metadata(node)
+            if node.is_symlink and node.target is None and node.remote_key is not None:
+                await self.remote.read_link_target(node)
 
     async def _check_rename_target(self, node: Inode, target: Inode | None, flags: int) -> None:
         if flags & RENAME_NOREPLACE and target is not None:

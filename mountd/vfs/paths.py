@@ -81,10 +81,10 @@ class PathMap:
         if inode is None or inode.remote is None:
             return None
         parts = self.path_parts(ino)
-        if parts is None:
-            return None
-        below = parts[len(self.attachment(inode.remote).parts):]
-        return inode.remote, key_for(below, directory=inode.is_dir)
+        attached_at = self.attachment(inode.remote).parts
+        if parts is None or parts[:len(attached_at)] != attached_at:
+            return None  # moved out of its remote, its bytes not fetched yet (departures.py)
+        return inode.remote, key_for(parts[len(attached_at):], directory=inode.is_dir)
 
     def keys_of(self, ino: int, inode: Inode | None = None) -> list[tuple[str, str]]:
         """(remote, key) of every name of an inode: one for most, one per hard link of a remote

@@ -147,6 +147,8 @@ class Reconciler:
         if entry.key == "":
             return
         for other in self.meta.inodes_with_remote_key(entry.remote, entry.key):
+            if self.meta.departure_dest(other.ino)[0]:
+                raise Retry(f"waiting for {entry.key!r}, moved out of the remote, to be fetched")
             now = self.view.keys_of(other.ino, other)
             if now and (entry.remote, entry.key) not in now and not (other.has_local and other.content_dirty):
                 raise Retry(f"waiting for {entry.key!r} to be copied to {now[0][1]!r}")
@@ -366,14 +368,15 @@ class Reconciler:
         key. Overwriting it first would give that file the new bytes. So its object is copied
         to a hidden key, every other inode that takes its bytes from `key` points there, and
         the hidden key is journaled (deleted once nothing needs it). Afterwards only the inode
-        being written claims `key`."""
+        being written claims `key`. A file moved out of the remote whose bytes are not fetched
+        yet (departures.py) is saved the same way."""
         remote = node.remote or ""
         for other in self.meta.inodes_with_remote_key(remote, key):
             if other.ino == node.ino or (other.has_local and other.content_dirty):
                 continue
             # also one that is at `key` itself: it got there (exchange, rename back) after this
             # entry chose its inode, and would wrongly believe `key` still holds its bytes
-            if not self.view.keys_of(other.ino, other):
+            if not self.view.keys_of(other.ino, other) and not self.meta.departure_dest(other.ino)[0]:
                 continue  # unlinked (open only): its reads keep going to `key` as before
             parent = key.rpartition("/")[0]
             hidden = (parent + "/" if parent else "") + f"{HIDDEN_PREFIX}moved-{uuid.uuid4().hex}"

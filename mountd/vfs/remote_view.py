@@ -22,13 +22,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
 from mountd.backend import LIST_PAGE, DirListing, ListingPage, ObjectInfo, ObjectStore
 from mountd.cache import RemoteReader
 from mountd.config import RepoConfig
-from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavailable
+from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavailable, VersionMismatch
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
 from mountd.meta.store import META_DEFAULTS, META_FROM_LISTING, META_LOADED, ListedFile
@@ -124,6 +125,7 @@ class RemoteView:
         # directory -> (its listed_at when its index was read, the index's entries)
         self._index_cache: OrderedDict[int, tuple[float | None, Mapping[str, IndexEntry]]] = OrderedDict()
         self._index_reading: dict[int, trio.Event] = {}  # directories whose index is being read
+        self._materializing: dict[int, trio.Event] = {}  # files being fetched whole (`materialize`)
         self._walks: OrderedDict[int, int] = OrderedDict()  # directory -> its child opened last
         # directory -> time.time() until which none of its subdirectories needs a listing: a walk
         # of a tree listed already asks the db once, not at each opendir (a scan of the siblings
@@ -1013,23 +1015,52 @@ class RemoteView:
         self.kernel.invalidate_entry(d.ino, bname)
         raise PosixError(errno.ESTALE, "replaced on the remote while open here; the kernel looks it up again")
 
-    async def materialize(self, node: Inode) -> None:
-        """Fetch a remote file whole onto the local tier before it is changed in place."""
+    async def materialize(self, node: Inode, *, exact: bool = False) -> None:
+        """Fetch a remote file whole onto the local tier before it is changed in place (or, for a
+        file moved out of its remote, to keep it). One fetch per inode at a time: a first write
+        and the departure of a file both ask, and the second waits for the first. `exact`: the
+        version the inode knows, or VersionMismatch (a file departing from a key that is being
+        overwritten gets its bytes from where they were saved, at the next try)."""
+        while (fetching := self._materializing.get(node.ino)) is not None:
+            await fetching.wait()
+        fresh = self.meta.get(node.ino)
+        if fresh is None or fresh.has_local:
+            return
+        done = self._materializing[node.ino] = trio.Event()
+        try:
+            await self._materialize(fresh, exact=exact)
+        finally:
+            del self._materializing[node.ino]
+            done.set()
+
+    async def _materialize(self, node: Inode, *, exact: bool) -> None:
         node = await self.with_metadata(node)  # its upload carries the stored mode, owner and mtime
         assert node.remote is not None and node.remote_key is not None
-        store, key = self.stores[node.remote], node.remote_key
+        remote, store, key = node.remote, self.stores[node.remote], node.remote_key
+        expected = node.remote_version if exact else None
 
         def fetch() -> ObjectInfo:
             box: list[ObjectInfo] = []
-            self.local.materialize_from(node.ino, lambda tmp: box.append(store.download(key, tmp)))
+
+            def into(tmp: Path) -> None:
+                info = store.download(key, tmp)
+                if expected and info.version != expected:  # (checked before the file takes its place)
+                    raise VersionMismatch(remote, f"{key} changed while it was fetched ({expected} before, "
+                                                  f"{info.version} now)")
+                box.append(info)
+
+            self.local.materialize_from(node.ino, into)
             return box[0]
 
         info = await self.remote.call(store, fetch, timeout=self.remote.transfer_timeout(node.size),
                                       what=f"download of {key}")
         self.stats.materialized += 1
+        fresh = self.meta.get(node.ino)
+        values: dict[str, object] = {"has_local": 1, "size": self.local.size_of(node.ino)}
+        if fresh is not None and fresh.remote_key == key:  # (not moved to where its bytes were saved)
+            values["remote_version"] = info.version
         with self.meta.transaction():
-            self.meta.update(node.ino, has_local=1, size=self.local.size_of(node.ino),
-                             remote_version=info.version)
+            self.meta.update(node.ino, **values)
 
     async def read_link_target(self, node: Inode) -> bytes:
         """The target of a symlink known only from a listing: its object's body."""

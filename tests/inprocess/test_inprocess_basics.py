@@ -53,8 +53,9 @@ def test_errors_are_the_kernels(make_mount, root):
         (lambda: m.rename(f"{root}/d/f", f"{root}/g", RENAME_EXCHANGE), errno.ENOENT),
         (lambda: m.open(f"{root}/d", os.O_RDWR), errno.EISDIR),
     ]
-    if root == "/data":  # out of a remote (into one is a rename: tests/test_move_in.py)
-        cases.append((lambda: m.rename(f"{root}/d", "/scratch/x"), errno.EXDEV))
+    if root == "/data":  # an exchange with a local-only path (a move in or out is a rename)
+        m.mkdir("/xl")
+        cases.append((lambda: m.rename(f"{root}/d", "/xl", RENAME_EXCHANGE), errno.EXDEV))
     for call, code in cases:
         with pytest.raises(OSError) as e:
             call()

@@ -91,7 +91,7 @@ def test_vfs_matches_plain_directory(shared):
 
         def same_trees(self, area: str) -> None:
             """After each step, in the area it worked in (the other one did not change)."""
-            assert m.tree(self.roots[area]) == plain_tree(self.plain[area])
+            assert m.tree(self.roots[area]) == {k: v[:4] for k, v in plain_tree(self.plain[area]).items()}
 
         @rule(area=areas, path=paths, data=payloads, mode=file_modes)
         def create(self, area: str, path: str, data: bytes, mode: int) -> None:
