@@ -86,6 +86,7 @@ class Stack:
             "feed": self.feed.statistics(),
             "indexes": self.indexes.statistics(),
             "departures": self.fs.departures.statistics(),
+            "stores": {name: store.statistics() for name, store in self.stores.items()},
         }
 
 

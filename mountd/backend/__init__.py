@@ -23,6 +23,9 @@ class StoreTuning:
     multipart_threshold: int = 64 << 20  # files this large or larger upload in parts
     multipart_chunk: int = 16 << 20  # size of one part
     concurrency: int = 4  # parts in flight at once for one upload
+    # where a store keeps its open multipart uploads, so a restart resumes them (resumable.py);
+    # None: not kept
+    resume_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

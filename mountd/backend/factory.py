@@ -10,6 +10,7 @@ itself (`region`, `path_style`, `retries`, ...) are listed there too.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import re
 from datetime import datetime
@@ -177,7 +178,8 @@ def store_tuning(config: RepoConfig) -> StoreTuning:
     """The request timeout and multipart sizes of a repository's config."""
     wb = config.writeback
     return StoreTuning(timeout=config.mount.read_timeout, multipart_threshold=wb.multipart_threshold,
-                       multipart_chunk=wb.multipart_chunk, concurrency=min(8, max(2, wb.concurrency)))
+                       multipart_chunk=wb.multipart_chunk, concurrency=min(8, max(2, wb.concurrency)),
+                       resume_dir=config.local_path / "uploads")
 
 
 def open_store(remote: RemoteConfig, *, timeout: float | None = None,
@@ -185,8 +187,7 @@ def open_store(remote: RemoteConfig, *, timeout: float | None = None,
     """Build the filesystem of one remote explicitly (no fsspec instance cache); no network yet."""
     tuning = tuning or StoreTuning()
     if timeout is not None:
-        tuning = StoreTuning(timeout=timeout, multipart_threshold=tuning.multipart_threshold,
-                             multipart_chunk=tuning.multipart_chunk, concurrency=tuning.concurrency)
+        tuning = dataclasses.replace(tuning, timeout=timeout)
     scheme = remote.scheme
     opts = dict(remote.options)
     guard_secrets(opts)

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import email.utils
 import hashlib
+import logging
 import threading
 import time
 import urllib.parse
@@ -26,8 +27,11 @@ from mountd.backend import LIST_PAGE, ListingPage, ObjectInfo, Precondition, Sto
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
 from mountd.backend.errors import http_status
 from mountd.backend.presigned import NotThere, PresignedRanges
+from mountd.backend.resumable import OpenUpload, OpenUploads
 from mountd.backend.s3_listing import parse_listing
 from mountd.errors import ObjectNotFound, UploadCancelled
+
+log = logging.getLogger(__name__)
 
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
 S3_META = "x-amz-meta-"  # user metadata headers (lower case)
@@ -71,6 +75,8 @@ class S3Store(BucketStore):
         super().__init__(name, url, fs, root, tuning, endpoint)
         self._uploads: dict[str, concurrent.futures.Future[Any]] = {}  # key -> upload running
         self._uploads_lock = threading.Lock()
+        # multipart uploads left open by an earlier attempt, resumed by the next (resumable.py)
+        self._open = OpenUploads(self.tuning.resume_dir, name) if self.tuning.resume_dir else None
 
     @property
     def conditional(self) -> frozenset[str]:  # type: ignore[override]
@@ -285,8 +291,9 @@ class S3Store(BucketStore):
                 self._count(requests=1)
                 condition = self._condition("upload", expect)
             single: list[Any] = []  # the PutObject answer of a single-part upload
-            if condition and chunk <= size:
-                # s3fs would pass the condition to CreateMultipartUpload, which refuses it
+            if chunk <= size and (condition or self._open is not None):
+                # our own parts: a condition goes on the completion (s3fs would pass it to
+                # CreateMultipartUpload, which refuses it), and an interrupted upload resumes
                 coro = self._put_parts(src, key, size, chunk, metadata, condition)
             elif chunk > size:
                 data = src.read_bytes()
@@ -340,11 +347,19 @@ class S3Store(BucketStore):
 
     async def _put_parts(self, src: Path, key: str, size: int, chunk: int, metadata: Mapping[str, str],
                          condition: Mapping[str, str]) -> None:
-        """A multipart upload whose completion carries the condition (a failed one is aborted)."""
+        """A multipart upload whose completion carries the condition. One that fails while its
+        parts go up stays open, and the next upload of the same bytes goes on from the parts the
+        server holds (`OpenUploads`); a failed completion, or a cancelled upload, is aborted."""
         full = self._full(key)
-        mpu = await self.fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=full,
-                                     Metadata=dict(metadata), ContentType="application/octet-stream")
-        upload_id = mpu["UploadId"]
+        sha = metadata.get("sha256", "")
+        upload_id, held = await self._resume(key, sha, size, chunk)
+        if upload_id is None:
+            mpu = await self.fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=full,
+                                         Metadata=dict(metadata), ContentType="application/octet-stream")
+            upload_id = mpu["UploadId"]
+            if self._open is not None and sha:
+                self._open.opened(OpenUpload(key=key, upload_id=upload_id, sha256=sha, size=size,
+                                             part_size=chunk))
         gate = asyncio.Semaphore(self.tuning.concurrency)
 
         def read(i: int) -> bytes:
@@ -355,19 +370,73 @@ class S3Store(BucketStore):
         async def part(i: int) -> dict[str, Any]:
             async with gate:
                 data = await asyncio.to_thread(read, i)
+                etag = held.get(i + 1)
+                if etag is not None and normalize_version(etag) == hashlib.md5(
+                        data, usedforsecurity=False).hexdigest():
+                    self._count(parts_resumed=1, bytes_resumed=len(data))
+                    return {"PartNumber": i + 1, "ETag": etag}  # stored by an earlier attempt
                 r = await self.fs._call_s3("upload_part", Bucket=self.bucket, Key=full, UploadId=upload_id,
                                            PartNumber=i + 1, Body=data)
                 return {"PartNumber": i + 1, "ETag": r["ETag"]}
 
-        try:
-            parts = await asyncio.gather(*(part(i) for i in range(-(-size // chunk))))
-            await self.fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=full,
-                                   UploadId=upload_id, MultipartUpload={"Parts": list(parts)}, **condition)
-        except BaseException:
+        async def abort() -> None:
             with contextlib.suppress(Exception):
                 await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full,
                                        UploadId=upload_id)
+            if self._open is not None:
+                self._open.closed(key)
+
+        try:
+            parts = await asyncio.gather(*(part(i) for i in range(-(-size // chunk))))
+        except Exception:
+            if self._open is None or not sha:
+                await abort()
+            raise  # (resumable: its stored parts wait for the next attempt)
+        except BaseException:
+            await abort()  # cancelled: the file changed or moved
             raise
+        try:
+            await self.fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=full,
+                                   UploadId=upload_id, MultipartUpload={"Parts": list(parts)}, **condition)
+        except BaseException:
+            await abort()
+            raise
+        if self._open is not None:
+            self._open.closed(key)
+
+    async def _resume(self, key: str, sha: str, size: int, chunk: int) -> tuple[str | None, dict[int, str]]:
+        """(upload id, part number -> ETag) of an open upload of these same bytes in parts of this
+        size; (None, {}) when there is none (an open upload of other bytes is aborted)."""
+        found = self._open.find(key) if self._open is not None else None
+        if found is None:
+            return None, {}
+        full = self._full(key)
+        if (found.sha256, found.size, found.part_size) != (sha, size, chunk) or not sha:
+            with contextlib.suppress(Exception):
+                await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full,
+                                       UploadId=found.upload_id)
+            if self._open is not None:
+                self._open.closed(key)
+            return None, {}
+        held: dict[int, str] = {}
+        marker = 0
+        try:
+            while True:
+                page = await self.fs._call_s3("list_parts", Bucket=self.bucket, Key=full,
+                                              UploadId=found.upload_id, PartNumberMarker=marker)
+                for p in page.get("Parts", []):
+                    number = int(p["PartNumber"])
+                    if int(p.get("Size", -1)) == min(chunk, size - (number - 1) * chunk):
+                        held[number] = p["ETag"]
+                if not page.get("IsTruncated"):
+                    break
+                marker = int(page["NextPartNumberMarker"])
+        except Exception as e:  # (NoSuchUpload: completed or aborted meanwhile) a new upload then
+            log.debug("open upload of %s not resumed: %s", key, e)
+            if self._open is not None:
+                self._open.closed(key)
+            return None, {}
+        return found.upload_id, held
 
     def cancel_upload(self, key: str) -> bool:
         with self._uploads_lock:
@@ -411,6 +480,11 @@ class S3Store(BucketStore):
             return self.head(dst_key)
 
     def delete(self, key: str, *, expect: Precondition | None = None) -> None:
+        if self._open is not None and (left := self._open.find(key)) is not None:
+            with contextlib.suppress(Exception):  # an upload of it left open: not resumed now
+                self._call("abort_multipart_upload", Bucket=self.bucket, Key=self._full(key),
+                           UploadId=left.upload_id)
+            self._open.closed(key)
         condition = self._condition("delete", expect)
         with self._translate("delete", key):
             if condition.get("IfNoneMatch"):
