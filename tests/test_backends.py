@@ -7,6 +7,7 @@ that prefix handling is exercised too, and checks what the store answers through
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from mountd.backend import ObjectStore, StoreTuning
 from mountd.backend.factory import open_store
+from mountd.backend.resumable import OpenUpload, OpenUploads
 from mountd.config import RemoteConfig
 from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable
 from tests.servers import REMOTE_KIND_FIXTURE, CountingProxy, ErrorServer, Server, free_port
@@ -499,3 +501,44 @@ def test_s3_listing_pages_read_without_the_sdk_match_the_sdks(request, tmp_path,
     assert sorted(o.key for o in sdk.objects) == sorted(f"d/{n}" for n in ODD_NAMES)
     assert prefixes == sorted(set(sdk.prefixes)) == sorted(f"sub {n}" for n in ODD_NAMES)
     assert all(v for _, _, v, _ in direct) and all(m > 0 for _, _, _, m in direct)
+
+
+@pytest.mark.parametrize("kind", ["s3", "s3-seaweedfs"])
+def test_an_open_multipart_upload_resumes_with_the_same_bytes_and_is_aborted_for_others(request, tmp_path,
+                                                                                        kind):
+    """A multipart upload left open by a killed attempt (its parts on the server, its id in the
+    local tier's `uploads/`) is continued by the next upload of the same bytes, sending only the
+    missing parts; an upload of other bytes aborts it, as does a delete of the key."""
+    tuning = dataclasses.replace(TUNING, resume_dir=tmp_path / "uploads")
+    store = make_store(request, tmp_path, kind, tuning=tuning)
+    blob = os.urandom(3 * TUNING.multipart_chunk + 11)
+    src = tmp_path / "big.bin"
+    src.write_bytes(blob)
+    sha = hashlib.sha256(blob).hexdigest()
+    # the killed attempt: an upload created, its first part stored, its id kept
+    s3, bucket, full = store.fs, store.bucket, store._full("big.bin")
+    upload_id = s3.call_s3("create_multipart_upload", Bucket=bucket, Key=full)["UploadId"]
+    s3.call_s3("upload_part", Bucket=bucket, Key=full, UploadId=upload_id, PartNumber=1,
+               Body=blob[:TUNING.multipart_chunk])
+    left = OpenUpload(key="big.bin", upload_id=upload_id, sha256=sha, size=len(blob),
+                      part_size=TUNING.multipart_chunk)
+    OpenUploads(tmp_path / "uploads", "conf").opened(left)
+    store.upload(src, "big.bin", {**META, "sha256": sha})
+    assert store.read_range("big.bin", 0, len(blob)) == blob
+    assert store.statistics()["parts_resumed"] == 1  # part 1 was the killed attempt's
+    assert list((tmp_path / "uploads").iterdir()) == []  # closed
+
+    def open_uploads() -> list[str]:
+        return [u["UploadId"] for u in s3.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])]
+
+    for finish in ("other bytes", "delete"):
+        upload_id = s3.call_s3("create_multipart_upload", Bucket=bucket, Key=full)["UploadId"]
+        OpenUploads(tmp_path / "uploads", "conf").opened(dataclasses.replace(left, upload_id=upload_id))
+        if finish == "other bytes":
+            other = os.urandom(len(blob))
+            src.write_bytes(other)
+            store.upload(src, "big.bin", {**META, "sha256": hashlib.sha256(other).hexdigest()})
+            assert store.read_range("big.bin", 0, len(other)) == other
+        else:
+            store.delete("big.bin")
+        assert upload_id not in open_uploads() and list((tmp_path / "uploads").iterdir()) == [], finish
