@@ -2,8 +2,8 @@
 
 A hypothesis state machine applies the same create/write/truncate/rename/unlink/mkdir/rmdir/chmod/
 link/mkfifo/setxattr calls to a subtree of a remote path of the mount and to a plain temporary
-directory, and moves entries from a local-only directory of the mount into that subtree (and
-from a second plain directory into the plain one). After every step the outcomes (value or errno)
+directory, and moves entries between a local-only directory of the mount and that subtree, both
+ways (and between a second plain directory and the plain one). After every step the outcomes (value or errno)
 must be equal and both trees must hold the same names, types, modes, sizes, link counts, user
 extended attributes and bytes. At the end of each example the write-back is drained and the
 remote directory must hold exactly the files (one object per name of a hard-linked file), FIFOs
@@ -248,6 +248,11 @@ def test_mount_matches_plain_directory(shared_repo, tmp_path):
         def move_in(self, src: str, dst: str) -> None:
             """rename(2) from the local-only directory into the remote path (or the plain twin)."""
             self.both(lambda root: os.rename(staging[root] / src, root / dst))
+
+        @rule(src=paths, dst=paths)
+        def move_out(self, src: str, dst: str) -> None:
+            """rename(2) from the remote path out to the local-only directory (its bytes fetched after)."""
+            self.both(lambda root: os.rename(root / src, staging[root] / dst))
 
         @invariant()
         def trees_equal(self) -> None:
