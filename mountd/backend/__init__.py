@@ -28,6 +28,19 @@ class StoreTuning:
     resume_dir: Path | None = None
 
 
+# an append's copied prefix must be a part of a multipart upload, and parts but the last are at
+# least 5 MiB on S3
+APPEND_MIN = 5 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class AppendBase:
+    """The object at a key is the start of the file being uploaded there: `size` bytes, `version`."""
+
+    size: int
+    version: str
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
@@ -99,6 +112,9 @@ class ObjectStore(Protocol):
     # the operations of CONDITIONAL_OPS whose `expect` reaches the server; for the others it is
     # ignored (the write is unconditional, as on a store without conditions)
     conditional: frozenset[str]
+    # whether `upload` takes `append_to` (an AppendBase): the object at the key is the start of the
+    # file, copied server-side into the new one, and only the rest is sent
+    appends: bool
 
     def list_dir(self, prefix: str) -> DirListing:
         """Children of `prefix` ("" for the root, else ending in '/'). A missing prefix lists empty."""

@@ -56,6 +56,8 @@ def lower_keys(meta: Mapping[str, Any] | None) -> dict[str, str]:
 class FsspecStore:
     """The part of an ObjectStore every backend shares; subclasses implement its operations."""
 
+    appends = False
+
     def __init__(self, name: str, url: str, fs: Any, root: str, tuning: StoreTuning | None = None,
                  bucket: str = "", endpoint: str = "") -> None:
         self.name = name

@@ -78,6 +78,7 @@ def parse_links(text: str, remote: str) -> list[Link]:
 
 class LinksStore:
     conditional: frozenset[str] = frozenset()  # read-only: it writes nothing
+    appends = False
 
     def __init__(self, remote: RemoteConfig, tuning: StoreTuning, open_store: OpenStore) -> None:
         self.name = remote.name

@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import LIST_PAGE, ListingPage, ObjectInfo, Precondition, StoreTuning
+from mountd.backend import (
+    APPEND_MIN,
+    LIST_PAGE,
+    AppendBase,
+    ListingPage,
+    ObjectInfo,
+    Precondition,
+    StoreTuning,
+)
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of, normalize_version
 from mountd.backend.errors import http_status
 from mountd.backend.presigned import NotThere, PresignedRanges
@@ -32,6 +40,11 @@ from mountd.backend.s3_listing import parse_listing
 from mountd.errors import ObjectNotFound, UploadCancelled
 
 log = logging.getLogger(__name__)
+COPY_PART_MAX = 5 << 30  # the largest part UploadPartCopy copies
+
+
+class _NoPartCopy(Exception):
+    """The server took an UploadPartCopy for something else."""
 
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
 S3_META = "x-amz-meta-"  # user metadata headers (lower case)
@@ -64,6 +77,7 @@ def condition_params(expect: Precondition | None) -> dict[str, str]:
 
 
 class S3Store(BucketStore):
+    appends = True  # (until the server shows it cannot: `_put_appended`)
     """s3:// (AWS and S3-compatible): the botocore client of s3fs, called through `call_s3`.
 
     User metadata rides in x-amz-meta-*; listings do not return it (HEAD does). Ranged GETs are
@@ -277,10 +291,15 @@ class S3Store(BucketStore):
         return ListingPage(self._listing(prefix, iter(entries)), page.next_token)
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
-               expect: Precondition | None = None) -> ObjectInfo:
+               expect: Precondition | None = None, append_to: AppendBase | None = None) -> ObjectInfo:
         size = src.stat().st_size
         full = f"{self.bucket}/{self._full(key)}"
         with self._translate("upload", key):
+            if append_to is not None and self.appends and APPEND_MIN <= append_to.size < size:
+                condition = self._condition("multipart", expect)
+                if self._run_upload(key, self._put_appended(src, key, size, metadata, condition, append_to)):
+                    self._count(appends=1, bytes_uploaded=size - append_to.size, bytes_copied=append_to.size)
+                    return self.head(key)
             if self._upload_parts(src):
                 # s3fs goes multipart when size >= 2 * chunksize; parts of at least 5 MiB
                 chunk = max(S3_MIN_PART, min(self.tuning.multipart_chunk, size // 2))
@@ -303,24 +322,89 @@ class S3Store(BucketStore):
                                          max_concurrency=self.tuning.concurrency,
                                          Metadata=dict(metadata), ContentType="application/octet-stream",
                                          **condition)
-            # a coroutine run as a task on fsspec's loop, so that cancel_upload can stop it
-            running = asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
-            with self._uploads_lock:
-                self._uploads[key] = running
-            try:
-                running.result()
-            except concurrent.futures.CancelledError:
-                self._abort_multipart(key)
-                raise UploadCancelled(self.name,
-                                      f"upload of {key!r} stopped: the file changed or moved") from None
-            finally:
-                with self._uploads_lock:
-                    if self._uploads.get(key) is running:
-                        del self._uploads[key]
+            self._run_upload(key, coro)
             self._count(bytes_uploaded=size)
             if single and (info := self._proven(key, single[0], data, metadata)) is not None:
                 return info
             return self.head(key)
+
+    def _run_upload(self, key: str, coro: Any) -> Any:
+        """Run an upload coroutine as a task on fsspec's loop, so that cancel_upload can stop it."""
+        running = asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
+        with self._uploads_lock:
+            self._uploads[key] = running
+        try:
+            return running.result()
+        except concurrent.futures.CancelledError:
+            self._abort_multipart(key)
+            raise UploadCancelled(self.name,
+                                  f"upload of {key!r} stopped: the file changed or moved") from None
+        finally:
+            with self._uploads_lock:
+                if self._uploads.get(key) is running:
+                    del self._uploads[key]
+
+    async def _put_appended(self, src: Path, key: str, size: int, metadata: Mapping[str, str],
+                            condition: Mapping[str, str], base: AppendBase) -> bool:
+        """A file that only grew past the object at its key: a multipart upload whose first parts
+        are copies of that object's bytes (`UploadPartCopy`, pinned to its version) and whose
+        last parts are the new bytes. False when the server cannot (the caller sends the file
+        whole): it refused the copy, or answered without a copy result, as servers that take
+        the request for a plain part upload do (rclone's `serve s3`, whose empty part would
+        make a wrong object), which is then remembered for this store."""
+        full = self._full(key)
+        mpu = await self.fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=full,
+                                     Metadata=dict(metadata), ContentType="application/octet-stream")
+        upload_id = mpu["UploadId"]
+        copies = -(-base.size // COPY_PART_MAX)
+        bounds = [base.size * i // copies for i in range(copies + 1)]
+        chunk = max(S3_MIN_PART, self.tuning.multipart_chunk)
+        gate = asyncio.Semaphore(self.tuning.concurrency)
+
+        async def copied(i: int) -> dict[str, Any]:
+            async with gate:
+                r = await self.fs._call_s3("upload_part_copy", Bucket=self.bucket, Key=full,
+                                           UploadId=upload_id, PartNumber=i + 1,
+                                           CopySource={"Bucket": self.bucket, "Key": full},
+                                           CopySourceRange=f"bytes={bounds[i]}-{bounds[i + 1] - 1}",
+                                           CopySourceIfMatch=f'"{base.version}"')
+                etag = (r.get("CopyPartResult") or {}).get("ETag")
+                if not etag:
+                    raise _NoPartCopy(f"UploadPartCopy answered without a copy result: {sorted(r)}")
+                return {"PartNumber": i + 1, "ETag": etag}
+
+        def read(start: int) -> bytes:
+            with open(src, "rb") as f:
+                f.seek(start)
+                return f.read(min(chunk, size - start))
+
+        async def sent(n: int, start: int) -> dict[str, Any]:
+            async with gate:
+                data = await asyncio.to_thread(read, start)
+                r = await self.fs._call_s3("upload_part", Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                           PartNumber=n, Body=data)
+                return {"PartNumber": n, "ETag": r["ETag"]}
+
+        completed = False
+        try:
+            parts = list(await asyncio.gather(*(copied(i) for i in range(copies))))
+            parts += await asyncio.gather(*(sent(copies + 1 + j, start)
+                                            for j, start in enumerate(range(base.size, size, chunk))))
+            await self.fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=full,
+                                   UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition)
+            completed = True
+        except _NoPartCopy as e:
+            log.warning("remote %r: the server does not copy parts of objects (%s); appends to large "
+                        "files are sent whole", self.name, e)
+            self.appends = False
+        except Exception as e:  # the object changed meanwhile, or the copy was refused: sent whole
+            log.debug("append to %s sent whole: %s", key, e)
+        finally:
+            if not completed:
+                with contextlib.suppress(Exception):
+                    await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full,
+                                           UploadId=upload_id)
+        return completed
 
     async def _put_one(self, key: str, data: bytes, metadata: Mapping[str, str], condition: Mapping[str, str],
                        answer: list[Any]) -> None:

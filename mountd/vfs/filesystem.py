@@ -799,6 +799,6 @@ class Filesystem:
         s = self.remote.stats
         return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
                 "materialized": s.materialized, "listings_ahead": s.listings_ahead, "adopted": s.adopted,
-                "links_joined": s.links_joined,
+                "links_joined": s.links_joined, "materialized_from_cache": s.materialized_from_cache,
                 "skipped_keys": s.skipped_keys,
                 **self.files.statistics()}

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import trio
 
-from mountd.backend import CREATE_ONLY, ObjectInfo, ObjectStore, Precondition
+from mountd.backend import APPEND_MIN, CREATE_ONLY, AppendBase, ObjectInfo, ObjectStore, Precondition
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled, VersionMismatch
 from mountd.meta import Inode, JournalEntry, MetaStore
 from mountd.vfs.conflicts import ConflictCopies
@@ -70,11 +70,22 @@ KEY_WAIT = 30.0  # seconds an entry waits for a key another entry copies or over
 
 
 def sha256_file(path: Path) -> str:
+    return sha256_file_and_prefix(path, 0)[0]
+
+
+def sha256_file_and_prefix(path: Path, prefix: int) -> tuple[str, str | None]:
+    """(sha256 of the file, sha256 of its first `prefix` bytes or None when prefix is 0), in one
+    read: whether a file only grew past what its object holds costs no second pass."""
     h = hashlib.sha256()
+    head: str | None = None
+    done = 0
     with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
+        while block := f.read(HASH_BLOCK if not prefix or done >= prefix else min(HASH_BLOCK, prefix - done)):
             h.update(block)
-    return h.hexdigest()
+            done += len(block)
+            if prefix and done == prefix:
+                head = h.copy().hexdigest()
+    return h.hexdigest(), head
 
 
 class Reconciler:
@@ -405,12 +416,16 @@ class Reconciler:
     async def _upload_now(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int,
                           path: Path) -> None:
         remote = node.remote or ""
+        base = await self._append_base(store, node, key, path)
         try:
-            sha = await trio.to_thread.run_sync(sha256_file, path)
+            sha, head_sha = await trio.to_thread.run_sync(sha256_file_and_prefix, path,
+                                                          base.size if base else 0)
             size = path.stat().st_size
         except FileNotFoundError:
             # unlinked or replaced (rename over it) while we hashed: look at the key again
             raise Retry("the local file went away during the upload") from None
+        if base is not None and head_sha != node.sha256:
+            base = None  # not only appended to: sent whole
         meta = self._meta_of(node, sha)
         info: ObjectInfo | None = None
         if self.dedup or node.nlink > 1:
@@ -429,7 +444,8 @@ class Reconciler:
                     with self.sending.sending(remote, key, store,
                                               lambda: self._still_wanted(node.ino, content_gen, remote, key)):
                         info = await self.remote.upload(store, path, key, meta, key=key, size=size,
-                                                        expect=self._expect(remote, key, node.ino))
+                                                        expect=self._expect(remote, key, node.ino),
+                                                        append_to=base)
                     self._wrote(remote, key, info)
                 except UploadCancelled as e:
                     self.stats["uploads_cancelled"] += 1
@@ -450,6 +466,24 @@ class Reconciler:
                 self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
                    info=info, sha256=sha, stored=meta)
+
+    async def _append_base(self, store: ObjectStore, node: Inode, key: str, path: Path) -> AppendBase | None:
+        """The object at `key` as the start of the file, when the file may only have grown past it
+        (the caller checks the bytes): a large file whose last upload went to this key, on a
+        store that can copy ranges of an object server-side into a new one. One HEAD."""
+        if not store.appends or node.remote_key != key or not node.sha256 or not node.remote_version:
+            return None
+        try:
+            if path.stat().st_size < 2 * APPEND_MIN:
+                return None
+            head = await self.remote.call(store, store.head, key)
+        except (FileNotFoundError, RemoteError):
+            return None
+        stored_sha = (head.metadata or {}).get("sha256")
+        if (head.version != node.remote_version or stored_sha not in (None, node.sha256)
+                or head.size < APPEND_MIN):
+            return None
+        return AppendBase(size=head.size, version=head.version)
 
     def _still_wanted(self, ino: int, content_gen: int, remote: str, key: str) -> bool:
         """Whether an upload of this content generation is still what `key` must hold."""

@@ -56,6 +56,7 @@ LISTING_PAGE_TRIES = 3  # tries of one listing page when the remote fails for a 
 ABSENT_NAMES = 10_000  # names known missing (looked up without a listing) kept at most
 METADATA_CONCURRENCY = 8  # parallel HEADs of the background metadata pass after a readdir
 METADATA_BATCH = 16  # objects one worker of that pass HEADs per trio hand-off and transaction
+CACHE_COPY_BLOCK = 8 << 20  # bytes read from the cache per step when a file goes onto the local tier
 METADATA_BACKLOG = 10_000  # listed inodes waiting for that pass, at most
 INDEX_APPLY_BATCH = 2_000  # entries of a directory index taken in per transaction
 INDEX_CACHE_ENTRIES = 300_000  # entries of directory indexes kept in memory, at most
@@ -91,6 +92,7 @@ class _Stats:
     materialized: int = 0
     adopted: int = 0
     links_joined: int = 0  # names found to be hard links of an inode known here (their link group)
+    materialized_from_cache: int = 0  # files put on the local tier from the cache, with no download
     skipped_keys: int = 0
 
 
@@ -1038,6 +1040,8 @@ class RemoteView:
         assert node.remote is not None and node.remote_key is not None
         remote, store, key = node.remote, self.stores[node.remote], node.remote_key
         expected = node.remote_version if exact else None
+        if node.remote_version and await self._materialize_from_cache(node):
+            return
 
         def fetch() -> ObjectInfo:
             box: list[ObjectInfo] = []
@@ -1061,6 +1065,36 @@ class RemoteView:
             values["remote_version"] = info.version
         with self.meta.transaction():
             self.meta.update(node.ino, **values)
+
+    async def _materialize_from_cache(self, node: Inode) -> bool:
+        """The file onto the local tier from the cache, when the cache holds all of its version
+        (a file uploaded from here is handed to the cache, so the next append or edit of it
+        starts from there, not from a download). False when it does not."""
+        ref = object_ref(node)
+        if ref.size == 0 or self.reader.describe(ref)[1] < ref.size:
+            return False
+        tmp = self.local.tmp / f"{node.ino:x}.from-cache"
+        out = await trio.to_thread.run_sync(open, tmp, "wb")
+        offset = 0
+        try:
+            while offset < ref.size:
+                try:
+                    data = await self.reader.read(ref, offset, min(CACHE_COPY_BLOCK, ref.size - offset))
+                except RemoteError:
+                    return False  # (a chunk went meanwhile, and its fetch failed)
+                if not data:
+                    return False
+                await trio.to_thread.run_sync(out.write, data)
+                offset += len(data)
+        finally:
+            out.close()
+            if offset < ref.size:
+                tmp.unlink(missing_ok=True)
+        os.replace(tmp, self.local.path_for(node.ino))
+        self.stats.materialized_from_cache += 1
+        with self.meta.transaction():
+            self.meta.update(node.ino, has_local=1, size=ref.size)
+        return True
 
     async def read_link_target(self, node: Inode) -> bytes:
         """The target of a symlink known only from a listing: its object's body."""

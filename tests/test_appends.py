@@ -1,0 +1,57 @@
+"""Appends to a large remote file send only the new bytes, and reopening it downloads nothing.
+
+A training log, a metrics file or a TensorBoard event file grows by appends, closed after each.
+After an upload the file's local copy is handed to the cache, so the next append takes the file
+from there (no download); the upload that follows copies the object's old bytes server-side
+(`UploadPartCopy`) and sends only what was appended. Bytes are counted at a proxy in front of
+the server. `rclone serve s3` takes an `UploadPartCopy` for an empty part upload: mountd sees
+that the answer has no copy result and sends the file whole, never a wrong object.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.servers import REMOTE_KIND_FIXTURE
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("kind", ["s3", "s3-seaweedfs", "s3-rclone"])
+def test_appends_send_the_new_bytes_and_download_nothing(make_repo, request, counting_proxy, kind):
+    server = request.getfixturevalue(REMOTE_KIND_FIXTURE[kind])
+    bucket = server.new_bucket()
+    proxy = counting_proxy(server)
+    repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
+    repo.start()
+    log = repo.data / "events.log"
+    want = os.urandom(24 * MiB)
+    log.write_bytes(want)
+    repo.sync()
+    up, down = proxy.bytes_up, proxy.bytes_down
+    for _ in range(3):
+        piece = os.urandom(MiB)
+        with open(log, "ab") as f:
+            f.write(piece)
+        want += piece
+        repo.sync()
+        assert server.objects(bucket)["events.log"] == want
+    sent, received = proxy.bytes_up - up, proxy.bytes_down - down
+    assert received < MiB, received  # each append started from the cache's copy, not a download
+    stats = repo.status()["statistics"]
+    if kind == "s3-rclone":  # its UploadPartCopy is not a copy: every append went whole
+        assert sent > 3 * 24 * MiB and stats["stores"]["main"].get("appends", 0) == 0
+    else:
+        assert sent < 3.5 * MiB, sent  # 3 MiB appended (not 3 x 25 MiB), plus requests
+        assert stats["stores"]["main"]["appends"] == 3
+    assert stats["vfs"]["materialized_from_cache"] == 3
+    # an edit in place is not an append: the file goes whole, and the object is right
+    with open(log, "r+b") as f:
+        f.seek(10 * MiB)
+        f.write(b"edited")
+    want = want[:10 * MiB] + b"edited" + want[10 * MiB + 6:]
+    repo.sync()
+    assert server.objects(bucket)["events.log"] == want
+    assert log.read_bytes() == want
