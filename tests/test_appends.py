@@ -2,10 +2,11 @@
 
 A training log, a metrics file or a TensorBoard event file grows by appends, closed after each.
 After an upload the file's local copy is handed to the cache, so the next append takes the file
-from there (no download); the upload that follows copies the object's old bytes server-side
-(`UploadPartCopy`) and sends only what was appended. Bytes are counted at a proxy in front of
-the server. `rclone serve s3` takes an `UploadPartCopy` for an empty part upload: mountd sees
-that the answer has no copy result and sends the file whole, never a wrong object.
+from there (no download); the upload that follows has the server reuse the object's old bytes
+(S3 `UploadPartCopy`, GCS `compose`, Azure: the blob's committed blocks again) and sends only
+what was appended. Bytes are counted at a proxy in front of the server. `rclone serve s3` takes
+an `UploadPartCopy` for an empty part upload: mountd sees that the answer has no copy result and
+sends the file whole, never a wrong object.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.servers import REMOTE_KIND_FIXTURE
 MiB = 1 << 20
 
 
-@pytest.mark.parametrize("kind", ["s3", "s3-seaweedfs", "s3-rclone"])
+@pytest.mark.parametrize("kind", ["s3", "s3-seaweedfs", "s3-rclone", "gcs", "gcs-fake", "azure"])
 def test_appends_send_the_new_bytes_and_download_nothing(make_repo, request, counting_proxy, kind):
     server = request.getfixturevalue(REMOTE_KIND_FIXTURE[kind])
     bucket = server.new_bucket()

@@ -10,16 +10,36 @@ from __future__ import annotations
 
 import base64
 import errno
+import logging
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mountd.backend import CONDITIONAL_OPS, LIST_PAGE, ListingPage, ObjectInfo, Precondition
+from mountd.backend import (
+    APPEND_MIN,
+    CONDITIONAL_OPS,
+    LIST_PAGE,
+    AppendBase,
+    ListingPage,
+    ObjectInfo,
+    Precondition,
+)
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
 from mountd.backend.errors import http_status
 from mountd.errors import RemoteUnavailable
+
+log = logging.getLogger(__name__)
+MAX_APPENDED_BLOCKS = 40_000  # a blob holds at most 50,000 committed blocks: past this, sent whole
+
+
+def _block_id(i: int) -> str:
+    """Our block ids: one length for every block of a blob, as Azure requires."""
+    return base64.b64encode(f"{i:08d}-{uuid.uuid4().hex[:8]}".encode()).decode()
+
+
+BLOCK_ID_LENGTH = len(_block_id(0))
 
 
 class AzureStore(BucketStore):
@@ -31,6 +51,7 @@ class AzureStore(BucketStore):
 
     FOLDER_FLAGS = ("hdi_isfolder", "is_directory")
     conditional = frozenset(CONDITIONAL_OPS)
+    appends = True  # by committing the blob's blocks again with new ones
 
     @staticmethod
     def _match(expect: Precondition | None) -> dict[str, Any]:
@@ -152,11 +173,18 @@ class AzureStore(BucketStore):
             return info
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
-               expect: Precondition | None = None) -> ObjectInfo:
+               expect: Precondition | None = None, append_to: AppendBase | None = None) -> ObjectInfo:
         size = src.stat().st_size
         chunk = self.tuning.multipart_chunk
-        parts = self._upload_parts(src)
+        # in blocks from 10 MiB on, not only from the multipart threshold: a later append then
+        # commits the blob's blocks again with the new ones (`_append`) instead of sending it all
+        parts = self._upload_parts(src) or size >= 2 * APPEND_MIN
         match = self._match(expect)
+        if append_to is not None and self.appends and append_to.size < size:
+            with self._translate("upload", key):
+                if self._run(self._append, src, key, size, metadata, match, append_to):
+                    self._count(appends=1, bytes_uploaded=size - append_to.size, bytes_copied=append_to.size)
+                    return self.head(key)
 
         async def single() -> None:
             with open(src, "rb") as f:
@@ -167,8 +195,7 @@ class AzureStore(BucketStore):
             import asyncio
 
             blob = self._blob(key)
-            ids = [base64.b64encode(f"{i:08d}-{uuid.uuid4().hex[:8]}".encode()).decode()
-                   for i in range(-(-size // chunk))]
+            ids = [_block_id(i) for i in range(-(-size // chunk))]
             gate = asyncio.Semaphore(self.tuning.concurrency)
 
             async def stage(i: int) -> None:
@@ -187,6 +214,46 @@ class AzureStore(BucketStore):
             self._run(blocks if parts else single)
             self._count(bytes_uploaded=size)
             return self.head(key)
+
+    async def _append(self, src: Path, key: str, size: int, metadata: Mapping[str, str],
+                      match: Mapping[str, Any], base: AppendBase) -> bool:
+        """A file that only grew past the blob at its key: the blob's committed blocks, which make
+        up its `base.size` bytes, are committed again followed by blocks of the new bytes, so only
+        those are sent. False (the caller sends the file whole) when the blob is not made of
+        blocks of ours (one Put Blob, another tool's block ids), or changed meanwhile."""
+        import asyncio
+
+        from azure.core import MatchConditions
+
+        blob = self._blob(key)
+        self._count(requests=1)
+        try:
+            committed, _ = await blob.get_block_list("committed", etag=f'"{base.version}"',
+                                                     match_condition=MatchConditions.IfNotModified,
+                                                     **self._opts())
+        except Exception as e:
+            log.debug("append to %s sent whole: %s", key, e)
+            return False
+        ours = [b.id for b in committed if isinstance(b.id, str) and len(b.id) == BLOCK_ID_LENGTH]
+        if not committed or len(ours) != len(committed) or sum(b.size for b in committed) != base.size \
+                or len(committed) > MAX_APPENDED_BLOCKS:
+            return False
+        chunk = self.tuning.multipart_chunk
+        starts = list(range(base.size, size, chunk))
+        ids = [_block_id(len(ours) + i) for i in range(len(starts))]
+        gate = asyncio.Semaphore(self.tuning.concurrency)
+
+        async def stage(i: int) -> None:
+            async with gate:
+                with open(src, "rb") as f:
+                    f.seek(starts[i])
+                    data = f.read(min(chunk, size - starts[i]))
+                await blob.stage_block(ids[i], data, length=len(data), **self._opts())
+
+        self._count(requests=len(ids) + 1)
+        await asyncio.gather(*(stage(i) for i in range(len(ids))))
+        await blob.commit_block_list(ours + ids, metadata=dict(metadata), **match, **self._opts())
+        return True
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
                   expect: Precondition | None = None) -> ObjectInfo:

@@ -9,17 +9,22 @@ It never copies through the client: a copy is a server-side rewrite, repeated un
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mountd.backend import CONDITIONAL_OPS, LIST_PAGE, ListingPage, ObjectInfo, Precondition
+from mountd.backend import CONDITIONAL_OPS, LIST_PAGE, AppendBase, ListingPage, ObjectInfo, Precondition
 from mountd.backend.base import BucketStore, lower_keys, mtime_ns_of
 from mountd.backend.errors import http_status
+from mountd.backend.files import TMP_PREFIX
 from mountd.errors import ObjectNotFound, VersionMismatch
 
+log = logging.getLogger(__name__)
 GCS_CHUNK_ALIGN = 256 << 10  # resumable-upload chunks must be multiples of 256 KiB
 SIMPLE_UPLOAD_MAX = 5 << 20  # smaller files go in one multipart/related request (as gcsfs does)
 CONTENT_TYPE = "application/octet-stream"
@@ -39,6 +44,7 @@ class GcsStore(BucketStore):
     own upload requests, each carrying its generation condition."""
 
     conditional = frozenset(CONDITIONAL_OPS)
+    appends = True  # by `compose` (until a server refuses it)
 
     def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         self._count(requests=1)
@@ -79,12 +85,16 @@ class GcsStore(BucketStore):
             return self._info(key, self._call("GET", "b/{}/o/{}", self.bucket, self._full(key)))
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
-               expect: Precondition | None = None) -> ObjectInfo:
+               expect: Precondition | None = None, append_to: AppendBase | None = None) -> ObjectInfo:
         from fsspec.asyn import sync
 
         size = src.stat().st_size
         chunk = max(GCS_CHUNK_ALIGN, self.tuning.multipart_chunk // GCS_CHUNK_ALIGN * GCS_CHUNK_ALIGN)
         with self._translate("upload", key):
+            if append_to is not None and self.appends and append_to.size < size and \
+                    self._append(src, key, size, chunk, metadata, expect, append_to):
+                self._count(appends=1, bytes_uploaded=size - append_to.size, bytes_copied=append_to.size)
+                return self.head(key)
             if size >= SIMPLE_UPLOAD_MAX:
                 self._count(multipart_uploads=1, requests=1 + -(-size // chunk))
                 sync(self.fs.loop, self._resumable, src, key, size, chunk, metadata, generation_match(expect))
@@ -105,10 +115,51 @@ class GcsStore(BucketStore):
                             headers={"Content-Type": 'multipart/related; boundary="==0=="'},
                             data=body, json_out=True, **condition)
 
+    def _append(self, src: Path, key: str, size: int, chunk: int, metadata: Mapping[str, str],
+                expect: Precondition | None, base: AppendBase) -> bool:
+        """A file that only grew past the object at its key: the new bytes go to a hidden object,
+        and `compose` makes the key hold the old generation followed by them (the server joins
+        them; the old bytes are not sent again). False when the server refuses the compose for
+        a reason other than the condition: the caller sends the file whole. The condition
+        (`ifGenerationMatch`) rides on the compose, so another host's write in between is a
+        VersionMismatch as for any upload."""
+        from fsspec.asyn import sync
+
+        folder = key.rpartition("/")[0]
+        hidden = (folder + "/" if folder else "") + f"{TMP_PREFIX}append-{uuid.uuid4().hex}"
+        tail = size - base.size
+        self._count(requests=2 + (-(-tail // chunk) if tail >= SIMPLE_UPLOAD_MAX else 0))
+        if tail >= SIMPLE_UPLOAD_MAX:
+            sync(self.fs.loop, self._resumable, src, hidden, size, chunk, {}, {"ifGenerationMatch": "0"},
+                 base.size)
+        else:
+            with open(src, "rb") as f:
+                f.seek(base.size)
+                sync(self.fs.loop, self._simple, f.read(tail), hidden, {}, {"ifGenerationMatch": "0"})
+        try:
+            body = {"sourceObjects": [{"name": self._full(key), "generation": base.version},
+                                      {"name": self._full(hidden)}],
+                    "destination": {"contentType": CONTENT_TYPE, "metadata": dict(metadata)}}
+            try:
+                self._call("POST", "b/{}/o/{}/compose", self.bucket, self._full(key), json=body,
+                           **generation_match(expect))
+            except Exception as e:
+                if http_status(e) == 412:
+                    raise
+                log.warning("remote %r: compose failed (%s); appends to large files are sent whole",
+                            self.name, e)
+                self.appends = False
+                return False
+        finally:
+            with contextlib.suppress(Exception):
+                self._count(requests=1)
+                self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self._full(hidden))
+        return True
+
     async def _resumable(self, src: Path, key: str, size: int, chunk: int, metadata: Mapping[str, str],
-                         condition: Mapping[str, str]) -> None:
-        """A resumable upload in `chunk` pieces; the condition rides on its initiation and is
-        checked again by the server when the object is created."""
+                         condition: Mapping[str, str], start: int = 0) -> None:
+        """A resumable upload in `chunk` pieces of the bytes of `src` from `start`; the condition
+        rides on its initiation and is checked again by the server when the object is created."""
         from gcsfs.core import upload_chunk
 
         full = self._full(key)
@@ -120,9 +171,10 @@ class GcsStore(BucketStore):
         location = location[0] if isinstance(location, list) else location
         try:
             with open(src, "rb") as f:
+                f.seek(start)
                 offset = 0
                 while bit := f.read(chunk):
-                    await upload_chunk(self.fs, location, bit, offset, size, CONTENT_TYPE)
+                    await upload_chunk(self.fs, location, bit, offset, size - start, CONTENT_TYPE)
                     offset += len(bit)
         except Exception:
             try:
