@@ -41,6 +41,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path, kind: str, *, buc
                tuning: StoreTuning = TUNING) -> ObjectStore:
     if kind == "file":
         url = f"file://{tmp_path}/bucket/{prefix}"
+        (tmp_path / "bucket" / prefix).mkdir(parents=True, exist_ok=True)  # (a bucket must exist)
         opts: dict = {}
     elif kind == "memory":
         url = f"memory://{tmp_path.name}/{prefix}"

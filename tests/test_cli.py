@@ -47,6 +47,8 @@ def write_config(path: Path, body: str) -> Path:
 
 
 def base_config(tmp_path: Path, extra: str = "", remote: str | None = None) -> str:
+    if remote is None:
+        (tmp_path / "remote").mkdir(exist_ok=True)  # (a file:// remote's directory must exist)
     remote = remote or f'url = "file://{tmp_path / "remote"}"'
     return textwrap.dedent(f"""
         [local]
@@ -342,3 +344,29 @@ def test_umount_twice(make_repo):
     repo.stop()
     line = one_error_line(mountd_cmd("umount", str(repo.mp), check=False))
     assert "not mounted" in line
+
+
+def test_a_file_remote_whose_directory_is_missing_is_unreachable_not_empty(make_repo):
+    """A file:// remote's directory that is gone (an NFS export not mounted yet, a typo) is an
+    unreachable remote: the mount comes up with the files it knew, cached bytes still read,
+    `status` and `check` say which path is missing, and nothing is made in its place."""
+    repo = make_repo(extra_toml='read_timeout = "3s"\n')
+    repo.start()
+    (repo.data / "weights.bin").write_bytes(b"known and cached")
+    repo.sync()
+    repo.stop()
+    away = repo.remote_dir.with_name("remote-not-mounted")
+    repo.remote_dir.rename(away)
+    repo.expected_log_errors.append("does not exist")
+    repo.start()
+    assert (repo.data / "weights.bin").read_bytes() == b"known and cached"  # from the cache
+    out = mountd_cmd("status", str(repo.mp)).stdout
+    main_line = next(line for line in out.splitlines() if line.strip().startswith("main"))
+    assert "UNREACHABLE" in main_line, out
+    check = mountd_cmd("check", str(repo.config), check=False)
+    assert check.returncode != 0 and f"{repo.remote_dir} does not exist" in check.stdout + check.stderr
+    (repo.data / "new.txt").write_text("queued")
+    assert not repo.remote_dir.exists()  # nothing made in its place
+    away.rename(repo.remote_dir)
+    repo.sync()
+    assert (repo.remote_dir / "new.txt").read_text() == "queued"

@@ -137,6 +137,7 @@ def posix_repo():
     for p in (root / "repo", repo.mp):
         os.chmod(p, 0o755)
     seed_remote(repo.remote_dir)
+    (root / "repo" / "remote2").mkdir()
     repo.start()
     (repo.mp / "work").mkdir()
     yield repo

@@ -34,7 +34,8 @@ from mountd.backend import (
     gather_pages,
 )
 from mountd.backend.base import FsspecStore, lower_keys
-from mountd.errors import ObjectNotFound, VersionMismatch
+from mountd.backend.errors import Translate
+from mountd.errors import ObjectNotFound, RemoteUnavailable, VersionMismatch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,23 @@ TMP_PREFIX = ".mountd-tmp-"
 STALE_TMP_AGE = 3600.0
 XATTR_META = "user.mountd.meta"
 COPY_BLOCK = 8 << 20
+
+
+class _RootTranslate(Translate):
+    """Every call of a file:// store first checks that its root directory is there."""
+
+    def __init__(self, root: str, name: str, display_url: str) -> None:
+        super().__init__(name, display_url)
+        self.root = root
+
+    @contextlib.contextmanager
+    def __call__(self, what: str, key: str = "") -> Iterator[None]:
+        if not os.path.isdir(self.root):
+            self.errors += 1
+            raise RemoteUnavailable(self.name, f"{what}: its directory {self.root} does not exist (a file "
+                                               "system not mounted yet, or a typo): create it, or fix `url`")
+        with super().__call__(what, key):
+            yield
 
 
 class FileStore(FsspecStore):
@@ -60,7 +78,9 @@ class FileStore(FsspecStore):
 
     def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
         super().__init__(name, url, fs, root)
-        Path(self.root).mkdir(parents=True, exist_ok=True)
+        # its directory is the bucket: never made here, so a file system not mounted yet (or a
+        # typo) is an unreachable remote, not an empty one that files vanish into
+        self._translate = _RootTranslate(self.root, name, self.display_url)
         self._xattr_ok = True
         self._warned = threading.Event()
 

@@ -31,12 +31,20 @@ class HeldDownloads:
         self.inner = inner
         self.go = threading.Event()
         self.downloads: list[str] = []
+        self._arrived = threading.Condition()
 
     def download(self, key: str, dest: Path, **kw: Any) -> Any:
-        self.downloads.append(key)
+        with self._arrived:
+            self.downloads.append(key)
+            self._arrived.notify_all()
         if not self.go.wait(HOLD_TIMEOUT):
             raise TimeoutError(f"the test never let the download of {key} go")
         return self.inner.download(key, dest, **kw)
+
+    def wait_downloads(self, n: int, timeout: float = 10.0) -> bool:
+        """Whether `n` downloads reached the hold within `timeout` (from the test thread)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self.downloads) >= n, timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -59,8 +67,10 @@ def test_a_tree_moved_to_a_local_only_path_is_fetched_after_the_rename_and_survi
     m.mkdir("/data/run/sub")
     want = {"/data/run/weights.bin": b"w" * 300_000, "/data/run/sub/log.txt": b"step 1\n"}
     _uploaded(m, want)
+    m.run(m.stack.reader.clear)  # (else the cache, which took the uploaded files, serves the fetches)
     m.mkdir("/scratch")
     m.rename("/data/run", "/scratch/run")  # returns with nothing fetched: the downloads are held
+    assert held[0].wait_downloads(2)
     assert m.readdir("/data") == [] and m.readdir("/scratch/run") == ["sub", "weights.bin"]
     assert m.read_file("/scratch/run/weights.bin") == want["/data/run/weights.bin"]  # read from the object
     assert m.statistics()["departures"]["departing"] == 2
@@ -95,6 +105,7 @@ def test_a_departing_file_written_to_and_its_old_name_reused_loses_nothing(make_
     held: list[HeldDownloads] = []
     m = make_mount(wrap=lambda s: held.append(HeldDownloads(s)) or held[-1])
     _uploaded(m, {"/data/a": b"old a", "/data/b": b"old b"})
+    m.run(m.stack.reader.clear)  # (the fetches go to the store, held)
     m.mkdir("/scratch")
     m.rename("/data/a", "/scratch/a")
     m.rename("/data/b", "/scratch/b")
