@@ -168,6 +168,11 @@ def status(mountpoint: str, as_json: bool, watch: bool, interval: float) -> None
         ro = " read-only" if r["read_only"] else ""
         click.echo(f"  {r['name']:<12} {r['at']:<16} {r['url']}{ro}  [{state}]")
     click.echo(f"pending uploads: {st['pending_uploads']}  (in flight: {len(st['in_flight'])})")
+    leaving = (st.get("statistics") or {}).get("departures") or {}
+    if leaving.get("departing"):
+        left = leaving.get("departing_bytes", 0)
+        click.echo(f"moving out of remotes: {leaving['departing']} files ({left} bytes) still to fetch; "
+                   "their objects stay until then")
     for p in st["pending"][:20]:
         err = f"  error: {p['error']}" if p["error"] else ""
         nxt = p.get("next_attempt")

@@ -81,6 +81,13 @@ def render(st: dict[str, Any], done: int, sent: int, rate: float) -> Group:
     rec = stats.get("reconciler") or {}
     if rec.get("bytes_deduplicated"):
         uploads.add_row("", "", f"dedup saved {_size(rec['bytes_deduplicated'])}")
+    leaving = stats.get("departures") or {}
+    if leaving.get("departing"):
+        # files moved out of a remote whose bytes are still being fetched (their objects stay till then)
+        size = _size(leaving.get("departing_bytes", 0))
+        uploads.add_row(Text("moving out", "bold"), "",
+                        f"{leaving['departing']} files ({size}) still to fetch from the remotes they left, "
+                        f"{leaving.get('departed', 0)} done")
 
     queue = Table("pending entry", "attempts", "last error", box=None, header_style="bold")
     in_flight = set(st["in_flight"])

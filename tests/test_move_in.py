@@ -207,3 +207,30 @@ def test_a_migration_killed_halfway_sends_every_byte_about_once(make_repo, s3_se
     assert {k: hashlib.sha256(v).hexdigest() for k, v in held.items() if k and not k.endswith("/")} == want
     assert sent <= 1.05 * total, f"sent {sent / total:.3f} times the data"
     assert repo.status()["statistics"]["stores"]["main"]["parts_resumed"] > 0
+
+
+@pytest.mark.remote_kinds("file")
+def test_a_move_out_during_an_outage_waits_for_the_remote_and_says_so(make_repo):
+    """Files moved out while their remote is unreachable (its directory gone, as an unmounted
+    export) keep reading from the cache where it has them, `status` counts what is still to
+    fetch, and the move completes once the remote is back."""
+    repo = make_repo(extra_toml='read_timeout = "3s"\n')
+    repo.start()
+    (repo.data / "run").mkdir()
+    want = {f"run/{i}.bin": os.urandom(100_000 + i) for i in range(5)}
+    for rel, data in want.items():
+        (repo.data / rel).write_bytes(data)
+    repo.sync()
+    mountd_cmd("cache", "clear", str(repo.mp))  # their bytes are in the remote only now
+    away = repo.remote_dir.with_name("remote-away")
+    repo.remote_dir.rename(away)
+    repo.expected_log_errors.append("does not exist")
+    (repo.mp / "scratch").mkdir()
+    os.rename(repo.data / "run", repo.mp / "scratch" / "run")  # a rename: no remote call needed
+    out = mountd_cmd("status", str(repo.mp)).stdout
+    assert "moving out of remotes: 5 files" in out, out
+    away.rename(repo.remote_dir)
+    repo.sync()
+    assert {f"run/{p.name}": p.read_bytes() for p in (repo.mp / "scratch" / "run").iterdir()} == want
+    assert not [k for k in remote_files(repo.remote_dir) if k.startswith("run/")]
+    assert "moving out" not in mountd_cmd("status", str(repo.mp)).stdout
