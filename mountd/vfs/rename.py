@@ -95,10 +95,10 @@ class Renames:
         cannot be moved fails on its own there."""
         names_inside: dict[int, int] = {}  # files with hard links: how many of their names move
         for node, entries in self.paths.subtree(ino):
-            if node.remote != from_remote or self.paths.is_attach_point(node.ino):
-                return "a remote is attached inside it"
             if self.meta.departure_dest(node.ino)[0]:
                 return "a file in it is still being fetched from the remote it was moved out of"
+            if node.remote != from_remote or self.paths.is_attach_point(node.ino):
+                return "a remote is attached inside it"
             if not node.is_dir and node.nlink > 1:
                 names_inside[node.ino] = names_inside.get(node.ino, 0) + 1
                 if names_inside[node.ino] > 1:

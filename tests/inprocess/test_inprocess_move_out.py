@@ -9,9 +9,12 @@ restart while files are departing. Reads go on through ranged reads, which it do
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.inprocess.harness import remote_files, remote_hidden
 
@@ -74,6 +77,9 @@ def test_a_tree_moved_to_a_local_only_path_is_fetched_after_the_rename_and_survi
     assert m.readdir("/data") == [] and m.readdir("/scratch/run") == ["sub", "weights.bin"]
     assert m.read_file("/scratch/run/weights.bin") == want["/data/run/weights.bin"]  # read from the object
     assert m.statistics()["departures"]["departing"] == 2
+    with pytest.raises(OSError) as refused:  # back into a remote before its bytes are here: mv copies
+        m.rename("/scratch/run", "/data/back")
+    assert refused.value.errno == errno.EXDEV
     assert sorted(remote_files(remote)) == ["run/sub/log.txt", "run/weights.bin"]  # kept until fetched
     m.stop()  # (as a crash: the fetches were in flight)
     held[0].go.set()
