@@ -9,7 +9,9 @@ switches it off (`_opts`) and `_run` makes one quick retry instead.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
+import hashlib
 import logging
 import time
 import uuid
@@ -34,9 +36,15 @@ log = logging.getLogger(__name__)
 MAX_APPENDED_BLOCKS = 40_000  # a blob holds at most 50,000 committed blocks: past this, sent whole
 
 
-def _block_id(i: int) -> str:
-    """Our block ids: one length for every block of a blob, as Azure requires."""
-    return base64.b64encode(f"{i:08d}-{uuid.uuid4().hex[:8]}".encode()).decode()
+def _block_id(i: int, sha256: str = "", part_size: int = 0) -> str:
+    """Our block ids: one length for every block of a blob, as Azure requires. Given the sha256 of
+    the file and the part size, the id names the block's content (its index, the part size and 13
+    bytes of the file's sha256), so an upload cut off and tried again finds the blocks it staged
+    (the server keeps uncommitted blocks for a week) and does not send them again."""
+    if not sha256:
+        return base64.b64encode(f"{i:08d}-{uuid.uuid4().hex[:8]}".encode()).decode()
+    named = i.to_bytes(4, "big") + hashlib.sha256(f"{sha256}:{part_size}".encode()).digest()[:13]
+    return base64.b64encode(named).decode()
 
 
 BLOCK_ID_LENGTH = len(_block_id(0))
@@ -195,10 +203,21 @@ class AzureStore(BucketStore):
             import asyncio
 
             blob = self._blob(key)
-            ids = [_block_id(i) for i in range(-(-size // chunk))]
+            sha = metadata.get("sha256", "")
+            ids = [_block_id(i, sha, chunk) for i in range(-(-size // chunk))]
             gate = asyncio.Semaphore(self.tuning.concurrency)
+            staged: dict[str, int] = {}  # blocks an earlier attempt at these same bytes left staged
+            if sha:
+                with contextlib.suppress(Exception):  # (no blob yet: none)
+                    self._count(requests=1)
+                    _, uncommitted = await blob.get_block_list("uncommitted", **self._opts())
+                    staged = {b.id: b.size for b in uncommitted}
 
             async def stage(i: int) -> None:
+                length = min(chunk, size - i * chunk)
+                if staged.get(ids[i]) == length:
+                    self._count(parts_resumed=1, bytes_resumed=length)
+                    return
                 async with gate:
                     with open(src, "rb") as f:
                         f.seek(i * chunk)
