@@ -219,10 +219,7 @@ class AzureStore(BucketStore):
                     self._count(parts_resumed=1, bytes_resumed=length)
                     return
                 async with gate:
-                    with open(src, "rb") as f:
-                        f.seek(i * chunk)
-                        data = f.read(chunk)
-                    await blob.stage_block(ids[i], data, length=len(data), **self._opts())
+                    await self._stage(blob, ids[i], src, i * chunk, length)
 
             await asyncio.gather(*(stage(i) for i in range(len(ids))))
             await blob.commit_block_list(ids, metadata=dict(metadata), **match, **self._opts())
@@ -233,6 +230,13 @@ class AzureStore(BucketStore):
             self._run(blocks if parts else single)
             self._count(bytes_uploaded=size)
             return self.head(key)
+
+    async def _stage(self, blob: Any, block_id: str, src: Path, start: int, length: int) -> None:
+        """Stage one block: `length` bytes of the local file from `start`."""
+        with open(src, "rb") as f:
+            f.seek(start)
+            data = f.read(length)
+        await blob.stage_block(block_id, data, length=len(data), **self._opts())
 
     async def _append(self, src: Path, key: str, size: int, metadata: Mapping[str, str],
                       match: Mapping[str, Any], base: AppendBase) -> bool:
@@ -264,10 +268,7 @@ class AzureStore(BucketStore):
 
         async def stage(i: int) -> None:
             async with gate:
-                with open(src, "rb") as f:
-                    f.seek(starts[i])
-                    data = f.read(min(chunk, size - starts[i]))
-                await blob.stage_block(ids[i], data, length=len(data), **self._opts())
+                await self._stage(blob, ids[i], src, starts[i], min(chunk, size - starts[i]))
 
         self._count(requests=len(ids) + 1)
         await asyncio.gather(*(stage(i) for i in range(len(ids))))

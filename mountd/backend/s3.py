@@ -46,6 +46,13 @@ COPY_PART_MAX = 5 << 30  # the largest part UploadPartCopy copies
 class _NoPartCopy(Exception):
     """The server took an UploadPartCopy for something else."""
 
+
+def _read_range(src: Path, start: int, length: int) -> bytes:
+    """Bytes of a part of the local file (a worker thread's call)."""
+    with open(src, "rb") as f:
+        f.seek(start)
+        return f.read(length)
+
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
 S3_META = "x-amz-meta-"  # user metadata headers (lower case)
 HEAD_URL_LIFETIME = 900  # seconds a signed HEAD URL is valid (it is used at once)
@@ -77,12 +84,13 @@ def condition_params(expect: Precondition | None) -> dict[str, str]:
 
 
 class S3Store(BucketStore):
-    appends = True  # (until the server shows it cannot: `_put_appended`)
     """s3:// (AWS and S3-compatible): the botocore client of s3fs, called through `call_s3`.
 
     User metadata rides in x-amz-meta-*; listings do not return it (HEAD does). Ranged GETs are
     made with response checksum validation "when_required", so a whole-object checksum header
     that a server returns on a range never fails the read."""
+
+    appends = True  # (until the server shows it cannot: `_put_appended`)
 
     def __init__(self, name: str, url: str, fs: Any, root: str, tuning: StoreTuning | None = None,
                  endpoint: str = "") -> None:
@@ -373,17 +381,10 @@ class S3Store(BucketStore):
                     raise _NoPartCopy(f"UploadPartCopy answered without a copy result: {sorted(r)}")
                 return {"PartNumber": i + 1, "ETag": etag}
 
-        def read(start: int) -> bytes:
-            with open(src, "rb") as f:
-                f.seek(start)
-                return f.read(min(chunk, size - start))
-
         async def sent(n: int, start: int) -> dict[str, Any]:
             async with gate:
-                data = await asyncio.to_thread(read, start)
-                r = await self.fs._call_s3("upload_part", Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                           PartNumber=n, Body=data)
-                return {"PartNumber": n, "ETag": r["ETag"]}
+                data = await asyncio.to_thread(_read_range, src, start, min(chunk, size - start))
+                return await self._send_part(full, upload_id, n, data)
 
         completed = False
         try:
@@ -401,10 +402,18 @@ class S3Store(BucketStore):
             log.debug("append to %s sent whole: %s", key, e)
         finally:
             if not completed:
-                with contextlib.suppress(Exception):
-                    await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full,
-                                           UploadId=upload_id)
+                await self._abort_upload(full, upload_id)
         return completed
+
+    async def _send_part(self, full: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        r = await self.fs._call_s3("upload_part", Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                   PartNumber=number, Body=data)
+        return {"PartNumber": number, "ETag": r["ETag"]}
+
+    async def _abort_upload(self, full: str, upload_id: str) -> None:
+        """Abort a multipart upload (one already gone is no error)."""
+        with contextlib.suppress(Exception):
+            await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full, UploadId=upload_id)
 
     async def _put_one(self, key: str, data: bytes, metadata: Mapping[str, str], condition: Mapping[str, str],
                        answer: list[Any]) -> None:
@@ -446,27 +455,18 @@ class S3Store(BucketStore):
                                              part_size=chunk))
         gate = asyncio.Semaphore(self.tuning.concurrency)
 
-        def read(i: int) -> bytes:
-            with open(src, "rb") as f:
-                f.seek(i * chunk)
-                return f.read(chunk)
-
         async def part(i: int) -> dict[str, Any]:
             async with gate:
-                data = await asyncio.to_thread(read, i)
+                data = await asyncio.to_thread(_read_range, src, i * chunk, chunk)
                 etag = held.get(i + 1)
                 if etag is not None and normalize_version(etag) == hashlib.md5(
                         data, usedforsecurity=False).hexdigest():
                     self._count(parts_resumed=1, bytes_resumed=len(data))
                     return {"PartNumber": i + 1, "ETag": etag}  # stored by an earlier attempt
-                r = await self.fs._call_s3("upload_part", Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                           PartNumber=i + 1, Body=data)
-                return {"PartNumber": i + 1, "ETag": r["ETag"]}
+                return await self._send_part(full, upload_id, i + 1, data)
 
         async def abort() -> None:
-            with contextlib.suppress(Exception):
-                await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full,
-                                       UploadId=upload_id)
+            await self._abort_upload(full, upload_id)
             if self._open is not None:
                 self._open.closed(key)
 
@@ -492,15 +492,12 @@ class S3Store(BucketStore):
         """(upload id, part number -> ETag) of an open upload of these same bytes in parts of this
         size; (None, {}) when there is none (an open upload of other bytes is aborted)."""
         found = self._open.find(key) if self._open is not None else None
-        if found is None:
+        if self._open is None or found is None:
             return None, {}
         full = self._full(key)
         if (found.sha256, found.size, found.part_size) != (sha, size, chunk) or not sha:
-            with contextlib.suppress(Exception):
-                await self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=full,
-                                       UploadId=found.upload_id)
-            if self._open is not None:
-                self._open.closed(key)
+            await self._abort_upload(full, found.upload_id)
+            self._open.closed(key)
             return None, {}
         held: dict[int, str] = {}
         marker = 0
@@ -517,8 +514,7 @@ class S3Store(BucketStore):
                 marker = int(page["NextPartNumberMarker"])
         except Exception as e:  # (NoSuchUpload: completed or aborted meanwhile) a new upload then
             log.debug("open upload of %s not resumed: %s", key, e)
-            if self._open is not None:
-                self._open.closed(key)
+            self._open.closed(key)
             return None, {}
         return found.upload_id, held
 

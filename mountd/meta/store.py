@@ -425,8 +425,10 @@ class MetaStore:
     def departure_done(self, ino: int) -> None:
         self._exec("DELETE FROM departures WHERE ino=?", (ino,))
 
-    def departures(self) -> list[int]:
-        return [r[0] for r in self._exec("SELECT ino FROM departures ORDER BY ino").fetchall()]
+    def departures(self, *, after: int = 0, limit: int = 1000) -> list[int]:
+        """Departing inodes in number order, from after `after` (a page of them)."""
+        return [r[0] for r in self._exec("SELECT ino FROM departures WHERE ino > ? ORDER BY ino LIMIT ?",
+                                         (after, limit)).fetchall()]
 
     def departing_bytes(self) -> tuple[int, int]:
         """(files, bytes) still to fetch from the remotes they left."""

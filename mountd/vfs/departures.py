@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterator
 
 import trio
 
@@ -33,14 +34,14 @@ from mountd.writeback.uploader import backoff
 
 log = logging.getLogger(__name__)
 FETCHES = 4  # files fetched at once (each holds a worker thread while it downloads)
+SCAN_PAGE = 1000  # departing inodes read from the db at a time
 
 
-def arrive(meta: MetaStore, paths: PathMap, journal: Journal, dirty: DirtyBytes, node: Inode,
-           dest: str | None) -> None:
+def arrive(meta: MetaStore, dirty: DirtyBytes, node: Inode, dest: str | None) -> None:
     """`node` (its bytes on the local tier, or none to have: a directory, a symlink, a FIFO) is
-    the destination's now: a local-only file, or one to send to remote `dest`. Within the
-    caller's transaction. Its old key's version stays known (`MetaStore._displace`), for the
-    compare-and-swap of the source's delete."""
+    the destination's now: a local-only file, or one to send to remote `dest` (the caller
+    journals its keys there). Within the caller's transaction. Its old key's version stays known
+    (`MetaStore._displace`), for the compare-and-swap of the source's delete."""
     values: dict[str, object] = {"remote": dest, "remote_key": None, "remote_version": None}
     if node.is_dir:
         values.update(marker=int(dest is not None), listed_at=time.time() if dest is not None else None,
@@ -54,8 +55,6 @@ def arrive(meta: MetaStore, paths: PathMap, journal: Journal, dirty: DirtyBytes,
     if node.is_reg:
         meta.bump(node.ino, "content_gen")
     meta.bump(node.ino, "attr_gen")
-    for key in paths.keys_of(node.ino):
-        journal.put(*key)
     if node.is_reg and node.has_local:
         dirty.set(node.ino, node.size)
 
@@ -91,7 +90,7 @@ class Departures:
                 self._wake = trio.Event()
                 now = time.monotonic()
                 later: list[float] = []
-                for ino in self.meta.departures():
+                for ino in self._all_departing():
                     if ino in self._in_flight:
                         continue
                     not_before = self._failures.get(ino, (0, 0.0))[1]
@@ -104,6 +103,14 @@ class Departures:
                 with trio.move_on_after(min(later) - now if later else float("inf")):
                     await self._wake.wait()
 
+    def _all_departing(self) -> Iterator[int]:
+        """Every departing inode, read a page at a time (a move of a million files is a million
+        rows, and this pass goes over them while fetches run)."""
+        after = 0
+        while page := self.meta.departures(after=after, limit=SCAN_PAGE):
+            yield from page
+            after = page[-1]
+
     async def _depart(self, ino: int, limit: trio.Semaphore) -> None:
         try:
             node = self.meta.get(ino)
@@ -113,7 +120,9 @@ class Departures:
             node = self.meta.get(ino)
             with self.meta.transaction():
                 if node is not None and departing:
-                    arrive(self.meta, self.paths, self.journal, self.dirty, node, dest)
+                    arrive(self.meta, self.dirty, node, dest)
+                    for key in self.paths.keys_of(ino):  # (its new keys, in the remote it went to)
+                        self.journal.put(*key)
                     if node.remote is not None and node.remote_key:
                         self.journal.put(node.remote, node.remote_key, delay=0)  # its delete may go now
                 self.meta.departure_done(ino)

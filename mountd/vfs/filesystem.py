@@ -464,20 +464,22 @@ class Filesystem:
         naming = node.nlink <= 0  # an O_TMPFILE file (linkat) gets its first name: a new file there
         if naming and not self.files.is_open(ino):
             raise PosixError(errno.ENOENT)
-        if node.remote is not None and not naming:
+        remote_link = node.remote is not None and not naming
+        if remote_link:
             # another object, copied server-side from the first; every name's metadata carries the
             # group id (its attributes must be loaded to be written again with it)
-            self._writable_area(node)
             self._check_immutable(node)
             node = await self.remote.with_metadata(node)
             if node.meta_loaded != META_LOADED:
                 raise PosixError(errno.EIO, "the object's metadata could not be read from the remote")
-            if self.meta.lookup(new_parent, new_name) is not None or self.meta.get(ino) is None:
-                raise PosixError(errno.EAGAIN, "the directory changed during the link; try again")
+            if self.meta.lookup(new_parent, new_name) is not None:  # (made during the await)
+                raise PosixError(errno.EEXIST)
             node = self._inode(ino)
+            if node.nlink <= 0:  # unlinked during the await
+                raise PosixError(errno.ENOENT)
         now = clock.now_ns()
         with self.meta.transaction():
-            if node.remote is not None and not naming and node.link_group is None:
+            if remote_link and node.link_group is None:
                 self.meta.update(ino, link_group=uuid.uuid4().hex)
                 self.meta.bump(ino, "attr_gen")
                 self._queue(ino)  # the names it has: their objects get the group id
@@ -485,7 +487,7 @@ class Filesystem:
             self.meta.bump(ino, "nlink")
             self.meta.update(ino, ctime_ns=now)
             self._touch_dir(new_parent, now)
-            if node.remote is not None and not naming and (key := self.paths.key_at(new_parent, new_name)):
+            if remote_link and (key := self.paths.key_at(new_parent, new_name)):
                 self.journal.put(*key)
         if naming:
             await self.files.named(ino)

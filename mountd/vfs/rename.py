@@ -128,7 +128,7 @@ class Renames:
                 self.meta.departure_add(node.ino, dest)
                 departed = True
             else:
-                arrive(self.meta, self.paths, self.journal, self.dirty, node, dest)
+                arrive(self.meta, self.dirty, node, dest)  # (`apply` journals the new keys)
         return departed
 
     def _adopt(self, ino: int, remote: str) -> None:
