@@ -84,9 +84,9 @@ def encode(entries: Mapping[str, IndexEntry]) -> bytes:
     so this is the writer's main cost: no copy of each entry's metadata (a dict already, but a
     Mapping for the type checker), names unsorted (json keeps insertion order; readers take a
     mapping), and zlib's fastest level (5 % larger, 2.5 times faster than level 6)."""
-    doc = {"format": FORMAT,
-           "entries": {name: [e.version, e.size, e.metadata if isinstance(e.metadata, dict) else dict(e.metadata)]
-                       for name, e in entries.items()}}
+    doc = {"format": FORMAT, "entries": {
+        name: [e.version, e.size, e.metadata if isinstance(e.metadata, dict) else dict(e.metadata)]
+        for name, e in entries.items()}}
     return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 1)
 
 
