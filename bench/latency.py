@@ -1,7 +1,10 @@
-"""`python -m bench.latency [--rtt 0,20] [--small-files 5000] [--append-base 256] [--targets ...]`:
-small-file write-back and appends with a real request latency (issue 19, item 1).
+"""`python -m bench.latency [--rtt 0,20] [--small-files 5000] [--append-base 256] [--targets ...]
+[--server rclone|seaweedfs]`: small-file write-back and appends with a real request latency (issue
+19, item 1).
 
-Every target reaches `rclone serve s3` on 127.0.0.1 (bench/server.py) through a `DelayProxy`
+Every target reaches `rclone serve s3` (or, with `--server seaweedfs`, SeaweedFS, whose
+UploadPartCopy works where rclone serve s3's stores an empty part, so appends can be sent as
+only their new bytes) on 127.0.0.1 (bench/server.py) through a `DelayProxy`
 (bench/proxy.py) that adds the round-trip time under test: each chunk forwarded in either direction
 is held for half the RTT, and a new connection waits one RTT before its first byte goes through
 (the handshake). The proxy counts the requests (by kind: PUT, GET, HEAD, LIST, POST, DELETE; `LIST
@@ -12,7 +15,8 @@ each target runs from a fresh mount with an empty cache, with the benchmark's co
 1. **small-file write-back**: `--small-files` files of 1 KiB (distinct contents) created in one
    directory that exists on the server (`small-RTT/`), each with open, write, close. Timed from
    the first create to the close of the last (`create_s`), and to the moment the server holds
-   every object at its full size (`server_s`, polling the server's data directory every 20 ms).
+   every object at its full size (`server_s`, polling the server's data directory every 20 ms;
+   SeaweedFS: listing the prefix every 100 ms).
    Then the harness waits until the mount says its uploads are done (`mountd sync --wait`,
    rclone's rc `vfs/stats` queue empty) and counts the requests the mount sent from the first
    create until then, per file. Then, as in the main benchmark's small-file scenario (not counted):
@@ -25,7 +29,7 @@ each target runs from a fresh mount with an empty cache, with the benchmark's co
    (request bodies and headers, counted at the proxy) and the summed time of the appends.
 
 The figures go to WORK/latency.json and the section of docs/benchmarks.md between the `latency`
-markers (appended after the other sections when missing).
+markers (`latency-seaweedfs` for SeaweedFS; appended after the other sections when missing).
 """
 
 from __future__ import annotations
@@ -46,11 +50,23 @@ from bench.multihost import request_kind
 from bench.proxy import DelayProxy
 from bench.report import write_marked_section
 from bench.runner import make_targets
-from bench.server import S3Server
+from bench.server import S3Server, SeaweedBenchServer
 from bench.system import drop_caches, fusermount_lazy, machine_info, tool_versions, wait_until
 from bench.targets import REPO, Target
 
 DOCS_MD = REPO / "docs" / "benchmarks.md"
+SERVERS = {"rclone": S3Server, "seaweedfs": SeaweedBenchServer}
+SERVER_NAMES = {"rclone": "`rclone serve s3`", "seaweedfs": "SeaweedFS 4.48 (`weed server`)"}
+
+
+def markers(server: str) -> tuple[str, str, str]:
+    """The BEGIN, NOTES and END markers of the section of docs/benchmarks.md of a server's run."""
+    if server == "rclone":
+        return BEGIN, NOTES, END
+    return (BEGIN.replace("latency:", f"latency-{server}:"), NOTES.replace("latency:", f"latency-{server}:"),
+            END.replace("latency:", f"latency-{server}:"))
+
+
 BEGIN = "<!-- latency:begin (written by `python -m bench.latency`; edits here are overwritten) -->"
 NOTES = "<!-- latency:notes (kept by `python -m bench.latency`) -->"
 END = "<!-- latency:end -->"
@@ -75,6 +91,8 @@ def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, wo
         src.parent.mkdir(parents=True, exist_ok=True)
         write_file(src, base, seed=7)
     shutil.rmtree(server.data, ignore_errors=True)
+    if isinstance(server, SeaweedBenchServer):
+        return  # through its S3 API once it runs: seed_over_s3
     for t in targets:
         for rtt in rtts:
             d = server.bucket_dir(t.bucket) / small_dir(rtt)
@@ -83,6 +101,17 @@ def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, wo
             dst = server.object_path(t.bucket, append_key(rtt))
             dst.parent.mkdir(parents=True)
             shutil.copyfile(src, dst)
+
+
+def seed_over_s3(server: SeaweedBenchServer, targets: list[Target], rtts: list[int], base: int,
+                 work: Path) -> None:
+    """`seed` for a server whose data directory is not a tree of objects, once it runs."""
+    keep = work / "seed" / "keep"
+    keep.write_bytes(b"keeps this prefix alive\n")
+    for t in targets:
+        for rtt in rtts:
+            server.put_file(t.bucket, f"{small_dir(rtt)}/.keep", keep)
+            server.put_file(t.bucket, append_key(rtt), work / "seed" / f"append-base-{base}")
 
 
 def small_writeback(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, n: int) -> dict[str, Any]:
@@ -94,6 +123,10 @@ def small_writeback(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int,
     pending = set(names)
 
     def all_there() -> bool:
+        if isinstance(server, SeaweedBenchServer):
+            pending.difference_update(k for k, size in server.sizes_under(t.bucket, d + "/").items()
+                                      if size == SMALL_SIZE)
+            return not pending
         with os.scandir(on_server) as it:
             for e in it:
                 if e.name in pending and e.stat().st_size == SMALL_SIZE:
@@ -110,7 +143,8 @@ def small_writeback(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int,
         finally:
             os.close(fd)
     create_s = time.monotonic() - t0
-    wait_until(all_there, 1800, f"{t.name}: {n} small files on the server", interval=0.02)
+    wait_until(all_there, 1800, f"{t.name}: {n} small files on the server",
+               interval=0.1 if isinstance(server, SeaweedBenchServer) else 0.02)
     server_s = time.monotonic() - t0
     t.wait_drained()
     drained_s = time.monotonic() - t0
@@ -163,18 +197,23 @@ def appends(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, base: i
 
 
 def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, count: int,
-        bandwidth: float | None, mountd_commit: str | None, log: Any) -> dict[str, Any]:
+        bandwidth: float | None, mountd_commit: str | None, log: Any,
+        server_name: str = "rclone") -> dict[str, Any]:
     work = work.resolve()
-    rclone, server, targets, mountd_desc = make_targets(work, names, mountd_commit)
+    rclone, server, targets, mountd_desc = make_targets(work, names, mountd_commit,
+                                                        server_class=SERVERS[server_name])
     res: dict[str, Any] = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(work, tool_versions(rclone), mountd_desc),
         "targets": names, "rtts_ms": rtts, "small_files": small, "append_base_mib": base / MiB,
-        "appends": count, "bandwidth": bandwidth, "results": {}, "errors": {}, "loadavg": {}}
+        "appends": count, "bandwidth": bandwidth, "results": {}, "errors": {}, "loadavg": {},
+        "server": server_name}
     t_start = time.monotonic()
     log(f"bench.latency: seeding {work}")
     seed(server, targets, rtts, base, work)
     server.start()
+    if isinstance(server, SeaweedBenchServer):
+        seed_over_s3(server, targets, rtts, base, work)
     proxy = DelayProxy(server.port, 0.0, bandwidth, classify=request_kind)
     out = work / "latency.json"
     try:
@@ -238,13 +277,14 @@ def section(res: dict[str, Any], command: str) -> str:
     m = res["machine"]
     small = res["small_files"]
     load = ", ".join(f"{k} {v:.1f}" for k, v in res["loadavg"].items())
+    on = "" if res.get("server", "rclone") == "rclone" else " (SeaweedFS)"
     lines = [
-        "## Latency: small-file write-back and appends",
+        f"## Latency: small-file write-back and appends{on}",
         "",
         "Each target through a proxy on 127.0.0.1 that adds a fixed round-trip time (half on each "
         "chunk each way, one more RTT per new connection) and counts the requests and bytes the mount "
-        "sent; `rclone serve s3` behind it. How each figure is taken: the docstring of "
-        "`bench/latency.py`. One repetition per figure.",
+        f"sent; {SERVER_NAMES[res.get('server', 'rclone')]} behind it. How each figure is taken: the "
+        "docstring of `bench/latency.py`. One repetition per figure.",
         "",
         "| | |",
         "|---|---|",
@@ -281,8 +321,9 @@ def section(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(md: Path, body: str) -> None:
-    write_marked_section(md, BEGIN, END, NOTES, body)
+def write_section(md: Path, body: str, server: str = "rclone") -> None:
+    begin, notes, end = markers(server)
+    write_marked_section(md, begin, end, notes, body)
 
 
 def _ints(s: str) -> list[int]:
@@ -298,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--appends", type=int, default=20, help="appends of 1 MiB (0: no append scenario)")
     p.add_argument("--bandwidth", type=float, help="cap each direction of the proxy at this many MB/s")
     p.add_argument("--targets", default=",".join(TARGET_NAMES))
+    p.add_argument("--server", choices=sorted(SERVERS), default="rclone",
+                   help="the S3 server behind the proxy (seaweedfs: UploadPartCopy works)")
     p.add_argument("--mountd-commit", metavar="REV", help="benchmark mountd as of this commit")
     p.add_argument("--work", type=Path,
                    default=Path(os.environ.get("BENCH_WORK", "/var/tmp/mountd-bench")) / "latency")
@@ -307,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.report:
         res = json.loads(a.report.read_text())
-        write_section(DOCS_MD, section(res, res.get("command", "")))
+        write_section(DOCS_MD, section(res, res.get("command", "")), res.get("server", "rclone"))
         return 0
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("bench.latency: error: run as root with /dev/fuse", file=sys.stderr)
@@ -317,14 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
     res = run(a.work, names, _ints(a.rtt), a.small_files, a.append_base * MiB, a.appends,
               a.bandwidth * 1e6 if a.bandwidth else None, a.mountd_commit,
-              log=lambda s: print(s, file=sys.stderr, flush=True))
+              log=lambda s: print(s, file=sys.stderr, flush=True), server_name=a.server)
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     res["command"] = f".venv/bin/python -m bench.latency {argv_text}".strip()
     out = a.work / "latency.json"
     out.write_text(json.dumps(res, indent=1))
     print(f"bench.latency: figures in {out}", file=sys.stderr)
     if a.docs:
-        write_section(DOCS_MD, section(res, res["command"]))
+        write_section(DOCS_MD, section(res, res["command"]), a.server)
         print(f"bench.latency: wrote the latency section of {DOCS_MD}", file=sys.stderr)
     return 1 if res["errors"] else 0
 

@@ -96,13 +96,13 @@ def run_round(t: Target, server: S3Server, proxy: CountingProxy, sizes: sc.Sizes
     t.stop()
 
 
-def make_targets(work: Path, names: list[str],
-                 mountd_commit: str | None) -> tuple[str, S3Server, list[Target], str]:
+def make_targets(work: Path, names: list[str], mountd_commit: str | None, *,
+                 server_class: type[S3Server] = S3Server) -> tuple[str, S3Server, list[Target], str]:
     """The rclone binary, the S3 server (not started) under WORK/s3, the targets named (mountd from
     `mountd_commit` or a copy of the working tree), none of them mounted; and how mountd is described."""
     work.mkdir(parents=True, exist_ok=True)
     rclone = _rclone()
-    server = S3Server(rclone, work / "s3")
+    server = server_class(rclone, work / "s3")
     src, mountd_desc = mountd_source(REPO, work, mountd_commit)
     targets = [MountdTarget(work, server, src) if n == "mountd" else TARGETS[n](work, server) for n in names]
     for t in targets:
