@@ -42,7 +42,6 @@ new object alone. `on_conflict = "overwrite"` sends no conditions (last writer w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import stat
 import uuid
@@ -54,6 +53,7 @@ import trio
 
 from mountd.backend import APPEND_MIN, CREATE_ONLY, AppendBase, ObjectInfo, ObjectStore, Precondition
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled, VersionMismatch
+from mountd.hashing import sha256_file, sha256_file_and_prefix
 from mountd.meta import Inode, JournalEntry, MetaStore
 from mountd.vfs.conflicts import ConflictCopies
 from mountd.vfs.namespace import OBJECT_KINDS, metadata_for
@@ -64,30 +64,10 @@ from mountd.writeback.sending import UploadsSending
 from mountd.writeback.uploader import Retry, TransferSlots
 
 log = logging.getLogger(__name__)
-HASH_BLOCK = 8 << 20
 # files up to this size are hashed on the trio thread (about 30 us; a worker thread costs ~200 us)
 INLINE_HASH_MAX = 16 << 10
 HIDDEN_PREFIX = ".mountd-tmp-"  # names every store's listing skips (backend TMP_PREFIX)
 KEY_WAIT = 30.0  # seconds an entry waits for a key another entry copies or overwrites, then retries
-
-
-def sha256_file(path: Path) -> str:
-    return sha256_file_and_prefix(path, 0)[0]
-
-
-def sha256_file_and_prefix(path: Path, prefix: int) -> tuple[str, str | None]:
-    """(sha256 of the file, sha256 of its first `prefix` bytes or None when prefix is 0), in one
-    read: whether a file only grew past what its object holds costs no second pass."""
-    h = hashlib.sha256()
-    head: str | None = None
-    done = 0
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK if not prefix or done >= prefix else min(HASH_BLOCK, prefix - done)):
-            h.update(block)
-            done += len(block)
-            if prefix and done == prefix:
-                head = h.copy().hexdigest()
-    return h.hexdigest(), head
 
 
 class Reconciler:

@@ -30,6 +30,7 @@ from mountd.backend import LIST_PAGE, DirListing, ListingPage, ObjectInfo, Objec
 from mountd.cache import RemoteReader
 from mountd.config import RepoConfig
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, RemoteUnavailable, VersionMismatch
+from mountd.hashing import sha256_file
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore
 from mountd.meta.store import META_DEFAULTS, META_FROM_LISTING, META_LOADED, ListedFile
@@ -1043,26 +1044,31 @@ class RemoteView:
         if node.remote_version and await self._materialize_from_cache(node):
             return
 
-        def fetch() -> ObjectInfo:
-            box: list[ObjectInfo] = []
+        def fetch() -> tuple[ObjectInfo, str | None]:
+            box: list[tuple[ObjectInfo, str | None]] = []
 
             def into(tmp: Path) -> None:
                 info = store.download(key, tmp)
                 if expected and info.version != expected:  # (checked before the file takes its place)
                     raise VersionMismatch(remote, f"{key} changed while it was fetched ({expected} before, "
                                                   f"{info.version} now)")
-                box.append(info)
+                # an object another tool wrote has no sha256 in its metadata: the bytes just
+                # fetched give it, so that an append to the file is known for one at its upload
+                known = (info.metadata or {}).get("sha256") or node.sha256
+                box.append((info, None if known else sha256_file(tmp)))
 
             self.local.materialize_from(node.ino, into)
             return box[0]
 
-        info = await self.remote.call(store, fetch, timeout=self.remote.transfer_timeout(node.size),
-                                      what=f"download of {key}")
+        info, sha = await self.remote.call(store, fetch, timeout=self.remote.transfer_timeout(node.size),
+                                           what=f"download of {key}")
         self.stats.materialized += 1
         fresh = self.meta.get(node.ino)
         values: dict[str, object] = {"has_local": 1, "size": self.local.size_of(node.ino)}
         if fresh is not None and fresh.remote_key == key:  # (not moved to where its bytes were saved)
             values["remote_version"] = info.version
+            if sha is not None and fresh.sha256 is None:
+                values["sha256"] = sha
         with self.meta.transaction():
             self.meta.update(node.ino, **values)
 
