@@ -393,15 +393,15 @@ class Reconciler:
         # a large file hashes and sends within one of the uploader's few large slots; small files
         # (the round trip, not the bandwidth, is their cost) run many at once
         async with self.slots.slot(size):
-            await self._upload_now(store, node, key, content_gen, attr_gen, path)
+            await self._upload_now(store, node, key, content_gen, attr_gen, path, size)
 
     async def _upload_now(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int,
-                          path: Path) -> None:
+                          path: Path, size_before: int) -> None:
         remote = node.remote or ""
         base = await self._append_base(store, node, key, path)
         try:
             prefix = base.size if base else 0
-            if path.stat().st_size <= INLINE_HASH_MAX:  # quicker than a trip to a worker thread
+            if size_before <= INLINE_HASH_MAX:  # quicker than a trip to a worker thread
                 sha, head_sha = sha256_file_and_prefix(path, prefix)
             else:
                 sha, head_sha = await trio.to_thread.run_sync(sha256_file_and_prefix, path, prefix)
