@@ -20,13 +20,22 @@ from tests.servers import REMOTE_KIND_FIXTURE
 MiB = 1 << 20
 
 
-@pytest.mark.parametrize("kind", ["s3", "s3-seaweedfs", "s3-rclone", "gcs", "gcs-fake", "azure"])
-def test_appends_send_the_new_bytes_and_download_nothing(make_repo, request, counting_proxy, kind):
+def repo_behind_proxy(make_repo, request, counting_proxy, kind: str, seed: dict[str, bytes] | None = None):
+    """(server, bucket, proxy, started repo) with the remote "main" at /data, reached through a
+    counting proxy; `seed`: objects put on the server first (as another tool would)."""
     server = request.getfixturevalue(REMOTE_KIND_FIXTURE[kind])
     bucket = server.new_bucket()
+    for key, data in (seed or {}).items():
+        server.put(bucket, key, data)
     proxy = counting_proxy(server)
     repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
     repo.start()
+    return server, bucket, proxy, repo
+
+
+@pytest.mark.parametrize("kind", ["s3", "s3-seaweedfs", "s3-rclone", "gcs", "gcs-fake", "azure"])
+def test_appends_send_the_new_bytes_and_download_nothing(make_repo, request, counting_proxy, kind):
+    server, bucket, proxy, repo = repo_behind_proxy(make_repo, request, counting_proxy, kind)
     log = repo.data / "events.log"
     want = os.urandom(24 * MiB)
     log.write_bytes(want)
@@ -60,20 +69,20 @@ def test_appends_send_the_new_bytes_and_download_nothing(make_repo, request, cou
 
 # (not Azure: a blob that another tool wrote in one Put Blob has no committed blocks to reuse,
 # so an append to it is sent whole; Put Block From URL would be needed)
-@pytest.mark.parametrize("kind", ["s3-seaweedfs", "gcs-fake"])
+@pytest.mark.parametrize(("kind", "read_first"), [("s3-seaweedfs", False), ("s3-seaweedfs", True),
+                                                  ("gcs-fake", False)])
 def test_an_append_to_an_object_another_tool_wrote_sends_the_new_bytes(make_repo, request, counting_proxy,
-                                                                       kind):
+                                                                       kind, read_first):
     """An object with no sha256 in its metadata (written by another tool) is fetched at the first
-    write; the bytes fetched give its sha256, so the upload of an append sends the appended bytes
-    only (the issue's log started by one program and extended through the mount)."""
-    server = request.getfixturevalue(REMOTE_KIND_FIXTURE[kind])
-    bucket = server.new_bucket()
+    write, from the remote or (read before) from the cache; the bytes fetched give its sha256, so
+    the upload of an append sends the appended bytes only (the issue's log started by one
+    program and extended through the mount)."""
     want = os.urandom(24 * MiB)
-    server.put(bucket, "foreign.log", want)
-    proxy = counting_proxy(server)
-    repo = make_repo(remote_toml=server.remote_toml("main", bucket, "/data", endpoint_url=proxy.endpoint_url))
-    repo.start()
+    server, bucket, proxy, repo = repo_behind_proxy(make_repo, request, counting_proxy, kind,
+                                                    {"foreign.log": want})
     log = repo.data / "foreign.log"
+    if read_first:
+        assert log.read_bytes() == want
     up = proxy.bytes_up
     piece = os.urandom(MiB)
     with open(log, "ab") as f:
@@ -81,4 +90,6 @@ def test_an_append_to_an_object_another_tool_wrote_sends_the_new_bytes(make_repo
     repo.sync()
     assert server.objects(bucket)["foreign.log"] == want + piece
     assert proxy.bytes_up - up < 1.5 * MiB, proxy.bytes_up - up  # not the 25 MiB file again
-    assert repo.status()["statistics"]["stores"]["main"]["appends"] == 1
+    stats = repo.status()["statistics"]
+    assert stats["stores"]["main"]["appends"] == 1
+    assert stats["vfs"]["materialized_from_cache"] == int(read_first)

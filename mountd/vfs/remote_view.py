@@ -1041,36 +1041,47 @@ class RemoteView:
         assert node.remote is not None and node.remote_key is not None
         remote, store, key = node.remote, self.stores[node.remote], node.remote_key
         expected = node.remote_version if exact else None
-        if node.remote_version and await self._materialize_from_cache(node):
-            return
+        if not (node.remote_version and await self._materialize_from_cache(node)):
+            await self._download_whole(node, remote, store, key, expected)
+        await self._learn_sha256(node.ino)
 
-        def fetch() -> tuple[ObjectInfo, str | None]:
-            box: list[tuple[ObjectInfo, str | None]] = []
+    async def _download_whole(self, node: Inode, remote: str, store: ObjectStore, key: str,
+                              expected: str | None) -> None:
+        def fetch() -> ObjectInfo:
+            box: list[ObjectInfo] = []
 
             def into(tmp: Path) -> None:
                 info = store.download(key, tmp)
                 if expected and info.version != expected:  # (checked before the file takes its place)
                     raise VersionMismatch(remote, f"{key} changed while it was fetched ({expected} before, "
                                                   f"{info.version} now)")
-                # an object another tool wrote has no sha256 in its metadata: the bytes just
-                # fetched give it, so that an append to the file is known for one at its upload
-                known = (info.metadata or {}).get("sha256") or node.sha256
-                box.append((info, None if known else sha256_file(tmp)))
+                box.append(info)
 
             self.local.materialize_from(node.ino, into)
             return box[0]
 
-        info, sha = await self.remote.call(store, fetch, timeout=self.remote.transfer_timeout(node.size),
-                                           what=f"download of {key}")
+        info = await self.remote.call(store, fetch, timeout=self.remote.transfer_timeout(node.size),
+                                      what=f"download of {key}")
         self.stats.materialized += 1
         fresh = self.meta.get(node.ino)
         values: dict[str, object] = {"has_local": 1, "size": self.local.size_of(node.ino)}
         if fresh is not None and fresh.remote_key == key:  # (not moved to where its bytes were saved)
             values["remote_version"] = info.version
-            if sha is not None and fresh.sha256 is None:
-                values["sha256"] = sha
         with self.meta.transaction():
             self.meta.update(node.ino, **values)
+
+    async def _learn_sha256(self, ino: int) -> None:
+        """An object another tool wrote has no sha256 in its metadata: the file just fetched (from
+        the remote or the cache) gives it, so that an append to it is known for one at its upload
+        and sends only the new bytes."""
+        node = self.meta.get(ino)
+        if node is None or node.sha256 is not None:
+            return
+        sha = await trio.to_thread.run_sync(sha256_file, self.local.path_for(ino))
+        fresh = self.meta.get(ino)
+        if fresh is not None and fresh.sha256 is None and not fresh.content_dirty:
+            with self.meta.transaction():
+                self.meta.update(ino, sha256=sha)
 
     async def _materialize_from_cache(self, node: Inode) -> bool:
         """The file onto the local tier from the cache, when the cache holds all of its version
