@@ -445,15 +445,16 @@ class OpenFiles:
             values["ctime_ns"] = op.mtime_ns
         with self.meta.transaction():
             self.meta.update(op.ino, **values)
-            keys = self.paths.keys_of(op.ino)  # (each name of a file with hard links is an object)
+            node = self.meta.get(op.ino)
+            keys = self.paths.keys_of(op.ino, node)  # (each name of a file with hard links is an object)
             for key in keys:
                 self.journal.put(*key)
         op.modified = False
-        node = self.meta.get(op.ino)
         # (an unnamed O_TMPFILE file is not counted: nothing can upload it, so nothing could wait)
         if node is not None and node.remote is not None and node.content_dirty and keys:
             size = node.size
-            if not await self.ignored.is_ignored(node):
+            # (its one key is its path's, which the ignore rules judge; a linked file: the first name's)
+            if not await self.ignored.is_ignored(node, keys[0] if node.nlink <= 1 else None):
                 self.dirty.set(op.ino, size)
 
     async def named(self, ino: int) -> None:

@@ -55,14 +55,16 @@ class IgnoredPaths:
             node = self.meta.get(f) if f is not None else None
             if node is not None and node.is_reg:
                 found.append((depth, node))
-            dir_ino = self.meta.lookup(dir_ino, parts[depth].encode("utf-8", "surrogateescape"))
+            if depth + 1 < len(parts):  # (the last part is the path itself, not a directory above it)
+                dir_ino = self.meta.lookup(dir_ino, parts[depth].encode("utf-8", "surrogateescape"))
         return found
 
-    async def is_ignored(self, node: Inode) -> bool:
+    async def is_ignored(self, node: Inode, key: tuple[str, str] | None = None) -> bool:
         """Whether `node` is kept local-only (no network; a local `.mountdignore` is read in a thread).
+        `key`: its (remote, key) when the caller has it (the write-back resolved the node from it).
 
         A `.mountdignore` that exists only in the remote counts once `load_remote_files` read it."""
-        key = self.paths.key_of(node.ino, node)
+        key = key or self.paths.key_of(node.ino, node)
         if key is None:
             return False
         parts = [p for p in key[1].split("/") if p]
@@ -79,12 +81,16 @@ class IgnoredPaths:
                 specs.append((depth, spec))
         return self.rules.matches(parts, node.is_dir, specs)
 
-    async def load_remote_files(self, remote: str, key: str) -> None:
-        """Read the remote-only `.mountdignore` files that govern `key` (raises RemoteError)."""
+    async def load_remote_files(self, remote: str, key: str) -> bool:
+        """Read the remote-only `.mountdignore` files that govern `key` (raises RemoteError);
+        whether it read any (it then waited, and the namespace may have changed meanwhile)."""
         parts = [p for p in key.split("/") if p]
+        read = False
         for _, f in self._ignore_files(remote, parts):
             stamp = self.stamp(f)
             if f.has_local or f.remote_key is None or self.rules.cached_spec(f.ino, stamp) is not None:
                 continue
             text = await self.reader.read(object_ref(f), 0, min(f.size, IGNORE_FILE_MAX))
             self.rules.spec_for(f.ino, stamp, text)
+            read = True
+        return read

@@ -114,13 +114,14 @@ class Reconciler:
             await self._delete(store, entry)
             return
         try:
-            await self.view.load_ignore_files(entry.remote, entry.key)
+            waited = await self.view.load_ignore_files(entry.remote, entry.key)
         except (RemoteError, PosixError) as e:
             raise Retry(f"cannot read the .mountdignore files above {entry.key!r}: {e}") from None
-        node = self.view.resolve_key(entry.remote, entry.key)
-        if node is None:
-            raise Retry("the path changed while reading ignore rules")
-        if await self.view.is_ignored(node):
+        if waited:  # (no await, no change: the namespace is as it was a moment ago)
+            node = self.view.resolve_key(entry.remote, entry.key)
+            if node is None:
+                raise Retry("the path changed while reading ignore rules")
+        if await self.view.is_ignored(node, (entry.remote, entry.key)):
             # local-only by the ignore rules: nothing goes to the remote, and nothing waits on it
             self.view.not_dirty(node.ino)
             self.stats["ignored"] += 1

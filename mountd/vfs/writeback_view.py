@@ -40,11 +40,11 @@ class WritebackView:
         """Every name's key: several for a file with hard links."""
         return self._paths.keys_of(ino, inode)
 
-    async def load_ignore_files(self, remote: str, key: str) -> None:
-        await self._ignored.load_remote_files(remote, key)
+    async def load_ignore_files(self, remote: str, key: str) -> bool:
+        return await self._ignored.load_remote_files(remote, key)
 
-    async def is_ignored(self, node: Inode) -> bool:
-        return await self._ignored.is_ignored(node)
+    async def is_ignored(self, node: Inode, key: tuple[str, str] | None = None) -> bool:
+        return await self._ignored.is_ignored(node, key)
 
     def is_open_for_write(self, ino: int) -> bool:
         return self._files.is_open_for_write(ino)
