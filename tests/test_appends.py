@@ -15,6 +15,7 @@ import os
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.servers import REMOTE_KIND_FIXTURE
 
 MiB = 1 << 20
@@ -83,6 +84,8 @@ def test_an_append_to_an_object_another_tool_wrote_sends_the_new_bytes(make_repo
     log = repo.data / "foreign.log"
     if read_first:
         assert log.read_bytes() == want
+        # the chunks read are admitted to the cache in the background: the append must find them all
+        wait_until(lambda: os.getxattr(log, "user.mountd.cached_bytes") == str(len(want)).encode())
     up = proxy.bytes_up
     piece = os.urandom(MiB)
     with open(log, "ab") as f:
