@@ -62,6 +62,7 @@ METADATA_BACKLOG = 10_000  # listed inodes waiting for that pass, at most
 INDEX_APPLY_BATCH = 2_000  # entries of a directory index taken in per transaction
 INDEX_CACHE_ENTRIES = 300_000  # entries of directory indexes kept in memory, at most
 READAHEAD_LISTINGS = 4  # sibling directories listed at once ahead of a walk
+FIRST_PAGE_GRACE = 0.05  # seconds a lookup waits for a never-listed directory's first page alone
 READ_DIRS = 1_000  # directories whose last readdir is remembered (a stat of an entry may follow)
 
 
@@ -469,9 +470,9 @@ class RemoteView:
             del self._listing_inflight[d.ino]
             run.finish()
 
-    async def _listing_task(self, d: Inode, run: ListingRun) -> None:
+    async def _listing_task(self, d: Inode, run: ListingRun, max_pages: int | None = None) -> None:
         try:
-            await self._run_listing(d, run)
+            await self._run_listing(d, run, max_pages)
         except Exception:  # a bug must not take the daemon down with it
             log.exception("listing of directory %d failed unexpectedly", d.ino)
 
@@ -479,10 +480,11 @@ class RemoteView:
         """Before a lookup of `bname` in `d` reads the db: make it know that name, without
         waiting for a whole directory. A fresh listing answers as it is; a directory listed before
         with fewer entries than a listing page is listed again (one request); one never listed
-        gets its first page (one request, which lists a small directory whole); otherwise (a
-        large directory) a name the db knows is served as it is (an open
-        asks the remote for its version), and an unknown one is asked of the remote alone
-        (`_look_up_name`), its absence remembered for listing_ttl."""
+        gets its first page (one request, which lists a small directory whole), waited for
+        FIRST_PAGE_GRACE at most; otherwise (a large directory, or a page slow to come) a name
+        the db knows is served as it is (an open asks the remote for its version), and an unknown
+        one is asked of the remote alone (`_look_up_name`), its absence remembered for
+        listing_ttl."""
         if d.remote is None or not d.is_dir or self._listing_fresh(d):
             return
         if (d.listed_at is not None and d.ino not in self._listing_inflight
@@ -494,7 +496,15 @@ class RemoteView:
             # never listed: its first page, one request, lists a small directory whole (a loop
             # creating files in it then asks nothing more), and starts a large one
             run = self._listing_inflight[d.ino] = ListingRun()
-            await self._run_listing(d, run, max_pages=1)
+            if self._nursery is None:
+                await self._run_listing(d, run, max_pages=1)
+            else:
+                # a server may take long for the first page of a huge directory (rclone's serve s3
+                # reads and sorts all of it for every page: ~1 s at 100,000): past a short grace,
+                # the name is asked alone while the page goes on
+                self._nursery.start_soon(self._listing_task, d, run, 1, name=f"mountd-first-page-{d.ino}")
+                with trio.move_on_after(FIRST_PAGE_GRACE):
+                    await run.done.wait()
             fresh = self.meta.get(d.ino)
             if fresh is None or self._listing_fresh(fresh):
                 return
