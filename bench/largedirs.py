@@ -27,8 +27,9 @@ recorded as such. `mountd` is HEAD's `mountd/` (exported with git archive, as `p
 --mountd-commit` does); `mountd-old` is commit 60f09a5, before the large-directory change, from a
 git worktree (`--old-src`, created when missing), run with the same interpreter. Both run with the
 benchmark's mountd configuration (bench/targets.py: defaults for `listing_ttl` and `read_timeout`).
-With `--profile`, only mountd's cold and warm `ls -l` of `d100k/` run, the cold one under `py-spy
-record` (raw stacks in WORK/profile/; the figures are then not published).
+With `--profile`, only mountd's cold and warm `ls -l` of `d100k/` and the cold `find` of the tree
+run, the cold ones under `py-spy record` (raw stacks in WORK/profile/; the figures are then not
+published).
 The figures go to WORK/largedirs.json and the section of docs/benchmarks.md between the
 `large-dirs` markers; the notes after `<!-- large-dirs:notes -->` in that section are kept.
 """
@@ -257,7 +258,7 @@ class Runner:
                 t.start()
                 out["remount_s"] = time.monotonic() - t0
                 out["tree_find_after_remount"] = self.measure(t, "find {root}/tree | wc -l", True)
-            if not out["tree_find_cold"]["timed_out"]:
+            if not out["tree_find_cold"]["timed_out"] and not profile:
                 out["tree_find_warm"] = self.measure(t, "find {root}/tree | wc -l", False)
                 out["tree_du"] = self.measure(t, "du -s --apparent-size --block-size=1 {root}/tree", False)
             out["tree_db_bytes"] = db_bytes(t)
@@ -297,13 +298,13 @@ def run(work: Path, names: list[str], small: int, big: int, tree: tuple[int, int
     slog = ServerLog(work / "s3" / "rclone-serve-s3.log")
     try:
         # what the run reads, listed once so that the server has every ETag and listing in memory
-        prefixes = ["d100k"] if profile else ["d10k", "d100k"] + (["tree"] if tree[0] else [])
+        prefixes = (["d100k"] if profile else ["d10k", "d100k"]) + (["tree"] if tree[0] else [])
         res["server_warm_up_s"] = server.warm_up([f"{BUCKET}/{d}" for d in prefixes])
         log(f"largedirs: seeded in {res['seed_s']:.0f}s, server warm-up {res['server_warm_up_s']:.0f}s")
         runner = Runner(server, slog, timeout, log, work / "profile" if profile else None)
         for t in targets:
             try:
-                res["targets"][t.name] = runner.target(t, big, (0, 0) if profile else tree, small, profile)
+                res["targets"][t.name] = runner.target(t, big, tree, small, profile)
             except Exception as e:  # noqa: BLE001 - the other targets still run
                 log(f"largedirs: {t.name} failed: {e!r}")
                 res["targets"].setdefault(t.name, {})["error"] = repr(e)

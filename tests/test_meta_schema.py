@@ -90,3 +90,19 @@ def test_mount_on_a_newer_database_fails_with_one_line_before_mounting(tmp_path)
     assert len(lines) == 1 and "schema 99" in lines[0] and "another local.path" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not is_mounted(repo.mp)
+
+
+def test_journal_keys_under_a_prefix_are_exactly_those_that_start_with_it(tmp_path):
+    """The journal's keys under a directory's prefix, read as a range of the primary key: the
+    neighbours on either side of the range (`a0`, `a`, `a.`, `b/`) and another remote's keys stay out."""
+    meta = MetaStore(tmp_path / "meta.db")
+    keys = ["a", "a.", "a/x", "a/b/c", "a/\u00e9t\u00e9", "a/\U0001f600", "a0", "a0/x", "b/a/x", ""]
+    with meta.transaction():
+        for k in keys:
+            meta.journal_put("r", k, 0.0)
+        meta.journal_put("other", "a/y", 0.0)
+    assert meta.journal_keys_under("r", "a/") == {"a/x", "a/b/c", "a/\u00e9t\u00e9", "a/\U0001f600"}
+    assert meta.journal_keys_under("r", "a/b/") == {"a/b/c"}
+    assert meta.journal_keys_under("r", "") == set(keys)
+    assert meta.journal_keys_under("r", "c/") == set()
+    meta.close()

@@ -748,8 +748,14 @@ class MetaStore:
                                 (remote, key, below, key + "0")) or 0)  # "0" follows "/"
 
     def journal_keys_under(self, remote: str, prefix: str) -> set[str]:
-        rows = self._exec("SELECT key FROM journal WHERE remote=? AND substr(key, 1, ?) = ?",
-                          (remote, len(prefix), prefix)).fetchall()
+        """Keys waiting in the journal that start with `prefix`: a range of the primary key (each
+        listing page asks; a scan would read every pending upload for every page)."""
+        if not prefix:
+            rows = self._exec("SELECT key FROM journal WHERE remote=?", (remote,)).fetchall()
+        else:  # (UTF-8 keeps code point order, which SQLite's binary compare of text follows)
+            after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            rows = self._exec("SELECT key FROM journal WHERE remote=? AND key >= ? AND key < ?",
+                              (remote, prefix, after)).fetchall()
         return {r[0] for r in rows}
 
     def journal_make_due(self, now: float, *, failed: bool = True) -> None:

@@ -653,10 +653,7 @@ class RemoteView:
         store = self.stores[remote]
         resume = self.meta.listing_resume(d.ino)
         token, pages = resume if resume is not None else (None, 0)
-        if resume is None:
-            with self.meta.transaction():
-                self.meta.listing_forget(d.ino)
-        else:
+        if resume is not None:
             log.info("listing %s of remote %r goes on at page %d", prefix or "/", remote, pages + 1)
         while True:
             try:
@@ -674,7 +671,9 @@ class RemoteView:
             fresh = self.meta.get(d.ino)
             if fresh is None or not fresh.is_dir:
                 return True
-            self._merge_page(fresh, remote, prefix, page.listing, page.next_token, pages)
+            whole = pages == 1 and page.next_token is None
+            self._merge_page(fresh, remote, prefix, page.listing, page.next_token, pages,
+                             restart=resume is None and pages == 1, whole=whole)
             token = page.next_token
             if token is None:
                 break
@@ -684,7 +683,8 @@ class RemoteView:
         self._listing_failed_at.pop(d.ino, None)
         self.stats.listings += 1
         self.stats.listing_pages += pages
-        self._sweep_unlisted(fresh, remote, prefix)
+        if not whole:
+            self._sweep_unlisted(fresh, remote, prefix)
         return True
 
     async def _list_page(self, store: ObjectStore, prefix: str, token: str | None) -> ListingPage:
@@ -717,10 +717,14 @@ class RemoteView:
             log.warning("remote %r: skipping key %r: %s", remote, key, reason)
 
     def _merge_page(self, d: Inode, remote: str, prefix: str, listing: DirListing, next_token: str | None,
-                    pages: int) -> None:
+                    pages: int, *, restart: bool, whole: bool) -> None:
         """One page of a listing into the db: new entries made, changed versions taken in, the
         names seen and where the next page starts remembered (for the sweep at the end, and to
-        go on after a restart), all in one transaction. Only this page's names are read."""
+        go on after a restart), all in one transaction. Only this page's names are read.
+        `restart`: the first page of a listing that does not go on from an earlier one (what an
+        earlier one left is forgotten first). `whole`: the first page is the whole listing (most
+        directories): the sweep runs in the same transaction on the names in hand, and no name
+        is written down (a walk of a tree pays one transaction per directory, not three)."""
         m = self.meta
         pending = m.journal_keys_under(remote, prefix)
         existing = m.children_named(d.ino, [n.encode("utf-8", "surrogateescape") for n in listing.prefixes]
@@ -731,6 +735,9 @@ class RemoteView:
         new_files: list[ListedFile] = []  # made in one go at the end of the page
         default_mode = stat.S_IFREG | self.config.mount.file_mode
         with m.transaction():
+            if restart and not whole:
+                m.listing_forget(d.ino)
+            had_entries = not whole or m.children_up_to(d.ino, 1) > 0
             if not prefix:
                 self._note_root_page(remote, ATTRS_DIR in listing.prefixes, last=next_token is None)
             for name in listing.prefixes:
@@ -779,7 +786,11 @@ class RemoteView:
                         and not listed.has_local):
                     self._refresh_from_listing(listed, info)
             m.create_listed_files(d.ino, new_files, remote=remote)
-            m.listing_page_done(d.ino, list(seen), next_token, pages)
+            if whole:
+                unseen = [(b, i) for b, i in m.children(d.ino) if b not in seen] if had_entries else []
+                self._sweep_unlisted(d, remote, prefix, unseen=unseen)
+            else:
+                m.listing_page_done(d.ino, list(seen), next_token, pages)
 
     def _note_root_page(self, remote: str, has_indexes: bool, *, last: bool) -> None:
         """Whether any directory of `remote` has an index, from its root's listing: where none
@@ -793,12 +804,14 @@ class RemoteView:
         if last:
             self._roots_with_indexes.discard(remote)
 
-    def _sweep_unlisted(self, d: Inode, remote: str, prefix: str) -> None:
+    def _sweep_unlisted(self, d: Inode, remote: str, prefix: str, *,
+                        unseen: list[tuple[bytes, int]] | None = None) -> None:
         """After the last page: entries the listing did not show are gone from the remote, unless
-        they hold something not in it yet."""
+        they hold something not in it yet. `unseen`: those entries, where the caller knows them
+        (a listing of one page, whose names the db does not keep); else read from the db."""
         m = self.meta
         with m.transaction():
-            for bname, ino in m.listing_unseen(d.ino):
+            for bname, ino in m.listing_unseen(d.ino) if unseen is None else unseen:
                 gone = m.get(ino)
                 if gone is None or self._keeps_local_state(
                         gone, remote, prefix + bname.decode("utf-8", "surrogateescape")):

@@ -126,3 +126,23 @@ def test_a_listing_a_crash_interrupted_goes_on_from_its_next_page(make_mount, tm
     stores[1].gate.set()
     assert again.readdir("/data/big") == [f"f{i:05d}" for i in range(N)]
     assert stores[1].pages == ["1000", "2000"]
+
+
+def test_a_listing_again_of_a_one_page_directory_drops_what_the_remote_no_longer_holds(make_mount, tmp_path):
+    """A directory whose listing is one page is swept on the names of that page in hand (no names
+    written to the db): listed again, an object another tool deleted leaves the directory and
+    the new one appears; a file written here and not uploaded yet stays."""
+    remote = tmp_path / "repo" / "remote" / "small"
+    remote.mkdir(parents=True)
+    for name in ("a", "b"):
+        (remote / name).write_bytes(name.encode())
+    m = make_mount(delay="1h")
+    d = m.ino("/data/small")
+    m.run(m.stack.fs.opendir, d)
+    assert sorted(name for _, name in entries(m, d, 0)[2:]) == ["a", "b"]
+    m.create("/data/small/mine", b"not sent yet")
+    (remote / "b").unlink()
+    (remote / "c").write_bytes(b"c")
+    view = m.stack.fs.remote
+    m.run(lambda: view.ensure_listed(view.meta.get(d), force=True))
+    assert sorted(name for _, name in entries(m, d, 0)[2:]) == ["a", "c", "mine"]
