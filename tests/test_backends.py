@@ -10,16 +10,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 from mountd.backend import CREATE_ONLY, ObjectStore, Precondition, StoreTuning
 from mountd.backend.azure import _block_id
 from mountd.backend.factory import open_store
 from mountd.backend.resumable import OpenUpload, OpenUploads
+from mountd.backend.s3_listing import _url_decoded
 from mountd.config import RemoteConfig
 from mountd.errors import ObjectNotFound, RemoteDenied, RemoteError, RemoteUnavailable, VersionMismatch
 from tests.servers import REMOTE_KIND_FIXTURE, CountingProxy, ErrorServer, Server, free_port
@@ -488,8 +493,21 @@ def test_the_cheap_200_error_check_decides_as_botocores(body):
     assert (response["status_code"] == 500) == botocores
 
 
+@hypothesis.given(st.text(st.sampled_from(["a", "/", "+", " ", "%", "2", "F", "f", "é", "😀", "~", "\t"]),
+                          max_size=16),
+                  st.sampled_from([dict(safe=""), dict(safe="/"), dict(safe="/", lower=True)]))
+def test_the_quick_url_decoding_of_listed_keys_is_unquote_plus(key, how):
+    """`_url_decoded` takes a shortcut for `%2F` and falls back to `unquote_plus` for the rest:
+    the same key back, however a server encodes it (with `+` or `%20` for a space, slashes kept or
+    encoded, hex digits in either case)."""
+    encoded = urllib.parse.quote_plus(key, safe=how["safe"])
+    if how.get("lower"):
+        encoded = re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded)
+    assert _url_decoded(encoded) == urllib.parse.unquote_plus(encoded) == key
+
+
 ODD_NAMES = ["plain.txt", "with space", "plus+sign", "percent%41", "amp&and=eq", "ünïcödé-名前", "tab\tin",
-             "quote\"'", "semi;colon", "tilde~", "a<b>"]
+             "quote\"'", "semi;colon", "tilde~", "a<b>", "escaped%2Fslash"]
 
 
 @pytest.mark.parametrize("kind", ["s3", "s3-rclone", "s3-seaweedfs"])
