@@ -29,7 +29,8 @@ git worktree (`--old-src`, created when missing), run with the same interpreter.
 benchmark's mountd configuration (bench/targets.py: defaults for `listing_ttl` and `read_timeout`).
 With `--profile`, only mountd's cold and warm `ls -l` of `d100k/` and the cold `find` of the tree
 run, the cold ones under `py-spy record` (raw stacks in WORK/profile/; the figures are then not
-published).
+published; with BENCH_PROFILE_GIL=1 only the thread holding the GIL is sampled, which shows where
+the CPU goes when the daemon is bound by the GIL).
 The figures go to WORK/largedirs.json and the section of docs/benchmarks.md between the
 `large-dirs` markers; the notes after `<!-- large-dirs:notes -->` in that section are kept.
 """
@@ -138,6 +139,17 @@ class ServerLog:
         return kinds
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its waited-for children so far (0 if gone)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_cmd(cmd: str, timeout: float) -> dict[str, Any]:
     """Runs `cmd` under bash (pipefail); its wall time, stdout's last line, and whether it timed out."""
     t0 = time.monotonic()
@@ -213,11 +225,16 @@ class Runner:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(t.pid),
                                     "-r", "50", "--nonblocking", "-f", "raw",
+                                    *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
                                     "-o", str(self.profile_dir / f"{profile}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
+        server_pid = self.server.proc.pid if self.server.proc is not None else None
+        cpu_before = (_cpu_seconds(t.pid), _cpu_seconds(server_pid))
         with RssSampler(t.pid if rss else None) as sampler:
             r = run_cmd(cmd.format(root=t.root), self.timeout)
+        r["cpu_s"] = _cpu_seconds(t.pid) - cpu_before[0]  # the mount's daemon
+        r["server_cpu_s"] = _cpu_seconds(server_pid) - cpu_before[1]
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
@@ -228,7 +245,8 @@ class Runner:
             r["vmhwm_mib"] = sampler.hwm_kib / 1024
         what = "timed out" if r["timed_out"] else f"{r['seconds']:.2f}s rc={r['rc']} out={r['out']!r}"
         self.log(f"largedirs: {t.name:10} {'cold' if cold else 'warm'} `{cmd}`: {what} {r['err']} "
-                 f"requests={r['requests']}" + (f" rss={r['rss_peak_mib']:.0f} MiB" if rss else ""))
+                 f"requests={r['requests']}" + (f" rss={r['rss_peak_mib']:.0f} MiB" if rss else "")
+                 + f" cpu={r['cpu_s']:.1f}s server_cpu={r['server_cpu_s']:.1f}s")
         return r
 
     def target(self, t: Target, big: int, tree: tuple[int, int], small: int, profile: bool) -> dict[str, Any]:

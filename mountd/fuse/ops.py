@@ -9,6 +9,7 @@ EIO. Per-operation counts and errors are kept for status and metrics.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import sqlite3
@@ -259,10 +260,15 @@ class MountdOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         await self.fs.readdir_ready(fh, start_id)
         for page in self.fs.readdir(fh, start_id):
-            exact = all(row[Row.META_LOADED] for row in page)  # (see _entry)
-            if self._reply_rows(token, page, self.attr_timeout if exact else 0, self.attr_timeout,
-                                BLKSIZE) < len(page):
-                break
+            # entries whose attributes are final are cached by the kernel, the others not (see
+            # _entry): a run of each kind per reply (one directory among 1,000 files listed must
+            # not make `du` look up every file of its page again)
+            runs = ([page] if all(row[Row.META_LOADED] for row in page) else
+                    [list(run) for _, run in itertools.groupby(page, lambda row: row[Row.META_LOADED] != 0)])
+            for run in runs:
+                timeout = self.attr_timeout if run[0][Row.META_LOADED] else 0
+                if self._reply_rows(token, run, timeout, self.attr_timeout, BLKSIZE) < len(run):
+                    return
 
     def _reply_rows_one_by_one(self, token: pyfuse3.ReaddirToken, rows: list[ListingRow],
                                entry_timeout: float, attr_timeout: float, blksize: int) -> int:

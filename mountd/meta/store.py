@@ -360,7 +360,8 @@ class MetaStore:
         assert got is not None
         return got
 
-    def create_listed_files(self, parent: int, rows: list[ListedFile], *, remote: str) -> None:
+    def create_listed_files(self, parent: int, rows: list[ListedFile], *, remote: str,
+                            meta_loaded: int = META_DEFAULTS) -> None:
         """Regular files one listing page showed, `(name, mode, uid, gid, size, mtime_ns, key,
         version)` each, with their entries: two statements for the page instead of three per file
         (a fifth of the daemon's samples while `find` listed a tree went to merging pages).
@@ -375,8 +376,8 @@ class MetaStore:
         self._db.executemany(
             "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev,"
             " remote, has_local, content_gen, synced_gen, attr_gen, synced_attr_gen, remote_key,"
-            " remote_version, meta_loaded, marker) VALUES (?,?,?,?,?,?,?,?,1,0,?,0,0,0,0,0,?,?,0,0)",
-            [(first + i, mode, uid, gid, size, mtime, mtime, mtime, remote, key, version)
+            " remote_version, meta_loaded, marker) VALUES (?,?,?,?,?,?,?,?,1,0,?,0,0,0,0,0,?,?,?,0)",
+            [(first + i, mode, uid, gid, size, mtime, mtime, mtime, remote, key, version, meta_loaded)
              for i, (_, mode, uid, gid, size, mtime, key, version) in enumerate(rows)])
         self._db.executemany("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)",
                              [(parent, row[0], first + i) for i, row in enumerate(rows)])

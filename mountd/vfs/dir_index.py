@@ -178,6 +178,11 @@ class DirIndexes:
         """Whether a directory of `remote` may have an index (unknown until its root is listed)."""
         return remote in self._indexed and remote not in self._none_exist
 
+    def known_absent(self, remote: str) -> bool:
+        """Whether `remote` is known to have no index at all (a bucket no mountd wrote, as a
+        listing of its root or of `.mountd-attrs/` showed): a listing's attributes are then final."""
+        return remote in self._indexed and remote in self._decided and remote in self._none_exist
+
     async def find_out(self, remote: str) -> None:
         """Whether `remote` has indexes at all, when no listing of its root said so in this
         process (a remount serves the root from the db): one one-key listing of `.mountd-attrs/`,

@@ -651,6 +651,8 @@ class RemoteView:
             return False
         remote, prefix = key
         store = self.stores[remote]
+        if prefix:
+            await self.indexes.find_out(remote)  # (once per remote and process; see _merge_page)
         resume = self.meta.listing_resume(d.ino)
         token, pages = resume if resume is not None else (None, 0)
         if resume is not None:
@@ -785,7 +787,11 @@ class RemoteView:
                 if (listed.remote_key == info.key and listed.remote_version != info.version
                         and not listed.has_local):
                     self._refresh_from_listing(listed, info)
-            m.create_listed_files(d.ino, new_files, remote=remote)
+            # in a bucket no mountd wrote, the listing's attributes are final at once, as a first
+            # stat would make them (`_take_index`): readdirplus hands them to the kernel for
+            # attr_timeout, so `du` or `ls -l` after a listing asks nothing per entry
+            m.create_listed_files(d.ino, new_files, remote=remote, meta_loaded=(
+                META_FROM_LISTING if self.indexes.known_absent(remote) else META_DEFAULTS))
             if whole:
                 unseen = [(b, i) for b, i in m.children(d.ino) if b not in seen] if had_entries else []
                 self._sweep_unlisted(d, remote, prefix, unseen=unseen)
