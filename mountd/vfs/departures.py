@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import trio
 
-from mountd.errors import MountdError
+from mountd.errors import MountdError, VersionMismatch
 from mountd.meta import Inode, MetaStore
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_view import RemoteView
@@ -71,7 +71,7 @@ class Departures:
         self._failures: dict[int, tuple[int, float]] = {}  # ino -> (attempts, not before)
         self._in_flight: set[int] = set()
         self._wake = trio.Event()
-        self.stats = {"departed": 0, "departure_failures": 0}
+        self.stats = {"departed": 0, "departure_failures": 0, "departures_replaced": 0}
 
     def started(self) -> None:
         """A rename made departures: fetch them now."""
@@ -103,6 +103,34 @@ class Departures:
                 with trio.move_on_after(min(later) - now if later else float("inf")):
                     await self._wake.wait()
 
+    async def _take_what_replaced_it(self, node: Inode, mismatch: VersionMismatch) -> None:
+        """The object a file departs from was replaced at its key before its bytes were fetched.
+        When this host replaced it, the old bytes were saved first and the inode's source moved
+        to them (the next try fetches from there: re-raised). Otherwise another host (or tool)
+        wrote the key, and the moved version is gone from the store: the file takes the bytes now
+        at the key rather than wait for a version that cannot come back (before, it was fetched
+        again with back-off forever, and `sync --wait` never returned). The conflict is recorded,
+        and the version the move left is kept as the one its source delete expects, so the other
+        host's object stays at its key."""
+        fresh = self.meta.get(node.ino)
+        if (fresh is None or fresh.remote is None or fresh.remote_key is None
+                or fresh.remote_key != node.remote_key or fresh.has_local):
+            raise mismatch
+        moved_version = fresh.remote_version
+        await self.remote.materialize(fresh)  # the version at the key now
+        taken = self.meta.get(node.ino)
+        if taken is None:
+            return
+        with self.meta.transaction():
+            self.meta.conflict_add(fresh.remote, fresh.remote_key, copy_key=None, expected=moved_version,
+                                   found=taken.remote_version, local_mtime_ns=fresh.mtime_ns,
+                                   resolution="moved-newer")
+            self.meta.update(node.ino, remote_version=moved_version)
+        self.stats["departures_replaced"] += 1
+        log.warning("%s:%s, moved out of its remote, was replaced there (version %s, the move took %s) "
+                    "before its bytes were fetched: the moved file holds the newer bytes, and the "
+                    "object stays", fresh.remote, fresh.remote_key, taken.remote_version, moved_version)
+
     def _all_departing(self) -> Iterator[int]:
         """Every departing inode, read a page at a time (a move of a million files is a million
         rows, and this pass goes over them while fetches run)."""
@@ -115,7 +143,10 @@ class Departures:
         try:
             node = self.meta.get(ino)
             if node is not None and node.is_reg and not node.has_local:
-                await self.remote.materialize(node, exact=True)  # from the object it left
+                try:
+                    await self.remote.materialize(node, exact=True)  # from the object it left
+                except VersionMismatch as e:
+                    await self._take_what_replaced_it(node, e)
             departing, dest = self.meta.departure_dest(ino)
             node = self.meta.get(ino)
             with self.meta.transaction():

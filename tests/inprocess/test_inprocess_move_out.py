@@ -125,3 +125,27 @@ def test_a_departing_file_written_to_and_its_old_name_reused_loses_nothing(make_
     assert m.read_file("/scratch/a") == b"old a" and m.read_file("/scratch/b") == b"Bld b"
     assert remote_files(remote) == {"a": b"a new file at the old name"}
     assert remote_hidden(remote) == []
+
+
+def test_a_departing_file_another_host_replaced_takes_the_newer_bytes_and_leaves_the_object(
+        make_mount, tmp_path) -> None:
+    """The object a file departs from is replaced by another host (here a tool writing the file://
+    remote) before its bytes are fetched: the version the move took is gone from the store, so
+    the moved file takes the bytes now at the key, the conflict is recorded, and the other host's
+    object stays (the source's delete expects the version the move took). Before, the fetch was
+    tried again with back-off forever and nothing could drain."""
+    remote = tmp_path / "repo" / "remote"
+    held: list[HeldDownloads] = []
+    m = make_mount(wrap=lambda s: held.append(HeldDownloads(s)) or held[-1])
+    _uploaded(m, {"/data/a": b"old a"})
+    m.run(m.stack.reader.clear)  # (the fetch goes to the store, held)
+    m.mkdir("/scratch")
+    m.rename("/data/a", "/scratch/a")
+    assert held[0].wait_downloads(1)
+    (remote / "a").write_bytes(b"another host's a")
+    held[0].go.set()
+    m.drain()
+    assert m.read_file("/scratch/a") == b"another host's a"
+    assert remote_files(remote) == {"a": b"another host's a"}
+    conflicts = m.run_sync(m.stack.meta.conflicts)
+    assert [(c["key"], c["resolution"]) for c in conflicts] == [("a", "moved-newer")]
