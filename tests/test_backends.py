@@ -629,3 +629,21 @@ def test_small_s3_puts_go_over_plain_http_and_store_what_the_sdk_would(request, 
         assert store.upload(taken, f"put/{ODD_NAMES[0]}", meta, expect=Precondition(current)).version == \
             hashlib.md5(b"other bytes").hexdigest()
         assert store.statistics()["fast_puts"] == 2 * len(ODD_NAMES) + 1  # the refused ones are not counted
+
+
+def test_a_file_remote_writes_an_object_over_an_empty_directory_that_holds_no_key(request, tmp_path):
+    """In a bucket, a prefix with nothing under it does not exist; in a `file://` remote it can be
+    an empty directory that races of deletes and writes below it left behind. An object of its
+    name is written there all the same (before, its upload failed with EISDIR until `sync --wait`
+    gave up), while a directory marker, or a directory that holds keys, still keeps its name."""
+    store = make_store(request, tmp_path, "file")
+    root = tmp_path / "bucket" / "root" / "sub"
+    (root / "empty").mkdir()
+    assert store.put_bytes("empty", b"now a file", {}).size == len(b"now a file")
+    assert (root / "empty").read_bytes() == b"now a file"
+    store.put_bytes("marked/", b"", {})
+    store.put_bytes("full/inner", b"x", {})
+    for name in ("marked", "full"):
+        with pytest.raises(RemoteError):
+            store.put_bytes(name, b"refused", {})
+    assert (root / "marked").is_dir() and (root / "full" / "inner").read_bytes() == b"x"

@@ -68,13 +68,28 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 def remote_tree(root: Path) -> tuple[dict[str, bytes], set[str]]:
+    """The keys of a file:// remote as a bucket holds them: its files, and its directories that
+    are markers or hold a key (an empty directory that is no marker is no key; the store writes
+    over one: backend/files.py `_drop_empty_prefix`)."""
     files: dict[str, bytes] = {}
     dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirs.update(os.path.relpath(os.path.join(dirpath, d), root) for d in dirnames)
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
         for f in filenames:
             files[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
+        for d in dirnames:
+            rel = os.path.relpath(os.path.join(dirpath, d), root)
+            holds = any(k.startswith(rel + "/") for k in (*files, *dirs))
+            if holds or _is_marker(Path(dirpath, d)):
+                dirs.add(rel)
     return files, dirs
+
+
+def _is_marker(p: Path) -> bool:
+    try:
+        os.getxattr(p, "user.mountd.meta", follow_symlinks=False)
+        return True
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
