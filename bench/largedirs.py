@@ -27,6 +27,9 @@ recorded as such. `mountd` is HEAD's `mountd/` (exported with git archive, as `p
 --mountd-commit` does); `mountd-old` is commit 60f09a5, before the large-directory change, from a
 git worktree (`--old-src`, created when missing), run with the same interpreter. Both run with the
 benchmark's mountd configuration (bench/targets.py: defaults for `listing_ttl` and `read_timeout`).
+With `--rtt MS`, every mount reaches the server through bench/proxy.py's `DelayProxy`, which adds
+that round-trip time to every request (issue 19, item 4: metadata at latency); the figures go to
+WORK/largedirs-rttMS.json, not to the docs section.
 With `--profile`, only mountd's cold and warm `ls -l` of `d100k/` and the cold `find` of the tree
 run, the cold ones under `py-spy record` (raw stacks in WORK/profile/; the figures are then not
 published; with BENCH_PROFILE_GIL=1 only the thread holding the GIL is sampled, which shows where
@@ -50,6 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.proxy import DelayProxy
 from bench.report import write_marked_section
 from bench.runner import _rclone
 from bench.server import S3Server
@@ -179,8 +183,9 @@ def db_bytes(t: Target) -> int | None:
 
 class Runner:
     def __init__(self, server: S3Server, slog: ServerLog, timeout: float, log: Any,
-                 profile_dir: Path | None = None) -> None:
+                 profile_dir: Path | None = None, endpoint: str | None = None) -> None:
         self.server = server
+        self.endpoint = endpoint  # a DelayProxy's (`--rtt`), else the server's own
         self.slog = slog
         self.timeout = timeout
         self.log = log
@@ -189,7 +194,7 @@ class Runner:
     def fresh(self, t: Target) -> None:
         self.stop(t)
         t.clean()
-        t.start()
+        t.start(self.endpoint)
         drop_caches()
 
     def stop(self, t: Target) -> None:
@@ -273,7 +278,7 @@ class Runner:
                 # (within `listing_ttl` of its listing it must not be)
                 self.stop(t)
                 t0 = time.monotonic()
-                t.start()
+                t.start(self.endpoint)
                 out["remount_s"] = time.monotonic() - t0
                 out["tree_find_after_remount"] = self.measure(t, "find {root}/tree | wc -l", True)
             if not out["tree_find_cold"]["timed_out"] and not profile:
@@ -285,7 +290,7 @@ class Runner:
 
 
 def run(work: Path, names: list[str], small: int, big: int, tree: tuple[int, int], timeout: float,
-        old_src: Path, profile: bool, log: Any = print) -> dict[str, Any]:
+        old_src: Path, profile: bool, log: Any = print, rtt_ms: float = 0.0) -> dict[str, Any]:
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if "mountd-old" in names and not (old_src / "mountd").is_dir():
@@ -300,7 +305,7 @@ def run(work: Path, names: list[str], small: int, big: int, tree: tuple[int, int
     res: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                            "machine": machine_info(work, tool_versions(rclone), desc),
                            "mountd_old": f"commit {old_desc}", "small": small, "big": big,
-                           "tree": list(tree), "timeout_s": timeout, "targets": {}}
+                           "tree": list(tree), "timeout_s": timeout, "rtt_ms": rtt_ms, "targets": {}}
     t0 = time.monotonic()
     targets = [make_target(n, work, server, new_src, old_src) for n in names]
     for t in targets:
@@ -314,12 +319,16 @@ def run(work: Path, names: list[str], small: int, big: int, tree: tuple[int, int
     finally:
         del os.environ["RCLONE_VERBOSE"]
     slog = ServerLog(work / "s3" / "rclone-serve-s3.log")
+    proxy: DelayProxy | None = None
     try:
         # what the run reads, listed once so that the server has every ETag and listing in memory
         prefixes = (["d100k"] if profile else ["d10k", "d100k"]) + (["tree"] if tree[0] else [])
         res["server_warm_up_s"] = server.warm_up([f"{BUCKET}/{d}" for d in prefixes])
         log(f"largedirs: seeded in {res['seed_s']:.0f}s, server warm-up {res['server_warm_up_s']:.0f}s")
-        runner = Runner(server, slog, timeout, log, work / "profile" if profile else None)
+        if rtt_ms:
+            proxy = DelayProxy(server.port, rtt_ms / 1000)
+        runner = Runner(server, slog, timeout, log, work / "profile" if profile else None,
+                        proxy.endpoint_url if proxy is not None else None)
         for t in targets:
             try:
                 res["targets"][t.name] = runner.target(t, big, tree, small, profile)
@@ -330,6 +339,8 @@ def run(work: Path, names: list[str], small: int, big: int, tree: tuple[int, int
     finally:
         for t in targets:
             fusermount_lazy(t.root)
+        if proxy is not None:
+            proxy.close()
         server.stop()
     res["duration_s"] = time.monotonic() - t0
     return res
@@ -451,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=Path(os.environ.get("BENCH_WORK", "/var/tmp/mountd-bench")) / "largedirs")
     p.add_argument("--profile", action="store_true",
                    help="mountd's d100k listing only, under py-spy (WORK/profile/); nothing published")
+    p.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                   help="every mount reaches the server through a DelayProxy adding this round-trip time "
+                        "(figures in WORK/largedirs-rttMS.json; the docs section is not written)")
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                    help="write the large-dirs section of docs/benchmarks.md (default: on)")
     p.add_argument("--report", type=Path, metavar="JSON",
@@ -468,13 +482,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
     dirs, _, per = a.tree.partition("x")
     res = run(a.work, names, a.small, a.objects, (int(dirs), int(per or 0)), a.timeout, a.old_src.resolve(),
-              a.profile, log=lambda s: print(s, file=sys.stderr, flush=True))
-    out = a.work / ("largedirs-profile.json" if a.profile else "largedirs.json")
+              a.profile, log=lambda s: print(s, file=sys.stderr, flush=True), rtt_ms=a.rtt)
+    out = a.work / ("largedirs-profile.json" if a.profile else
+                    f"largedirs-rtt{a.rtt:g}.json" if a.rtt else "largedirs.json")
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     res["command"] = f".venv/bin/python -m bench.largedirs {argv_text}".strip()
     out.write_text(json.dumps(res, indent=1))
     print(f"bench.largedirs: figures in {out}", file=sys.stderr)
-    if a.docs and not a.profile:
+    if a.docs and not a.profile and not a.rtt:
         write_section(DOCS_MD, section(res, res["command"]))
         print(f"bench.largedirs: wrote the large-dirs section of {DOCS_MD}", file=sys.stderr)
     return 0
