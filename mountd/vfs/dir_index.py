@@ -167,6 +167,7 @@ class DirIndexes:
         self._written = trio.Event()  # replaced after each round of writes
         self._none_exist: set[str] = set()  # remotes whose root listing showed no index at all
         self._decided: set[str] = set()  # remotes of which a listing told whether they have indexes
+        self._finding_out: dict[str, trio.Event] = {}  # remotes being asked that now (`find_out`)
         self._failures: dict[tuple[str, str], int] = {}  # writes that failed in a row, per index
         self._known: OrderedDict[tuple[str, str], tuple[str, dict[str, IndexEntry]]] = OrderedDict()
         self.stats = {"index_writes": 0, "index_reads": 0, "index_write_errors": 0}
@@ -189,6 +190,18 @@ class DirIndexes:
         not a GET of a missing index per directory (`du` of 3,000 directories asked 6,000)."""
         if remote in self._decided or remote not in self._indexed:
             return
+        asking = self._finding_out.get(remote)
+        if asking is not None:  # (one listing asks at a time; the others wait for its answer)
+            await asking.wait()
+            return
+        asking = self._finding_out[remote] = trio.Event()
+        try:
+            await self._find_out(remote)
+        finally:
+            del self._finding_out[remote]
+            asking.set()
+
+    async def _find_out(self, remote: str) -> None:
         store = self.stores[remote]
         try:
             page = await self.remote.call(store, partial(store.list_page, ATTRS_DIR + "/", None, 1),

@@ -651,8 +651,10 @@ class RemoteView:
             return False
         remote, prefix = key
         store = self.stores[remote]
-        if prefix:
-            await self.indexes.find_out(remote)  # (once per remote and process; see _merge_page)
+        if prefix and self._nursery is not None:
+            # whether the remote has indexes at all (once per remote and process, one one-key
+            # listing, not awaited: an outage must not hold the listing twice); see _merge_page
+            self._nursery.start_soon(self.indexes.find_out, remote)
         resume = self.meta.listing_resume(d.ino)
         token, pages = resume if resume is not None else (None, 0)
         if resume is not None:
