@@ -788,7 +788,15 @@ class RemoteView:
                     continue
                 if (listed.remote_key == info.key and listed.remote_version != info.version
                         and not listed.has_local):
-                    self._refresh_from_listing(listed, info)
+                    if self._is_open(listed.ino) or listed.nlink > 1:
+                        # as a change told by the change log (apply_remote_change): the readers of
+                        # the open inode keep the version they opened (changed in place, their
+                        # next chunk came from the new one); the name gets a new inode
+                        self._replace_open(d.ino, bname, listed, info)
+                        self.kernel.invalidate_inode(listed.ino)
+                        self.kernel.invalidate_entry(d.ino, bname)
+                    else:
+                        self._refresh_from_listing(listed, info)
             # in a bucket no mountd wrote, the listing's attributes are final at once, as a first
             # stat would make them (`_take_index`): readdirplus hands them to the kernel for
             # attr_timeout, so `du` or `ls -l` after a listing asks nothing per entry

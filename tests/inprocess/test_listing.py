@@ -7,6 +7,7 @@ returns meanwhile is what a directory of a million objects would show after its 
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import Any
@@ -146,3 +147,33 @@ def test_a_listing_again_of_a_one_page_directory_drops_what_the_remote_no_longer
     view = m.stack.fs.remote
     m.run(lambda: view.ensure_listed(view.meta.get(d), force=True))
     assert sorted(name for _, name in entries(m, d, 0)[2:]) == ["a", "c", "mine"]
+
+
+def test_a_listing_that_finds_a_new_version_of_an_open_file_leaves_its_readers_on_the_old_one(
+        make_mount, tmp_path):
+    """Listed again, a directory shows that another tool rewrote a file this mount has open for
+    reading: the name gets a new inode (a new open reads the new bytes), and the open one keeps
+    its version, old bytes or ESTALE where the old version is gone, never a byte of the new one.
+    (Changed in place, as before, the reader's next chunk came from the new version: a torn read
+    that the two-host test of a reader met under load in CI.)"""
+    remote = tmp_path / "repo" / "remote" / "runs"
+    remote.mkdir(parents=True)
+    size = 20 << 20  # three chunks of 8 MiB: the reader has the first one only
+    (remote / "shard.bin").write_bytes(b"old." * (size // 4))
+    m = make_mount()
+    d = m.ino("/data/runs")
+    m.run(m.stack.fs.opendir, d)
+    fh = m.open("/data/runs/shard.bin")
+    assert m.read(fh, 0, 4) == b"old."
+    (remote / "shard.bin").write_bytes(b"NEW!" * (size // 4))
+    view = m.stack.fs.remote
+    m.run(lambda: view.ensure_listed(view.meta.get(d), force=True))
+    for offset in range(0, size, 1 << 20):
+        try:
+            data = m.read(fh, offset, 1 << 20)
+        except OSError as e:
+            assert e.errno == errno.ESTALE, e
+            continue
+        assert data == b"old." * (len(data) // 4), offset  # never a byte of the new version
+    m.close(fh)
+    assert m.read_file("/data/runs/shard.bin")[:4] == b"NEW!"
