@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from mountd.backend.files import XATTR_META
 from tests.conftest import MountedRepo
 
 NAMES = ("a", "b", "c")
@@ -86,7 +87,7 @@ def remote_tree(root: Path) -> tuple[dict[str, bytes], set[str]]:
 
 def _is_marker(p: Path) -> bool:
     try:
-        os.getxattr(p, "user.mountd.meta", follow_symlinks=False)
+        os.getxattr(p, XATTR_META, follow_symlinks=False)
         return True
     except OSError:
         return False

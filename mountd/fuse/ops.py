@@ -263,11 +263,10 @@ class MountdOperations(pyfuse3.Operations):
             # entries whose attributes are final are cached by the kernel, the others not (see
             # _entry): a run of each kind per reply (one directory among 1,000 files listed must
             # not make `du` look up every file of its page again)
-            runs = ([page] if all(row[Row.META_LOADED] for row in page) else
-                    [list(run) for _, run in itertools.groupby(page, lambda row: row[Row.META_LOADED] != 0)])
-            for run in runs:
-                timeout = self.attr_timeout if run[0][Row.META_LOADED] else 0
-                if self._reply_rows(token, run, timeout, self.attr_timeout, BLKSIZE) < len(run):
+            for exact, group in itertools.groupby(page, lambda row: row[Row.META_LOADED] != 0):
+                run = list(group)
+                if self._reply_rows(token, run, self.attr_timeout if exact else 0, self.attr_timeout,
+                                    BLKSIZE) < len(run):
                     return
 
     def _reply_rows_one_by_one(self, token: pyfuse3.ReaddirToken, rows: list[ListingRow],
