@@ -28,6 +28,7 @@ from mountd.vfs.handles import OpenFiles
 from mountd.vfs.ignored import IgnoredPaths
 from mountd.vfs.introspect import Introspection
 from mountd.vfs.kernel import Kernel
+from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 from mountd.vfs.reconcile import Reconciler
 from mountd.vfs.remote_calls import RemoteCalls
@@ -111,7 +112,8 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
                          writable=[r.name for r in config.remote if not r.read_only])
     paths = PathMap(config, meta, owner_uid=owner[0], owner_gid=owner[1])
     ignored = IgnoredPaths(IgnoreRules(config.writeback.ignore), meta, paths, local, reader)
-    files = OpenFiles(config, meta, paths, local, reader, journal, dirty, ignored, kernel)
+    partial = PartialFiles(meta, local, stores, remote_calls, reader, chunk=config.writeback.multipart_chunk)
+    files = OpenFiles(config, meta, paths, local, reader, journal, dirty, ignored, kernel, partial)
     remote = RemoteView(config, meta, paths, stores, reader, local, dirty, kernel, remote_calls, indexes,
                         is_open=files.is_open, is_writing=files.is_open_for_write, owner=owner)
     host = config.writeback.host or default_host_id()
@@ -121,16 +123,16 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
                       writable=[r.name for r in config.remote if not r.read_only and r.name in followed],
                       followed=followed)
     slots = TransferSlots(config.writeback.concurrency)
-    reconciler = Reconciler(meta, stores, WritebackView(paths, ignored, files, remote, local, dirty), journal,
-                            remote_calls, sending, conflicts, slots, dedup=config.writeback.dedup,
-                            on_conflict=config.writeback.on_conflict, on_remote_change=feed.changed,
-                            on_stored=indexes.stored)
+    view = WritebackView(paths, ignored, files, remote, local, dirty, partial)
+    reconciler = Reconciler(meta, stores, view, journal, remote_calls, sending, conflicts, slots,
+                            dedup=config.writeback.dedup, on_conflict=config.writeback.on_conflict,
+                            on_remote_change=feed.changed, on_stored=indexes.stored)
     uploader = Uploader(meta, journal, reconciler.apply, slots=slots,
                         retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
                         activity=activity, yield_max=config.writeback.yield_max)
     introspect = Introspection({r.name: r for r in config.remote}, meta, paths, files, ignored, reader,
                                uploader.in_flight)
-    fs = Filesystem(config, meta, local, journal, dirty, paths, files, remote, introspect)
+    fs = Filesystem(config, meta, local, journal, dirty, paths, files, remote, introspect, partial)
     fs.bootstrap()
     return Stack(config=config, meta=meta, local=local, stores=stores, reader=reader, journal=journal, fs=fs,
                  reconciler=reconciler, uploader=uploader, feed=feed, indexes=indexes)

@@ -40,7 +40,7 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_data(tmp_path):
     make_schema_1(path)
     meta = MetaStore(path)
     try:
-        assert meta.schema_version == SCHEMA_VERSION == 5
+        assert meta.schema_version == SCHEMA_VERSION == 6
         node = meta.get(7)
         assert node is not None and node.remote_key == "a/b.bin"
         assert [e.key for e in meta.journal_all()] == ["a/b.bin"]
@@ -48,7 +48,8 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_data(tmp_path):
         assert meta.conflicts() == []
     finally:
         meta.close()
-    assert "settings" not in tables(path) and {"displaced", "conflicts", "listing_resume"} <= tables(path)
+    assert "settings" not in tables(path)
+    assert {"displaced", "conflicts", "listing_resume", "partial"} <= tables(path)
     MetaStore(path).close()  # opening again migrates nothing
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mountd.errors import RemoteError
+
 
 @dataclass(frozen=True, slots=True)
 class StoreTuning:
@@ -39,6 +41,24 @@ class AppendBase:
 
     size: int
     version: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatchBase:
+    """The object at a key (`version`, `size` bytes) is the file being uploaded there except in
+    `changed`, byte ranges [start, end) of the file, sorted and apart: those, and the bytes past
+    `size`, are sent; every other byte is copied server-side from the object at the same offset.
+    Every run of either kind but the last is at least the store's minimum part (the caller
+    plans it: vfs/partial.py)."""
+
+    size: int
+    version: str
+    changed: tuple[tuple[int, int], ...]
+
+
+class PatchRefused(RemoteError):
+    """The store cannot copy ranges of an object into a new one after all (the caller fetches
+    the file's missing parts and sends it whole)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +135,9 @@ class ObjectStore(Protocol):
     # whether `upload` takes `append_to` (an AppendBase): the object at the key is the start of the
     # file, copied server-side into the new one, and only the rest is sent
     appends: bool
+    # whether `upload` takes `patch` (a PatchBase): any ranges of the object at the key copied
+    # server-side into the new one, and only the changed ranges sent
+    patches: bool
 
     def list_dir(self, prefix: str) -> DirListing:
         """Children of `prefix` ("" for the root, else ending in '/'). A missing prefix lists empty."""

@@ -57,6 +57,7 @@ class FsspecStore:
     """The part of an ObjectStore every backend shares; subclasses implement its operations."""
 
     appends = False
+    patches = False
 
     def __init__(self, name: str, url: str, fs: Any, root: str, tuning: StoreTuning | None = None,
                  bucket: str = "", endpoint: str = "") -> None:

@@ -30,6 +30,7 @@ from mountd.backend import (
     DirListing,
     ListingPage,
     ObjectInfo,
+    PatchBase,
     Precondition,
     gather_pages,
 )
@@ -75,6 +76,7 @@ class FileStore(FsspecStore):
     directory get the compare-and-swap of a bucket."""
 
     conditional = frozenset(CONDITIONAL_OPS)
+    patches = True  # (a copy of the stored file with the changed ranges written over it)
 
     def __init__(self, name: str, url: str, fs: Any, root: str) -> None:
         super().__init__(name, url, fs, root)
@@ -182,7 +184,9 @@ class FileStore(FsspecStore):
                 # descriptor's version is the version of every byte read through it
                 if version and (found := self._object(key, os.fstat(fd), None).version) != version:
                     raise VersionMismatch(self.name, f"{key!r}: expected {version}, found {found}")
-                return os.pread(fd, max(0, end - start), start)
+                data = os.pread(fd, max(0, end - start), start)
+                self._count(requests=1, bytes_downloaded=len(data))
+                return data
             finally:
                 os.close(fd)
 
@@ -251,11 +255,33 @@ class FileStore(FsspecStore):
             return info
 
     def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
-               expect: Precondition | None = None) -> ObjectInfo:
+               expect: Precondition | None = None, patch: PatchBase | None = None) -> ObjectInfo:
         with self._translate("upload", key):
+            if patch is not None:
+                return self._atomic_write(key, lambda f: self._patched(f, src, key, patch), metadata, expect)
             with open(src, "rb") as s:
                 return self._atomic_write(key, lambda f: shutil.copyfileobj(s, f, COPY_BLOCK),
                                           metadata, expect)
+
+    def _patched(self, out: Any, src: Path, key: str, patch: PatchBase) -> None:
+        """The object `patch` names with the changed ranges (and any bytes past its end) from
+        `src`, as S3's UploadPartCopy builds it: the unchanged bytes come from the stored
+        version only (VersionMismatch when the key holds another), never from `src`."""
+        with open(self._p(key), "rb") as base, open(src, "rb") as changed:
+            found = self._object(key, os.fstat(base.fileno()), None).version
+            if found != patch.version:
+                raise VersionMismatch(self.name, f"{key!r}: the patch is of {patch.version}, found {found}")
+            size = os.fstat(changed.fileno()).st_size
+            shutil.copyfileobj(base, out, COPY_BLOCK)
+            out.truncate(min(size, patch.size))
+            sent = [*patch.changed, (patch.size, size)]
+            for start, end in sent:
+                end = min(end, size)
+                if start < end:
+                    out.seek(start)
+                    out.write(os.pread(changed.fileno(), end - start, start))
+            self._count(patches=1, bytes_uploaded=sum(max(0, min(e, size) - s) for s, e in sent),
+                        bytes_copied=min(size, patch.size))
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
                   expect: Precondition | None = None) -> ObjectInfo:

@@ -29,6 +29,8 @@ from mountd.backend import (
     AppendBase,
     ListingPage,
     ObjectInfo,
+    PatchBase,
+    PatchRefused,
     Precondition,
     StoreTuning,
 )
@@ -41,6 +43,36 @@ from mountd.errors import ObjectNotFound, UploadCancelled
 
 log = logging.getLogger(__name__)
 COPY_PART_MAX = 5 << 30  # the largest part UploadPartCopy copies
+
+
+def part_plan(size: int, base: PatchBase, chunk: int) -> list[tuple[int, int, bool]]:
+    """The parts of a file of `size` bytes made from `base`: (start, end, copied), in order. A
+    run of copied bytes is split evenly into parts of at most COPY_PART_MAX, a run of sent bytes
+    into parts of at most `chunk`; every part but the last is at least S3_MIN_PART (a plan
+    that cannot keep that is the caller's error: ValueError)."""
+    sent = [(s, min(e, size)) for s, e in base.changed if s < min(e, size)]
+    if size > base.size:
+        sent.append((base.size, size))
+    runs: list[tuple[int, int, bool]] = []
+    pos = 0
+    for s, e in sent:
+        s = max(s, pos)
+        if pos < s:
+            runs.append((pos, s, True))
+        if s < e:
+            if runs and not runs[-1][2] and runs[-1][1] == s:
+                s = runs.pop()[0]  # (adjoining sent runs are one)
+            runs.append((s, e, False))
+        pos = max(pos, e)
+    if pos < size:
+        runs.append((pos, size, True))
+    parts: list[tuple[int, int, bool]] = []
+    for s, e, copied in runs:
+        n = -(-(e - s) // (COPY_PART_MAX if copied else max(chunk, S3_MIN_PART)))
+        parts += [(s + (e - s) * i // n, s + (e - s) * (i + 1) // n, copied) for i in range(n)]
+    if any(e - s < S3_MIN_PART for s, e, _ in parts[:-1]):
+        raise ValueError(f"a part under {S3_MIN_PART} bytes before the last: {parts}")
+    return parts
 
 
 class _NoPartCopy(Exception):
@@ -302,11 +334,25 @@ class S3Store(BucketStore):
         entries += [(p, None) for p in page.prefixes]
         return ListingPage(self._listing(prefix, iter(entries)), page.next_token)
 
+    @property
+    def patches(self) -> bool:  # type: ignore[override]
+        return self.appends  # (both are UploadPartCopy)
+
     def upload(self, src: Path, key: str, metadata: Mapping[str, str], *,
-               expect: Precondition | None = None, append_to: AppendBase | None = None) -> ObjectInfo:
+               expect: Precondition | None = None, append_to: AppendBase | None = None,
+               patch: PatchBase | None = None) -> ObjectInfo:
         size = src.stat().st_size
         full = f"{self.bucket}/{self._full(key)}"
         with self._translate("upload", key):
+            if patch is not None:
+                if not self.appends:
+                    raise PatchRefused(self.name, f"{key!r}: the server does not copy parts of objects")
+                self._run_upload(key, self._put_patched(src, key, size, metadata,
+                                                        self._condition("multipart", expect), patch))
+                sent = sum(e - s for s, e, copied in part_plan(size, patch, self.tuning.multipart_chunk)
+                           if not copied)
+                self._count(patches=1, bytes_uploaded=sent, bytes_copied=size - sent)
+                return self.head(key)
             if append_to is not None and self.appends and APPEND_MIN <= append_to.size < size:
                 condition = self._condition("multipart", expect)
                 if self._run_upload(key, self._put_appended(src, key, size, metadata, condition, append_to)):
@@ -367,50 +413,70 @@ class S3Store(BucketStore):
         whole): it refused the copy, or answered without a copy result, as servers that take
         the request for a plain part upload do (rclone's `serve s3`, whose empty part would
         make a wrong object), which is then remembered for this store."""
+        parts = part_plan(size, PatchBase(base.size, base.version, ()), self.tuning.multipart_chunk)
+        try:
+            await self._put_from_base(src, key, metadata, condition, base.version, parts)
+            return True
+        except _NoPartCopy as e:
+            self._no_part_copy(e)
+        except Exception as e:  # the object changed meanwhile, or the copy was refused: sent whole
+            log.debug("append to %s sent whole: %s", key, e)
+        return False
+
+    async def _put_patched(self, src: Path, key: str, size: int, metadata: Mapping[str, str],
+                           condition: Mapping[str, str], base: PatchBase) -> None:
+        """A file changed in some ranges of the object at its key: the unchanged runs are copied
+        from that version (`UploadPartCopy` with `CopySourceIfMatch`), the changed ones sent from
+        the local file, which need not hold anything else. Unlike an append, nothing is sent
+        whole here (the local file may lack the unchanged bytes): a server that cannot copy
+        parts is `PatchRefused`, and a base that changed meanwhile a `VersionMismatch`."""
+        parts = part_plan(size, base, self.tuning.multipart_chunk)
+        try:
+            await self._put_from_base(src, key, metadata, condition, base.version, parts)
+        except _NoPartCopy as e:
+            self._no_part_copy(e)
+            raise PatchRefused(self.name, f"{key!r}: the server does not copy parts of objects") from None
+
+    def _no_part_copy(self, e: Exception) -> None:
+        log.warning("remote %r: the server does not copy parts of objects (%s); appends and edits of "
+                    "large files are sent whole", self.name, e)
+        self.appends = False
+
+    async def _put_from_base(self, src: Path, key: str, metadata: Mapping[str, str],
+                             condition: Mapping[str, str], version: str,
+                             parts: list[tuple[int, int, bool]]) -> None:
+        """One multipart upload of `parts` ((start, end, copied) in order): the copied ones from
+        `version` of the object at `key`, the others read from `src`."""
         full = self._full(key)
         mpu = await self.fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=full,
                                      Metadata=dict(metadata), ContentType="application/octet-stream")
         upload_id = mpu["UploadId"]
-        copies = -(-base.size // COPY_PART_MAX)
-        bounds = [base.size * i // copies for i in range(copies + 1)]
-        chunk = max(S3_MIN_PART, self.tuning.multipart_chunk)
         gate = asyncio.Semaphore(self.tuning.concurrency)
 
-        async def copied(i: int) -> dict[str, Any]:
+        async def one(number: int, start: int, end: int, copied: bool) -> dict[str, Any]:
             async with gate:
+                if not copied:
+                    data = await asyncio.to_thread(_read_range, src, start, end - start)
+                    return await self._send_part(full, upload_id, number, data)
                 r = await self.fs._call_s3("upload_part_copy", Bucket=self.bucket, Key=full,
-                                           UploadId=upload_id, PartNumber=i + 1,
+                                           UploadId=upload_id, PartNumber=number,
                                            CopySource={"Bucket": self.bucket, "Key": full},
-                                           CopySourceRange=f"bytes={bounds[i]}-{bounds[i + 1] - 1}",
-                                           CopySourceIfMatch=f'"{base.version}"')
+                                           CopySourceRange=f"bytes={start}-{end - 1}",
+                                           CopySourceIfMatch=f'"{version}"')
                 etag = (r.get("CopyPartResult") or {}).get("ETag")
                 if not etag:
                     raise _NoPartCopy(f"UploadPartCopy answered without a copy result: {sorted(r)}")
-                return {"PartNumber": i + 1, "ETag": etag}
-
-        async def sent(n: int, start: int) -> dict[str, Any]:
-            async with gate:
-                data = await asyncio.to_thread(_read_range, src, start, min(chunk, size - start))
-                return await self._send_part(full, upload_id, n, data)
+                return {"PartNumber": number, "ETag": etag}
 
         completed = False
         try:
-            parts = list(await asyncio.gather(*(copied(i) for i in range(copies))))
-            parts += await asyncio.gather(*(sent(copies + 1 + j, start)
-                                            for j, start in enumerate(range(base.size, size, chunk))))
+            done = await asyncio.gather(*(one(n, *part) for n, part in enumerate(parts, 1)))
             await self.fs._call_s3("complete_multipart_upload", Bucket=self.bucket, Key=full,
-                                   UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition)
+                                   UploadId=upload_id, MultipartUpload={"Parts": list(done)}, **condition)
             completed = True
-        except _NoPartCopy as e:
-            log.warning("remote %r: the server does not copy parts of objects (%s); appends to large "
-                        "files are sent whole", self.name, e)
-            self.appends = False
-        except Exception as e:  # the object changed meanwhile, or the copy was refused: sent whole
-            log.debug("append to %s sent whole: %s", key, e)
         finally:
             if not completed:
                 await self._abort_upload(full, upload_id)
-        return completed
 
     async def _send_part(self, full: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         r = await self.fs._call_s3("upload_part", Bucket=self.bucket, Key=full, UploadId=upload_id,

@@ -1,5 +1,5 @@
 """SQLite state of a mount: inodes, directory entries, the write-back journal, the hash index."""
 
-from mountd.meta.store import Inode, JournalEntry, MetaStore
+from mountd.meta.store import Inode, JournalEntry, MetaStore, PartialCopy
 
-__all__ = ["Inode", "JournalEntry", "MetaStore"]
+__all__ = ["Inode", "JournalEntry", "MetaStore", "PartialCopy"]

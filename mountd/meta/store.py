@@ -26,7 +26,7 @@ from mountd.errors import MountdError
 ROOT_INODE = 1
 # the `user_version` of meta.db: 0 is a database from before versions were kept (schema 1), or a
 # new one; `_MIGRATIONS[n]` takes schema n to n + 1
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -146,7 +146,16 @@ CREATE INDEX IF NOT EXISTS inodes_link_group ON inodes(remote, link_group) WHERE
 _SCHEMA_5 = """
 CREATE TABLE IF NOT EXISTS departures (ino INTEGER PRIMARY KEY, dest TEXT);
 """
-_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3, 3: _SCHEMA_4, 4: _SCHEMA_5}
+# schema 6: local copies of large remote files that hold only the chunks a program wrote
+# (vfs/partial.py): the version the other chunks are still read from, and a bitmap of the chunks
+# that are on the local tier
+_SCHEMA_6 = """
+CREATE TABLE IF NOT EXISTS partial (ino INTEGER PRIMARY KEY, remote TEXT NOT NULL, key TEXT NOT NULL,
+                                    version TEXT NOT NULL, base_size INTEGER NOT NULL,
+                                    chunk INTEGER NOT NULL, present BLOB NOT NULL, sha256 TEXT);
+"""
+_MIGRATIONS = {1: "DROP TABLE IF EXISTS settings;" + _SCHEMA_2, 2: _SCHEMA_3, 3: _SCHEMA_4, 4: _SCHEMA_5,
+               5: _SCHEMA_6}
 
 
 class SchemaTooNew(MountdError):
@@ -256,6 +265,36 @@ _INODE_COLUMNS = tuple(f.name for f in fields(Inode))
 _INODE_SELECT = "SELECT " + ", ".join(_INODE_COLUMNS) + " FROM inodes"
 
 
+@dataclass(slots=True)
+class PartialCopy:
+    """A local data file that holds only some chunks of its file: chunk i (bytes [i*chunk,
+    (i+1)*chunk)) is on the local tier when its bit in `present` is set or when it starts at or
+    past `base_size`; any other chunk is still the bytes of `version` of the object at `key`."""
+
+    ino: int
+    remote: str
+    key: str
+    version: str
+    base_size: int
+    chunk: int
+    present: bytearray
+    sha256: str | None = None  # of the version, when known (the cache finds its chunks by it)
+
+    @property
+    def base_chunks(self) -> int:
+        return -(-self.base_size // self.chunk)
+
+    def has(self, i: int) -> bool:
+        return i >= self.base_chunks or bool(self.present[i >> 3] & (1 << (i & 7)))
+
+    def mark(self, i: int) -> None:
+        if i < self.base_chunks:
+            self.present[i >> 3] |= 1 << (i & 7)
+
+    def absent(self) -> list[int]:
+        return [i for i in range(self.base_chunks) if not self.has(i)]
+
+
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     remote: str
@@ -297,7 +336,7 @@ class MetaStore:
         fresh = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='inodes'").fetchone() is None
         if version == 0:
             version = SCHEMA_VERSION if fresh else 1
-            later = _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _SCHEMA_5 if fresh else ""
+            later = _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _SCHEMA_5 + _SCHEMA_6 if fresh else ""
             self._db.executescript("BEGIN;" + _SCHEMA + later + f"PRAGMA user_version={version}; COMMIT;")
         while version < SCHEMA_VERSION:
             self._db.executescript(f"BEGIN; {_MIGRATIONS[version]} "
@@ -413,6 +452,7 @@ class MetaStore:
         self._exec("DELETE FROM inodes WHERE ino=?", (ino,))
         self._exec("DELETE FROM xattrs WHERE ino=?", (ino,))
         self._exec("DELETE FROM departures WHERE ino=?", (ino,))
+        self._exec("DELETE FROM partial WHERE ino=?", (ino,))
 
     # --- files moved out of a remote, their bytes not fetched yet ---------------------------------
     def departure_add(self, ino: int, dest: str | None) -> None:
@@ -436,6 +476,25 @@ class MetaStore:
         row = self._exec("SELECT count(*), COALESCE(sum(i.size), 0) FROM departures d"
                          " JOIN inodes i ON i.ino = d.ino").fetchone()
         return int(row[0]), int(row[1])
+
+    # --- local copies that hold only some chunks of their object (vfs/partial.py) ----------------
+    def partial_get(self, ino: int) -> PartialCopy | None:
+        row = self._exec("SELECT remote, key, version, base_size, chunk, present, sha256 FROM partial"
+                         " WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            return None
+        return PartialCopy(ino, row[0], row[1], row[2], int(row[3]), int(row[4]), bytearray(row[5]), row[6])
+
+    def partial_put(self, p: PartialCopy) -> None:
+        self._exec("INSERT OR REPLACE INTO partial (ino, remote, key, version, base_size, chunk, present, sha256)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (p.ino, p.remote, p.key, p.version, p.base_size, p.chunk, bytes(p.present), p.sha256))
+
+    def partial_delete(self, ino: int) -> None:
+        self._exec("DELETE FROM partial WHERE ino=?", (ino,))
+
+    def partial_inodes(self) -> list[int]:
+        return [r[0] for r in self._exec("SELECT ino FROM partial").fetchall()]
 
     # --- user extended attributes -----------------------------------------------------------------
     def xattrs(self, ino: int) -> dict[bytes, bytes]:

@@ -48,6 +48,7 @@ from mountd.vfs.handles import OpenFiles, without_suid
 from mountd.vfs.introspect import XATTR_PREFIX as MOUNTD_XATTR_PREFIX
 from mountd.vfs.introspect import Introspection
 from mountd.vfs.namespace import NAME_MAX, XATTR_SIZE_MAX, encode_xattrs, object_ref, xattr_room
+from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_view import RemoteView
 from mountd.vfs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Renames
@@ -66,8 +67,9 @@ DOT_OFFSET, DOTDOT_OFFSET = 1, 2
 class Filesystem:
     def __init__(self, config: RepoConfig, meta: MetaStore, local: LocalTier, journal: Journal,
                  dirty: DirtyBytes, paths: PathMap, files: OpenFiles, remote: RemoteView,
-                 introspect: Introspection) -> None:
+                 introspect: Introspection, partial: PartialFiles) -> None:
         self.config = config
+        self.partial = partial
         self.meta = meta
         self.local = local
         self.journal = journal
@@ -220,6 +222,12 @@ class Filesystem:
 
     async def _truncate(self, inode: Inode, size: int) -> None:
         inode = await self.remote.with_metadata(inode)  # its upload carries the stored mode, owner and mtime
+        if self.partial.is_partial(inode.ino):
+            if size == 0:
+                with self.meta.transaction():
+                    self.partial.drop(inode.ino)
+            else:
+                await self.partial.complete(inode.ino)
         if not inode.has_local:
             if size == 0:
                 with self.meta.transaction():
@@ -469,6 +477,7 @@ class Filesystem:
             # another object, copied server-side from the first; every name's metadata carries the
             # group id (its attributes must be loaded to be written again with it)
             self._check_immutable(node)
+            await self.partial.complete(ino)  # (each name's object is whole)
             node = await self.remote.with_metadata(node)
             if node.meta_loaded != META_LOADED:
                 raise PosixError(errno.EIO, "the object's metadata could not be read from the remote")
@@ -528,6 +537,7 @@ class Filesystem:
             self.remote.reader.forget(object_ref(node))
         self.meta.delete_inode(node.ino)
         self.local.discard(node.ino)
+        self.partial.forget(node.ino)
         self.dirty.clear(node.ino)
         self.remote.forget_inode(node.ino)
         self.files.forget_inode(node.ino)
@@ -582,6 +592,10 @@ class Filesystem:
         (unless a truncate or another path fetched it meanwhile)."""
         node = self._inode(ino)
         if not node.has_local and node.remote is not None:
+            node = await self.remote.with_metadata(node)  # its upload carries the stored attributes
+            if self.partial.can_start(node) and not node.has_local:
+                self.partial.start(node)  # (the chunks a write reaches are fetched before it lands)
+                return
             await self.remote.materialize(node)
 
     async def flush(self, fh: int) -> None:
@@ -646,6 +660,7 @@ class Filesystem:
                 await self.remote.ensure_subtree_listed(target.ino)
         if not node.is_dir:
             await self.remote.with_metadata(node)  # the copy at the new key carries the stored attributes
+        await self._complete_partial_under(node)
         if out_of_remote is not None:
             await self._load_for_departure(ino)
         # re-read everything after the awaits above
@@ -662,6 +677,17 @@ class Filesystem:
                                           out_of_remote=out_of_remote)
         if departed:
             self.departures.started()
+
+    async def _complete_partial_under(self, node: Inode) -> None:
+        """A file being renamed (or any below a directory being renamed) that holds only some
+        chunks gets the others first: they are read from the object at its old key, which the
+        rename deletes."""
+        if self.partial.is_partial(node.ino):
+            await self.partial.complete(node.ino)
+        elif node.is_dir and node.remote is not None and (key := self.paths.key_of(node.ino, node)):
+            prefix = key[1].rstrip("/") + "/" if key[1] else ""
+            for ino in self.partial.under(node.remote, prefix):
+                await self.partial.complete(ino)
 
     def _refusal_to_move(self, ino: int, source: str | None, dest: str | None) -> str | None:
         """Why `ino` (a file or tree of remote `source`, None: a local-only path) cannot move to `dest`."""

@@ -36,6 +36,7 @@ from mountd.meta.store import ListingRow, Row
 from mountd.vfs.ignored import IgnoredPaths
 from mountd.vfs.kernel import Kernel
 from mountd.vfs.namespace import object_ref
+from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 from mountd.vfs.types import Attr, Opened
 from mountd.writeback import Journal
@@ -99,8 +100,9 @@ class Handle:
 class OpenFiles:
     def __init__(self, config: RepoConfig, meta: MetaStore, paths: PathMap, local: LocalTier,
                  reader: RemoteReader, journal: Journal, dirty: DirtyBytes, ignored: IgnoredPaths,
-                 kernel: Kernel) -> None:
+                 kernel: Kernel, partial: PartialFiles) -> None:
         self.config = config
+        self.partial = partial
         self.meta = meta
         self.paths = paths
         self.local = local
@@ -247,7 +249,8 @@ class OpenFiles:
         if op.handles > 1:  # this handle joins the others, in their mode
             return replace(opened, backing_id=op.backing_id or 0)
         if (not self.kernel.passthrough or not node.has_local or not node.is_reg
-                or node.mode & (stat.S_ISUID | stat.S_ISGID) or not self._room_for_passthrough()):
+                or node.mode & (stat.S_ISUID | stat.S_ISGID) or self.partial.is_partial(node.ino)
+                or not self._room_for_passthrough()):
             return opened
         if self._handles[opened.fh].writable and self.dirty.over_limit(node.ino):
             await self.dirty.wait_for_room(node.ino)
@@ -352,6 +355,8 @@ class OpenFiles:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self._handle(fh)
         op = self._open[h.ino]
+        if self.partial.is_partial(h.ino):  # (holes are still the object's: not on the local tier)
+            return await self.partial.read(h.ino, self._local_fd(op), offset, size)
         if op.fd is not None:
             return os.pread(op.fd, size, offset)
         node = self.meta.get(h.ino)
@@ -372,6 +377,8 @@ class OpenFiles:
         op = self._open[h.ino]
         fd = self._local_fd(op)
         self._check_free_space(len(data))
+        if self.partial.is_partial(h.ino):
+            await self.partial.before_write(h.ino, fd, offset, len(data))
         written = os.pwrite(fd, data, offset)
         if op.size is None:
             node = self.meta.get(h.ino)
@@ -391,6 +398,7 @@ class OpenFiles:
             raise PosixError(errno.EBADF)
         op = self._open[h.ino]
         fd = self._local_fd(op)
+        await self.partial.complete(h.ino)  # (a range of holes to allocate or punch: its bytes first)
         if op.backing_id is not None and op.cached is None:
             self.take_in_passthrough_writes(op)
         if mode & ~FALLOC_KEEP_SIZE == 0:

@@ -51,7 +51,15 @@ from pathlib import Path
 
 import trio
 
-from mountd.backend import APPEND_MIN, CREATE_ONLY, AppendBase, ObjectInfo, ObjectStore, Precondition
+from mountd.backend import (
+    APPEND_MIN,
+    CREATE_ONLY,
+    AppendBase,
+    ObjectInfo,
+    ObjectStore,
+    PatchRefused,
+    Precondition,
+)
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, UploadCancelled, VersionMismatch
 from mountd.hashing import sha256_file, sha256_file_and_prefix
 from mountd.meta import Inode, JournalEntry, MetaStore
@@ -97,7 +105,7 @@ class Reconciler:
         self.stats = {"uploads": 0, "uploads_cancelled": 0, "bytes_uploaded": 0, "copies": 0, "deletes": 0,
                       "markers": 0, "metadata_updates": 0, "dedup_skipped": 0, "dedup_copied": 0,
                       "bytes_deduplicated": 0, "ignored": 0, "verify_failures": 0, "evacuated": 0,
-                      "conflicts": 0, "delete_conflicts": 0}
+                      "conflicts": 0, "delete_conflicts": 0, "patched_uploads": 0}
 
     def _expect(self, remote: str, key: str, ino: int | None = None) -> Precondition | None:
         """The compare-and-swap of a write to `key`: what this host last saw there."""
@@ -399,6 +407,9 @@ class Reconciler:
     async def _upload_now(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int,
                           path: Path, size_before: int) -> None:
         remote = node.remote or ""
+        if await self._patchable(store, node, key):
+            await self._upload_patch(store, node, key, content_gen, attr_gen, path)
+            return
         base = await self._append_base(store, node, key, path)
         try:
             prefix = base.size if base else 0
@@ -452,6 +463,67 @@ class Reconciler:
                 self.meta.hash_put(remote, sha, key, info.version)
         self._done(node.ino, remote=node.remote or "", content_gen=content_gen, attr_gen=attr_gen, key=key,
                    info=info, sha256=sha, stored=meta)
+
+    async def _patchable(self, store: ObjectStore, node: Inode, key: str) -> bool:
+        """Whether the file holds only some chunks of the object at `key` (vfs/partial.py) and is
+        sent as a patch of it. One that holds them of another key (renamed, set aside as a
+        conflict copy) or goes to a store that cannot patch gets its missing chunks first; where
+        their version is gone (another host replaced it), they stay zeros, and the conflict is
+        recorded (`base-lost`)."""
+        row = self.view.partial_of(node.ino)
+        if row is None:
+            return False
+        if row.remote == (node.remote or "") and row.key == key and store.patches:
+            return True
+        lost = await self.view.complete_partial(node.ino)
+        if lost:
+            with self.meta.transaction():
+                self.meta.conflict_add(row.remote, row.key, copy_key=key if key != row.key else None,
+                                       expected=row.version, found=None, local_mtime_ns=node.mtime_ns,
+                                       resolution="base-lost")
+            log.error("%s:%s was edited here while another host replaced it: the bytes this host did not "
+                      "write, %d ranges from %d, were gone and are zeros in %r (the bytes written here "
+                      "are kept)", row.remote, row.key, len(lost), lost[0][0], key)
+        return False
+
+    async def _upload_patch(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int,
+                            path: Path) -> None:
+        """Send only the changed chunks of a partial file; the rest is copied from the object
+        server-side. Its content hash is unknown (that would need every byte): the object carries
+        none, and deduplication skips it."""
+        remote = node.remote or ""
+        meta = self._meta_of(node, None)
+        refused: RemoteError | None = None
+        async with self.view.partial_uploading(node.ino):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise Retry("the local file went away before the upload") from None
+            patch = await self.view.partial_patch(node.ino, size)
+            if patch is None:
+                raise Retry("the file became whole before its upload")
+            try:
+                with self.sending.sending(remote, key, store,
+                                          lambda: self._still_wanted(node.ino, content_gen, remote, key)):
+                    info = await self.remote.upload(store, path, key, meta, key=key, size=size,
+                                                    expect=self._expect(remote, key, node.ino), patch=patch)
+                self._wrote(remote, key, info)
+            except UploadCancelled as e:
+                self.stats["uploads_cancelled"] += 1
+                raise Retry(str(e)) from None
+            except (PatchRefused, ObjectNotFound) as e:  # (not found: another host deleted the object)
+                refused = e
+            else:
+                self.view.partial_uploaded(node.ino, key, info.version, size)
+        if refused is not None:
+            await self.view.complete_partial(node.ino)
+            raise Retry(f"{refused}; its missing chunks were fetched, and it is sent whole next") from None
+        self.stats["uploads"] += 1
+        self.stats["patched_uploads"] += 1
+        self.stats["bytes_uploaded"] += sum(e - s for s, e in patch.changed) + max(0, size - patch.size)
+        self._verify(key, info, size, "")
+        self._done(node.ino, remote=remote, content_gen=content_gen, attr_gen=attr_gen, key=key,
+                   info=info, sha256=None, stored=meta)
 
     async def _append_base(self, store: ObjectStore, node: Inode, key: str, path: Path) -> AppendBase | None:
         """The object at `key` as the start of the file, when the file may only have grown past it

@@ -51,10 +51,14 @@ class RemoteCalls:
         raise RemoteUnavailable(store.name, f"{what}: no answer within {limit:g}s")
 
     async def upload(self, store: ObjectStore, *args: Any, key: str, size: int,
-                     expect: Precondition | None = None, append_to: Any = None) -> Any:
+                     expect: Precondition | None = None, append_to: Any = None, patch: Any = None) -> Any:
         """`store.upload(*args, expect=expect)`, stopped if it outlives its deadline; `append_to`
-        (an `AppendBase`) only to a store that `appends`."""
-        upload = partial(store.upload, expect=expect, **({"append_to": append_to} if append_to else {}))
+        (an `AppendBase`) only to a store that `appends`, `patch` (a `PatchBase`) only to one that
+        `patches`."""
+        extra = {"append_to": append_to} if append_to else {}
+        if patch is not None:
+            extra["patch"] = patch
+        upload = partial(store.upload, expect=expect, **extra)
         try:
             return await self.call(store, upload, *args,
                                    timeout=self.transfer_timeout(size), what=f"upload of {key}")

@@ -46,6 +46,7 @@ from mountd.vfs.namespace import (
     object_ref,
     xattrs_from_metadata,
 )
+from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_calls import RemoteCalls
 from mountd.writeback.backpressure import DirtyBytes
@@ -1162,8 +1163,10 @@ class RemoteView:
         return data
 
     async def adopt_uploaded(self, ino: int, content_gen: int, *,
-                             keep_pages: Callable[[int, str], None]) -> bool:
-        """Hand the local copy of a file that is now clean in its remote over to the cache.
+                             keep_pages: Callable[[int, str], None], partial: PartialFiles) -> bool:
+        """Hand the local copy of a file that is now clean in its remote over to the cache (one
+        that holds only some chunks, vfs/partial.py, is dropped instead: the cache takes whole
+        objects).
 
         The inode is marked remote-backed and its file renamed out of the local tier in one step
         (no await in between), so a reader sees one or the other, never neither. Files that are
@@ -1176,6 +1179,15 @@ class RemoteView:
             return False
         if (node.remote, node.remote_key) not in self.paths.keys_of(ino, node):
             return False
+        if partial.is_partial(ino):
+            with self.meta.transaction():
+                self.meta.update(ino, has_local=0)
+                partial.drop(ino)
+            self.local.discard(ino)
+            self.dirty.clear(ino)
+            keep_pages(ino, node.remote_version)
+            self.confirmed(ino)
+            return True
         handoff = self.local.tmp / f"{ino:x}.adopt"
         # the db first: a crash between the two leaves a stray local file, never a missing one
         with self.meta.transaction():

@@ -8,12 +8,15 @@ dirty bytes shrink and the local copy becomes cache). Built from the rooms that 
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from mountd.backend import PatchBase
 from mountd.local import LocalTier
-from mountd.meta import Inode
+from mountd.meta import Inode, PartialCopy
 from mountd.vfs.handles import OpenFiles
 from mountd.vfs.ignored import IgnoredPaths
+from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_view import RemoteView
 from mountd.writeback.backpressure import DirtyBytes
@@ -21,7 +24,8 @@ from mountd.writeback.backpressure import DirtyBytes
 
 class WritebackView:
     def __init__(self, paths: PathMap, ignored: IgnoredPaths, files: OpenFiles, remote: RemoteView,
-                 local: LocalTier, dirty: DirtyBytes) -> None:
+                 local: LocalTier, dirty: DirtyBytes, partial: PartialFiles) -> None:
+        self._partial = partial
         self._paths = paths
         self._ignored = ignored
         self._files = files
@@ -65,4 +69,22 @@ class WritebackView:
         self._remote.forget_listing(remote, key)
 
     async def adopt_uploaded(self, ino: int, content_gen: int) -> bool:
-        return await self._remote.adopt_uploaded(ino, content_gen, keep_pages=self._files.keep_pages)
+        return await self._remote.adopt_uploaded(ino, content_gen, keep_pages=self._files.keep_pages,
+                                                 partial=self._partial)
+
+    # a file that holds only some chunks of its object (vfs/partial.py)
+    def partial_of(self, ino: int) -> PartialCopy | None:
+        return self._partial.get(ino)
+
+    async def complete_partial(self, ino: int) -> list[tuple[int, int]]:
+        """Its missing chunks fetched; the ranges whose version was gone (left zeros)."""
+        return await self._partial.complete_or_zero(ino)
+
+    def partial_uploading(self, ino: int) -> AbstractAsyncContextManager[None]:
+        return self._partial.uploading(ino)
+
+    async def partial_patch(self, ino: int, size: int) -> PatchBase | None:
+        return await self._partial.patch_for_upload(ino, size)
+
+    def partial_uploaded(self, ino: int, key: str, version: str, size: int) -> None:
+        self._partial.uploaded(ino, key, version, size)

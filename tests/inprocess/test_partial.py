@@ -1,0 +1,109 @@
+"""Edits in place of large remote files: only the chunks written are fetched and sent
+(vfs/partial.py), on a file:// remote whose store builds the new object from the old one's
+ranges as S3's UploadPartCopy does. The same on S3 servers: tests/test_edits_in_place.py."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from tests.inprocess.harness import remote_files
+
+MiB = 1 << 20
+CHUNK = 5 * MiB
+CHUNKED = 'multipart_chunk = "5M"'
+
+
+def seeded(make_mount, size: int, **config):
+    """A mount whose remote holds `big` (random bytes of `size`), uploaded and clean."""
+    m = make_mount(writeback=CHUNKED, **config)
+    data = bytearray(random.Random(size).randbytes(size))
+    m.create("/data/big", bytes(data))
+    m.drain()
+    assert m.getattr("/data/big").size == size
+    return m, data
+
+
+def moved(m, before: dict[str, int]) -> dict[str, int]:
+    after = m.stack.stores["main"].statistics()
+    return {k: after.get(k, 0) - before.get(k, 0) for k in ("bytes_downloaded", "bytes_uploaded", "patches")}
+
+
+def test_an_edit_in_the_middle_fetches_and_sends_only_its_chunk(make_mount, tmp_path):
+    m, data = seeded(make_mount, 20 * MiB)
+    before = dict(m.stack.stores["main"].statistics())
+    fh = m.open("/data/big", os.O_RDWR)
+    assert moved(m, before)["bytes_downloaded"] == 0  # (an open for writing fetches nothing)
+    at = 11 * MiB + 100
+    m.write(fh, at, b"E" * 4096)
+    data[at:at + 4096] = b"E" * 4096
+    assert moved(m, before)["bytes_downloaded"] == CHUNK  # the one chunk the write reached
+    # the other chunks still read from the object, the written one from the local tier
+    assert m.read(fh, 0, 20 * MiB) == data
+    m.close(fh)
+    m.drain()
+    assert remote_files(tmp_path / "repo" / "remote")["big"] == data
+    sent = moved(m, before)
+    assert sent["patches"] == 1 and sent["bytes_uploaded"] == CHUNK
+    node = m.stack.meta.get(m.ino("/data/big"))
+    assert node is not None and not node.has_local and not m.stack.fs.partial.is_partial(node.ino)
+    assert m.read_file("/data/big") == data
+
+
+def test_an_edit_survives_a_crash_before_its_upload(make_mount, tmp_path):
+    m, data = seeded(make_mount, 20 * MiB, delay="1h")
+    m.write_at("/data/big", 7 * MiB, b"crash-safe")
+    data[7 * MiB:7 * MiB + 10] = b"crash-safe"
+    m.run_sync(m.crash)
+    m.join()
+    again = make_mount(writeback=CHUNKED)  # the same remote, local tier and db
+    assert again.read_file("/data/big") == data
+    again.drain()
+    assert remote_files(tmp_path / "repo" / "remote")["big"] == data
+
+
+def test_a_file_grown_past_its_old_end_sends_the_growth_and_the_short_last_chunk(make_mount, tmp_path):
+    m, data = seeded(make_mount, 18 * MiB)  # its last chunk is 3 MiB: too short for a part of its own
+    before = dict(m.stack.stores["main"].statistics())
+    fh = m.open("/data/big", os.O_WRONLY)
+    m.write(fh, 11 * MiB, b"middle")  # chunk 2 of 0-3
+    m.write(fh, 30 * MiB, b"tail")  # past the end, not reaching the last chunk
+    m.close(fh)
+    data[11 * MiB:11 * MiB + 6] = b"middle"
+    data += bytes(30 * MiB - len(data)) + b"tail"
+    m.drain()
+    assert remote_files(tmp_path / "repo" / "remote")["big"] == data
+    sent = moved(m, before)
+    assert sent["patches"] == 1
+    # chunk 2 before its write, and the short chunk 3 before the upload (copied, it would be a
+    # part under the minimum followed by more)
+    assert sent["bytes_downloaded"] == CHUNK + 3 * MiB
+    assert sent["bytes_uploaded"] == 30 * MiB + 4 - 2 * CHUNK  # from chunk 2 to the end
+
+
+def test_a_truncate_or_a_rename_of_an_edited_file_keeps_every_byte(make_mount, tmp_path):
+    m, data = seeded(make_mount, 20 * MiB, delay="1h")
+    m.write_at("/data/big", 2 * MiB, b"first")
+    data[2 * MiB:2 * MiB + 5] = b"first"
+    m.rename("/data/big", "/data/moved")  # (the old key goes: its missing chunks are fetched first)
+    m.truncate("/data/moved", 17 * MiB)
+    del data[17 * MiB:]
+    assert m.read_file("/data/moved") == data
+    m.drain()
+    assert remote_files(tmp_path / "repo" / "remote") == {"moved": data}
+
+
+def test_an_edit_of_an_object_another_host_replaced_goes_to_a_whole_conflict_copy(make_mount, tmp_path):
+    m, data = seeded(make_mount, 20 * MiB, delay="1h")
+    m.write_at("/data/big", 12 * MiB, b"ours")
+    data[12 * MiB:12 * MiB + 4] = b"ours"
+    remote = tmp_path / "repo" / "remote"
+    (remote / "other").write_bytes(b"theirs")
+    os.replace(remote / "other", remote / "big")  # another host's object at the key
+    m.drain()
+    files = remote_files(remote)
+    assert files.pop("big") == b"theirs"
+    [(name, copy)] = files.items()
+    assert name.startswith("big.conflict-")
+    # the chunks this host did not write came from the version it edited (still in the cache)
+    assert copy == data
