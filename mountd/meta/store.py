@@ -486,8 +486,8 @@ class MetaStore:
         return PartialCopy(ino, row[0], row[1], row[2], int(row[3]), int(row[4]), bytearray(row[5]), row[6])
 
     def partial_put(self, p: PartialCopy) -> None:
-        self._exec("INSERT OR REPLACE INTO partial (ino, remote, key, version, base_size, chunk, present, sha256)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self._exec("INSERT OR REPLACE INTO partial (ino, remote, key, version, base_size, chunk, present,"
+                   " sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (p.ino, p.remote, p.key, p.version, p.base_size, p.chunk, bytes(p.present), p.sha256))
 
     def partial_delete(self, ino: int) -> None:
