@@ -106,16 +106,18 @@ class PartialFiles:
 
     # ------------------------------------------------------------------------------------------
     async def before_write(self, ino: int, fd: int, offset: int, length: int) -> None:
-        """Fetch each missing chunk that a write of [offset, offset+length) reaches into, so the
-        chunk is whole on the local tier before the write lands in it."""
+        """Fetch each missing chunk whose old bytes a write of [offset, offset+length) reaches
+        into, so the chunk is whole on the local tier before the write lands in it. A write past
+        the old end fetches nothing: those bytes were never the object's."""
         row = self._rows.get(ino)
-        if row is None or length <= 0:
-            return
-        first, last = offset // row.chunk, (offset + length - 1) // row.chunk
-        if all(row.has(i) for i in range(first, last + 1)):
+        if row is None or length <= 0 or offset >= row.base_size:
+            return  # (an append: the bytes past the old end are the local file's alone)
+        wanted = [i for i in range(offset // row.chunk, (offset + length - 1) // row.chunk + 1)
+                  if not row.has(i) and offset < min((i + 1) * row.chunk, row.base_size)]
+        if not wanted:
             return
         async with self._lock(ino):
-            for i in range(first, last + 1):
+            for i in wanted:
                 row = self._rows.get(ino)
                 if row is None:
                     return  # (completed or dropped meanwhile)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 
+from mountd.vfs.namespace import object_ref
 from tests.inprocess.harness import remote_files
 
 MiB = 1 << 20
@@ -14,12 +15,15 @@ CHUNK = 5 * MiB
 CHUNKED = 'multipart_chunk = "5M"'
 
 
-def seeded(make_mount, size: int, **config):
-    """A mount whose remote holds `big` (random bytes of `size`), uploaded and clean."""
-    m = make_mount(writeback=CHUNKED, **config)
+def seeded(make_mount, tmp_path, size: int, **config):
+    """A mount whose remote holds `big` (random bytes of `size`), put there by another tool: its
+    bytes are in neither the local tier nor the cache (a file whose cache holds it all is taken
+    from there whole, with no download)."""
     data = bytearray(random.Random(size).randbytes(size))
-    m.create("/data/big", bytes(data))
-    m.drain()
+    remote = tmp_path / "repo" / "remote"
+    remote.mkdir(parents=True)
+    (remote / "big").write_bytes(data)
+    m = make_mount(writeback=CHUNKED, **config)
     assert m.getattr("/data/big").size == size
     return m, data
 
@@ -30,7 +34,7 @@ def moved(m, before: dict[str, int]) -> dict[str, int]:
 
 
 def test_an_edit_in_the_middle_fetches_and_sends_only_its_chunk(make_mount, tmp_path):
-    m, data = seeded(make_mount, 20 * MiB)
+    m, data = seeded(make_mount, tmp_path, 20 * MiB)
     before = dict(m.stack.stores["main"].statistics())
     fh = m.open("/data/big", os.O_RDWR)
     assert moved(m, before)["bytes_downloaded"] == 0  # (an open for writing fetches nothing)
@@ -51,7 +55,7 @@ def test_an_edit_in_the_middle_fetches_and_sends_only_its_chunk(make_mount, tmp_
 
 
 def test_an_edit_survives_a_crash_before_its_upload(make_mount, tmp_path):
-    m, data = seeded(make_mount, 20 * MiB, delay="1h")
+    m, data = seeded(make_mount, tmp_path, 20 * MiB, delay="1h")
     m.write_at("/data/big", 7 * MiB, b"crash-safe")
     data[7 * MiB:7 * MiB + 10] = b"crash-safe"
     m.run_sync(m.crash)
@@ -63,7 +67,7 @@ def test_an_edit_survives_a_crash_before_its_upload(make_mount, tmp_path):
 
 
 def test_a_file_grown_past_its_old_end_sends_the_growth_and_the_short_last_chunk(make_mount, tmp_path):
-    m, data = seeded(make_mount, 18 * MiB)  # its last chunk is 3 MiB: too short for a part of its own
+    m, data = seeded(make_mount, tmp_path, 18 * MiB)  # its last chunk is 3 MiB: short for a part of its own
     before = dict(m.stack.stores["main"].statistics())
     fh = m.open("/data/big", os.O_WRONLY)
     m.write(fh, 11 * MiB, b"middle")  # chunk 2 of 0-3
@@ -82,7 +86,7 @@ def test_a_file_grown_past_its_old_end_sends_the_growth_and_the_short_last_chunk
 
 
 def test_a_truncate_or_a_rename_of_an_edited_file_keeps_every_byte(make_mount, tmp_path):
-    m, data = seeded(make_mount, 20 * MiB, delay="1h")
+    m, data = seeded(make_mount, tmp_path, 20 * MiB, delay="1h")
     m.write_at("/data/big", 2 * MiB, b"first")
     data[2 * MiB:2 * MiB + 5] = b"first"
     m.rename("/data/big", "/data/moved")  # (the old key goes: its missing chunks are fetched first)
@@ -93,10 +97,27 @@ def test_a_truncate_or_a_rename_of_an_edited_file_keeps_every_byte(make_mount, t
     assert remote_files(tmp_path / "repo" / "remote") == {"moved": data}
 
 
+def test_an_append_fetches_nothing_and_sends_the_new_bytes(make_mount, tmp_path):
+    m, data = seeded(make_mount, tmp_path, 18 * MiB)
+    before = dict(m.stack.stores["main"].statistics())
+    fh = m.open("/data/big", os.O_WRONLY | os.O_APPEND)
+    m.write(fh, 18 * MiB, b"appended")  # (the kernel gives O_APPEND writes the end's offset)
+    m.close(fh)
+    data += b"appended"
+    m.drain()
+    assert remote_files(tmp_path / "repo" / "remote")["big"] == data
+    assert moved(m, before) == {"bytes_downloaded": 0, "bytes_uploaded": 8, "patches": 1}
+
+
 def test_an_edit_of_an_object_another_host_replaced_goes_to_a_whole_conflict_copy(make_mount, tmp_path):
-    m, data = seeded(make_mount, 20 * MiB, delay="1h")
-    m.write_at("/data/big", 12 * MiB, b"ours")
-    data[12 * MiB:12 * MiB + 4] = b"ours"
+    m, data = seeded(make_mount, tmp_path, 20 * MiB, delay="1h")
+    fh = m.open("/data/big")
+    assert m.read(fh, 0, 16 * MiB) == data[:16 * MiB]  # the cache's first 16 MiB
+    m.close(fh)
+    ref = object_ref(m.stack.meta.get(m.ino("/data/big")))
+    m.until(lambda: m.stack.reader.describe(ref)[1] >= 16 * MiB)
+    m.write_at("/data/big", 17 * MiB, b"ours")
+    data[17 * MiB:17 * MiB + 4] = b"ours"
     remote = tmp_path / "repo" / "remote"
     (remote / "other").write_bytes(b"theirs")
     os.replace(remote / "other", remote / "big")  # another host's object at the key
@@ -105,5 +126,22 @@ def test_an_edit_of_an_object_another_host_replaced_goes_to_a_whole_conflict_cop
     assert files.pop("big") == b"theirs"
     [(name, copy)] = files.items()
     assert name.startswith("big.conflict-")
-    # the chunks this host did not write came from the version it edited (still in the cache)
+    # the chunks this host did not write came from the version it edited, still in the cache
     assert copy == data
+
+
+def test_an_edit_whose_old_version_is_gone_keeps_the_bytes_written_here(make_mount, tmp_path):
+    m, data = seeded(make_mount, tmp_path, 20 * MiB, delay="1h")
+    m.write_at("/data/big", 12 * MiB, b"ours")
+    remote = tmp_path / "repo" / "remote"
+    (remote / "other").write_bytes(b"theirs")
+    os.replace(remote / "other", remote / "big")
+    m.drain()
+    files = remote_files(remote)
+    assert files.pop("big") == b"theirs"
+    [(name, copy)] = files.items()
+    # the chunk written here is whole (fetched before the write); the others were gone
+    assert copy[10 * MiB:15 * MiB] == data[10 * MiB:12 * MiB] + b"ours" + data[12 * MiB + 4:15 * MiB]
+    assert copy[:10 * MiB] == bytes(10 * MiB) and copy[15 * MiB:] == bytes(5 * MiB)
+    [conflict] = [c for c in m.stack.meta.conflicts() if c["resolution"] == "base-lost"]
+    assert conflict["key"] == "big" and conflict["copy_key"] == name
