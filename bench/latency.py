@@ -28,6 +28,14 @@ each target runs from a fresh mount with an empty cache, with the benchmark's co
    own, as with a log written every few seconds. Reported: the MiB the mount sent to the server
    (request bodies and headers, counted at the proxy) and the summed time of the appends.
 
+3. **edit**: an `--edit-size` MiB object seeded on the server (`edit-RTT/blob.bin`), 4 KiB
+   written in its middle (open O_RDWR, pwrite, close) from a fresh mount with an empty cache.
+   Timed: the open, write and close (`close_s`), and until the server holds the new bytes
+   (`server_s`, a ranged read of them every 50 ms). Reported: the MiB sent and received (counted
+   at the proxy, until the mount says its uploads are done) and the requests.
+
+`--small-files 0`, `--appends 0` or `--edit-size 0` leaves that scenario out.
+
 The figures go to WORK/latency.json and the section of docs/benchmarks.md between the `latency`
 markers (`latency-seaweedfs` for SeaweedFS; appended after the other sections when missing).
 """
@@ -83,13 +91,24 @@ def append_key(rtt_ms: int) -> str:
     return f"append-{rtt_ms}/log.bin"
 
 
-def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, work: Path) -> None:
-    """Per bucket and RTT: a small-file directory (a `.keep` object keeps the prefix) and a copy
-    (not a link: the server rewrites it) of the append base object."""
-    src = work / "seed" / f"append-base-{base}"
-    if not src.exists() or src.stat().st_size != base:
+def edit_key(rtt_ms: int) -> str:
+    return f"edit-{rtt_ms}/blob.bin"
+
+
+def seed_source(work: Path, name: str, size: int) -> Path:
+    src = work / "seed" / f"{name}-{size}"
+    if size and (not src.exists() or src.stat().st_size != size):
         src.parent.mkdir(parents=True, exist_ok=True)
-        write_file(src, base, seed=7)
+        write_file(src, size, seed=7)
+    return src
+
+
+def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, edit_size: int,
+         work: Path) -> None:
+    """Per bucket and RTT: a small-file directory (a `.keep` object keeps the prefix) and copies
+    (not links: the server rewrites them) of the append base and edit objects."""
+    src = seed_source(work, "append-base", base)
+    edit_src = seed_source(work, "edit", edit_size)
     shutil.rmtree(server.data, ignore_errors=True)
     if isinstance(server, SeaweedBenchServer):
         return  # through its S3 API once it runs: seed_over_s3
@@ -101,10 +120,14 @@ def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, wo
             dst = server.object_path(t.bucket, append_key(rtt))
             dst.parent.mkdir(parents=True)
             shutil.copyfile(src, dst)
+            if edit_size:
+                dst = server.object_path(t.bucket, edit_key(rtt))
+                dst.parent.mkdir(parents=True)
+                shutil.copyfile(edit_src, dst)
 
 
 def seed_over_s3(server: SeaweedBenchServer, targets: list[Target], rtts: list[int], base: int,
-                 work: Path) -> None:
+                 edit_size: int, work: Path) -> None:
     """`seed` for a server whose data directory is not a tree of objects, once it runs."""
     keep = work / "seed" / "keep"
     keep.write_bytes(b"keeps this prefix alive\n")
@@ -112,6 +135,8 @@ def seed_over_s3(server: SeaweedBenchServer, targets: list[Target], rtts: list[i
         for rtt in rtts:
             server.put_file(t.bucket, f"{small_dir(rtt)}/.keep", keep)
             server.put_file(t.bucket, append_key(rtt), work / "seed" / f"append-base-{base}")
+            if edit_size:
+                server.put_file(t.bucket, edit_key(rtt), work / "seed" / f"edit-{edit_size}")
 
 
 def small_writeback(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, n: int) -> dict[str, Any]:
@@ -196,9 +221,42 @@ def appends(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, base: i
             "mib_down": proxy.bytes_down / MiB, "requests": sum(by_kind.values()), "by_kind": by_kind}
 
 
+def server_bytes(server: S3Server, bucket: str, key: str, offset: int, n: int) -> bytes:
+    """Bytes [offset, offset+n) of an object as the server has it now."""
+    if isinstance(server, SeaweedBenchServer):
+        r = server.client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + n - 1}")
+        return bytes(r["Body"].read())
+    try:
+        with open(server.object_path(bucket, key), "rb") as f:
+            return os.pread(f.fileno(), n, offset)
+    except FileNotFoundError:  # (between the server's unlink and rename of a new version)
+        return b""
+
+
+def edit(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, size: int) -> dict[str, Any]:
+    key = edit_key(rtt_ms)
+    piece, at = os.urandom(4096), size // 2
+    drop_caches()
+    proxy.reset()
+    t0 = time.monotonic()
+    fd = os.open(t.root / key, os.O_RDWR)
+    try:
+        os.pwrite(fd, piece, at)
+    finally:
+        os.close(fd)
+    close_s = time.monotonic() - t0
+    wait_until(lambda: server_bytes(server, t.bucket, key, at, len(piece)) == piece, 1800,
+               f"{t.name}: the edit on the server", interval=0.05)
+    server_s = time.monotonic() - t0
+    t.wait_drained()
+    by_kind = proxy.snapshot()
+    return {"size_mib": size / MiB, "close_s": close_s, "server_s": server_s, "mib_up": proxy.bytes_up / MiB,
+            "mib_down": proxy.bytes_down / MiB, "requests": sum(by_kind.values()), "by_kind": by_kind}
+
+
 def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, count: int,
         bandwidth: float | None, mountd_commit: str | None, log: Any,
-        server_name: str = "rclone") -> dict[str, Any]:
+        server_name: str = "rclone", edit_size: int = 0) -> dict[str, Any]:
     work = work.resolve()
     rclone, server, targets, mountd_desc = make_targets(work, names, mountd_commit,
                                                         server_class=SERVERS[server_name])
@@ -207,13 +265,13 @@ def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, co
         "machine": machine_info(work, tool_versions(rclone), mountd_desc),
         "targets": names, "rtts_ms": rtts, "small_files": small, "append_base_mib": base / MiB,
         "appends": count, "bandwidth": bandwidth, "results": {}, "errors": {}, "loadavg": {},
-        "server": server_name}
+        "server": server_name, "edit_mib": edit_size / MiB}
     t_start = time.monotonic()
     log(f"bench.latency: seeding {work}")
-    seed(server, targets, rtts, base, work)
+    seed(server, targets, rtts, base, edit_size, work)
     server.start()
     if isinstance(server, SeaweedBenchServer):
-        seed_over_s3(server, targets, rtts, base, work)
+        seed_over_s3(server, targets, rtts, base, edit_size, work)
     proxy = DelayProxy(server.port, 0.0, bandwidth, classify=request_kind)
     out = work / "latency.json"
     try:
@@ -229,17 +287,24 @@ def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, co
                     t.clean()
                     t.start(proxy.endpoint_url)
                     r = res["results"][key] = {}
-                    phase = "small-file write-back"
-                    r["small"] = small_writeback(t, server, proxy, rtt, small)
-                    s = r["small"]
-                    log(f"  {key:10} small: create {s['create_s']:.2f}s, on server {s['server_s']:.2f}s, "
-                        f"drained {s['drained_s']:.2f}s, {s['requests'] / small:.2f} req/file {s['by_kind']}")
+                    if small:
+                        phase = "small-file write-back"
+                        r["small"] = small_writeback(t, server, proxy, rtt, small)
+                        s = r["small"]
+                        log(f"  {key:10} small: create {s['create_s']:.2f}s, on server {s['server_s']:.2f}s, "
+                            f"drained {s['drained_s']:.2f}s, {s['requests'] / small:.2f} req/file "
+                            f"{s['by_kind']}")
                     if count:
                         phase = "append"
                         r["append"] = appends(t, server, proxy, rtt, base, count)
                         a = r["append"]
                         log(f"  {key:10} append: {a['mib_up']:.1f} MiB up, {a['mib_down']:.1f} MiB down, "
                             f"{a['total_s']:.2f}s {a['by_kind']}")
+                    if edit_size:
+                        phase = "edit"
+                        r["edit"] = e = edit(t, server, proxy, rtt, edit_size)
+                        log(f"  {key:10} edit: {e['mib_up']:.1f} MiB up, {e['mib_down']:.1f} MiB down, "
+                            f"close {e['close_s']:.2f}s, on the server {e['server_s']:.2f}s {e['by_kind']}")
                 except Exception as e:  # noqa: BLE001 - recorded and reported; the others still run
                     res["errors"][key] = f"{phase}: {type(e).__name__}: {e}"
                     log(f"bench.latency: {key} FAILED: {res['errors'][key]}\n{t.log_tail()}")
@@ -293,16 +358,20 @@ def section(res: dict[str, Any], command: str) -> str:
         f"| date | {res['started']} (took {res['duration_s'] / 60:.1f} min) |",
         f"| load average (1 min) at the start of each target | {load} |",
         f"| command | `{command}` |",
-        "",
-        f"Small-file write-back: {small:,} files of 1 KiB.",
-        "",
-        "| target | added RTT | create, until the last close | first create → all on the server "
-        "| requests per file (all kinds) | of which | then `stat` of each | `ls -l` | delete each |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += _rows(res, "small", lambda s: f"{s['create_s']:.2f} s | **{s['server_s']:.2f} s** | "
-                   f"**{s['requests'] / small:.2f}** | {_fmt_kinds(s['by_kind'], small)} | "
-                   + " | ".join(f"{s[k]:.2f} s" if k in s else "" for k in ("stat_s", "ls_s", "delete_s")))
+    if small:
+        lines += [
+            "",
+            f"Small-file write-back: {small:,} files of 1 KiB.",
+            "",
+            "| target | added RTT | create, until the last close | first create → all on the server "
+            "| requests per file (all kinds) | of which | then `stat` of each | `ls -l` | delete each |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        lines += _rows(res, "small", lambda s: f"{s['create_s']:.2f} s | **{s['server_s']:.2f} s** | "
+                       f"**{s['requests'] / small:.2f}** | {_fmt_kinds(s['by_kind'], small)} | "
+                       + " | ".join(f"{s[k]:.2f} s" if k in s else ""
+                                    for k in ("stat_s", "ls_s", "delete_s")))
     if res["appends"]:
         lines += [
             "",
@@ -316,6 +385,18 @@ def section(res: dict[str, Any], command: str) -> str:
         ]
         lines += _rows(res, "append", lambda a: f"**{a['mib_up']:,.1f}** | {a['mib_down']:,.1f} | "
                        f"{a['total_s']:.2f} s | {a['append_s_median']:.2f} s | {_fmt_kinds(a['by_kind'], 1)}")
+    if res.get("edit_mib"):
+        lines += [
+            "",
+            f"Edit: 4 KiB written in the middle of a {res['edit_mib']:,.0f} MiB object (open O_RDWR, "
+            "pwrite, close), from a fresh mount with an empty cache.",
+            "",
+            "| target | added RTT | MiB received | MiB sent to the server | open, write, close "
+            "| → new bytes on the server | requests |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += _rows(res, "edit", lambda e: f"**{e['mib_down']:,.1f}** | **{e['mib_up']:,.1f}** | "
+                       f"{e['close_s']:.2f} s | {e['server_s']:.2f} s | {_fmt_kinds(e['by_kind'], 1)}")
     if res["errors"]:
         lines += ["", "Failed: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items())]
     return "\n".join(lines) + "\n"
@@ -337,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small-files", type=int, default=5000, help="1 KiB files in the write-back scenario")
     p.add_argument("--append-base", type=int, default=256, help="MiB of the object the appends grow")
     p.add_argument("--appends", type=int, default=20, help="appends of 1 MiB (0: no append scenario)")
+    p.add_argument("--edit-size", type=int, default=1024,
+                   help="MiB of the object edited in its middle (0: no edit scenario)")
     p.add_argument("--bandwidth", type=float, help="cap each direction of the proxy at this many MB/s")
     p.add_argument("--targets", default=",".join(TARGET_NAMES))
     p.add_argument("--server", choices=sorted(SERVERS), default="rclone",
@@ -360,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
     res = run(a.work, names, _ints(a.rtt), a.small_files, a.append_base * MiB, a.appends,
               a.bandwidth * 1e6 if a.bandwidth else None, a.mountd_commit,
-              log=lambda s: print(s, file=sys.stderr, flush=True), server_name=a.server)
+              log=lambda s: print(s, file=sys.stderr, flush=True), server_name=a.server,
+              edit_size=a.edit_size * MiB)
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     res["command"] = f".venv/bin/python -m bench.latency {argv_text}".strip()
     out = a.work / "latency.json"
