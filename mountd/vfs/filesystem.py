@@ -100,7 +100,8 @@ class Filesystem:
                 if inode.has_local and self.local.exists(inode.ino):
                     m.update(inode.ino, size=self.local.size_of(inode.ino))
                     if inode.remote is not None and inode.is_reg:
-                        self.dirty.set(inode.ino, self.local.size_of(inode.ino))
+                        self.dirty.set(inode.ino, self.partial.local_bytes(inode.ino,
+                                                                           self.local.size_of(inode.ino)))
                 for key in self.paths.keys_of(inode.ino):
                     if not m.journal_has(key[0], key[1]):
                         log.info("re-queueing %s:%s written before a crash", key[0], key[1])
@@ -828,5 +829,5 @@ class Filesystem:
         return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
                 "materialized": s.materialized, "listings_ahead": s.listings_ahead, "adopted": s.adopted,
                 "links_joined": s.links_joined, "materialized_from_cache": s.materialized_from_cache,
-                "skipped_keys": s.skipped_keys,
-                **self.files.statistics()}
+                "skipped_keys": s.skipped_keys, "partial_files": len(self.partial.under("", "")),
+                **self.partial.stats, **self.files.statistics()}

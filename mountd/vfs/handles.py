@@ -460,7 +460,7 @@ class OpenFiles:
         op.modified = False
         # (an unnamed O_TMPFILE file is not counted: nothing can upload it, so nothing could wait)
         if node is not None and node.remote is not None and node.content_dirty and keys:
-            size = node.size
+            size = self.partial.local_bytes(op.ino, node.size)  # (a part-fetched file: its parts here)
             # (its one key is its path's, which the ignore rules judge; a linked file: the first name's)
             if not await self.ignored.is_ignored(node, keys[0] if node.nlink <= 1 else None):
                 self.dirty.set(op.ino, size)

@@ -77,9 +77,20 @@ class PartialFiles:
     def get(self, ino: int) -> PartialCopy | None:
         return self._rows.get(ino)
 
+    def local_bytes(self, ino: int, size: int) -> int:
+        """The bytes of a file of `size` that are on the local tier (what its upload sends, about;
+        what counts against `local.max_dirty`): all of them unless it is partial."""
+        row = self._rows.get(ino)
+        if row is None:
+            return size
+        held = sum(min((i + 1) * row.chunk, row.base_size) - i * row.chunk
+                   for i in range(row.base_chunks) if row.has(i))
+        return held + max(0, size - row.base_size)
+
     def under(self, remote: str, prefix: str) -> list[int]:
-        """The partial files whose object is below `prefix` of `remote`."""
-        return [ino for ino, row in self._rows.items() if row.remote == remote and row.key.startswith(prefix)]
+        """The partial files whose object is below `prefix` of `remote` (of any remote: "")."""
+        return [ino for ino, row in self._rows.items()
+                if remote in ("", row.remote) and row.key.startswith(prefix)]
 
     def can_start(self, node: Inode) -> bool:
         """Whether a first write of `node` (its bytes only in its object) may start a partial copy."""
