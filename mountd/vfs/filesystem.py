@@ -594,7 +594,7 @@ class Filesystem:
         node = self._inode(ino)
         if not node.has_local and node.remote is not None:
             node = await self.remote.with_metadata(node)  # its upload carries the stored attributes
-            if self.partial.can_start(node) and not node.has_local and not self.remote.cached_whole(node):
+            if self.partial.can_start(node) and not node.has_local:
                 self.partial.start(node)  # (the chunks a write reaches are fetched before it lands)
                 return
             await self.remote.materialize(node)  # (from the cache when it holds all of it: no download)

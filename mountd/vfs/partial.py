@@ -278,9 +278,12 @@ class PartialFiles:
         start, end = i * row.chunk, min((i + 1) * row.chunk, row.base_size)
         store = self.stores[row.remote]
         try:
-            data = await self.remote.call(store, bind(store.read_range, version=row.version), row.key, start,
-                                          end, timeout=self.remote.transfer_timeout(end - start),
-                                          what=f"read of {row.key}")
+            if self.reader.describe(self._base_ref(row))[1] >= row.base_size:
+                data = await self.reader.read(self._base_ref(row), start, end - start)  # (no download)
+            else:
+                data = await self.remote.call(store, bind(store.read_range, version=row.version), row.key,
+                                              start, end, timeout=self.remote.transfer_timeout(end - start),
+                                              what=f"read of {row.key}")
         except (VersionMismatch, ObjectNotFound) as e:
             try:  # the cache may still hold the version
                 data = await self.reader.read(self._base_ref(row), start, end - start)

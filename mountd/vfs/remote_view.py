@@ -1123,11 +1123,6 @@ class RemoteView:
             with self.meta.transaction():
                 self.meta.update(ino, sha256=sha)
 
-    def cached_whole(self, node: Inode) -> bool:
-        """Whether the cache holds every byte of the file's version."""
-        ref = object_ref(node)
-        return bool(node.remote_version) and ref.size > 0 and self.reader.describe(ref)[1] >= ref.size
-
     async def _materialize_from_cache(self, node: Inode) -> bool:
         """The file onto the local tier from the cache, when the cache holds all of its version
         (a file uploaded from here is handed to the cache, so the next append or edit of it

@@ -54,6 +54,21 @@ def test_an_edit_in_the_middle_fetches_and_sends_only_its_chunk(make_mount, tmp_
     assert m.read_file("/data/big") == data
 
 
+def test_an_edit_of_a_file_written_here_takes_its_part_from_the_cache(make_mount, tmp_path):
+    """After its upload a file's local copy is the cache's: an edit then downloads nothing, and
+    sends only the part it changed."""
+    m = make_mount(writeback=CHUNKED)
+    data = bytearray(random.Random(1).randbytes(20 * MiB))
+    m.create("/data/mine", bytes(data))
+    m.drain()
+    before = dict(m.stack.stores["main"].statistics())
+    m.write_at("/data/mine", 6 * MiB, b"edit")
+    data[6 * MiB:6 * MiB + 4] = b"edit"
+    m.drain()
+    assert remote_files(tmp_path / "repo" / "remote")["mine"] == data
+    assert moved(m, before) == {"bytes_downloaded": 0, "bytes_uploaded": CHUNK, "patches": 1}
+
+
 def test_an_edit_survives_a_crash_before_its_upload(make_mount, tmp_path):
     m, data = seeded(make_mount, tmp_path, 20 * MiB, delay="1h")
     m.write_at("/data/big", 7 * MiB, b"crash-safe")
