@@ -34,7 +34,11 @@ each target runs from a fresh mount with an empty cache, with the benchmark's co
    (`server_s`, a ranged read of them every 50 ms). Reported: the MiB sent and received (counted
    at the proxy, until the mount says its uploads are done) and the requests.
 
-`--small-files 0`, `--appends 0` or `--edit-size 0` leaves that scenario out.
+4. **cold read** (first, right after the mount): an `--read-size` MiB object seeded on the
+   server (`read-RTT/blob.bin`) read whole with 1 MiB reads, page cache dropped, cache empty.
+   Reported: MB/s, and the daemon's peak RSS while it read (VmRSS sampled every 20 ms).
+
+`--small-files 0`, `--appends 0`, `--edit-size 0` or `--read-size 0` leaves that scenario out.
 
 The figures go to WORK/latency.json and the section of docs/benchmarks.md between the `latency`
 markers (`latency-seaweedfs` for SeaweedFS; appended after the other sections when missing).
@@ -58,8 +62,9 @@ from bench.multihost import request_kind
 from bench.proxy import DelayProxy
 from bench.report import write_marked_section
 from bench.runner import make_targets
+from bench.scenarios import seq_read
 from bench.server import S3Server, SeaweedBenchServer
-from bench.system import drop_caches, fusermount_lazy, machine_info, tool_versions, wait_until
+from bench.system import RssSampler, drop_caches, fusermount_lazy, machine_info, tool_versions, wait_until
 from bench.targets import REPO, Target
 
 DOCS_MD = REPO / "docs" / "benchmarks.md"
@@ -95,6 +100,10 @@ def edit_key(rtt_ms: int) -> str:
     return f"edit-{rtt_ms}/blob.bin"
 
 
+def read_key(rtt_ms: int) -> str:
+    return f"read-{rtt_ms}/blob.bin"
+
+
 def seed_source(work: Path, name: str, size: int) -> Path:
     src = work / "seed" / f"{name}-{size}"
     if size and (not src.exists() or src.stat().st_size != size):
@@ -104,11 +113,12 @@ def seed_source(work: Path, name: str, size: int) -> Path:
 
 
 def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, edit_size: int,
-         work: Path) -> None:
+         read_size: int, work: Path) -> None:
     """Per bucket and RTT: a small-file directory (a `.keep` object keeps the prefix) and copies
     (not links: the server rewrites them) of the append base and edit objects."""
     src = seed_source(work, "append-base", base)
     edit_src = seed_source(work, "edit", edit_size)
+    read_src = seed_source(work, "edit", read_size)
     shutil.rmtree(server.data, ignore_errors=True)
     if isinstance(server, SeaweedBenchServer):
         return  # through its S3 API once it runs: seed_over_s3
@@ -120,14 +130,16 @@ def seed(server: S3Server, targets: list[Target], rtts: list[int], base: int, ed
             dst = server.object_path(t.bucket, append_key(rtt))
             dst.parent.mkdir(parents=True)
             shutil.copyfile(src, dst)
-            if edit_size:
-                dst = server.object_path(t.bucket, edit_key(rtt))
-                dst.parent.mkdir(parents=True)
-                shutil.copyfile(edit_src, dst)
+            for key, size, src_of in ((edit_key(rtt), edit_size, edit_src),
+                                      (read_key(rtt), read_size, read_src)):
+                if size:
+                    dst = server.object_path(t.bucket, key)
+                    dst.parent.mkdir(parents=True)
+                    shutil.copyfile(src_of, dst)
 
 
 def seed_over_s3(server: SeaweedBenchServer, targets: list[Target], rtts: list[int], base: int,
-                 edit_size: int, work: Path) -> None:
+                 edit_size: int, read_size: int, work: Path) -> None:
     """`seed` for a server whose data directory is not a tree of objects, once it runs."""
     keep = work / "seed" / "keep"
     keep.write_bytes(b"keeps this prefix alive\n")
@@ -137,6 +149,8 @@ def seed_over_s3(server: SeaweedBenchServer, targets: list[Target], rtts: list[i
             server.put_file(t.bucket, append_key(rtt), work / "seed" / f"append-base-{base}")
             if edit_size:
                 server.put_file(t.bucket, edit_key(rtt), work / "seed" / f"edit-{edit_size}")
+            if read_size:
+                server.put_file(t.bucket, read_key(rtt), work / "seed" / f"edit-{read_size}")
 
 
 def small_writeback(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, n: int) -> dict[str, Any]:
@@ -254,9 +268,18 @@ def edit(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, size: int)
             "mib_down": proxy.bytes_down / MiB, "requests": sum(by_kind.values()), "by_kind": by_kind}
 
 
+def cold_read(t: Target, proxy: DelayProxy, rtt_ms: int) -> dict[str, Any]:
+    drop_caches()
+    proxy.reset()
+    with RssSampler(t.pid) as rss:
+        mb_s = seq_read(t.root / read_key(rtt_ms))
+    return {"mb_s": mb_s, "rss_peak_mib": rss.peak_mib, "mib_down": proxy.bytes_down / MiB,
+            "requests": sum(proxy.snapshot().values())}
+
+
 def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, count: int,
         bandwidth: float | None, mountd_commit: str | None, log: Any,
-        server_name: str = "rclone", edit_size: int = 0) -> dict[str, Any]:
+        server_name: str = "rclone", edit_size: int = 0, read_size: int = 0) -> dict[str, Any]:
     work = work.resolve()
     rclone, server, targets, mountd_desc = make_targets(work, names, mountd_commit,
                                                         server_class=SERVERS[server_name])
@@ -265,13 +288,13 @@ def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, co
         "machine": machine_info(work, tool_versions(rclone), mountd_desc),
         "targets": names, "rtts_ms": rtts, "small_files": small, "append_base_mib": base / MiB,
         "appends": count, "bandwidth": bandwidth, "results": {}, "errors": {}, "loadavg": {},
-        "server": server_name, "edit_mib": edit_size / MiB}
+        "server": server_name, "edit_mib": edit_size / MiB, "read_mib": read_size / MiB}
     t_start = time.monotonic()
     log(f"bench.latency: seeding {work}")
-    seed(server, targets, rtts, base, edit_size, work)
+    seed(server, targets, rtts, base, edit_size, read_size, work)
     server.start()
     if isinstance(server, SeaweedBenchServer):
-        seed_over_s3(server, targets, rtts, base, edit_size, work)
+        seed_over_s3(server, targets, rtts, base, edit_size, read_size, work)
     proxy = DelayProxy(server.port, 0.0, bandwidth, classify=request_kind)
     out = work / "latency.json"
     try:
@@ -287,6 +310,11 @@ def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, co
                     t.clean()
                     t.start(proxy.endpoint_url)
                     r = res["results"][key] = {}
+                    if read_size:
+                        phase = "cold read"
+                        r["read"] = c = cold_read(t, proxy, rtt)
+                        log(f"  {key:10} cold read: {c['mb_s']:.0f} MB/s, peak RSS "
+                            f"{c['rss_peak_mib']:.0f} MiB, {c['requests']} requests")
                     if small:
                         phase = "small-file write-back"
                         r["small"] = small_writeback(t, server, proxy, rtt, small)
@@ -385,6 +413,17 @@ def section(res: dict[str, Any], command: str) -> str:
         ]
         lines += _rows(res, "append", lambda a: f"**{a['mib_up']:,.1f}** | {a['mib_down']:,.1f} | "
                        f"{a['total_s']:.2f} s | {a['append_s_median']:.2f} s | {_fmt_kinds(a['by_kind'], 1)}")
+    if res.get("read_mib"):
+        lines += [
+            "",
+            f"Cold read: a {res['read_mib']:,.0f} MiB object read whole with 1 MiB reads, right after "
+            "the mount (page cache dropped, cache empty).",
+            "",
+            "| target | added RTT | MB/s | daemon's peak RSS | MiB received | requests |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += _rows(res, "read", lambda c: f"**{c['mb_s']:,.0f}** | {c['rss_peak_mib']:,.0f} MiB | "
+                       f"{c['mib_down']:,.1f} | {c['requests']:,} |")
     if res.get("edit_mib"):
         lines += [
             "",
@@ -420,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--appends", type=int, default=20, help="appends of 1 MiB (0: no append scenario)")
     p.add_argument("--edit-size", type=int, default=1024,
                    help="MiB of the object edited in its middle (0: no edit scenario)")
+    p.add_argument("--read-size", type=int, default=1024,
+                   help="MiB of the object read cold (0: no cold-read scenario)")
     p.add_argument("--bandwidth", type=float, help="cap each direction of the proxy at this many MB/s")
     p.add_argument("--targets", default=",".join(TARGET_NAMES))
     p.add_argument("--server", choices=sorted(SERVERS), default="rclone",
@@ -444,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(a.work, names, _ints(a.rtt), a.small_files, a.append_base * MiB, a.appends,
               a.bandwidth * 1e6 if a.bandwidth else None, a.mountd_commit,
               log=lambda s: print(s, file=sys.stderr, flush=True), server_name=a.server,
-              edit_size=a.edit_size * MiB)
+              edit_size=a.edit_size * MiB, read_size=a.read_size * MiB)
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     res["command"] = f".venv/bin/python -m bench.latency {argv_text}".strip()
     out = a.work / "latency.json"

@@ -144,10 +144,11 @@ def test_latency_section_goes_after_the_others_and_keeps_its_notes(tmp_path: Pat
                "append": {"mib_up": 21.0, "mib_down": 1.0, "total_s": 3.0, "append_s_median": 0.1,
                           "by_kind": {"PUT": 20}},
                "edit": {"mib_up": 16.0, "mib_down": 16.0, "close_s": 0.5, "server_s": 1.5,
-                        "by_kind": {"GET": 1, "PUT": 1, "POST": 2}}}
+                        "by_kind": {"GET": 1, "PUT": 1, "POST": 2}},
+               "read": {"mb_s": 512.3, "rss_peak_mib": 99.6, "mib_down": 1024.0, "requests": 1100}}
     res = {"machine": {"cpu": "c", "memory": "m", "kernel": "k", "disk": "d", "mountd": "commit x"},
            "small_files": 10, "appends": 20, "append_base_mib": 1, "loadavg": {"mountd@20": 1.0},
-           "edit_mib": 1024,
+           "edit_mib": 1024, "read_mib": 1024,
            "started": "now", "duration_s": 60, "errors": {}, "results": {"mountd@20": figures}}
     md = tmp_path / "benchmarks.md"
     md.write_text("# Benchmarks\n<!-- two-hosts:begin -->\nx\n<!-- two-hosts:end -->\n")
@@ -161,3 +162,4 @@ def test_latency_section_goes_after_the_others_and_keeps_its_notes(tmp_path: Pat
     assert "| mountd | 20 ms | 1.00 s | **2.00 s** | **3.00** | HEAD 2.00, PUT 1.00 | " in text
     assert "| mountd | 20 ms | **21.0** | 1.0 |" in text
     assert "| mountd | 20 ms | **16.0** | **16.0** | 0.50 s | 1.50 s | POST 2, GET 1, PUT 1 |" in text
+    assert "| mountd | 20 ms | **512** | 100 MiB | 1,024.0 | 1,100 |" in text
