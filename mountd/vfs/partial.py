@@ -37,10 +37,12 @@ from functools import partial as bind
 import trio
 
 from mountd.backend import APPEND_MIN, ObjectStore, PatchBase
+from mountd.cache.chunks import PINNED
 from mountd.cache.reader import ObjectRef, RemoteReader
 from mountd.errors import ObjectNotFound, PosixError, RemoteError, VersionMismatch
 from mountd.local import LocalTier
 from mountd.meta import Inode, MetaStore, PartialCopy
+from mountd.vfs.namespace import object_ref
 from mountd.vfs.remote_calls import RemoteCalls
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,12 @@ class PartialFiles:
     def can_start(self, node: Inode) -> bool:
         """Whether a first write of `node` (its bytes only in its object) may start a partial copy."""
         store = self.stores.get(node.remote or "")
-        return (store is not None and store.patches and node.is_reg and node.nlink <= 1
-                and node.size > self.chunk and bool(node.remote_key) and bool(node.remote_version))
+        if not (store is not None and store.patches and node.is_reg and node.nlink <= 1
+                and node.size > self.chunk and bool(node.remote_key) and bool(node.remote_version)):
+            return False
+        # a pinned file stays whole in the pinned store: fetched whole from there, and its local
+        # copy handed back whole after the upload (a partial copy would be dropped instead)
+        return self.reader.describe(object_ref(node))[0] != PINNED
 
     def start(self, node: Inode) -> None:
         """A sparse local file of the object's size; no byte is fetched yet (`before_write` does,

@@ -160,3 +160,27 @@ def test_an_edit_whose_old_version_is_gone_keeps_the_bytes_written_here(make_mou
     assert copy[:10 * MiB] == bytes(10 * MiB) and copy[15 * MiB:] == bytes(5 * MiB)
     [conflict] = [c for c in m.stack.meta.conflicts() if c["resolution"] == "base-lost"]
     assert conflict["key"] == "big" and conflict["copy_key"] == name
+
+
+def test_a_pinned_file_is_edited_whole_and_stays_pinned(make_mount, tmp_path):
+    """A pinned file's bytes are all in the pinned store: an edit takes the file whole from there
+    (no download) and hands it back whole after the upload, so the new version stays pinned (a
+    partial copy would be dropped after the upload instead)."""
+    m, data = seeded(make_mount, tmp_path, 20 * MiB)
+
+    async def pin() -> None:
+        fs = m.stack.fs
+        async for _ in m.stack.reader.pin("/data/big", fs.paths.scope("/data/big"),
+                                          await fs.remote_files_under("/data/big")):
+            pass
+
+    m.run(pin)
+    before = dict(m.stack.stores["main"].statistics())
+    m.write_at("/data/big", 11 * MiB, b"pinned")
+    data[11 * MiB:11 * MiB + 6] = b"pinned"
+    assert not m.stack.fs.partial.is_partial(m.ino("/data/big"))
+    m.drain()
+    assert remote_files(tmp_path / "repo" / "remote")["big"] == data
+    assert moved(m, before)["bytes_downloaded"] == 0
+    ref = object_ref(m.stack.meta.get(m.ino("/data/big")))
+    assert m.stack.reader.describe(ref) == ("pinned", 20 * MiB)
