@@ -48,8 +48,8 @@ COPY_PART_MAX = 5 << 30  # the largest part UploadPartCopy copies
 def part_plan(size: int, base: PatchBase, chunk: int) -> list[tuple[int, int, bool]]:
     """The parts of a file of `size` bytes made from `base`: (start, end, copied), in order. A
     run of copied bytes is split evenly into parts of at most COPY_PART_MAX, a run of sent bytes
-    into parts of at most `chunk`; every part but the last is at least S3_MIN_PART (a plan
-    that cannot keep that is the caller's error: ValueError)."""
+    into parts of about `chunk`; every part but the last is at least S3_MIN_PART (a plan that
+    cannot keep that is the caller's error: ValueError)."""
     sent = [(s, min(e, size)) for s, e in base.changed if s < min(e, size)]
     if size > base.size:
         sent.append((base.size, size))
@@ -67,8 +67,10 @@ def part_plan(size: int, base: PatchBase, chunk: int) -> list[tuple[int, int, bo
     if pos < size:
         runs.append((pos, size, True))
     parts: list[tuple[int, int, bool]] = []
+    part = max(chunk, S3_MIN_PART, -(-size // S3_PARTS_PLANNED))  # (S3 takes at most 10,000 parts)
     for s, e, copied in runs:
-        n = -(-(e - s) // (COPY_PART_MAX if copied else max(chunk, S3_MIN_PART)))
+        # a sent run goes in parts of `part` to 2 x `part`: a remainder never makes a short one
+        n = -(-(e - s) // COPY_PART_MAX) if copied else max(1, (e - s) // part)
         parts += [(s + (e - s) * i // n, s + (e - s) * (i + 1) // n, copied) for i in range(n)]
     if any(e - s < S3_MIN_PART for s, e, _ in parts[:-1]):
         raise ValueError(f"a part under {S3_MIN_PART} bytes before the last: {parts}")
@@ -86,6 +88,7 @@ def _read_range(src: Path, start: int, length: int) -> bytes:
         return f.read(length)
 
 S3_MIN_PART = 5 << 20  # S3 refuses smaller parts (except the last)
+S3_PARTS_PLANNED = 9_000  # parts of sent bytes a patch plans at most (S3's limit is 10,000 in all)
 S3_META = "x-amz-meta-"  # user metadata headers (lower case)
 HEAD_URL_LIFETIME = 900  # seconds a signed HEAD URL is valid (it is used at once)
 HEAD_SIGNER_REUSE = 300  # seconds before the HEAD signer takes up the credentials again

@@ -184,3 +184,24 @@ def test_a_pinned_file_is_edited_whole_and_stays_pinned(make_mount, tmp_path):
     assert moved(m, before)["bytes_downloaded"] == 0
     ref = object_ref(m.stack.meta.get(m.ino("/data/big")))
     assert m.stack.reader.describe(ref) == ("pinned", 20 * MiB)
+
+
+def test_the_s3_part_plan_keeps_every_part_but_the_last_at_the_minimum():
+    """Parts of a patch: copied runs from the old object, sent runs from the local file, every part
+    but the last at least 5 MiB (a sent run of 5 MiB and one byte is one part, not two of 2.5)."""
+    from mountd.backend import PatchBase
+    from mountd.backend.s3 import S3_MIN_PART, part_plan
+
+    plans = [
+        part_plan(30 * MiB, PatchBase(20 * MiB, "v", ((5 * MiB, 10 * MiB),)), 5 * MiB),
+        part_plan(10 * MiB + 1, PatchBase(10 * MiB, "v", ((5 * MiB, 10 * MiB),)), 5 * MiB),
+        part_plan(64 * MiB, PatchBase(64 * MiB, "v", ((16 * MiB, 48 * MiB),)), 16 * MiB),
+        part_plan(65 * MiB, PatchBase(64 * MiB, "v", ()), 16 * MiB),
+    ]
+    for plan, size in zip(plans, (30 * MiB, 10 * MiB + 1, 64 * MiB, 65 * MiB), strict=True):
+        assert plan[0][0] == 0 and plan[-1][1] == size
+        assert all(a[1] == b[0] for a, b in zip(plan, plan[1:], strict=False))
+        assert all(e - s >= S3_MIN_PART for s, e, _ in plan[:-1]), plan
+    assert plans[1] == [(0, 5 * MiB, True), (5 * MiB, 10 * MiB + 1, False)]
+    assert plans[3] == [(0, 64 * MiB, True), (64 * MiB, 65 * MiB, False)]
+    assert [copied for _, _, copied in plans[2]] == [True, False, False, True]
