@@ -64,7 +64,15 @@ from bench.report import write_marked_section
 from bench.runner import make_targets
 from bench.scenarios import seq_read
 from bench.server import S3Server, SeaweedBenchServer
-from bench.system import RssSampler, drop_caches, fusermount_lazy, machine_info, tool_versions, wait_until
+from bench.system import (
+    RssSampler,
+    drop_caches,
+    fusermount_lazy,
+    machine_info,
+    status_kib,
+    tool_versions,
+    wait_until,
+)
 from bench.targets import REPO, Target
 
 DOCS_MD = REPO / "docs" / "benchmarks.md"
@@ -271,10 +279,11 @@ def edit(t: Target, server: S3Server, proxy: DelayProxy, rtt_ms: int, size: int)
 def cold_read(t: Target, proxy: DelayProxy, rtt_ms: int) -> dict[str, Any]:
     drop_caches()
     proxy.reset()
+    before = status_kib(t.pid, "VmRSS") / 1024 if t.pid else 0.0
     with RssSampler(t.pid) as rss:
         mb_s = seq_read(t.root / read_key(rtt_ms))
-    return {"mb_s": mb_s, "rss_peak_mib": rss.peak_mib, "mib_down": proxy.bytes_down / MiB,
-            "requests": sum(proxy.snapshot().values())}
+    return {"mb_s": mb_s, "rss_peak_mib": rss.peak_mib, "rss_before_mib": before,
+            "mib_down": proxy.bytes_down / MiB, "requests": sum(proxy.snapshot().values())}
 
 
 def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, count: int,
@@ -314,7 +323,8 @@ def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, co
                         phase = "cold read"
                         r["read"] = c = cold_read(t, proxy, rtt)
                         log(f"  {key:10} cold read: {c['mb_s']:.0f} MB/s, peak RSS "
-                            f"{c['rss_peak_mib']:.0f} MiB, {c['requests']} requests")
+                            f"{c['rss_peak_mib']:.0f} MiB (before {c['rss_before_mib']:.0f}), "
+                            f"{c['requests']} requests")
                     if small:
                         phase = "small-file write-back"
                         r["small"] = small_writeback(t, server, proxy, rtt, small)
@@ -372,7 +382,7 @@ def section(res: dict[str, Any], command: str) -> str:
     load = ", ".join(f"{k} {v:.1f}" for k, v in res["loadavg"].items())
     on = "" if res.get("server", "rclone") == "rclone" else " (SeaweedFS)"
     lines = [
-        f"## Latency: small-file write-back and appends{on}",
+        f"## Latency: small-file write-back, appends, edits and cold reads{on}",
         "",
         "Each target through a proxy on 127.0.0.1 that adds a fixed round-trip time (half on each "
         "chunk each way, one more RTT per new connection) and counts the requests and bytes the mount "
@@ -423,7 +433,7 @@ def section(res: dict[str, Any], command: str) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += _rows(res, "read", lambda c: f"**{c['mb_s']:,.0f}** | {c['rss_peak_mib']:,.0f} MiB | "
-                       f"{c['mib_down']:,.1f} | {c['requests']:,} |")
+                       f"{c['mib_down']:,.1f} | {c['requests']:,}")
     if res.get("edit_mib"):
         lines += [
             "",

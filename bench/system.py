@@ -44,7 +44,7 @@ def fusermount_lazy(path: Path) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
 
 
-def _status_kib(pid: int, field: str) -> int:
+def status_kib(pid: int, field: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -78,11 +78,11 @@ class RssSampler:
         if self.pid:
             self._stop.set()
             self._thread.join()
-            self.hwm_kib = _status_kib(self.pid, "VmHWM")
+            self.hwm_kib = status_kib(self.pid, "VmHWM")
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, _status_kib(self.pid, "VmRSS"))
+            self.peak_kib = max(self.peak_kib, status_kib(self.pid, "VmRSS"))
             self._stop.wait(self.interval)
 
     @property

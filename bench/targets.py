@@ -141,6 +141,7 @@ name = "bench"
 path = "{self.state}/local"
 [cache]
 path = "{self.state}/cache"
+{os.environ.get("BENCH_MOUNTD_CACHE", "")}
 [writeback]
 delay = "0s"
 drain_timeout = "15m"

@@ -162,4 +162,4 @@ def test_latency_section_goes_after_the_others_and_keeps_its_notes(tmp_path: Pat
     assert "| mountd | 20 ms | 1.00 s | **2.00 s** | **3.00** | HEAD 2.00, PUT 1.00 | " in text
     assert "| mountd | 20 ms | **21.0** | 1.0 |" in text
     assert "| mountd | 20 ms | **16.0** | **16.0** | 0.50 s | 1.50 s | POST 2, GET 1, PUT 1 |" in text
-    assert "| mountd | 20 ms | **512** | 100 MiB | 1,024.0 | 1,100 |" in text
+    assert "| mountd | 20 ms | **512** | 100 MiB | 1,024.0 | 1,100 |\n" in text
