@@ -57,7 +57,15 @@ from bench.proxy import DelayProxy
 from bench.report import write_marked_section
 from bench.runner import _rclone
 from bench.server import S3Server
-from bench.system import RssSampler, drop_caches, fusermount_lazy, machine_info, mountd_source, tool_versions
+from bench.system import (
+    RssSampler,
+    cpu_seconds,
+    drop_caches,
+    fusermount_lazy,
+    machine_info,
+    mountd_source,
+    tool_versions,
+)
 from bench.targets import REPO, MountdTarget, RcloneTarget, S3fsTarget, Target
 
 DOCS_MD = REPO / "docs" / "benchmarks.md"
@@ -143,17 +151,6 @@ class ServerLog:
         return kinds
 
 
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process and its waited-for children so far (0 if gone)."""
-    if not pid:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def run_cmd(cmd: str, timeout: float) -> dict[str, Any]:
     """Runs `cmd` under bash (pipefail); its wall time, stdout's last line, and whether it timed out."""
     t0 = time.monotonic()
@@ -235,11 +232,11 @@ class Runner:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         server_pid = self.server.proc.pid if self.server.proc is not None else None
-        cpu_before = (_cpu_seconds(t.pid), _cpu_seconds(server_pid))
+        cpu_before = (cpu_seconds(t.pid), cpu_seconds(server_pid))
         with RssSampler(t.pid if rss else None) as sampler:
             r = run_cmd(cmd.format(root=t.root), self.timeout)
-        r["cpu_s"] = _cpu_seconds(t.pid) - cpu_before[0]  # the mount's daemon
-        r["server_cpu_s"] = _cpu_seconds(server_pid) - cpu_before[1]
+        r["cpu_s"] = cpu_seconds(t.pid) - cpu_before[0]  # the mount's daemon
+        r["server_cpu_s"] = cpu_seconds(server_pid) - cpu_before[1]
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)

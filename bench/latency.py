@@ -51,6 +51,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +67,7 @@ from bench.scenarios import seq_read
 from bench.server import S3Server, SeaweedBenchServer
 from bench.system import (
     RssSampler,
+    cpu_seconds,
     drop_caches,
     fusermount_lazy,
     machine_info,
@@ -280,9 +282,21 @@ def cold_read(t: Target, proxy: DelayProxy, rtt_ms: int) -> dict[str, Any]:
     drop_caches()
     proxy.reset()
     before = status_kib(t.pid, "VmRSS") / 1024 if t.pid else 0.0
+    spy = None
+    if (out := os.environ.get("BENCH_PROFILE_READ")) and t.name == "mountd" and t.pid:
+        # py-spy's collapsed stacks of the daemon during the read (BENCH_PROFILE_READ: a path prefix)
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(t.pid),
+                                "--format", "raw", "--rate", "200", "-o", f"{out}-{rtt_ms}ms.txt"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # (attached)
+    cpu0 = cpu_seconds(t.pid)
     with RssSampler(t.pid) as rss:
         mb_s = seq_read(t.root / read_key(rtt_ms))
-    return {"mb_s": mb_s, "rss_peak_mib": rss.peak_mib, "rss_before_mib": before,
+    cpu_s = cpu_seconds(t.pid) - cpu0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    return {"mb_s": mb_s, "rss_peak_mib": rss.peak_mib, "rss_before_mib": before, "cpu_s": cpu_s,
             "mib_down": proxy.bytes_down / MiB, "requests": sum(proxy.snapshot().values())}
 
 
@@ -324,6 +338,7 @@ def run(work: Path, names: list[str], rtts: list[int], small: int, base: int, co
                         r["read"] = c = cold_read(t, proxy, rtt)
                         log(f"  {key:10} cold read: {c['mb_s']:.0f} MB/s, peak RSS "
                             f"{c['rss_peak_mib']:.0f} MiB (before {c['rss_before_mib']:.0f}), "
+                            f"daemon CPU {c['cpu_s']:.1f}s, "
                             f"{c['requests']} requests")
                     if small:
                         phase = "small-file write-back"

@@ -55,6 +55,17 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its waited-for children so far (0 if gone)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Samples a process's VmRSS every `interval` seconds in a thread; `peak_mib` is the highest seen.
 
