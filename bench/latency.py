@@ -39,6 +39,10 @@ each target runs from a fresh mount with an empty cache, with the benchmark's co
    Reported: MB/s, and the daemon's peak RSS while it read (VmRSS sampled every 20 ms).
 
 `--small-files 0`, `--appends 0`, `--edit-size 0` or `--read-size 0` leaves that scenario out.
+Also reported for the cold read: the daemon's RSS before it and its CPU seconds during it. For
+experiments: `BENCH_MOUNTD_CACHE` adds TOML lines to mountd's `[cache]` (e.g. `prefetch = "16M"`),
+and `BENCH_PROFILE_READ=PREFIX` records py-spy's raw stacks of mountd during each cold read into
+PREFIX-RTTms.txt.
 
 The figures go to WORK/latency.json and the section of docs/benchmarks.md between the `latency`
 markers (`latency-seaweedfs` for SeaweedFS; appended after the other sections when missing).
