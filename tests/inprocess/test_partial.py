@@ -205,3 +205,25 @@ def test_the_s3_part_plan_keeps_every_part_but_the_last_at_the_minimum():
     assert plans[1] == [(0, 5 * MiB, True), (5 * MiB, 10 * MiB + 1, False)]
     assert plans[3] == [(0, 64 * MiB, True), (64 * MiB, 65 * MiB, False)]
     assert [copied for _, _, copied in plans[2]] == [True, False, False, True]
+
+
+def test_a_file_open_for_reading_during_its_patch_reads_the_new_version_after_it(make_mount, tmp_path):
+    """An upload while the file is open keeps its partial copy (only a closed file's copy is
+    dropped): its missing parts are then read from the version just written, for the one it
+    was edited from is gone, and a second edit patches that version."""
+    m, data = seeded(make_mount, tmp_path, 20 * MiB)
+    reader = m.open("/data/big")
+    m.write_at("/data/big", 3 * MiB, b"one")
+    data[3 * MiB:3 * MiB + 3] = b"one"
+    m.drain()
+    ino = m.ino("/data/big")
+    row = m.stack.fs.partial.get(ino)
+    assert row is not None and row.version == m.stack.meta.get(ino).remote_version
+    assert m.read(reader, 0, 20 * MiB) == data  # parts 1-3 from the new version
+    m.write_at("/data/big", 17 * MiB, b"two")
+    data[17 * MiB:17 * MiB + 3] = b"two"
+    m.close(reader)
+    m.drain()
+    assert remote_files(tmp_path / "repo" / "remote")["big"] == data
+    assert m.stack.stores["main"].statistics()["patches"] == 2
+    assert not m.stack.fs.partial.is_partial(ino) and m.read_file("/data/big") == data
