@@ -789,15 +789,11 @@ class RemoteView:
                     continue
                 if (listed.remote_key == info.key and listed.remote_version != info.version
                         and not listed.has_local):
-                    if self._is_open(listed.ino) or listed.nlink > 1:
-                        # as a change told by the change log (apply_remote_change): the readers of
-                        # the open inode keep the version they opened (changed in place, their
-                        # next chunk came from the new one); the name gets a new inode
-                        self._replace_open(d.ino, bname, listed, info)
-                        self.kernel.invalidate_inode(listed.ino)
-                        self.kernel.invalidate_entry(d.ino, bname)
-                    else:
-                        self._refresh_from_listing(listed, info)
+                    # as a change told by the change log: a new inode (changed in place, an open
+                    # reader's next chunk came from the new version, and the kernel could read
+                    # the new bytes up to the old size)
+                    self._replace_changed(d.ino, bname, listed, info)
+                    self.kernel.invalidate_entry(d.ino, bname)
             # in a bucket no mountd wrote, the listing's attributes are final at once, as a first
             # stat would make them (`_take_index`): readdirplus hands them to the kernel for
             # attr_timeout, so `du` or `ls -l` after a listing asks nothing per entry
@@ -897,28 +893,13 @@ class RemoteView:
                     self.apply_object_info(node, info)  # the metadata alone changed: taken in place
                     self.kernel.invalidate_inode(node.ino)
                     return True
-                if self._is_open(node.ino) or node.nlink > 1:
-                    # open: its readers keep the version they opened; with hard links: the other
-                    # names keep the inode (another host replaced or removed this name only)
-                    self._replace_open(d.ino, bname, node, info)
-                    self.kernel.invalidate_inode(node.ino)  # (its st_nlink)
-                elif info is None:
+                if info is None and not (self._is_open(node.ino) or node.nlink > 1):
                     self.meta.remove_entry(d.ino, bname)
                     self.meta.delete_inode(node.ino)
                     if node.has_local:
                         self.local.discard(node.ino)
                 else:
-                    # replaced too, never changed in place: the kernel may still hold the old
-                    # size (its invalidation is queued) and would read the new bytes up to it, the
-                    # rest zeros (seen under load). The old inode goes now: the kernel naming it
-                    # gets ESTALE and looks the name up again, finding the new one.
-                    self._replace_open(d.ino, bname, node, info)
-                    self.reader.forget(object_ref(node))
-                    self.kernel.invalidate_inode(node.ino)
-                    self.forget_inode(node.ino)
-                    self.meta.delete_inode(node.ino)
-                    if node.has_local:
-                        self.local.discard(node.ino)
+                    self._replace_changed(d.ino, bname, node, info)
             elif info is not None and invalid_name_reason(bname.decode("utf-8", "surrogateescape")) is None:
                 self._create_from_listing(d.ino, bname, remote, info)
             else:
@@ -926,6 +907,24 @@ class RemoteView:
         self.kernel.invalidate_entry(d.ino, bname)
         self.kernel.invalidate_inode(d.ino)
         return True
+
+    def _replace_changed(self, parent: int, bname: bytes, node: Inode, info: ObjectInfo | None) -> None:
+        """Another version (`info`; None: deleted) is at the key of the file `node` shows at
+        `parent`/`bname`, found by a change-log entry or a listing: the name gets a new inode,
+        never a change in place. Open, or with hard links, the old inode stays (unlinked) for its
+        readers, or for its other names. Otherwise it goes now: the kernel may still hold its old
+        size (the invalidation is queued) and would read the new bytes up to it and zeros past
+        (seen under load); naming the old inode it gets ESTALE and looks the name up again.
+        Within the caller's transaction."""
+        self._replace_open(parent, bname, node, info)
+        self.kernel.invalidate_inode(node.ino)  # (its st_nlink, or its pages)
+        if self._is_open(node.ino) or node.nlink > 1:
+            return
+        self.reader.forget(object_ref(node))
+        self.forget_inode(node.ino)
+        self.meta.delete_inode(node.ino)
+        if node.has_local:
+            self.local.discard(node.ino)
 
     def _replace_open(self, parent: int, bname: bytes, node: Inode, info: ObjectInfo | None) -> None:
         """The object of an inode open for reading changed on the remote: the name gets a new
@@ -991,24 +990,6 @@ class RemoteView:
             return
         if confirm:
             self.confirmed(node.ino)
-
-    def _refresh_from_listing(self, node: Inode, info: ObjectInfo) -> None:
-        """The object changed in the remote: take its new size/version; its cached pages go."""
-        if node.remote_key is not None:
-            self.reader.forget(object_ref(node))
-        self.kernel.invalidate_inode(node.ino)
-        values: dict[str, object] = {"size": info.size, "remote_version": info.version,
-                                     "mtime_ns": info.mtime_ns}
-        if info.metadata is not None:
-            attrs = attrs_from_metadata(info.metadata, default_mode=self.config.mount.file_mode,
-                                        uid=self._owner[0], gid=self._owner[1], mtime_ns=info.mtime_ns,
-                                        kind=stat.S_IFMT(node.mode))
-            values.update(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns,
-                          rdev=attrs.rdev, sha256=info.metadata.get(META_SHA256) or None, meta_loaded=1)
-            self.meta.xattrs_replace(node.ino, xattrs_from_metadata(info.metadata))
-        else:
-            values.update(meta_loaded=0, sha256=None)
-        self.meta.update(node.ino, **values)
 
     # ------------------------------------------------------------------------------------------
     # one file's data

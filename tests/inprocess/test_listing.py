@@ -12,6 +12,8 @@ import os
 import threading
 from typing import Any
 
+import pytest
+
 from mountd.backend import DirListing, ListingPage
 from mountd.errors import RemoteUnavailable
 from mountd.meta.store import ROOT_INODE
@@ -177,3 +179,26 @@ def test_a_listing_that_finds_a_new_version_of_an_open_file_leaves_its_readers_o
         assert data == b"old." * (len(data) // 4), offset  # never a byte of the new version
     m.close(fh)
     assert m.read_file("/data/runs/shard.bin")[:4] == b"NEW!"
+
+
+def test_a_listing_that_finds_a_new_version_of_a_closed_file_gives_the_name_a_new_inode(make_mount, tmp_path):
+    """The same for a file nobody has open: the name gets a new inode of the new version, and the
+    old inode goes (a kernel still naming it gets ESTALE and looks the name up again), as a
+    change-log entry does. Changed in place, the kernel could read the new bytes up to the old
+    size it still held, and zeros past it."""
+    remote = tmp_path / "repo" / "remote" / "runs"
+    remote.mkdir(parents=True)
+    (remote / "metrics.json").write_bytes(b"old")
+    m = make_mount()
+    d = m.ino("/data/runs")
+    before = m.ino("/data/runs/metrics.json")
+    assert m.read_file("/data/runs/metrics.json") == b"old"
+    (remote / "metrics.json").write_bytes(b"new and longer")
+    view = m.stack.fs.remote
+    m.run(lambda: view.ensure_listed(view.meta.get(d), force=True))
+    after = m.ino("/data/runs/metrics.json")
+    assert after != before and m.stack.meta.get(before) is None
+    with pytest.raises(OSError) as e:
+        m.run(m.stack.fs.getattr, before)
+    assert e.value.errno == errno.ESTALE
+    assert m.read_file("/data/runs/metrics.json") == b"new and longer"
