@@ -28,6 +28,7 @@ from mountd.vfs.handles import OpenFiles
 from mountd.vfs.ignored import IgnoredPaths
 from mountd.vfs.introspect import Introspection
 from mountd.vfs.kernel import Kernel
+from mountd.vfs.local_copies import LocalCopies
 from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 from mountd.vfs.reconcile import Reconciler
@@ -116,6 +117,8 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
     files = OpenFiles(config, meta, paths, local, reader, journal, dirty, ignored, kernel, partial)
     remote = RemoteView(config, meta, paths, stores, reader, local, dirty, kernel, remote_calls, indexes,
                         is_open=files.is_open, is_writing=files.is_open_for_write, owner=owner)
+    copies = LocalCopies(meta, paths, stores, reader, local, dirty, remote_calls, remote,
+                         is_open=files.is_open)
     host = config.writeback.host or default_host_id()
     conflicts = ConflictCopies(meta, kernel, host=host, file_mode=config.mount.file_mode, owner=owner)
     followed = [r.name for r in config.remote if r.scheme != "links"]
@@ -123,7 +126,7 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
                       writable=[r.name for r in config.remote if not r.read_only and r.name in followed],
                       followed=followed)
     slots = TransferSlots(config.writeback.concurrency)
-    view = WritebackView(paths, ignored, files, remote, local, dirty, partial)
+    view = WritebackView(paths, ignored, files, remote, local, dirty, partial, copies)
     reconciler = Reconciler(meta, stores, view, journal, remote_calls, sending, conflicts, slots,
                             dedup=config.writeback.dedup, on_conflict=config.writeback.on_conflict,
                             on_remote_change=feed.changed, on_stored=indexes.stored)
@@ -132,7 +135,7 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
                         activity=activity, yield_max=config.writeback.yield_max)
     introspect = Introspection({r.name: r for r in config.remote}, meta, paths, files, ignored, reader,
                                uploader.in_flight)
-    fs = Filesystem(config, meta, local, journal, dirty, paths, files, remote, introspect, partial)
+    fs = Filesystem(config, meta, local, journal, dirty, paths, files, remote, introspect, partial, copies)
     fs.bootstrap()
     return Stack(config=config, meta=meta, local=local, stores=stores, reader=reader, journal=journal, fs=fs,
                  reconciler=reconciler, uploader=uploader, feed=feed, indexes=indexes)

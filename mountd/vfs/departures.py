@@ -26,8 +26,8 @@ import trio
 
 from mountd.errors import MountdError, VersionMismatch
 from mountd.meta import Inode, MetaStore
+from mountd.vfs.local_copies import LocalCopies
 from mountd.vfs.paths import PathMap
-from mountd.vfs.remote_view import RemoteView
 from mountd.writeback import Journal
 from mountd.writeback.backpressure import DirtyBytes
 from mountd.writeback.uploader import backoff
@@ -61,12 +61,12 @@ def arrive(meta: MetaStore, dirty: DirtyBytes, node: Inode, dest: str | None) ->
 
 class Departures:
     def __init__(self, meta: MetaStore, paths: PathMap, journal: Journal, dirty: DirtyBytes,
-                 remote: RemoteView, *, retry_initial: float, retry_max: float) -> None:
+                 copies: LocalCopies, *, retry_initial: float, retry_max: float) -> None:
         self.meta = meta
         self.paths = paths
         self.journal = journal
         self.dirty = dirty
-        self.remote = remote
+        self.copies = copies
         self._retry = (retry_initial, retry_max)
         self._failures: dict[int, tuple[int, float]] = {}  # ino -> (attempts, not before)
         self._in_flight: set[int] = set()
@@ -117,7 +117,7 @@ class Departures:
                 or fresh.remote_key != node.remote_key or fresh.has_local):
             raise mismatch
         moved_version = fresh.remote_version
-        await self.remote.materialize(fresh)  # the version at the key now
+        await self.copies.materialize(fresh)  # the version at the key now
         taken = self.meta.get(node.ino)
         if taken is None:
             return
@@ -144,7 +144,7 @@ class Departures:
             node = self.meta.get(ino)
             if node is not None and node.is_reg and not node.has_local:
                 try:
-                    await self.remote.materialize(node, exact=True)  # from the object it left
+                    await self.copies.materialize(node, exact=True)  # from the object it left
                 except VersionMismatch as e:
                     await self._take_what_replaced_it(node, e)
             departing, dest = self.meta.departure_dest(ino)

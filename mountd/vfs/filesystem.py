@@ -47,6 +47,7 @@ from mountd.vfs.departures import Departures
 from mountd.vfs.handles import OpenFiles, without_suid
 from mountd.vfs.introspect import XATTR_PREFIX as MOUNTD_XATTR_PREFIX
 from mountd.vfs.introspect import Introspection
+from mountd.vfs.local_copies import LocalCopies
 from mountd.vfs.namespace import NAME_MAX, XATTR_SIZE_MAX, encode_xattrs, object_ref, xattr_room
 from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
@@ -67,9 +68,10 @@ DOT_OFFSET, DOTDOT_OFFSET = 1, 2
 class Filesystem:
     def __init__(self, config: RepoConfig, meta: MetaStore, local: LocalTier, journal: Journal,
                  dirty: DirtyBytes, paths: PathMap, files: OpenFiles, remote: RemoteView,
-                 introspect: Introspection, partial: PartialFiles) -> None:
+                 introspect: Introspection, partial: PartialFiles, copies: LocalCopies) -> None:
         self.config = config
         self.partial = partial
+        self.copies = copies
         self.meta = meta
         self.local = local
         self.journal = journal
@@ -80,7 +82,7 @@ class Filesystem:
         self.introspect = introspect
         self._remote_cfg = {r.name: r for r in config.remote}
         self.renames = Renames(meta, paths, journal, dirty, self._drop_link)
-        self.departures = Departures(meta, paths, journal, dirty, remote,
+        self.departures = Departures(meta, paths, journal, dirty, copies,
                                      retry_initial=config.writeback.retry_initial,
                                      retry_max=config.writeback.retry_max)
 
@@ -235,7 +237,7 @@ class Filesystem:
                     self.local.create_empty(inode.ino)
                     self.meta.update(inode.ino, has_local=1, size=0)
             else:
-                await self.remote.materialize(inode)
+                await self.copies.materialize(inode)
         await self.local.truncate(inode.ino, size)
         self.files.truncated(inode.ino, size)
         with self.meta.transaction():
@@ -597,7 +599,7 @@ class Filesystem:
             if self.partial.can_start(node) and not node.has_local:
                 self.partial.start(node)  # (the chunks a write reaches are fetched before it lands)
                 return
-            await self.remote.materialize(node)  # (from the cache when it holds all of it: no download)
+            await self.copies.materialize(node)  # (from the cache when it holds all of it: no download)
 
     async def flush(self, fh: int) -> None:
         await self.files.flush(fh)
@@ -825,9 +827,9 @@ class Filesystem:
         return [object_ref(node) for node in await self.remote.objects_under(self._inode(ino))]
 
     def statistics(self) -> dict[str, int]:
-        s = self.remote.stats
+        s, c = self.remote.stats, self.copies.stats
         return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
-                "materialized": s.materialized, "listings_ahead": s.listings_ahead, "adopted": s.adopted,
-                "links_joined": s.links_joined, "materialized_from_cache": s.materialized_from_cache,
+                "materialized": c.materialized, "listings_ahead": s.listings_ahead, "adopted": c.adopted,
+                "links_joined": s.links_joined, "materialized_from_cache": c.materialized_from_cache,
                 "skipped_keys": s.skipped_keys, "partial_files": len(self.partial.under("", "")),
                 **self.partial.stats, **self.files.statistics()}

@@ -16,6 +16,7 @@ from mountd.local import LocalTier
 from mountd.meta import Inode, PartialCopy
 from mountd.vfs.handles import OpenFiles
 from mountd.vfs.ignored import IgnoredPaths
+from mountd.vfs.local_copies import LocalCopies
 from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 from mountd.vfs.remote_view import RemoteView
@@ -24,8 +25,9 @@ from mountd.writeback.backpressure import DirtyBytes
 
 class WritebackView:
     def __init__(self, paths: PathMap, ignored: IgnoredPaths, files: OpenFiles, remote: RemoteView,
-                 local: LocalTier, dirty: DirtyBytes, partial: PartialFiles) -> None:
+                 local: LocalTier, dirty: DirtyBytes, partial: PartialFiles, copies: LocalCopies) -> None:
         self._partial = partial
+        self._copies = copies
         self._paths = paths
         self._ignored = ignored
         self._files = files
@@ -69,7 +71,7 @@ class WritebackView:
         self._remote.forget_listing(remote, key)
 
     async def adopt_uploaded(self, ino: int, content_gen: int) -> bool:
-        return await self._remote.adopt_uploaded(ino, content_gen, keep_pages=self._files.keep_pages,
+        return await self._copies.adopt_uploaded(ino, content_gen, keep_pages=self._files.keep_pages,
                                                  partial=self._partial)
 
     # a file that holds only some chunks of its object (vfs/partial.py)

@@ -58,7 +58,7 @@ def _uploaded(m, files: dict[str, bytes]) -> None:
     for path, data in files.items():
         m.create(path, data)
     m.drain()
-    m.until(lambda: m.stack.fs.remote.stats.adopted >= len(files))
+    m.until(lambda: m.stack.fs.copies.stats.adopted >= len(files))
 
 
 def test_a_tree_moved_to_a_local_only_path_is_fetched_after_the_rename_and_survives_a_crash(
