@@ -134,7 +134,7 @@ def build_stack(config: RepoConfig, stores: Mapping[str, ObjectStore], kernel: K
                         retry_initial=config.writeback.retry_initial, retry_max=config.writeback.retry_max,
                         activity=activity, yield_max=config.writeback.yield_max)
     introspect = Introspection({r.name: r for r in config.remote}, meta, paths, files, ignored, reader,
-                               uploader.in_flight)
+                               uploader.in_flight, partial)
     fs = Filesystem(config, meta, local, journal, dirty, paths, files, remote, introspect, partial, copies)
     fs.bootstrap()
     return Stack(config=config, meta=meta, local=local, stores=stores, reader=reader, journal=journal, fs=fs,

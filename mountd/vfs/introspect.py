@@ -21,6 +21,7 @@ from mountd.meta import Inode, MetaStore
 from mountd.vfs.handles import OpenFiles
 from mountd.vfs.ignored import IgnoredPaths
 from mountd.vfs.namespace import object_ref
+from mountd.vfs.partial import PartialFiles
 from mountd.vfs.paths import PathMap
 
 XATTR_PREFIX = "user.mountd."
@@ -28,8 +29,10 @@ XATTR_PREFIX = "user.mountd."
 
 class Introspection:
     def __init__(self, remotes: Mapping[str, RemoteConfig], meta: MetaStore, paths: PathMap, files: OpenFiles,
-                 ignored: IgnoredPaths, reader: RemoteReader, uploading: Container[tuple[str, str]]) -> None:
+                 ignored: IgnoredPaths, reader: RemoteReader, uploading: Container[tuple[str, str]],
+                 partial: PartialFiles) -> None:
         self.remotes = remotes
+        self.partial = partial
         self.meta = meta
         self.paths = paths
         self.files = files
@@ -85,7 +88,10 @@ class Introspection:
         out["local"] = b"1" if node.has_local else b"0"
         if node.is_reg:
             tier, cached = "local", self.files.attr(node).size
-            if not node.has_local and node.remote_key is not None:
+            if self.partial.is_partial(ino):  # (a large file edited in place: its parts written)
+                out["local"] = b"partial"
+                cached = self.partial.local_bytes(ino, cached)
+            elif not node.has_local and node.remote_key is not None:
                 tier, cached = self.reader.describe(object_ref(node))
             out["tier"], out["cached_bytes"] = tier.encode(), str(cached).encode()
         return {XATTR_PREFIX + k: v for k, v in out.items()}

@@ -42,6 +42,8 @@ def test_an_edit_in_the_middle_fetches_and_sends_only_its_chunk(make_mount, tmp_
     m.write(fh, at, b"E" * 4096)
     data[at:at + 4096] = b"E" * 4096
     assert moved(m, before)["bytes_downloaded"] == CHUNK  # the one chunk the write reached
+    shown = m.run(m.stack.fs.introspect.xattrs, m.ino("/data/big"))
+    assert shown["user.mountd.local"] == b"partial" and shown["user.mountd.cached_bytes"] == b"%d" % CHUNK
     # the other chunks still read from the object, the written one from the local tier
     assert m.read(fh, 0, 20 * MiB) == data
     m.close(fh)
