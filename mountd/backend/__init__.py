@@ -55,6 +55,11 @@ class PatchBase:
     version: str
     changed: tuple[tuple[int, int], ...]
 
+    def sent_bytes(self, file_size: int) -> int:
+        """The bytes an upload of a file of `file_size` sends: the changed ranges and the growth."""
+        return (sum(min(e, file_size) - s for s, e in self.changed if s < file_size)
+                + max(0, file_size - self.size))
+
 
 class PatchRefused(RemoteError):
     """The store cannot copy ranges of an object into a new one after all (the caller fetches

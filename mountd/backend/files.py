@@ -274,14 +274,12 @@ class FileStore(FsspecStore):
             size = os.fstat(changed.fileno()).st_size
             shutil.copyfileobj(base, out, COPY_BLOCK)
             out.truncate(min(size, patch.size))
-            sent = [*patch.changed, (patch.size, size)]
-            for start, end in sent:
+            for start, end in [*patch.changed, (patch.size, size)]:
                 end = min(end, size)
                 if start < end:
                     out.seek(start)
                     out.write(os.pread(changed.fileno(), end - start, start))
-            self._count(patches=1, bytes_uploaded=sum(max(0, min(e, size) - s) for s, e in sent),
-                        bytes_copied=min(size, patch.size))
+            self._count(patches=1, bytes_uploaded=patch.sent_bytes(size), bytes_copied=min(size, patch.size))
 
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str], *,
                   expect: Precondition | None = None) -> ObjectInfo:

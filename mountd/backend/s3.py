@@ -352,8 +352,7 @@ class S3Store(BucketStore):
                     raise PatchRefused(self.name, f"{key!r}: the server does not copy parts of objects")
                 self._run_upload(key, self._put_patched(src, key, size, metadata,
                                                         self._condition("multipart", expect), patch))
-                sent = sum(e - s for s, e, copied in part_plan(size, patch, self.tuning.multipart_chunk)
-                           if not copied)
+                sent = patch.sent_bytes(size)
                 self._count(patches=1, bytes_uploaded=sent, bytes_copied=size - sent)
                 return self.head(key)
             if append_to is not None and self.appends and APPEND_MIN <= append_to.size < size:

@@ -831,5 +831,4 @@ class Filesystem:
         return {"listings": s.listings, "listing_errors": s.listing_errors, "heads": s.heads,
                 "materialized": c.materialized, "listings_ahead": s.listings_ahead, "adopted": c.adopted,
                 "links_joined": s.links_joined, "materialized_from_cache": c.materialized_from_cache,
-                "skipped_keys": s.skipped_keys, "partial_files": len(self.partial.under("", "")),
-                **self.partial.stats, **self.files.statistics()}
+                "skipped_keys": s.skipped_keys, **self.partial.statistics(), **self.files.statistics()}

@@ -90,9 +90,11 @@ class PartialFiles:
         return held + max(0, size - row.base_size)
 
     def under(self, remote: str, prefix: str) -> list[int]:
-        """The partial files whose object is below `prefix` of `remote` (of any remote: "")."""
-        return [ino for ino, row in self._rows.items()
-                if remote in ("", row.remote) and row.key.startswith(prefix)]
+        """The partial files whose object is below `prefix` of `remote`."""
+        return [ino for ino, row in self._rows.items() if row.remote == remote and row.key.startswith(prefix)]
+
+    def statistics(self) -> dict[str, int]:
+        return {"partial_files": len(self._rows), **self.stats}
 
     def can_start(self, node: Inode) -> bool:
         """Whether a first write of `node` (its bytes only in its object) may start a partial copy."""
@@ -200,8 +202,8 @@ class PartialFiles:
             return lost
 
     def drop(self, ino: int) -> None:
-        """The file no longer needs its old bytes (truncated to 0): nothing is missing. Within the
-        caller's transaction."""
+        """Nothing of the file is missing any more (truncated to 0, or every chunk fetched): it is
+        an ordinary local file. Within the caller's transaction."""
         if self._rows.pop(ino, None) is not None:
             self.meta.partial_delete(ino)
 
@@ -271,9 +273,8 @@ class PartialFiles:
         return lock
 
     def _forget(self, ino: int) -> None:
-        self._rows.pop(ino, None)
         with self.meta.transaction():
-            self.meta.partial_delete(ino)
+            self.drop(ino)
 
     def _base_ref(self, row: PartialCopy) -> ObjectRef:
         return ObjectRef(row.remote, row.key, row.version, row.base_size, row.sha256)

@@ -475,16 +475,23 @@ class Reconciler:
             return False
         if row.remote == (node.remote or "") and row.key == key and store.patches:
             return True
-        lost = await self.view.complete_partial(node.ino)
-        if lost:
-            with self.meta.transaction():
-                self.meta.conflict_add(row.remote, row.key, copy_key=key if key != row.key else None,
-                                       expected=row.version, found=None, local_mtime_ns=node.mtime_ns,
-                                       resolution="base-lost")
-            log.error("%s:%s was edited here while another host replaced it: the bytes this host did not "
-                      "write, %d ranges from %d, were gone and are zeros in %r (the bytes written here "
-                      "are kept)", row.remote, row.key, len(lost), lost[0][0], key)
+        await self._make_whole(node, key)
         return False
+
+    async def _make_whole(self, node: Inode, key: str) -> None:
+        """Fetch the missing chunks of a partial file; those whose version is gone stay zeros,
+        and the conflict is recorded (`base-lost`) and logged."""
+        row = self.view.partial_of(node.ino)
+        lost = await self.view.complete_partial(node.ino)
+        if row is None or not lost:
+            return
+        with self.meta.transaction():
+            self.meta.conflict_add(row.remote, row.key, copy_key=key if key != row.key else None,
+                                   expected=row.version, found=None, local_mtime_ns=node.mtime_ns,
+                                   resolution="base-lost")
+        log.error("%s:%s was edited here while another host replaced it: the bytes this host did not "
+                  "write, %d ranges from %d, were gone and are zeros in %r (the bytes written here "
+                  "are kept)", row.remote, row.key, len(lost), lost[0][0], key)
 
     async def _upload_patch(self, store: ObjectStore, node: Inode, key: str, content_gen: int, attr_gen: int,
                             path: Path) -> None:
@@ -516,11 +523,11 @@ class Reconciler:
             else:
                 self.view.partial_uploaded(node.ino, key, info.version, size)
         if refused is not None:
-            await self.view.complete_partial(node.ino)
+            await self._make_whole(node, key)
             raise Retry(f"{refused}; its missing chunks were fetched, and it is sent whole next") from None
         self.stats["uploads"] += 1
         self.stats["patched_uploads"] += 1
-        self.stats["bytes_uploaded"] += sum(e - s for s, e in patch.changed) + max(0, size - patch.size)
+        self.stats["bytes_uploaded"] += patch.sent_bytes(size)
         self._verify(key, info, size, "")
         self._done(node.ino, remote=remote, content_gen=content_gen, attr_gen=attr_gen, key=key,
                    info=info, sha256=None, stored=meta)

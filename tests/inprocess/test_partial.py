@@ -229,3 +229,17 @@ def test_a_file_open_for_reading_during_its_patch_reads_the_new_version_after_it
     assert remote_files(tmp_path / "repo" / "remote")["big"] == data
     assert m.stack.stores["main"].statistics()["patches"] == 2
     assert not m.stack.fs.partial.is_partial(ino) and m.read_file("/data/big") == data
+
+
+def test_an_edit_of_an_object_another_host_deleted_keeps_the_bytes_written_here(make_mount, tmp_path):
+    """The object is gone when the patch is sent: the missing chunks cannot be had (zeros), the
+    conflict is recorded as `base-lost`, and the file is written as a new object."""
+    m, data = seeded(make_mount, tmp_path, 20 * MiB, delay="1h")
+    m.write_at("/data/big", 12 * MiB, b"ours")
+    (tmp_path / "repo" / "remote" / "big").unlink()  # another host deleted it
+    m.drain()
+    stored = remote_files(tmp_path / "repo" / "remote")["big"]
+    assert stored[10 * MiB:15 * MiB] == data[10 * MiB:12 * MiB] + b"ours" + data[12 * MiB + 4:15 * MiB]
+    assert stored[:10 * MiB] == bytes(10 * MiB) and stored[15 * MiB:] == bytes(5 * MiB)
+    [conflict] = [c for c in m.stack.meta.conflicts() if c["resolution"] == "base-lost"]
+    assert conflict["key"] == "big" and conflict["copy_key"] is None
