@@ -416,55 +416,44 @@ def section(res: dict[str, Any], command: str) -> str:
         f"| load average (1 min) at the start of each target | {load} |",
         f"| command | `{command}` |",
     ]
+    def table(part: str, intro: str, columns: list[str], cells: Any) -> list[str]:
+        head = "| target | added RTT | " + " | ".join(columns) + " |"
+        return ["", intro, "", head, "|---" * (len(columns) + 2) + "|", *_rows(res, part, cells)]
+
     if small:
-        lines += [
-            "",
-            f"Small-file write-back: {small:,} files of 1 KiB.",
-            "",
-            "| target | added RTT | create, until the last close | first create → all on the server "
-            "| requests per file (all kinds) | of which | then `stat` of each | `ls -l` | delete each |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        lines += _rows(res, "small", lambda s: f"{s['create_s']:.2f} s | **{s['server_s']:.2f} s** | "
-                       f"**{s['requests'] / small:.2f}** | {_fmt_kinds(s['by_kind'], small)} | "
-                       + " | ".join(f"{s[k]:.2f} s" if k in s else ""
-                                    for k in ("stat_s", "ls_s", "delete_s")))
+        lines += table(
+            "small", f"Small-file write-back: {small:,} files of 1 KiB.",
+            ["create, until the last close", "first create → all on the server",
+             "requests per file (all kinds)", "of which", "then `stat` of each", "`ls -l`", "delete each"],
+            lambda s: f"{s['create_s']:.2f} s | **{s['server_s']:.2f} s** | "
+                      f"**{s['requests'] / small:.2f}** | {_fmt_kinds(s['by_kind'], small)} | "
+                      + " | ".join(f"{s[k]:.2f} s" if k in s else "" for k in ("stat_s", "ls_s", "delete_s")))
     if res["appends"]:
-        lines += [
-            "",
-            f"Appends: a {res['append_base_mib']:.0f} MiB object grown by {res['appends']} appends of "
-            f"1 MiB, each closed and on the server before the next ({res['appends']} MiB of new data).",
-            "",
-            "| target | added RTT | MiB sent to the server | MiB received "
-            "| close → on the server, all appends "
-            "| median per append | requests |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += _rows(res, "append", lambda a: f"**{a['mib_up']:,.1f}** | {a['mib_down']:,.1f} | "
-                       f"{a['total_s']:.2f} s | {a['append_s_median']:.2f} s | {_fmt_kinds(a['by_kind'], 1)}")
+        lines += table(
+            "append",
+            f"Appends: a {res['append_base_mib']:.0f} MiB object grown by {res['appends']} appends of 1 MiB, "
+            f"each closed and on the server before the next ({res['appends']} MiB of new data).",
+            ["MiB sent to the server", "MiB received", "close → on the server, all appends",
+             "median per append", "requests"],
+            lambda a: f"**{a['mib_up']:,.1f}** | {a['mib_down']:,.1f} | {a['total_s']:.2f} s | "
+                      f"{a['append_s_median']:.2f} s | {_fmt_kinds(a['by_kind'], 1)}")
     if res.get("read_mib"):
-        lines += [
-            "",
-            f"Cold read: a {res['read_mib']:,.0f} MiB object read whole with 1 MiB reads, right after "
-            "the mount (page cache dropped, cache empty).",
-            "",
-            "| target | added RTT | MB/s | daemon's peak RSS | MiB received | requests |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += _rows(res, "read", lambda c: f"**{c['mb_s']:,.0f}** | {c['rss_peak_mib']:,.0f} MiB | "
-                       f"{c['mib_down']:,.1f} | {c['requests']:,}")
+        lines += table(
+            "read",
+            f"Cold read: a {res['read_mib']:,.0f} MiB object read whole with 1 MiB reads, right after the "
+            "mount (page cache dropped, cache empty).",
+            ["MB/s", "daemon's peak RSS", "MiB received", "requests"],
+            lambda c: f"**{c['mb_s']:,.0f}** | {c['rss_peak_mib']:,.0f} MiB | {c['mib_down']:,.1f} | "
+                      f"{c['requests']:,}")
     if res.get("edit_mib"):
-        lines += [
-            "",
-            f"Edit: 4 KiB written in the middle of a {res['edit_mib']:,.0f} MiB object (open O_RDWR, "
-            "pwrite, close), from a fresh mount with an empty cache.",
-            "",
-            "| target | added RTT | MiB received | MiB sent to the server | open, write, close "
-            "| → new bytes on the server | requests |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += _rows(res, "edit", lambda e: f"**{e['mib_down']:,.1f}** | **{e['mib_up']:,.1f}** | "
-                       f"{e['close_s']:.2f} s | {e['server_s']:.2f} s | {_fmt_kinds(e['by_kind'], 1)}")
+        lines += table(
+            "edit",
+            f"Edit: 4 KiB written in the middle of a {res['edit_mib']:,.0f} MiB object (open O_RDWR, pwrite, "
+            "close), from a fresh mount with an empty cache.",
+            ["MiB received", "MiB sent to the server", "open, write, close", "→ new bytes on the server",
+             "requests"],
+            lambda e: f"**{e['mib_down']:,.1f}** | **{e['mib_up']:,.1f}** | {e['close_s']:.2f} s | "
+                      f"{e['server_s']:.2f} s | {_fmt_kinds(e['by_kind'], 1)}")
     if res["errors"]:
         lines += ["", "Failed: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items())]
     return "\n".join(lines) + "\n"
